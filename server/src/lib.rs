@@ -1,0 +1,4 @@
+//! r3s-server: the Kubernetes API server, its SQLite-backed store, the controllers and the scheduler.
+//! See ARCHITECTURE.md for how the modules fit together.
+
+pub mod store;
