@@ -104,8 +104,8 @@ async fn resolve(
     platform: &Platform,
     opts: &PullOptions,
 ) -> Result<Resolved, ImageError> {
-    let client = inner.client(ep, r.registry())?;
     let auth = inner.auth(ep, r.registry(), &opts.keyring)?;
+    let client = inner.client(ep, r.registry(), &auth)?;
     let reg_err = |source| ImageError::Registry {
         endpoint: ep.url(),
         source,
@@ -180,7 +180,7 @@ async fn fetch(
         manifest,
     } = res;
     let quiet = Progress::none();
-    download(inner, &client, &oref, ep, &manifest.config, &quiet).await?;
+    let config_bytes = download(inner, &client, &oref, ep, &manifest.config, &quiet).await?;
     let config = inner.content.read(&manifest.config.digest)?;
     let diff_ids = manifest::diff_ids(&manifest.config.digest, &config, manifest.layers.len())?;
 
@@ -218,7 +218,7 @@ async fn fetch(
         .buffered(inner.max_downloads)
         .try_collect()
         .await?;
-    let downloaded = done.iter().map(|(_, n)| n).sum();
+    let downloaded = config_bytes + done.iter().map(|(_, n)| n).sum::<u64>();
     let layers: Vec<LayerRecord> = done.into_iter().map(|(l, _)| l).collect();
 
     let size = manifest.config.size + layers.iter().map(|l| l.size).sum::<u64>();

@@ -139,7 +139,9 @@ pub(crate) struct Inner {
     pub(crate) registries: RegistriesConfig,
     pub(crate) platform: Platform,
     pub(crate) max_downloads: usize,
-    clients: Mutex<HashMap<(bool, String), Client>>,
+    /// Keyed by scheme, host and a fingerprint of the credentials: the client caches the first
+    /// credentials it sees per registry, so different pull secrets need different clients.
+    clients: Mutex<HashMap<(bool, String, Digest), Client>>,
     pub(crate) lock: tokio::sync::RwLock<()>,
 }
 
@@ -334,8 +336,18 @@ impl Inner {
     }
 
     /// A registry client for the endpoint (cached: keeps its token cache across pulls).
-    pub(crate) fn client(&self, ep: &Endpoint, registry: &str) -> Result<Client, ImageError> {
-        let key = (ep.https, ep.host.clone());
+    pub(crate) fn client(
+        &self,
+        ep: &Endpoint,
+        registry: &str,
+        auth: &RegistryAuth,
+    ) -> Result<Client, ImageError> {
+        let fingerprint = match auth {
+            RegistryAuth::Anonymous => Digest::of(b"anonymous"),
+            RegistryAuth::Basic(u, p) => Digest::of(format!("basic\0{u}\0{p}").as_bytes()),
+            RegistryAuth::Bearer(t) => Digest::of(format!("bearer\0{t}").as_bytes()),
+        };
+        let key = (ep.https, ep.host.clone(), fingerprint);
         if let Some(c) = self.clients.lock().map_err(|_| poisoned())?.get(&key) {
             return Ok(c.clone());
         }

@@ -85,7 +85,7 @@ fn unpack_entry<R: Read>(entry: &mut tar::Entry<'_, R>, dest: &Path) -> Result<(
     if let Some(target) = name_str.strip_prefix(WHITEOUT_PREFIX) {
         let path = parent.join(target);
         remove_existing(&path)?;
-        return mknod(&path, libc::S_IFCHR | 0o000, 0, 0);
+        return mknod(&path, libc::S_IFCHR, 0, 0);
     }
     let path = parent.join(&name);
     let header = entry.header();
@@ -99,8 +99,15 @@ fn unpack_entry<R: Read>(entry: &mut tar::Entry<'_, R>, dest: &Path) -> Result<(
         } else {
             libc::S_IFIFO
         };
-        let major = header.device_major()?.unwrap_or(0);
-        let minor = header.device_minor()?.unwrap_or(0);
+        // FIFOs carry no device numbers (often blank fields).
+        let (major, minor) = if kind.is_fifo() {
+            (0, 0)
+        } else {
+            (
+                header.device_major()?.unwrap_or(0),
+                header.device_minor()?.unwrap_or(0),
+            )
+        };
         remove_existing(&path)?;
         mknod(&path, ftype | mode, major, minor)?;
         let (uid, gid) = (header.uid()?, header.gid()?);
