@@ -122,20 +122,30 @@ impl ContentStore {
         }
         let mut ing = self.ingest(expected.clone(), size)?;
         ing.write(data)?;
-        ing.commit()
+        ing.commit().map(|_| ())
     }
 
     /// Starts writing a blob expected to have `digest` (and `size` if known).
     pub fn ingest(&self, digest: Digest, size: Option<u64>) -> Result<Ingest, ContentError> {
+        self.start(Some(digest), size)
+    }
+
+    /// Starts writing a blob whose digest is not known in advance (air-gap import of `docker save`
+    /// layers): it is stored under whatever it hashes to.
+    pub fn ingest_any(&self) -> Result<Ingest, ContentError> {
+        self.start(None, None)
+    }
+
+    fn start(&self, digest: Option<Digest>, size: Option<u64>) -> Result<Ingest, ContentError> {
         let seq = INGEST_SEQ.fetch_add(1, Ordering::Relaxed);
+        let label = digest.as_ref().map_or("any", |d| d.hex());
         let tmp = self
             .ingest
-            .join(format!("{}.{}.{seq}", digest.hex(), std::process::id()));
+            .join(format!("{label}.{}.{seq}", std::process::id()));
         let file = File::create(&tmp).map_err(io_err("create", &tmp))?;
         Ok(Ingest {
             file: Some(file),
             tmp,
-            dest: self.path(&digest),
             dir: self.blobs.clone(),
             digest,
             size,
@@ -183,9 +193,8 @@ impl ContentStore {
 pub struct Ingest {
     file: Option<File>,
     tmp: PathBuf,
-    dest: PathBuf,
     dir: PathBuf,
-    digest: Digest,
+    digest: Option<Digest>,
     size: Option<u64>,
     hasher: Hasher,
 }
@@ -198,7 +207,7 @@ impl Ingest {
             && self.hasher.len() > expected
         {
             return Err(ContentError::SizeMismatch {
-                digest: self.digest.clone(),
+                digest: self.digest.clone().unwrap_or_else(|| Digest::of(b"")),
                 expected,
                 actual: self.hasher.len(),
             });
@@ -214,21 +223,22 @@ impl Ingest {
         self.hasher.len()
     }
 
-    /// Verifies digest and size, fsyncs and renames into place.
-    pub fn commit(mut self) -> Result<(), ContentError> {
+    /// Verifies digest and size, fsyncs and renames into place; returns the digest and size.
+    pub fn commit(mut self) -> Result<(Digest, u64), ContentError> {
         let (actual, len) = std::mem::take(&mut self.hasher).finish();
-        if let Some(expected) = self.size
-            && expected != len
+        let expected = self.digest.clone().unwrap_or_else(|| actual.clone());
+        if let Some(want) = self.size
+            && want != len
         {
             return Err(ContentError::SizeMismatch {
-                digest: self.digest.clone(),
-                expected,
+                digest: expected,
+                expected: want,
                 actual: len,
             });
         }
-        if actual != self.digest {
+        if actual != expected {
             return Err(ContentError::DigestMismatch {
-                expected: self.digest.clone(),
+                expected,
                 actual,
                 size: len,
             });
@@ -236,12 +246,13 @@ impl Ingest {
         if let Some(f) = self.file.take() {
             f.sync_all().map_err(io_err("fsync", &self.tmp))?;
         }
-        fs::rename(&self.tmp, &self.dest).map_err(io_err("rename", &self.tmp))?;
+        let dest = self.dir.join(actual.hex());
+        fs::rename(&self.tmp, &dest).map_err(io_err("rename", &self.tmp))?;
         // Make the rename durable too; failure to sync a directory is not fatal on all filesystems.
         if let Ok(d) = File::open(&self.dir) {
             let _ = d.sync_all();
         }
-        Ok(())
+        Ok((actual, len))
     }
 }
 

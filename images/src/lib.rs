@@ -27,6 +27,7 @@
 pub mod auth;
 pub mod content;
 pub mod digest;
+pub mod import;
 pub mod manifest;
 pub mod platform;
 pub mod progress;
@@ -40,6 +41,7 @@ pub mod unpack;
 
 pub use auth::{Credentials, Keyring};
 pub use digest::Digest;
+pub use import::ImportReport;
 pub use platform::Platform;
 pub use progress::{Progress, PullEvent};
 pub use records::{ImageRecord, LayerRecord};

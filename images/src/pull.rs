@@ -297,6 +297,7 @@ async fn download(
     });
     // fsync + rename off the async threads.
     tokio::task::spawn_blocking(move || ingest.commit()).await??;
+
     progress.send(PullEvent::LayerDownloaded {
         digest: desc.digest.clone(),
         size: desc.size,

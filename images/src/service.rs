@@ -42,6 +42,8 @@ pub enum ImageError {
     Registries(#[from] RegistriesError),
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error(transparent)]
+    Import(#[from] crate::import::ImportError),
     /// Every endpoint failed; `details` has each endpoint's error, the registry's message included.
     #[error("pull {image}: {details}")]
     Pull { image: String, details: String },
