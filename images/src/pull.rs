@@ -21,7 +21,7 @@ use crate::progress::{Progress, PullEvent};
 use crate::records::{ImageRecord, LayerRecord};
 use crate::reference::ImageRef;
 use crate::registries::Endpoint;
-use crate::service::{ImageError, ImageService, Inner, PullOptions};
+use crate::service::{ImageError, ImageService, Inner, PullOptions, error_chain};
 
 const PROGRESS_STEP: u64 = 256 * 1024;
 
@@ -106,9 +106,9 @@ async fn resolve(
 ) -> Result<Resolved, ImageError> {
     let auth = inner.auth(ep, r.registry(), &opts.keyring)?;
     let client = inner.client(ep, r.registry(), &auth)?;
-    let reg_err = |source| ImageError::Registry {
+    let reg_err = |e: oci_client::errors::OciDistributionError| ImageError::Registry {
         endpoint: ep.url(),
-        source,
+        message: error_chain(&e),
     };
     let oref = oci_ref(ep, &r.manifest_selector());
     let (bytes, _) = client
@@ -257,9 +257,9 @@ async fn download(
         });
         return Ok(0);
     }
-    let reg_err = |source| ImageError::Registry {
+    let reg_err = |e: oci_client::errors::OciDistributionError| ImageError::Registry {
         endpoint: ep.url(),
-        source,
+        message: error_chain(&e),
     };
     let mut ingest = inner.content.ingest(desc.digest.clone(), Some(desc.size))?;
     let mut stream = client

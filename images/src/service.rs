@@ -47,11 +47,10 @@ pub enum ImageError {
     /// Every endpoint failed; `details` has each endpoint's error, the registry's message included.
     #[error("pull {image}: {details}")]
     Pull { image: String, details: String },
-    #[error("{endpoint}: {source}")]
-    Registry {
-        endpoint: String,
-        source: oci_client::errors::OciDistributionError,
-    },
+    /// A registry request failed; `message` is the client error with its whole source chain
+    /// (TLS and connection causes are otherwise hidden behind "error sending request").
+    #[error("{endpoint}: {message}")]
+    Registry { endpoint: String, message: String },
     #[error("{endpoint}: manifest for {image} hashes to {actual}, not the requested digest")]
     ManifestDigest {
         endpoint: String,
@@ -415,6 +414,21 @@ impl Inner {
         }
         Ok(RegistryAuth::Anonymous)
     }
+}
+
+/// `err: cause: cause...`, skipping causes already contained in the previous text.
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = e.source();
+    }
+    out
 }
 
 fn poisoned() -> ImageError {

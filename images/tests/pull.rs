@@ -408,6 +408,7 @@ async fn corrupted_blob_is_rejected_and_discarded() {
         .await
         .unwrap_err()
         .to_string();
+    eprintln!("corrupted blob error: {err}");
     assert!(
         err.contains("digest mismatch") && err.contains(&img.layers[0].digest),
         "{err}"
@@ -443,6 +444,7 @@ async fn unknown_image_reports_registry_error() {
         .await
         .unwrap_err()
         .to_string();
+    eprintln!("unknown image error: {err}");
     // distribution's error code/message for an unknown repository.
     assert!(
         err.contains("NAME_UNKNOWN") || err.contains("MANIFEST_UNKNOWN") || err.contains("unknown"),
@@ -675,4 +677,69 @@ async fn gc_removes_exactly_unreferenced_blobs_and_snapshots() {
         svc.release_rootfs(&cdir).await.unwrap();
         assert_eq!(svc.gc().await.unwrap().snapshots_removed.len(), 2);
     }
+}
+
+#[tokio::test]
+async fn mirror_with_rewrite_and_endpoint_fallback() {
+    if !have_registry() || !have_root() {
+        return;
+    }
+    let reg = Registry::start();
+    let img = image(
+        vec![marker_layer("m", "mirrored", Compression::Gzip)],
+        "amd64",
+        None,
+        false,
+    );
+    // The mirror stores rancher/* images under mirrorproject/rancher-images/*.
+    reg.push("mirrorproject/rancher-images/pause", "3.6", &img, &ANON)
+        .await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let yaml = format!(
+        "mirrors:\n  docker.io:\n    endpoint:\n      - \"http://127.0.0.1:{dead}\"\n      - \"http://{}\"\n    rewrite:\n      \"^rancher/(.*)\": \"mirrorproject/rancher-images/$1\"\n",
+        reg.addr
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let svc = service_with_yaml(tmp.path(), &yaml, "linux/amd64");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let rec = svc
+        .pull(
+            "rancher/pause:3.6",
+            &PullOptions {
+                progress: Progress::new(tx),
+                ..opts()
+            },
+        )
+        .await
+        .unwrap();
+    // Recorded under the original name, content from the mirror.
+    assert_eq!(rec.name, "docker.io/rancher/pause:3.6");
+    assert_eq!(rec.manifest.as_str(), img.manifest_digest);
+    assert!(svc.get("rancher/pause:3.6").unwrap().is_some());
+    let mut failed = Vec::new();
+    let mut resolved = None;
+    while let Ok(e) = rx.try_recv() {
+        match e {
+            PullEvent::EndpointFailed { endpoint, .. } => failed.push(endpoint),
+            PullEvent::Resolved { endpoint, .. } => resolved = Some(endpoint),
+            _ => {}
+        }
+    }
+    assert_eq!(failed, [format!("http://127.0.0.1:{dead}/v2")]);
+    assert_eq!(resolved, Some(format!("http://{}/v2", reg.addr)));
+
+    // Without a matching rewrite the mirror has no such repository: every endpoint's error is reported.
+    let err = svc
+        .pull("library/other:1", &opts())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("127.0.0.1:{dead}")) && err.contains(&reg.addr),
+        "{err}"
+    );
 }

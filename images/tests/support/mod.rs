@@ -60,6 +60,8 @@ pub struct RegistryOpts {
     pub basic: Option<(String, String)>,
     /// (cert pem, key pem) for HTTPS.
     pub tls: Option<(String, String)>,
+    /// Raw YAML appended to the config (e.g. an `auth: token:` section).
+    pub extra: Option<String>,
 }
 
 fn free_port() -> u16 {
@@ -109,6 +111,9 @@ impl Registry {
                 ht.display()
             );
         }
+        if let Some(extra) = &opts.extra {
+            cfg += extra;
+        }
         let cfg_path = dir.path().join("config.yml");
         std::fs::write(&cfg_path, cfg).unwrap();
         let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
@@ -136,6 +141,13 @@ impl Registry {
             std::thread::sleep(Duration::from_millis(50));
         }
         reg
+    }
+
+    pub fn start_with_extra(extra: &str) -> Self {
+        Self::start_with(RegistryOpts {
+            extra: Some(extra.to_string()),
+            ..Default::default()
+        })
     }
 
     pub fn log(&self) -> String {
