@@ -2,7 +2,8 @@
 //! their layers into snapshots that containers mount with overlayfs (containerd's image path in k3s).
 //!
 //! Entry point: [`ImageService`] (open a root directory, then `pull`, `list`, `inspect`, `remove`,
-//! `gc`, `disk_usage`, `prepare_rootfs`/`release_rootfs`, `import_dir`). Pull progress arrives as
+//! `gc`, `disk_usage`, `prepare_rootfs` (or `prepare_rootfs_copy` without overlayfs) /
+//! `release_rootfs`, `import_dir`). Pull progress arrives as
 //! [`PullEvent`]s on a channel, so a CLI or the agent's event recorder stays a thin layer.
 //!
 //! Module layout (each module's `//!` states its invariants):
@@ -15,6 +16,7 @@
 //! - [`content`]: content-addressed blobs, verified before they become visible.
 //! - [`unpack`]: layer tar → overlayfs directory (whiteouts, opaque dirs, ownership, devices).
 //! - [`snapshot`]: one unpacked directory per layer, overlay mounts, leases.
+//! - [`flatten`]: the copy fallback where overlayfs is unavailable.
 //! - [`records`]: image records (JSON) and derived reference counts.
 //! - [`progress`]: pull events.
 //! - [`service`]: [`ImageService`], list/inspect/remove/GC/disk usage/rootfs.
@@ -27,6 +29,7 @@
 pub mod auth;
 pub mod content;
 pub mod digest;
+pub mod flatten;
 pub mod import;
 pub mod manifest;
 pub mod platform;

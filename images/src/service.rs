@@ -44,6 +44,8 @@ pub enum ImageError {
     Auth(#[from] AuthError),
     #[error(transparent)]
     Import(#[from] crate::import::ImportError),
+    #[error(transparent)]
+    Flatten(#[from] crate::flatten::FlattenError),
     /// Every endpoint failed; `details` has each endpoint's error, the registry's message included.
     #[error("pull {image}: {details}")]
     Pull { image: String, details: String },
@@ -192,9 +194,25 @@ impl ImageService {
     }
 
     /// The record for `name` (any accepted spelling, e.g. `nginx`), if present.
+    /// `name` may also be an image ID (`sha256:<hex>` of the config, what CRI reports as the image
+    /// id) or a manifest/index digest; the first record (by name) with that digest is returned.
     pub fn get(&self, name: &str) -> Result<Option<ImageRecord>, ImageError> {
+        if let Ok(d) = Digest::parse(name) {
+            return Ok(self.find_by_digest(&d)?.into_iter().next());
+        }
         let r = ImageRef::parse(name)?;
         Ok(self.inner.records.get(&r.to_string())?)
+    }
+
+    /// Every record whose config (image ID), manifest or target digest is `d`.
+    pub fn find_by_digest(&self, d: &Digest) -> Result<Vec<ImageRecord>, ImageError> {
+        Ok(self
+            .inner
+            .records
+            .list()?
+            .into_iter()
+            .filter(|r| &r.config == d || &r.manifest == d || &r.target == d)
+            .collect())
     }
 
     /// Record plus parsed config (entrypoint, env, user, working dir for the agent).
@@ -210,11 +228,23 @@ impl ImageService {
         Ok(ImageInfo { record, config })
     }
 
-    /// Removes the name; blobs and snapshots stay until [`ImageService::gc`].
+    /// Removes the name (or, given an image ID / digest, every name with it); blobs and snapshots
+    /// stay until [`ImageService::gc`]. `false` if nothing matched.
     pub async fn remove(&self, name: &str) -> Result<bool, ImageError> {
-        let r = ImageRef::parse(name)?;
+        let names = match Digest::parse(name) {
+            Ok(d) => self
+                .find_by_digest(&d)?
+                .into_iter()
+                .map(|r| r.name)
+                .collect(),
+            Err(_) => vec![ImageRef::parse(name)?.to_string()],
+        };
         let _w = self.inner.lock.write().await;
-        Ok(self.inner.records.remove(&r.to_string())?)
+        let mut any = false;
+        for n in names {
+            any |= self.inner.records.remove(&n)?;
+        }
+        Ok(any)
     }
 
     /// Deletes every blob and snapshot no image record (or prepared rootfs) references.
@@ -303,7 +333,35 @@ impl ImageService {
         .await?
     }
 
-    /// Unmounts and removes what [`ImageService::prepare_rootfs`] created, and drops its lease.
+    /// The fallback where overlayfs is unavailable: copies the image's layers into a plain
+    /// `<container_dir>/rootfs` (see [`crate::flatten`]); returns its path. Costs a full copy of the
+    /// image per container. Released with [`ImageService::release_rootfs`] too.
+    pub async fn prepare_rootfs_copy(
+        &self,
+        name: &str,
+        container_dir: &Path,
+    ) -> Result<PathBuf, ImageError> {
+        let record = self
+            .get(name)?
+            .ok_or_else(|| ImageError::NotFound(name.to_string()))?;
+        let _r = self.inner.lock.read().await;
+        let inner = self.inner.clone();
+        let dir = container_dir.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let mut layers = Vec::new();
+            for l in &record.layers {
+                inner
+                    .snapshots
+                    .ensure(&l.digest, &inner.content.path(&l.digest), &l.diff_id)?;
+                layers.push(inner.snapshots.path(&l.diff_id));
+            }
+            Ok(crate::flatten::flatten(&layers, &dir)?)
+        })
+        .await?
+    }
+
+    /// Unmounts and removes what [`ImageService::prepare_rootfs`] (or
+    /// [`ImageService::prepare_rootfs_copy`]) created, and drops its lease.
     #[cfg(target_os = "linux")]
     pub async fn release_rootfs(&self, container_dir: &Path) -> Result<(), ImageError> {
         let inner = self.inner.clone();

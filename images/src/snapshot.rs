@@ -334,6 +334,7 @@ impl SnapshotStore {
                 });
             }
         }
+        let _ = fs::remove_file(container_dir.join("rootfs.complete"));
         let lp = self.lease_path(container_dir);
         match fs::remove_file(&lp) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(SnapshotError::Io {

@@ -279,7 +279,20 @@ async fn whiteouts_opaque_dirs_and_special_files_through_overlay() {
         dir: cdir.clone(),
     };
     let m = svc.prepare_rootfs(&name, &cdir).await.unwrap();
-    let root = &m.target;
+    check_merged_view(&m.target);
+    svc.release_rootfs(&cdir).await.unwrap();
+
+    // The copy fallback (no overlayfs) gives the same view.
+    let cdir2 = tmp.path().join("c2");
+    let copied = svc.prepare_rootfs_copy(&name, &cdir2).await.unwrap();
+    check_merged_view(&copied);
+    assert!(xattr(&copied.join("data"), "trusted.overlay.opaque").is_none());
+    svc.release_rootfs(&cdir2).await.unwrap();
+    assert!(!copied.exists());
+}
+
+/// What the whiteout test image must look like once its layers are merged.
+fn check_merged_view(root: &Path) {
     assert_eq!(
         std::fs::read_to_string(root.join("etc/keep")).unwrap(),
         "keep"
@@ -324,7 +337,6 @@ async fn whiteouts_opaque_dirs_and_special_files_through_overlay() {
             .file_type()
             .is_fifo()
     );
-    svc.release_rootfs(&cdir).await.unwrap();
 }
 
 fn overlay_listed() -> bool {
@@ -627,7 +639,10 @@ async fn gc_removes_exactly_unreferenced_blobs_and_snapshots() {
         Default::default(),
         "nothing to collect"
     );
-    assert!(svc.remove(&na).await.unwrap());
+    // Lookup and removal by image ID (config digest), as CRI does.
+    let ra = svc.get(&a.config_digest).unwrap().unwrap();
+    assert_eq!(ra.name, na);
+    assert!(svc.remove(&a.config_digest).await.unwrap());
     assert!(!svc.remove(&na).await.unwrap());
     let du = svc.disk_usage().await.unwrap();
     assert!(du.reclaimable_bytes > 0);
@@ -741,5 +756,68 @@ async fn mirror_with_rewrite_and_endpoint_fallback() {
     assert!(
         err.contains(&format!("127.0.0.1:{dead}")) && err.contains(&reg.addr),
         "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pulls_and_gc_are_safe() {
+    if !have_registry() || !have_root() {
+        return;
+    }
+    let reg = Registry::start();
+    let img = image(
+        (0..4)
+            .map(|i| {
+                marker_layer(
+                    &format!("f{i}"),
+                    &"x".repeat(100_000 + i),
+                    Compression::Gzip,
+                )
+            })
+            .collect(),
+        "amd64",
+        None,
+        false,
+    );
+    reg.push("conc", "1", &img, &ANON).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let svc = service(tmp.path(), &reg, "linux/amd64");
+    let name = format!("{}/conc:1", reg.addr);
+    let o = opts();
+    let (a, b, gc, c) = tokio::join!(
+        svc.pull(&name, &o),
+        svc.pull(&name, &o),
+        svc.gc(),
+        svc.pull(&name, &o)
+    );
+    let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+    gc.unwrap();
+    assert!(a == b || a.created != b.created, "same content");
+    assert_eq!(
+        (a.manifest.clone(), a.layers.clone()),
+        (c.manifest.clone(), c.layers.clone())
+    );
+    // Everything the record needs is there; nothing stray is left to collect.
+    assert_eq!(svc.gc().await.unwrap(), Default::default());
+    for l in &a.layers {
+        assert!(
+            svc.root()
+                .join("blobs/sha256")
+                .join(l.digest.hex())
+                .exists()
+        );
+        assert!(svc.root().join("snapshots").join(l.diff_id.hex()).exists());
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(svc.root().join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_eq!(
+        std::fs::read_dir(svc.root().join("ingest"))
+            .unwrap()
+            .count(),
+        0
     );
 }
