@@ -289,6 +289,26 @@ mod tests {
                 .count(),
             0
         );
+        assert_eq!(cs.list().expect("list"), vec![(good.clone(), 5)]);
+
+        // A pull interrupted mid-blob: the partial file is never visible and is cleaned at open.
+        let mut partial = cs.ingest(other.clone(), Some(5)).expect("ingest");
+        partial.write(b"oth").expect("write");
+        std::mem::forget(partial); // as if the process died
+        assert!(!cs.has(&other, None));
+        assert_eq!(
+            fs::read_dir(dir.path().join("ingest"))
+                .expect("ingest")
+                .count(),
+            1
+        );
+        let cs = ContentStore::new(dir.path()).expect("reopen");
+        assert_eq!(
+            fs::read_dir(dir.path().join("ingest"))
+                .expect("ingest")
+                .count(),
+            0
+        );
         assert_eq!(cs.list().expect("list"), vec![(good, 5)]);
     }
 }

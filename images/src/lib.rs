@@ -6,6 +6,30 @@
 //! `release_rootfs`, `import_dir`). Pull progress arrives as
 //! [`PullEvent`]s on a channel, so a CLI or the agent's event recorder stays a thin layer.
 //!
+//! A CLI or the agent stays a thin layer over this API, e.g. a pull with a progress display:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), r3s_images::ImageError> {
+//! use r3s_images::{ImageService, ImageServiceConfig, Progress, PullEvent, PullOptions, RegistriesConfig};
+//! let mut cfg = ImageServiceConfig::new("/var/lib/r3s/agent/image-store");
+//! cfg.registries = RegistriesConfig::load("/etc/r3s/registries.yaml".as_ref())?;
+//! let svc = ImageService::open(cfg)?;
+//! let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+//! let printer = tokio::spawn(async move {
+//!     while let Some(ev) = rx.recv().await {
+//!         if let PullEvent::LayerProgress { digest, done, total } = ev {
+//!             eprintln!("{digest}: {done}/{total}");
+//!         }
+//!     }
+//! });
+//! let opts = PullOptions { progress: Progress::new(tx), ..Default::default() };
+//! let image = svc.pull("nginx", &opts).await?; // docker.io/library/nginx:latest
+//! drop(opts); // closes the channel so the printer ends
+//! let _ = printer.await;
+//! println!("{} {} {} bytes", image.name, image.config, image.size);
+//! # Ok(()) }
+//! ```
+//!
 //! Module layout (each module's `//!` states its invariants):
 //! - [`reference`]: image references with Docker's defaulting rules.
 //! - [`digest`]: sha256 digests and hashing helpers.
