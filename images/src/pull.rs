@@ -47,6 +47,14 @@ impl ImageService {
             .unwrap_or_else(|| self.inner.platform.clone());
         let _shared = self.inner.lock.read().await;
         let endpoints = self.inner.registries.endpoints(&r)?;
+        if endpoints.is_empty() {
+            return Err(ImageError::Pull {
+                image: r.to_string(),
+                details:
+                    "no endpoint to try (no mirror configured and the default endpoint is disabled)"
+                        .into(),
+            });
+        }
         let mut failures = Vec::new();
         for ep in &endpoints {
             match resolve(&self.inner, &r, ep, &platform, opts).await {
@@ -249,6 +257,7 @@ async fn download(
     desc: &Descriptor,
     progress: &Progress,
 ) -> Result<u64, ImageError> {
+    let _blob = inner.lock_blob(&desc.digest).await?;
     if inner.content.has(&desc.digest, Some(desc.size)) {
         progress.send(PullEvent::LayerDownloaded {
             digest: desc.digest.clone(),

@@ -146,6 +146,9 @@ pub(crate) struct Inner {
     /// credentials it sees per registry, so different pull secrets need different clients.
     clients: Mutex<HashMap<(bool, String, Digest), Client>>,
     pub(crate) lock: tokio::sync::RwLock<()>,
+    /// Per-blob locks: concurrent pulls sharing a layer download it once (the second waits, then
+    /// finds it in the store).
+    blob_locks: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// The image service (cheap to clone).
@@ -172,6 +175,7 @@ impl ImageService {
             max_downloads: cfg.max_concurrent_downloads.max(1),
             clients: Mutex::new(HashMap::new()),
             lock: tokio::sync::RwLock::new(()),
+            blob_locks: Mutex::new(HashMap::new()),
         };
         Ok(Self {
             inner: Arc::new(inner),
@@ -371,6 +375,24 @@ impl ImageService {
 }
 
 impl Inner {
+    /// Serialises work on one blob across concurrent pulls.
+    pub(crate) async fn lock_blob(&self, d: &Digest) -> Result<BlobGuard<'_>, ImageError> {
+        let m = self
+            .blob_locks
+            .lock()
+            .map_err(|_| poisoned())?
+            .entry(d.clone())
+            .or_default()
+            .clone();
+        let guard = m.clone().lock_owned().await;
+        Ok(BlobGuard {
+            inner: self,
+            digest: d.clone(),
+            lock: m,
+            _guard: Some(guard),
+        })
+    }
+
     /// Referenced blobs, referenced snapshots, leased snapshots.
     #[allow(clippy::type_complexity)]
     fn referenced(
@@ -471,6 +493,26 @@ impl Inner {
             return Ok(c.to_registry_auth());
         }
         Ok(RegistryAuth::Anonymous)
+    }
+}
+
+/// Held while a blob is being fetched; drops its map entry when nobody else waits on it.
+pub(crate) struct BlobGuard<'a> {
+    inner: &'a Inner,
+    digest: Digest,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for BlobGuard<'_> {
+    fn drop(&mut self) {
+        self._guard.take();
+        if let Ok(mut map) = self.inner.blob_locks.lock()
+            // The map's reference plus ours: nobody else holds or waits for this lock.
+            && Arc::strong_count(&self.lock) <= 2
+        {
+            map.remove(&self.digest);
+        }
     }
 }
 
