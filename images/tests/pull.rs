@@ -243,6 +243,7 @@ async fn whiteouts_opaque_dirs_and_special_files_through_overlay() {
             Entry::Symlink("etc/sym", "keep"),
             Entry::CharDev("null", 1, 3),
             Entry::Fifo("fifo"),
+            Entry::XattrFile("etc/xattr", b"x".to_vec(), "user.r3s", b"hello"),
         ],
         Compression::Gzip,
     );
@@ -293,6 +294,10 @@ async fn whiteouts_opaque_dirs_and_special_files_through_overlay() {
 
 /// What the whiteout test image must look like once its layers are merged.
 fn check_merged_view(root: &Path) {
+    assert_eq!(
+        xattr(&root.join("etc/xattr"), "user.r3s").as_deref(),
+        Some(&b"hello"[..])
+    );
     assert_eq!(
         std::fs::read_to_string(root.join("etc/keep")).unwrap(),
         "keep"

@@ -266,6 +266,21 @@ pub enum Entry<'a> {
     Opaque(&'a str),
     /// Raw path (no checks): for traversal tests.
     RawFile(&'a str, Vec<u8>),
+    /// A file with one xattr (PAX `SCHILY.xattr.<name>` record).
+    XattrFile(&'a str, Vec<u8>, &'a str, &'a [u8]),
+}
+
+/// One PAX record: `<len> <key>=<value>\n`, where len counts the whole record.
+fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let body_len = key.len() + value.len() + 3; // ' ', '=', '\n'
+    let mut len = body_len + 1;
+    while len != body_len + len.to_string().len() {
+        len = body_len + len.to_string().len();
+    }
+    let mut r = format!("{len} {key}=").into_bytes();
+    r.extend_from_slice(value);
+    r.push(b'\n');
+    r
 }
 
 pub struct Layer {
@@ -336,6 +351,13 @@ pub fn layer(entries: &[Entry<'_>], c: Compression) -> Layer {
                 let mut h = header(tar::EntryType::Regular, 0o644, 0);
                 b.append_data(&mut h, Path::new(dir).join(".wh..wh..opq"), &[][..])
                     .unwrap();
+            }
+            Entry::XattrFile(p, data, name, value) => {
+                let rec = pax_record(&format!("SCHILY.xattr.{name}"), value);
+                let mut x = header(tar::EntryType::XHeader, 0o644, rec.len() as u64);
+                b.append_data(&mut x, "PaxHeaders/x", &rec[..]).unwrap();
+                let mut h = header(tar::EntryType::Regular, 0o644, data.len() as u64);
+                b.append_data(&mut h, p, &data[..]).unwrap();
             }
             Entry::RawFile(p, data) => {
                 let mut h = header(tar::EntryType::Regular, 0o644, data.len() as u64);
