@@ -218,6 +218,17 @@ impl Ingest {
         }
     }
 
+    /// Discards what was written so far (a download restarting from byte 0).
+    pub fn reset(&mut self) -> Result<(), ContentError> {
+        use std::io::Seek;
+        self.hasher = Hasher::default();
+        if let Some(f) = self.file.as_mut() {
+            f.set_len(0).map_err(io_err("truncate", &self.tmp))?;
+            f.rewind().map_err(io_err("rewind", &self.tmp))?;
+        }
+        Ok(())
+    }
+
     /// Bytes written so far.
     pub fn written(&self) -> u64 {
         self.hasher.len()

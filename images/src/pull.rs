@@ -12,6 +12,7 @@
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use futures::{StreamExt, TryStreamExt};
+use oci_client::client::BlobResponse;
 use oci_client::{Client, Reference};
 
 use crate::digest::Digest;
@@ -24,6 +25,8 @@ use crate::registries::Endpoint;
 use crate::service::{ImageError, ImageService, Inner, PullOptions, error_chain};
 
 const PROGRESS_STEP: u64 = 256 * 1024;
+/// Range-request retries of one interrupted blob download.
+const MAX_RESUMES: u32 = 3;
 
 /// A manifest found on an endpoint.
 struct Resolved {
@@ -276,27 +279,64 @@ async fn download(
         .await
         .map_err(reg_err)?;
     let mut reported = 0;
-    while let Some(chunk) = stream.next().await {
-        let chunk = match chunk {
-            Ok(c) => c,
-            // The client's own digest check fires at the end of the stream; our commit below
-            // reports the same mismatch with digest and size, so prefer it when all bytes arrived.
-            Err(_) if ingest.written() == desc.size => break,
-            Err(e) => {
-                return Err(reg_err(oci_client::errors::OciDistributionError::IoError(
-                    e,
-                )));
+    let mut resumes = 0;
+    loop {
+        let mut failure = None;
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(c) => ingest.write(&c)?,
+                // The client's own digest check fires at the end of the stream; our commit below
+                // reports the same mismatch with digest and size, so prefer it when all bytes arrived.
+                Err(_) if ingest.written() == desc.size => break,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
             }
-        };
-        ingest.write(&chunk)?;
-        if ingest.written() - reported >= PROGRESS_STEP {
-            reported = ingest.written();
-            progress.send(PullEvent::LayerProgress {
-                digest: desc.digest.clone(),
-                done: reported,
-                total: desc.size,
+            if ingest.written() - reported >= PROGRESS_STEP {
+                reported = ingest.written();
+                progress.send(PullEvent::LayerProgress {
+                    digest: desc.digest.clone(),
+                    done: reported,
+                    total: desc.size,
+                });
+            }
+        }
+        if ingest.written() >= desc.size {
+            break;
+        }
+        // The connection dropped mid-blob (slow, flaky links): continue from where it stopped
+        // with a Range request; the digest is still checked over the whole blob at commit.
+        let failure =
+            failure.unwrap_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+        if resumes == MAX_RESUMES {
+            let e = oci_client::errors::OciDistributionError::IoError(failure);
+            return Err(ImageError::Registry {
+                endpoint: ep.url(),
+                message: format!(
+                    "blob {}: connection lost at byte {}/{} after {MAX_RESUMES} resumes: {}",
+                    desc.digest,
+                    ingest.written(),
+                    desc.size,
+                    error_chain(&e)
+                ),
             });
         }
+        resumes += 1;
+        tracing::warn!(digest = %desc.digest, offset = ingest.written(), error = %failure, "blob download interrupted; resuming");
+        stream = match client
+            .pull_blob_stream_partial(oref, desc.digest.as_str(), ingest.written(), None)
+            .await
+            .map_err(reg_err)?
+        {
+            BlobResponse::Partial(s) => s,
+            // The server ignored the range: start over.
+            BlobResponse::Full(s) => {
+                ingest.reset()?;
+                reported = 0;
+                s
+            }
+        };
     }
     let done = ingest.written();
     progress.send(PullEvent::LayerProgress {

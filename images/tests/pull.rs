@@ -826,3 +826,53 @@ async fn concurrent_pulls_and_gc_are_safe() {
         0
     );
 }
+
+#[tokio::test]
+async fn interrupted_download_resumes_with_range_requests() {
+    if !have_registry() || !have_root() {
+        return;
+    }
+    let reg = Registry::start();
+    let img = image(vec![random_layer(1 << 20, 7)], "amd64", None, false);
+    reg.push("flaky", "1", &img, &ANON).await;
+    let name = format!("{}/flaky:1", reg.addr);
+    let mirror = |proxy: &CutProxy| {
+        format!(
+            "mirrors:\n  \"{}\":\n    endpoint: [\"http://{}\"]\n",
+            reg.addr, proxy.addr
+        )
+    };
+
+    // Two cuts: resumed twice from the byte where each connection broke.
+    let proxy = CutProxy::start(&reg.addr, &img.layers[0].digest, 300_000, 2);
+    let tmp = tempfile::tempdir().unwrap();
+    let svc = service_with_yaml(&tmp.path().join("a"), &mirror(&proxy), "linux/amd64");
+    let rec = svc.pull(&name, &opts()).await.unwrap();
+    assert_eq!(proxy.ranges.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let blob = svc
+        .root()
+        .join("blobs/sha256")
+        .join(rec.layers[0].digest.hex());
+    assert_eq!(std::fs::read(blob).unwrap(), img.layers[0].data);
+
+    // A link that always breaks: the pull gives up after a bounded number of resumes, cleanly.
+    let proxy = CutProxy::start(&reg.addr, &img.layers[0].digest, 100_000, usize::MAX);
+    let svc = service_with_yaml(&tmp.path().join("b"), &mirror(&proxy), "linux/amd64");
+    let err = svc.pull(&name, &opts()).await.unwrap_err().to_string();
+    eprintln!("flaky link error: {err}");
+    assert!(err.contains(&proxy.addr), "{err}");
+    assert_eq!(proxy.ranges.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert!(
+        !svc.root()
+            .join("blobs/sha256")
+            .join(&img.layers[0].digest[7..])
+            .exists()
+    );
+    assert_eq!(
+        std::fs::read_dir(svc.root().join("ingest"))
+            .unwrap()
+            .count(),
+        0
+    );
+    assert!(svc.list().unwrap().is_empty());
+}

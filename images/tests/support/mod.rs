@@ -545,3 +545,117 @@ impl Drop for RootfsGuard {
         }
     }
 }
+
+/// A TCP proxy in front of a registry that cuts the response of the first `max_cuts` requests for
+/// one blob after `cut_after` bytes (a flaky link), and counts Range requests for it.
+pub struct CutProxy {
+    pub addr: String,
+    pub cuts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub ranges: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CutProxy {
+    pub fn start(upstream: &str, digest: &str, cut_after: usize, max_cuts: usize) -> Self {
+        use std::io::Read;
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let cuts = Arc::new(AtomicUsize::new(0));
+        let ranges = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (cuts2, ranges2, stop2) = (cuts.clone(), ranges.clone(), stop.clone());
+        let upstream = upstream.to_string();
+        let blob_path = format!("/blobs/{digest}");
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut client) = conn else { continue };
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match client.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&req).into_owned();
+                let Some(head) = text.split("\r\n\r\n").next() else {
+                    continue;
+                };
+                let mut lines: Vec<&str> = head
+                    .lines()
+                    .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+                    .collect();
+                lines.push("Connection: close");
+                let is_blob = lines.first().is_some_and(|l| l.contains(&blob_path));
+                if is_blob
+                    && lines
+                        .iter()
+                        .any(|l| l.to_ascii_lowercase().starts_with("range:"))
+                {
+                    ranges2.fetch_add(1, Ordering::SeqCst);
+                }
+                let cut = is_blob && cuts2.fetch_add(1, Ordering::SeqCst) < max_cuts;
+                if is_blob && !cut {
+                    cuts2.fetch_sub(1, Ordering::SeqCst);
+                }
+                let Ok(mut up) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let _ = up.write_all(format!("{}\r\n\r\n", lines.join("\r\n")).as_bytes());
+                let mut sent = 0usize;
+                loop {
+                    let n = match up.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    let n = if cut { n.min(cut_after - sent) } else { n };
+                    if client.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    sent += n;
+                    if cut && sent >= cut_after {
+                        break;
+                    }
+                }
+                let _ = client.shutdown(std::net::Shutdown::Both);
+            }
+        });
+        CutProxy {
+            addr,
+            cuts,
+            ranges,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = TcpStream::connect(&self.addr);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A layer with one file of `len` pseudo-random (incompressible) bytes.
+pub fn random_layer(len: usize, seed: u64) -> Layer {
+    let mut x = seed | 1;
+    let data: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    layer(&[Entry::File("blob.bin", data, 0o644)], Compression::None)
+}
