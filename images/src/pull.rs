@@ -6,7 +6,8 @@
 //! Invariants: every manifest, config and layer is checked against its digest and size before it
 //! is stored or used (a mismatch discards it and fails the pull); a blob or snapshot already present
 //! is not fetched or unpacked again; an interrupted pull leaves no partial blob or snapshot visible
-//! and simply restarts the missing pieces next time. Once a manifest resolved on an endpoint, its
+//! and simply restarts the missing pieces next time; a connection lost mid-blob is resumed with a
+//! Range request (at most 3 times per blob). Concurrent pulls sharing a blob fetch it once. Once a manifest resolved on an endpoint, its
 //! blobs come from that same endpoint.
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};

@@ -166,6 +166,34 @@ async fn multi_arch_index_selects_platform() {
             "{platform}"
         );
     }
+    // The same images behind a Docker manifest list (schema 2 list, Docker manifests).
+    let amd_d = image(
+        vec![marker_layer("arch", "amd64-docker", Compression::Gzip)],
+        "amd64",
+        None,
+        true,
+    );
+    let arm_d = image(
+        vec![marker_layer("arch", "arm64-docker", Compression::Gzip)],
+        "arm64",
+        None,
+        true,
+    );
+    let list = docker_list(&[(&amd_d, "amd64", None), (&arm_d, "arm64", Some("v8"))]);
+    reg.push_index("multi", "docker", &[&amd_d, &arm_d], &list, &ANON)
+        .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let svc = service(tmp.path(), &reg, "linux/arm64");
+    let rec = svc
+        .pull(&format!("{}/multi:docker", reg.addr), &opts())
+        .await
+        .unwrap();
+    assert_eq!(rec.manifest.as_str(), arm_d.manifest_digest);
+    assert_eq!(
+        rec.index.as_ref().map(Digest::as_str),
+        Some(support::sha256(&list).as_str())
+    );
+
     // A platform the index lacks: the error names what is available.
     let tmp = tempfile::tempdir().unwrap();
     let svc = service(tmp.path(), &reg, "linux/riscv64");

@@ -216,11 +216,11 @@ impl Registry {
                 .await
                 .unwrap();
         }
-        let mt = http::HeaderValue::from_static("application/vnd.oci.image.index.v1+json");
-        client
-            .push_manifest_raw(&r, index.to_vec(), mt)
-            .await
-            .unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(index).unwrap();
+        let mt = http::HeaderValue::from_str(doc["mediaType"].as_str().unwrap()).unwrap();
+        if let Err(e) = client.push_manifest_raw(&r, index.to_vec(), mt).await {
+            panic!("push index: {e}\nregistry log:\n{}", self.log());
+        }
     }
 }
 
@@ -481,6 +481,18 @@ pub fn image(layers: Vec<Layer>, arch: &str, variant: Option<&str>, docker: bool
 
 /// An OCI index over `(image, arch, variant)`.
 pub fn index(entries: &[(&Image, &str, Option<&str>)]) -> Vec<u8> {
+    index_typed(entries, "application/vnd.oci.image.index.v1+json")
+}
+
+/// A Docker manifest list over `(image, arch, variant)`.
+pub fn docker_list(entries: &[(&Image, &str, Option<&str>)]) -> Vec<u8> {
+    index_typed(
+        entries,
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    )
+}
+
+fn index_typed(entries: &[(&Image, &str, Option<&str>)], media_type: &str) -> Vec<u8> {
     let manifests: Vec<_> = entries
         .iter()
         .map(|(img, arch, variant)| {
@@ -494,7 +506,7 @@ pub fn index(entries: &[(&Image, &str, Option<&str>)]) -> Vec<u8> {
         .collect();
     serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "mediaType": media_type,
         "manifests": manifests,
     }))
     .unwrap()
