@@ -545,6 +545,7 @@ fn record_image(
         size: m.config.size + layers.iter().map(|l| l.size).sum::<u64>(),
         layers,
         platform,
+        last_used: 0,
         created: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())

@@ -243,6 +243,7 @@ async fn fetch(
         layers,
         platform: platform.clone(),
         size,
+        last_used: 0,
         created: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())

@@ -320,10 +320,11 @@ impl ImageService {
         name: &str,
         container_dir: &Path,
     ) -> Result<OverlayMount, ImageError> {
+        // Lock first: a concurrent remove must not slip between lookup and use.
+        let _r = self.inner.lock.read().await;
         let record = self
             .get(name)?
             .ok_or_else(|| ImageError::NotFound(name.to_string()))?;
-        let _r = self.inner.lock.read().await;
         let inner = self.inner.clone();
         let dir = container_dir.to_path_buf();
         tokio::task::spawn_blocking(move || {
@@ -332,7 +333,9 @@ impl ImageService {
                     .snapshots
                     .ensure(&l.digest, &inner.content.path(&l.digest), &l.diff_id)?;
             }
-            Ok(inner.snapshots.mount(&record.diff_ids(), &dir)?)
+            let m = inner.snapshots.mount(&record.diff_ids(), &dir)?;
+            inner.touch(record)?;
+            Ok(m)
         })
         .await?
     }
@@ -345,10 +348,11 @@ impl ImageService {
         name: &str,
         container_dir: &Path,
     ) -> Result<PathBuf, ImageError> {
+        // Lock first: a concurrent remove must not slip between lookup and use.
+        let _r = self.inner.lock.read().await;
         let record = self
             .get(name)?
             .ok_or_else(|| ImageError::NotFound(name.to_string()))?;
-        let _r = self.inner.lock.read().await;
         let inner = self.inner.clone();
         let dir = container_dir.to_path_buf();
         tokio::task::spawn_blocking(move || {
@@ -359,7 +363,9 @@ impl ImageService {
                     .ensure(&l.digest, &inner.content.path(&l.digest), &l.diff_id)?;
                 layers.push(inner.snapshots.path(&l.diff_id));
             }
-            Ok(crate::flatten::flatten(&layers, &dir)?)
+            let rootfs = crate::flatten::flatten(&layers, &dir)?;
+            inner.touch(record)?;
+            Ok(rootfs)
         })
         .await?
     }
@@ -375,6 +381,15 @@ impl ImageService {
 }
 
 impl Inner {
+    /// Records that a container was just created from the image.
+    fn touch(&self, mut record: ImageRecord) -> Result<(), ImageError> {
+        record.last_used = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Ok(self.records.put(&record)?)
+    }
+
     /// Serialises work on one blob across concurrent pulls.
     pub(crate) async fn lock_blob(&self, d: &Digest) -> Result<BlobGuard<'_>, ImageError> {
         let m = self

@@ -55,8 +55,15 @@ async fn single_arch_busybox_runs_from_overlay() {
         svc: svc.clone(),
         dir: cdir.clone(),
     };
+    assert_eq!(svc.get(&name).unwrap().unwrap().last_used, 0);
     let m = svc.prepare_rootfs(&name, &cdir).await.unwrap();
     assert_eq!(m.target, cdir.join("rootfs"));
+    let used = svc.get(&name).unwrap().unwrap();
+    assert!(used.last_used >= used.created, "{used:?}");
+    assert_eq!(
+        used.repo_digest(),
+        format!("{}/busybox@{}", reg.addr, img.manifest_digest)
+    );
     let out = std::process::Command::new("chroot")
         .arg(&m.target)
         .args([
