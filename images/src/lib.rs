@@ -76,5 +76,6 @@ pub use reference::ImageRef;
 pub use registries::RegistriesConfig;
 pub use service::{
     DiskUsage, GcReport, ImageError, ImageInfo, ImageService, ImageServiceConfig, PullOptions,
+    airgap_dir, store_dir,
 };
 pub use snapshot::OverlayMount;

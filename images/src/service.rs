@@ -85,6 +85,17 @@ pub struct ImageServiceConfig {
     pub max_concurrent_downloads: usize,
 }
 
+/// Where the agent keeps the image store under its data dir (`<data-dir>/agent/image-store`, next
+/// to k3s's air-gap directory `<data-dir>/agent/images`, which [`airgap_dir`] names).
+pub fn store_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("agent").join("image-store")
+}
+
+/// The air-gap tarball directory scanned at agent start (`<data-dir>/agent/images`, as in k3s).
+pub fn airgap_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("agent").join("images")
+}
+
 impl ImageServiceConfig {
     /// Defaults: host platform, no registries.yaml, 3 concurrent layer downloads (containerd's default).
     pub fn new(root: impl Into<PathBuf>) -> Self {

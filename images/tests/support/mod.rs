@@ -78,6 +78,16 @@ impl Registry {
     }
 
     pub fn start_with(opts: RegistryOpts) -> Self {
+        // The free port can be taken by someone else before the registry binds it: retry.
+        for _ in 0..5 {
+            if let Some(reg) = Self::try_start(&opts) {
+                return reg;
+            }
+        }
+        panic!("docker-registry did not start after 5 attempts");
+    }
+
+    fn try_start(opts: &RegistryOpts) -> Option<Self> {
         let dir = tempfile::Builder::new()
             .prefix("r3st-registry")
             .tempdir()
@@ -125,7 +135,7 @@ impl Registry {
             .stderr(log)
             .spawn()
             .expect("spawn docker-registry");
-        let reg = Registry {
+        let mut reg = Registry {
             dir,
             addr,
             tls: opts.tls.is_some(),
@@ -133,6 +143,10 @@ impl Registry {
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(&reg.addr).is_err() {
+            if let Ok(Some(status)) = reg.child.try_wait() {
+                eprintln!("docker-registry exited ({status}), retrying: {}", reg.log());
+                return None;
+            }
             assert!(
                 Instant::now() < deadline,
                 "registry did not start: {}",
@@ -140,7 +154,7 @@ impl Registry {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        reg
+        Some(reg)
     }
 
     pub fn start_with_extra(extra: &str) -> Self {
