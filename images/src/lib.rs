@@ -2,7 +2,7 @@
 //! their layers into snapshots that containers mount with overlayfs (containerd's image path in k3s).
 //!
 //! Entry point: [`ImageService`] (open a root directory, then `pull`, `list`, `inspect`, `remove`,
-//! `gc`, `disk_usage`, `prepare_rootfs` (or `prepare_rootfs_copy` without overlayfs) /
+//! `gc`, `prune`, `disk_usage`, `prepare_rootfs` (or `prepare_rootfs_copy` without overlayfs) /
 //! `release_rootfs`, `import_dir`). Pull progress arrives as
 //! [`PullEvent`]s on a channel, so a CLI or the agent's event recorder stays a thin layer.
 //!

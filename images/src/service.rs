@@ -294,6 +294,50 @@ impl ImageService {
         .await?
     }
 
+    /// Frees space the way kubelet's image GC does: while the store (blobs + snapshots) is larger
+    /// than `target_bytes`, removes the least recently used image (by `last_used`, else `created`)
+    /// that no prepared rootfs uses and that is older than `min_age`, then collects its content.
+    /// Returns the names removed and the combined GC report.
+    pub async fn prune(
+        &self,
+        target_bytes: u64,
+        min_age: std::time::Duration,
+    ) -> Result<(Vec<String>, GcReport), ImageError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut removed = Vec::new();
+        let mut total = self.gc().await?;
+        loop {
+            let du = self.disk_usage().await?;
+            if du.blob_bytes + du.snapshot_bytes <= target_bytes {
+                break;
+            }
+            let in_use: BTreeSet<String> = self
+                .inner
+                .snapshots
+                .leases()?
+                .into_iter()
+                .map(|(image, _)| image)
+                .collect();
+            let victim = self
+                .list()?
+                .into_iter()
+                .filter(|r| !in_use.contains(&r.name))
+                .filter(|r| now.saturating_sub(r.created) >= min_age.as_secs())
+                .min_by_key(|r| (r.last_used.max(r.created), r.name.clone()));
+            let Some(victim) = victim else { break };
+            self.remove(&victim.name).await?;
+            let rep = self.gc().await?;
+            total.bytes_freed += rep.bytes_freed;
+            total.blobs_removed.extend(rep.blobs_removed);
+            total.snapshots_removed.extend(rep.snapshots_removed);
+            removed.push(victim.name);
+        }
+        Ok((removed, total))
+    }
+
     /// Current disk usage.
     pub async fn disk_usage(&self) -> Result<DiskUsage, ImageError> {
         let _r = self.inner.lock.read().await;
@@ -344,7 +388,9 @@ impl ImageService {
                     .snapshots
                     .ensure(&l.digest, &inner.content.path(&l.digest), &l.diff_id)?;
             }
-            let m = inner.snapshots.mount(&record.diff_ids(), &dir)?;
+            let m = inner
+                .snapshots
+                .mount(&record.name, &record.diff_ids(), &dir)?;
             inner.touch(record)?;
             Ok(m)
         })
@@ -374,6 +420,8 @@ impl ImageService {
                     .ensure(&l.digest, &inner.content.path(&l.digest), &l.diff_id)?;
                 layers.push(inner.snapshots.path(&l.diff_id));
             }
+            // The copy needs no snapshot after it is made, but the image counts as in use.
+            inner.snapshots.write_lease(&dir, &record.name, &[])?;
             let rootfs = crate::flatten::flatten(&layers, &dir)?;
             inner.touch(record)?;
             Ok(rootfs)

@@ -102,6 +102,9 @@ impl OverlayMount {
 #[derive(Serialize, Deserialize)]
 struct Lease {
     container_dir: PathBuf,
+    /// The image the rootfs was prepared from (in use, for LRU pruning).
+    #[serde(default)]
+    image: String,
     snapshots: Vec<Digest>,
 }
 
@@ -212,6 +215,11 @@ impl SnapshotStore {
 
     /// Snapshots held by prepared container rootfs.
     pub fn leased(&self) -> Result<Vec<Digest>, SnapshotError> {
+        Ok(self.leases()?.into_iter().flat_map(|(_, s)| s).collect())
+    }
+
+    /// Every lease: (image name, snapshots it holds).
+    pub fn leases(&self) -> Result<Vec<(String, Vec<Digest>)>, SnapshotError> {
         let mut out = Vec::new();
         for e in fs::read_dir(&self.leases)
             .map_err(io_err("list", &self.leases))?
@@ -224,9 +232,29 @@ impl SnapshotStore {
                     path: path.clone(),
                     reason: err.to_string(),
                 })?;
-            out.extend(lease.snapshots);
+            out.push((lease.image, lease.snapshots));
         }
         Ok(out)
+    }
+
+    /// Records that `container_dir` uses `image` and holds `snapshots`.
+    pub(crate) fn write_lease(
+        &self,
+        container_dir: &Path,
+        image: &str,
+        snapshots: &[Digest],
+    ) -> Result<(), SnapshotError> {
+        let lease = Lease {
+            container_dir: container_dir.to_path_buf(),
+            image: image.to_string(),
+            snapshots: snapshots.to_vec(),
+        };
+        let lp = self.lease_path(container_dir);
+        let body = serde_json::to_vec(&lease).map_err(|e| SnapshotError::Lease {
+            path: lp.clone(),
+            reason: e.to_string(),
+        })?;
+        write_atomic(&lp, &body).map_err(io_err("write", &lp))
     }
 
     fn lease_path(&self, container_dir: &Path) -> PathBuf {
@@ -239,6 +267,7 @@ impl SnapshotStore {
     #[cfg(target_os = "linux")]
     pub fn mount(
         &self,
+        image: &str,
         layers: &[Digest],
         container_dir: &Path,
     ) -> Result<OverlayMount, SnapshotError> {
@@ -268,16 +297,7 @@ impl SnapshotStore {
             target,
         };
         // Lease first: from now on GC keeps these snapshots.
-        let lease = Lease {
-            container_dir: container_dir.to_path_buf(),
-            snapshots: layers.to_vec(),
-        };
-        let lp = self.lease_path(container_dir);
-        let body = serde_json::to_vec(&lease).map_err(|e| SnapshotError::Lease {
-            path: lp.clone(),
-            reason: e.to_string(),
-        })?;
-        write_atomic(&lp, &body).map_err(io_err("write", &lp))?;
+        self.write_lease(container_dir, image, layers)?;
         if is_mountpoint(&m.target) {
             return Ok(m);
         }

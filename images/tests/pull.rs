@@ -911,3 +911,59 @@ async fn interrupted_download_resumes_with_range_requests() {
     );
     assert!(svc.list().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn prune_removes_least_recently_used_unused_images() {
+    if !have_registry() || !have_root() {
+        return;
+    }
+    let reg = Registry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let svc = service(tmp.path(), &reg, "linux/amd64");
+    let mut names = Vec::new();
+    for (i, n) in ["a", "b", "c"].into_iter().enumerate() {
+        let img = image(
+            vec![random_layer(200_000, 2 * i as u64 + 11)],
+            "amd64",
+            None,
+            false,
+        );
+        reg.push(&format!("prune/{n}"), "1", &img, &ANON).await;
+        let name = format!("{}/prune/{n}:1", reg.addr);
+        svc.pull(&name, &opts()).await.unwrap();
+        names.push(name);
+    }
+    // `a` is in use by a container.
+    let cdir = tmp.path().join("ca");
+    svc.prepare_rootfs_copy(&names[0], &cdir).await.unwrap();
+
+    // Everything is younger than an hour: nothing may go.
+    let (removed, _) = svc
+        .prune(0, std::time::Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert!(removed.is_empty());
+
+    // Ask for just under the current size: exactly one unused image goes (b before c on a tie).
+    let du = svc.disk_usage().await.unwrap();
+    let (removed, rep) = svc
+        .prune(
+            du.blob_bytes + du.snapshot_bytes - 1,
+            std::time::Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    assert_eq!(removed, [names[1].clone()]);
+    assert_eq!(rep.snapshots_removed.len(), 1);
+
+    // Down to nothing: the in-use image stays.
+    let (removed, _) = svc.prune(0, std::time::Duration::ZERO).await.unwrap();
+    assert_eq!(removed, [names[2].clone()]);
+    let left: Vec<String> = svc.list().unwrap().into_iter().map(|r| r.name).collect();
+    assert_eq!(left, [names[0].clone()]);
+    svc.release_rootfs(&cdir).await.unwrap();
+    let (removed, _) = svc.prune(0, std::time::Duration::ZERO).await.unwrap();
+    assert_eq!(removed, [names[0].clone()]);
+    let du = svc.disk_usage().await.unwrap();
+    assert_eq!((du.images, du.blobs, du.snapshots), (0, 0, 0));
+}

@@ -672,7 +672,7 @@ impl Drop for CutProxy {
     }
 }
 
-/// A layer with one file of `len` pseudo-random (incompressible) bytes.
+/// A layer with one file of `len` pseudo-random (incompressible) bytes (`seed | 1` seeds it).
 pub fn random_layer(len: usize, seed: u64) -> Layer {
     let mut x = seed | 1;
     let data: Vec<u8> = (0..len)
