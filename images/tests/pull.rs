@@ -412,6 +412,19 @@ async fn path_traversal_layer_rejected() {
             ],
             Compression::Gzip,
         ),
+        // A hard link to a file outside the snapshot.
+        layer(
+            &[Entry::Hardlink("passwd", "../../../../etc/passwd")],
+            Compression::Gzip,
+        ),
+        // A hard link through a symlinked directory.
+        layer(
+            &[
+                Entry::Symlink("etc", "/etc"),
+                Entry::Hardlink("passwd", "etc/passwd"),
+            ],
+            Compression::Gzip,
+        ),
     ]
     .into_iter()
     .enumerate()
