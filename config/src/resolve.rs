@@ -70,6 +70,15 @@ impl Sources {
         }
     }
 
+    /// `--long value`, followed by the value's origin when that was the environment or a file:
+    /// `--cluster-dns 10.50.0.1 (from env R3S_CLUSTER_DNS)`.
+    pub fn show(&self, long: &str, value: impl fmt::Display) -> String {
+        match self.get(long) {
+            Source::Flag | Source::Default => format!("--{long} {value}"),
+            other => format!("--{long} {value} (from {other})"),
+        }
+    }
+
     /// For callers that resolve settings by other means than [`resolve`] (tests, subcommands).
     pub fn insert(&mut self, long: &str, source: Source) {
         self.0.insert(long.to_owned(), source);
