@@ -77,9 +77,7 @@ impl FromStr for Ipv4Cidr {
             )));
         };
         if addr.contains(':') {
-            return Err(CidrError(format!(
-                "{s}: IPv6 networks are not supported yet"
-            )));
+            return Err(CidrError("IPv6 networks are not supported yet".to_string()));
         }
         let network: Ipv4Addr = addr
             .parse()

@@ -37,6 +37,23 @@ pub fn config_failure(bin: &str, err: ConfigError) -> ExitCode {
     }
 }
 
+/// An error and its causes as one line, `outer: cause: root cause`, leaving out a cause whose text
+/// the message before it already contains (r3s errors print their cause themselves, and
+/// `anyhow`'s `{:#}` would otherwise repeat it).
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = err.to_string();
+    let mut cause = err.source();
+    while let Some(source) = cause {
+        let text = source.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = source.source();
+    }
+    one_line(&line)
+}
+
 /// A clap error as one line: its first line without the `error: ` prefix, plus any `tip:` lines,
 /// leaving out the usage block and the "For more information" pointer.
 pub(crate) fn clap_one_line(err: &clap::Error) -> String {
@@ -60,6 +77,30 @@ mod tests {
     fn collapses_lines() {
         assert_eq!(one_line("a\n\n  b\nc\n"), "a; b; c");
         assert_eq!(one_line("single"), "single");
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read {path}: {source}")]
+    struct Read {
+        path: String,
+        source: std::io::Error,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("starting up")]
+    struct Outer(#[source] Read);
+
+    #[test]
+    fn chains_without_repeats() {
+        let read = || Read {
+            path: "/x".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        assert_eq!(chain(&read()), "cannot read /x: entity not found");
+        assert_eq!(
+            chain(&Outer(read())),
+            "starting up: cannot read /x: entity not found"
+        );
     }
 
     #[test]

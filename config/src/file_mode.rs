@@ -37,9 +37,9 @@ impl FromStr for FileMode {
         let bits = u32::from_str_radix(digits, 8)
             .map_err(|_| FileModeError(format!("{s:?} is not an octal file mode")))?;
         if bits > 0o777 {
-            return Err(FileModeError(format!(
-                "{s}: only permission bits (up to 0777) are allowed"
-            )));
+            return Err(FileModeError(
+                "only permission bits (up to 0777) are allowed".to_string(),
+            ));
         }
         Ok(Self(bits))
     }

@@ -44,9 +44,9 @@ impl FromStr for PortRange {
         };
         let (first, last) = (port(first)?, port(last)?);
         if first > last {
-            return Err(PortRangeError(format!(
-                "{s}: the first port is above the last"
-            )));
+            return Err(PortRangeError(
+                "the first port is above the last".to_string(),
+            ));
         }
         Ok(Self { first, last })
     }

@@ -51,13 +51,13 @@ impl FromStr for Taint {
             "NoExecute" => TaintEffect::NoExecute,
             other => {
                 return Err(TaintError(format!(
-                    "taint {s:?}: effect {other:?} is not one of NoSchedule, PreferNoSchedule, NoExecute"
+                    "effect {other:?} is not one of NoSchedule, PreferNoSchedule, NoExecute"
                 )));
             }
         };
         let (key, value) = key_value.split_once('=').unwrap_or((key_value, ""));
-        check_key(key).map_err(|why| TaintError(format!("taint {s:?}: {why}")))?;
-        check_value(value).map_err(|why| TaintError(format!("taint {s:?}: {why}")))?;
+        check_key(key).map_err(TaintError)?;
+        check_value(value).map_err(TaintError)?;
         Ok(Self {
             key: key.to_owned(),
             value: value.to_owned(),

@@ -45,14 +45,15 @@ impl FromStr for DatastoreEndpoint {
         }
         if let Some(path) = s.strip_prefix("sqlite://") {
             if path.contains('?') {
-                return err(format!(
-                    "{s}: SQLite options (?...) are not supported; r3s tunes SQLite itself"
-                ));
+                return err(
+                    "SQLite options (?...) are not supported; r3s tunes SQLite itself".to_owned(),
+                );
             }
             if !path.starts_with('/') {
-                return err(format!(
-                    "{s}: the SQLite path must be absolute, like sqlite:///var/lib/r3s/state.db"
-                ));
+                return err(
+                    "the SQLite path must be absolute, like sqlite:///var/lib/r3s/state.db"
+                        .to_owned(),
+                );
             }
             return Ok(Self::Sqlite(PathBuf::from(path)));
         }
@@ -452,8 +453,18 @@ mod tests {
 
     #[test]
     fn relative_paths_become_absolute() {
-        let cfg = config(&["--data-dir", "rel/dir", "-o", "kube.yaml"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "r3s-server",
+            "--node-name",
+            "n1",
+            "-d",
+            "rel/dir",
+            "-o",
+            "kube.yaml",
+        ])
+        .unwrap();
+        let cfg = ServerConfig::from_cli(cli, Sources::default(), Vec::new()).unwrap();
         assert!(cfg.data_dir.is_absolute() && cfg.data_dir.ends_with("rel/dir"));
-        assert!(cfg.write_kubeconfig.is_absolute());
+        assert!(cfg.write_kubeconfig.is_absolute() && cfg.write_kubeconfig.ends_with("kube.yaml"));
     }
 }

@@ -19,8 +19,7 @@ fn main() -> ExitCode {
     };
     match start(resolved) {
         Ok(()) => ExitCode::SUCCESS,
-        // `{:#}` prints the anyhow chain on one line: "context: cause: cause".
-        Err(err) => fail(BIN, &format_args!("{err:#}")),
+        Err(err) => fail(BIN, &r3s_config::exit::chain(err.as_ref())),
     }
 }
 

@@ -125,7 +125,7 @@ fn bad_value_in_drop_in_file() {
     assert_eq!(
         line,
         format!(
-            "r3s-server: {}: key \"service-node-port-range\": invalid value \"32767-30000\": 32767-30000: the first port is above the last",
+            "r3s-server: {}: key \"service-node-port-range\": invalid value \"32767-30000\": the first port is above the last",
             dropin.display()
         )
     );
