@@ -252,6 +252,25 @@ fn a_valid_configuration_still_fails_honestly() {
 }
 
 #[test]
+fn rust_log_overrides_debug() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = JOIN.to_vec();
+    env.push(("RUST_LOG", "warn"));
+    // --debug would log every setting; RUST_LOG=warn silences that, leaving the one error line.
+    let line = fails(agent(dir.path(), &["--debug"], &env));
+    assert!(line.contains("not implemented yet"), "{line}");
+    env.pop();
+    env.push(("RUST_LOG", "r3s_agent=loud"));
+    let line = fails(agent(dir.path(), &[], &env));
+    assert!(
+        line.starts_with(
+            "r3s-agent: environment variable RUST_LOG: invalid filter \"r3s_agent=loud\""
+        ),
+        "{line}"
+    );
+}
+
+#[test]
 fn precedence_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let config = write(

@@ -29,8 +29,9 @@ pub fn fail(bin: &str, err: &dyn Display) -> ExitCode {
 /// through [`fail`].
 pub fn config_failure(bin: &str, err: ConfigError) -> ExitCode {
     match err {
+        // clap knows the right stream and status: stdout and 0 for --help and --version.
         ConfigError::Help(help) => match help.print() {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(()) => ExitCode::from(u8::try_from(help.exit_code()).unwrap_or(1)),
             Err(e) => fail(bin, &e),
         },
         other => fail(bin, &other),

@@ -49,6 +49,7 @@ fn help_lists_every_flag() {
     let out = Command::new(BIN)
         .arg("--help")
         .env_clear()
+        .env("R3S_TOKEN", "r3st-hidden-secret")
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -89,6 +90,10 @@ fn help_lists_every_flag() {
         assert!(help.contains(env), "{env} missing from --help");
     }
     assert!(help.contains("[default: /var/lib/r3s]") && help.contains("[default: 10.42.0.0/16]"));
+    assert!(
+        !help.contains("r3st-hidden-secret"),
+        "--help must not show environment values"
+    );
 }
 
 #[test]
@@ -285,6 +290,24 @@ fn etcd_datastore_is_refused_at_run_time() {
         &[],
     ));
     assert!(line.contains("unsupported datastore"), "{line}");
+}
+
+#[test]
+fn unusable_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(&dir.path().join("not-a-dir"), "");
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .args(["--disable-agent", "--node-name", "r3st-node", "--data-dir"])
+        .arg(&file);
+    let line = fails(cmd);
+    assert_eq!(
+        line,
+        format!(
+            "r3s-server: cannot create {}/server/db: Not a directory (os error 20)",
+            file.display()
+        )
+    );
 }
 
 /// Kills the child if the test fails before it has been stopped cleanly.
