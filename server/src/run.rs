@@ -45,17 +45,18 @@ pub async fn run(cfg: ServerConfig) -> Result<(), RunError> {
     let mut sigterm = stop_signal(tokio::signal::unix::SignalKind::terminate(), "SIGTERM")?;
     let mut sigint = stop_signal(tokio::signal::unix::SignalKind::interrupt(), "SIGINT")?;
 
+    // Directories first: a data directory that cannot be used is a start-up error and should be
+    // the only line the user sees, not the last of twenty.
+    create_dir(&cfg.db_dir())?;
+    if let Some(parent) = db_path.parent() {
+        create_dir(parent)?;
+    }
+
     for file in &cfg.config_files {
         info!(file = %file.display(), "read config file");
     }
     for (name, value) in cfg.settings() {
         info!("setting {name}={value} (from {})", cfg.sources.get(name));
-    }
-
-    let db_dir = cfg.db_dir();
-    create_dir(&db_dir)?;
-    if let Some(parent) = db_path.parent() {
-        create_dir(parent)?;
     }
 
     // Wiring point for the lead: open the store and start the API server here, e.g.
