@@ -17,7 +17,13 @@ const BIN: &str = env!("CARGO_BIN_EXE_r3s-server");
 /// outside the test's own directory.
 fn server(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(BIN);
-    cmd.env_clear().envs(env.iter().copied());
+    // Never the machine's own /etc/r3s/config.yaml: an empty file stands in for it, unless the
+    // test names a config itself (a --config flag or its own R3S_CONFIG_FILE wins over this).
+    let empty = dir.join("r3st-empty-config.yaml");
+    std::fs::write(&empty, "").unwrap();
+    cmd.env_clear()
+        .env("R3S_CONFIG_FILE", &empty)
+        .envs(env.iter().copied());
     cmd.arg("--data-dir").arg(dir.join("data"));
     cmd.arg("--write-kubeconfig")
         .arg(dir.join("kubeconfig.yaml"));
