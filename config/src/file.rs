@@ -15,6 +15,10 @@ use std::path::{Path, PathBuf};
 
 use serde_yaml::Value;
 
+use verbatim::Shape;
+
+mod verbatim;
+
 /// One `key: value` line of one file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
@@ -137,10 +141,12 @@ fn drop_ins(config: &Path) -> Result<Vec<PathBuf>, FileError> {
 }
 
 fn parse(file: &Path, text: &[u8]) -> Result<Vec<Entry>, FileError> {
-    let doc: Value = serde_yaml::from_slice(text).map_err(|e| FileError::Syntax {
+    let syntax = |e: serde_yaml::Error| FileError::Syntax {
         path: file.to_owned(),
         message: e.to_string(),
-    })?;
+    };
+    // First read: the document's shape, checked (a mapping of names to scalars or lists).
+    let doc: Value = serde_yaml::from_slice(text).map_err(syntax)?;
     let mapping = match doc {
         // An empty file (or one holding only comments) sets nothing.
         Value::Null => return Ok(Vec::new()),
@@ -151,40 +157,49 @@ fn parse(file: &Path, text: &[u8]) -> Result<Vec<Entry>, FileError> {
             });
         }
     };
-    let mut entries = Vec::with_capacity(mapping.len());
-    for (key, value) in mapping {
+    let mut shapes = Vec::with_capacity(mapping.len());
+    for (key, value) in &mapping {
         let Value::String(key) = key else {
             return Err(FileError::KeyNotString {
                 path: file.to_owned(),
-                key: scalar(&key).unwrap_or_else(|| format!("{key:?}")),
+                key: scalar(key).unwrap_or_else(|| format!("{key:?}")),
             });
         };
         let nested = || FileError::Nested {
             path: file.to_owned(),
             key: key.clone(),
         };
-        let value = match &value {
-            Value::Null => RawValue::Null,
-            Value::Sequence(items) => RawValue::List(
-                items
-                    .iter()
-                    .map(|item| scalar(item).ok_or_else(nested))
-                    .collect::<Result<_, _>>()?,
-            ),
-            other => RawValue::Scalar(scalar(other).ok_or_else(nested)?),
-        };
-        let (key, append) = match key.strip_suffix('+') {
-            Some(stripped) => (stripped.to_owned(), true),
-            None => (key.clone(), false),
-        };
-        entries.push(Entry {
-            file: file.to_owned(),
-            key,
-            append,
-            value,
+        shapes.push(match value {
+            Value::Null => Shape::Null,
+            Value::Sequence(items) if items.iter().all(|i| scalar(i).is_some()) => Shape::List,
+            Value::Sequence(_) => return Err(nested()),
+            other if scalar(other).is_some() => Shape::Scalar,
+            _ => return Err(nested()),
         });
     }
-    Ok(entries)
+    // Second read: the same keys with every scalar exactly as written (see `verbatim`).
+    let texts = verbatim::read(text, &shapes).map_err(syntax)?;
+    Ok(texts
+        .into_iter()
+        .zip(shapes)
+        .map(|((key, texts), shape)| {
+            let value = match (shape, texts) {
+                (Shape::List, Some(items)) => RawValue::List(items),
+                (_, Some(mut one)) if one.len() == 1 => RawValue::Scalar(one.remove(0)),
+                _ => RawValue::Null,
+            };
+            let (key, append) = match key.strip_suffix('+') {
+                Some(stripped) => (stripped.to_owned(), true),
+                None => (key, false),
+            };
+            Entry {
+                file: file.to_owned(),
+                key,
+                append,
+                value,
+            }
+        })
+        .collect())
 }
 
 /// A YAML scalar as the string a command line would have carried.
@@ -277,6 +292,27 @@ mod tests {
         }
         std::fs::write(&file, "# only a comment\n").unwrap();
         assert!(read(&location(&file, true)).unwrap().entries.is_empty());
+    }
+
+    #[test]
+    fn scalars_keep_their_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(
+            &file,
+            "token: 00123\nwrite-kubeconfig-mode: 0o600\nnode-label: [a=01]\n",
+        )
+        .unwrap();
+        let layer = read(&location(&file, true)).unwrap();
+        let got: Vec<_> = layer.entries.into_iter().map(|e| e.value).collect();
+        assert_eq!(
+            got,
+            vec![
+                RawValue::Scalar("00123".into()),
+                RawValue::Scalar("0o600".into()),
+                RawValue::List(vec!["a=01".into()]),
+            ]
+        );
     }
 
     #[test]

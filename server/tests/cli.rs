@@ -333,7 +333,7 @@ fn starts_creates_its_db_dir_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let config = write(
         &dir.path().join("config.yaml"),
-        "cluster-cidr: 10.77.0.0/16\nhttps-listen-port: 7001\nnode-label: [from=file]\ndisable-agent: true\n",
+        "cluster-cidr: 10.77.0.0/16\nhttps-listen-port: 7001\nnode-label: [from=file]\ndisable-agent: true\nwrite-kubeconfig-mode: 0o640\n",
     );
     std::fs::create_dir(dir.path().join("config.yaml.d")).unwrap();
     write(
@@ -412,6 +412,8 @@ fn starts_creates_its_db_dir_and_stops_cleanly_on_sigterm() {
         "setting cluster-domain=flag.local (from flag)".to_owned(),
         "setting service-cidr=10.43.0.0/16 (from default)".to_owned(),
         "setting disable-agent=true (from file".to_owned(),
+        // YAML would read 0o640 as the number 416; the file layer keeps the text as written.
+        format!("setting write-kubeconfig-mode=0640 (from file {file_main})"),
         format!("read config file file={file_dropin}"),
     ] {
         assert!(log.contains(&want), "missing {want:?} in log:\n{log}");
