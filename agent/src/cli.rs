@@ -10,11 +10,10 @@
 //! Subcommands (k3s's `check-config`, `images ...`) will be an `Option<Command>` field with
 //! `#[command(subcommand)]` once they do something; the root flags stay the run command's flags.
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
-use r3s_config::{DnsName, Label, Taint};
+use r3s_config::{DnsName, Label, NodeIp, Taint};
 
 use crate::config::ServerUrl;
 
@@ -64,11 +63,11 @@ pub struct Cli {
 
     /// IP address to advertise for the node
     #[arg(long, short = 'i', value_name = "IP", env = "R3S_NODE_IP")]
-    pub node_ip: Option<IpAddr>,
+    pub node_ip: Option<NodeIp>,
 
     /// External IP address to advertise for the node
     #[arg(long, value_name = "IP", env = "R3S_NODE_EXTERNAL_IP")]
-    pub node_external_ip: Option<IpAddr>,
+    pub node_external_ip: Option<NodeIp>,
 
     /// Register the node with this label, key=value (repeatable, or comma-separated)
     #[arg(

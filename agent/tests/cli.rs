@@ -161,7 +161,7 @@ fn bad_value_in_file() {
     assert_eq!(
         line,
         format!(
-            "r3s-agent: {}: key \"node-external-ip\": invalid value \"203.0.113.300\": invalid IP address syntax",
+            "r3s-agent: {}: key \"node-external-ip\": invalid value \"203.0.113.300\": not an IP address",
             config.display()
         )
     );

@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
-use r3s_config::{DnsName, FileMode, Host, Ipv4Cidr, Label, PortRange, Taint};
+use r3s_config::{DnsName, FileMode, Host, Ipv4Cidr, Label, NodeIp, PortRange, Taint};
 
 use crate::config::DatastoreEndpoint;
 
@@ -65,7 +65,7 @@ pub struct Cli {
 
     /// Address the API server advertises to the cluster (default: node-ip)
     #[arg(long, value_name = "IP", env = "R3S_ADVERTISE_ADDRESS")]
-    pub advertise_address: Option<IpAddr>,
+    pub advertise_address: Option<NodeIp>,
 
     /// Extra host name or IP for the server certificate (repeatable, or comma-separated)
     #[arg(long, value_name = "HOST", env = "R3S_TLS_SAN", value_delimiter = ',')]
@@ -157,7 +157,7 @@ pub struct Cli {
 
     /// IP address to advertise for the node
     #[arg(long, short = 'i', value_name = "IP", env = "R3S_NODE_IP")]
-    pub node_ip: Option<IpAddr>,
+    pub node_ip: Option<NodeIp>,
 
     /// Register the node with this label, key=value (repeatable, or comma-separated)
     #[arg(
