@@ -1,4 +1,20 @@
 //! Pod networking for r3s: a bridge with host-local IPAM per node and a VXLAN overlay between nodes,
 //! programmed through netlink (the role flannel and the bridge/host-local CNI plugins play in k3s).
 //!
-//! Not built yet: see issue 7. The crate exists so the workspace layout matches ARCHITECTURE.md.
+//! Module map:
+//! - [`ipam`]: host-local address store on disk (one file per lease), the podCIDR's `.1` is the gateway.
+//! - [`netns`]: running code in, and opening netlink sockets bound to, a network namespace.
+//! - [`nl`]: small rtnetlink helpers (link lookup, addresses, idempotent add/delete) and [`nl::NlError`].
+//! - [`bridge`]: the node bridge (`r3s0`) with the gateway address.
+//! - [`pod`]: one pod's veth pair: hairpin bridge port on the host, `eth0` + address + default route inside.
+//! - [`network`]: [`network::BridgeNetwork`], bridge + IPAM + pod links as CNI ADD/DEL/CHECK in-process.
+//!
+//! Boundary: only this crate opens netlink sockets; nothing here shells out to `ip` or `bridge`.
+#![cfg(target_os = "linux")]
+
+pub mod bridge;
+pub mod ipam;
+pub mod netns;
+pub mod network;
+pub mod nl;
+pub mod pod;
