@@ -1,0 +1,168 @@
+//! Test world builder: network namespaces as simulated hosts and pods, made with `ip netns` and
+//! removed by Drop guards (deleting a namespace deletes every link inside it), plus helpers that
+//! run commands inside them. Prerequisites are checked first: missing ones fail under CI=true and
+//! skip otherwise.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// A unique short name `r3st<pid><tag><n>` (namespaces have no length limit; links do).
+pub fn unique(tag: &str) -> String {
+    format!(
+        "r3st{}{tag}{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Returns true when the test can run; panics under CI=true when something is missing.
+pub fn prerequisites(needs_vxlan: bool) -> bool {
+    let mut missing = Vec::new();
+    if !nix::unistd::geteuid().is_root() {
+        missing.push("root (network namespaces)".to_string());
+    }
+    for cmd in ["ip", "ping"] {
+        if !have(cmd) {
+            missing.push(format!(
+                "the `{cmd}` command (Debian packages iproute2, iputils-ping)"
+            ));
+        }
+    }
+    if needs_vxlan
+        && !std::path::Path::new("/sys/module/vxlan").exists()
+        && !Command::new("modprobe")
+            .arg("vxlan")
+            .status()
+            .is_ok_and(|s| s.success())
+    {
+        missing.push("the vxlan kernel module".to_string());
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let why = missing.join(", ");
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("missing prerequisite: {why}");
+    }
+    eprintln!("skipped: missing {why}");
+    false
+}
+
+/// Runs a command, returning its output (no assertion).
+pub fn run(args: &[&str]) -> Output {
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("running {args:?}: {e}"))
+}
+
+/// Runs a command and asserts it succeeded; returns stdout.
+pub fn must(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A named network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let name = unique(tag);
+        must(&["ip", "netns", "add", &name]);
+        must(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        Netns {
+            path: PathBuf::from(format!("/run/netns/{name}")),
+            name,
+        }
+    }
+
+    /// `ip -n <ns> <args...>`, asserting success.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut all = vec!["ip", "-n", &self.name];
+        all.extend_from_slice(args);
+        must(&all)
+    }
+
+    /// `ip -n <ns> <args...>` without asserting.
+    pub fn ip_try(&self, args: &[&str]) -> Output {
+        let mut all = vec!["ip", "-n", &self.name];
+        all.extend_from_slice(args);
+        run(&all)
+    }
+
+    /// Runs a command inside the namespace without asserting.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        let mut all = vec!["ip", "netns", "exec", &self.name];
+        all.extend_from_slice(args);
+        run(&all)
+    }
+
+    /// One ping from inside the namespace; true if answered.
+    pub fn ping(&self, target: &str) -> bool {
+        // Two tries: the first packet may wait on ARP/neighbour resolution.
+        (0..3).any(|_| {
+            self.exec(&["ping", "-c", "1", "-W", "2", target])
+                .status
+                .success()
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = run(&["ip", "netns", "del", &self.name]);
+    }
+}
+
+/// An IPv4 TCP round trip: a listener in `server` ns on `addr:port`, a client in `client` ns.
+pub fn tcp_roundtrip(server: &Netns, client: &Netns, addr: std::net::Ipv4Addr, port: u16) -> bool {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::time::Duration;
+    let sa = SocketAddr::from((addr, port));
+    // A socket keeps the namespace it was created in, so bind on a thread inside `server`.
+    let listener = r3s_cni::netns::run_in(&server.path, || TcpListener::bind(sa))
+        .expect("enter server ns")
+        .expect("bind listener");
+    let acceptor = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut s, _) = listener.accept()?;
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf)?;
+        s.write_all(&buf)?;
+        Ok(())
+    });
+    let client_result = r3s_cni::netns::run_in(&client.path, || -> std::io::Result<[u8; 4]> {
+        let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"r3s!")?;
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf)?;
+        Ok(buf)
+    })
+    .expect("enter client ns");
+    let ok = matches!(client_result, Ok(b) if &b == b"r3s!");
+    if ok {
+        let _ = acceptor.join();
+    }
+    ok
+}
