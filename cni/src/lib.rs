@@ -8,6 +8,8 @@
 //! - [`bridge`]: the node bridge (`r3s0`) with the gateway address.
 //! - [`pod`]: one pod's veth pair: hairpin bridge port on the host, `eth0` + address + default route inside.
 //! - [`network`]: [`network::BridgeNetwork`], bridge + IPAM + pod links as CNI ADD/DEL/CHECK in-process.
+//! - [`vxlan`]: the overlay device (`r3s.1`, VNI 1, UDP 8472) with a persisted VTEP MAC ([`vxlan::mac`]),
+//!   and [`vxlan::peers::sync`], which keeps one neighbour + FDB entry + route per remote node.
 //!
 //! Boundary: only this crate opens netlink sockets; nothing here shells out to `ip` or `bridge`.
 #![cfg(target_os = "linux")]
@@ -18,3 +20,4 @@ pub mod netns;
 pub mod network;
 pub mod nl;
 pub mod pod;
+pub mod vxlan;

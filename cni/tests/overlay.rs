@@ -1,0 +1,293 @@
+//! The VXLAN overlay on the real kernel: two simulated hosts (network namespaces joined by a veth
+//! underlay, 198.51.100.1/24 and .2/24), each with the bridge, the VXLAN device and one pod. After
+//! `sync` on both, a pod on host A reaches a pod on host B through the tunnel; removing the peer
+//! removes its route, neighbour and FDB entry; a deleted device is recreated with the same MAC.
+#![cfg(target_os = "linux")]
+
+mod support;
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use r3s_cni::netns;
+use r3s_cni::network::BridgeNetwork;
+use r3s_cni::nl;
+use r3s_cni::vxlan::peers::{self, Peer};
+use r3s_cni::vxlan::{self, Vtep, VxlanConfig};
+use support::Netns;
+
+struct Host {
+    ns: Netns,
+    net: BridgeNetwork,
+    vx: VxlanConfig,
+}
+
+impl Host {
+    fn new(tag: &str, node_ip: Ipv4Addr, pod_cidr: &str, dir: &Path) -> Host {
+        let ns = Netns::new(tag);
+        let pod_cidr = pod_cidr.parse().expect("pod cidr");
+        Host {
+            net: BridgeNetwork {
+                name: "r3s".into(),
+                bridge: "r3s0".into(),
+                subnet: pod_cidr,
+                mtu: 1450,
+                ipam_dir: dir.join(format!("{tag}/ipam")),
+            },
+            vx: VxlanConfig::new(node_ip, pod_cidr, dir.join(format!("{tag}/vtep-mac"))),
+            ns,
+        }
+    }
+
+    /// Runs library code inside this host's namespace.
+    fn run<T: Send, F: std::future::Future<Output = T>>(
+        &self,
+        f: impl FnOnce(rtnetlink::Handle) -> F + Send,
+    ) -> T {
+        netns::block_on_in(&self.ns.path, || async {
+            let h = netns::connect(None).expect("netlink socket");
+            f(h).await
+        })
+        .expect("enter host namespace")
+    }
+
+    fn add_pod(&self, id: &str, pod: &Netns) -> Ipv4Addr {
+        self.run(|h| async move { self.net.add(&h, id, &pod.path, "eth0").await })
+            .expect("CNI ADD")
+            .address
+            .addr()
+    }
+
+    fn vtep(&self) -> Vtep {
+        self.run(|h| async move { vxlan::ensure(&h, &self.vx).await })
+            .expect("VXLAN device")
+    }
+
+    fn peer(&self, vtep: &Vtep) -> Peer {
+        Peer {
+            pod_cidr: self.vx.pod_cidr,
+            vtep_mac: vtep.mac,
+            node_ip: self.vx.node_ip,
+        }
+    }
+
+    fn sync(&self, peers: &[Peer]) -> peers::SyncReport {
+        self.run(|h| async move { peers::sync(&h, &self.vx, peers).await })
+            .expect("sync")
+            .1
+    }
+
+    /// (rx, tx) packet counters of the VXLAN device.
+    fn counters(&self) -> (u64, u64) {
+        let link = self
+            .run(|h| async move { nl::require_link(&h, vxlan::DEFAULT_DEVICE).await })
+            .expect("VXLAN device present");
+        (link.rx_packets, link.tx_packets)
+    }
+
+    fn show(&self, args: &[&str]) -> String {
+        self.ns.ip(args)
+    }
+
+    fn fdb(&self) -> String {
+        support::must(&[
+            "bridge",
+            "-n",
+            &self.ns.name,
+            "fdb",
+            "show",
+            "dev",
+            vxlan::DEFAULT_DEVICE,
+        ])
+    }
+}
+
+fn mac_str(mac: &[u8; 6]) -> String {
+    vxlan::mac::format_mac(mac)
+}
+
+#[test]
+fn pods_on_two_hosts_talk_over_vxlan_and_peers_sync() {
+    if !support::prerequisites(true) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let a = Host::new(
+        "A",
+        Ipv4Addr::new(198, 51, 100, 1),
+        "10.42.1.0/24",
+        dir.path(),
+    );
+    let b = Host::new(
+        "B",
+        Ipv4Addr::new(198, 51, 100, 2),
+        "10.42.2.0/24",
+        dir.path(),
+    );
+    // The underlay: one veth between the two hosts.
+    a.ns.ip(&[
+        "link", "add", "under", "type", "veth", "peer", "name", "under", "netns", &b.ns.name,
+    ]);
+    a.ns.ip(&["addr", "add", "198.51.100.1/24", "dev", "under"]);
+    b.ns.ip(&["addr", "add", "198.51.100.2/24", "dev", "under"]);
+    a.ns.ip(&["link", "set", "under", "up"]);
+    b.ns.ip(&["link", "set", "under", "up"]);
+
+    let pod_a = Netns::new("pa");
+    let pod_b = Netns::new("pb");
+    let ip_a = a.add_pod("ctr-a", &pod_a);
+    let ip_b = b.add_pod("ctr-b", &pod_b);
+    assert_eq!(ip_a, Ipv4Addr::new(10, 42, 1, 2));
+    assert_eq!(ip_b, Ipv4Addr::new(10, 42, 2, 2));
+
+    let vtep_a = a.vtep();
+    let vtep_b = b.vtep();
+    assert_eq!(vtep_a.mtu, 1450, "underlay 1500 - 50");
+    let dev = a.show(&["-d", "link", "show", vxlan::DEFAULT_DEVICE]);
+    for want in [
+        "vxlan id 1",
+        "local 198.51.100.1",
+        "dev under",
+        "dstport 8472",
+        "nolearning",
+        "mtu 1450",
+        &mac_str(&vtep_a.mac),
+    ] {
+        assert!(dev.contains(want), "missing {want:?} in {dev}");
+    }
+    let addr = a.show(&["-o", "addr", "show", "dev", vxlan::DEFAULT_DEVICE]);
+    assert!(addr.contains("10.42.1.0/32"), "{addr}");
+
+    // Peers include the node itself, as a node list would; sync skips it. Twice: idempotent.
+    let all = [a.peer(&vtep_a), b.peer(&vtep_b)];
+    for _ in 0..2 {
+        let ra = a.sync(&all);
+        let rb = b.sync(&all);
+        assert_eq!(
+            (
+                ra.peers,
+                ra.removed_routes,
+                ra.removed_neighbours,
+                ra.removed_fdb
+            ),
+            (1, 0, 0, 0)
+        );
+        assert_eq!(
+            (
+                rb.peers,
+                rb.removed_routes,
+                rb.removed_neighbours,
+                rb.removed_fdb
+            ),
+            (1, 0, 0, 0)
+        );
+    }
+    let route = a.show(&["route", "show", "dev", vxlan::DEFAULT_DEVICE]);
+    assert!(
+        route.contains("10.42.2.0/24 via 10.42.2.0") && route.contains("onlink"),
+        "{route}"
+    );
+    assert_eq!(route.lines().count(), 1, "{route}");
+    let neigh = a.show(&["neigh", "show", "dev", vxlan::DEFAULT_DEVICE]);
+    assert!(
+        neigh.contains(&format!("10.42.2.0 lladdr {}", mac_str(&vtep_b.mac)))
+            && neigh.contains("PERMANENT"),
+        "{neigh}"
+    );
+    let fdb = a.fdb();
+    assert!(
+        fdb.contains(&format!("{} dst 198.51.100.2", mac_str(&vtep_b.mac)))
+            && fdb.contains("permanent"),
+        "{fdb}"
+    );
+    assert_eq!(
+        fdb.lines().filter(|l| l.contains(" dst ")).count(),
+        1,
+        "{fdb}"
+    );
+
+    // Pod A -> pod B across the tunnel, ICMP and TCP; the device counters grew on both sides.
+    let (rx_a0, tx_a0) = a.counters();
+    let (rx_b0, tx_b0) = b.counters();
+    assert!(pod_a.ping(&ip_b.to_string()), "pod a -> pod b over VXLAN");
+    assert!(pod_b.ping(&ip_a.to_string()), "pod b -> pod a over VXLAN");
+    assert!(
+        support::tcp_roundtrip(&pod_b, &pod_a, ip_b, 8080),
+        "TCP a -> b"
+    );
+    let (rx_a1, tx_a1) = a.counters();
+    let (rx_b1, tx_b1) = b.counters();
+    assert!(
+        tx_a1 > tx_a0 && rx_a1 > rx_a0,
+        "A counters {rx_a0}/{tx_a0} -> {rx_a1}/{tx_a1}"
+    );
+    assert!(
+        tx_b1 > tx_b0 && rx_b1 > rx_b0,
+        "B counters {rx_b0}/{tx_b0} -> {rx_b1}/{tx_b1}"
+    );
+
+    // A peer whose VTEP MAC changed (e.g. it lost its data dir) is updated in place.
+    let moved = Peer {
+        vtep_mac: [0x02, 0, 0, 0, 0, 0x42],
+        ..b.peer(&vtep_b)
+    };
+    let r = a.sync(std::slice::from_ref(&moved));
+    assert_eq!(
+        (r.removed_routes, r.removed_neighbours, r.removed_fdb),
+        (0, 0, 1)
+    );
+    let fdb = a.fdb();
+    assert!(fdb.contains("02:00:00:00:00:42 dst 198.51.100.2"), "{fdb}");
+    assert!(!fdb.contains(&mac_str(&vtep_b.mac)), "{fdb}");
+    assert!(
+        a.show(&["neigh", "show", "dev", vxlan::DEFAULT_DEVICE])
+            .contains("02:00:00:00:00:42")
+    );
+    a.sync(&all);
+
+    // Removing the peer removes its route, neighbour and FDB entry.
+    let r = a.sync(&[]);
+    assert_eq!(
+        (
+            r.peers,
+            r.removed_routes,
+            r.removed_neighbours,
+            r.removed_fdb
+        ),
+        (0, 1, 1, 1)
+    );
+    assert_eq!(
+        a.show(&["route", "show", "dev", vxlan::DEFAULT_DEVICE])
+            .trim(),
+        ""
+    );
+    assert!(
+        !a.show(&["neigh", "show", "dev", vxlan::DEFAULT_DEVICE])
+            .contains("10.42.2.0")
+    );
+    assert!(!a.fdb().contains(" dst "), "{}", a.fdb());
+
+    // Someone deletes the device: the next sync recreates it with the same MAC and entries.
+    a.ns.ip(&["link", "del", vxlan::DEFAULT_DEVICE]);
+    a.sync(&all);
+    let dev = a.show(&["-d", "link", "show", vxlan::DEFAULT_DEVICE]);
+    assert!(
+        dev.contains(&mac_str(&vtep_a.mac)),
+        "same MAC after recreation: {dev}"
+    );
+    assert!(
+        a.show(&["route", "show", "dev", vxlan::DEFAULT_DEVICE])
+            .contains("10.42.2.0/24")
+    );
+    assert!(
+        pod_a.ping(&ip_b.to_string()),
+        "pod a -> pod b after the device was recreated"
+    );
+
+    // A "restart" (fresh config, same data dir) keeps the MAC peers know.
+    let restarted = VxlanConfig::new(a.vx.node_ip, a.vx.pod_cidr, a.vx.mac_file.clone());
+    let again = a
+        .run(|h| async move { vxlan::ensure(&h, &restarted).await })
+        .unwrap();
+    assert_eq!(again.mac, vtep_a.mac);
+}
