@@ -8,6 +8,7 @@
 //! - [`bridge`]: the node bridge (`r3s0`) with the gateway address.
 //! - [`pod`]: one pod's veth pair: hairpin bridge port on the host, `eth0` + address + default route inside.
 //! - [`network`]: [`network::BridgeNetwork`], bridge + IPAM + pod links as CNI ADD/DEL/CHECK in-process.
+//! - [`plugin`]: the CNI spec 1.0 protocol (config, `CNI_*` env, result and error JSON) used by `r3s-cni`.
 //! - [`vxlan`]: the overlay device (`r3s.1`, VNI 1, UDP 8472) with a persisted VTEP MAC ([`vxlan::mac`]),
 //!   and [`vxlan::peers::sync`], which keeps one neighbour + FDB entry + route per remote node.
 //!
@@ -19,5 +20,6 @@ pub mod ipam;
 pub mod netns;
 pub mod network;
 pub mod nl;
+pub mod plugin;
 pub mod pod;
 pub mod vxlan;
