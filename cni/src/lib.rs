@@ -3,6 +3,7 @@
 //!
 //! Module map:
 //! - [`ipam`]: host-local address store on disk (one file per lease), the podCIDR's `.1` is the gateway.
+//! - [`masq`]: masquerade of pod egress (not pod-to-pod) as one nftables table, over `NETLINK_NETFILTER`.
 //! - [`netns`]: running code in, and opening netlink sockets bound to, a network namespace.
 //! - [`nl`]: small rtnetlink helpers (link lookup, addresses, idempotent add/delete) and [`nl::NlError`].
 //! - [`bridge`]: the node bridge (`r3s0`) with the gateway address.
@@ -17,6 +18,7 @@
 
 pub mod bridge;
 pub mod ipam;
+pub mod masq;
 pub mod netns;
 pub mod network;
 pub mod nl;

@@ -72,12 +72,11 @@ fn two_pods_on_one_bridge_talk_and_del_cleans_up() {
     assert!(pod_a.ping("10.42.3.3"), "pod a -> pod b");
     assert!(pod_b.ping("10.42.3.2"), "pod b -> pod a");
     assert!(pod_a.ping("10.42.3.1"), "pod a -> gateway");
-    assert!(support::tcp_roundtrip(
-        &pod_b,
-        &pod_a,
-        Ipv4Addr::new(10, 42, 3, 3),
-        8080
-    ));
+    let seen = support::tcp_roundtrip(&pod_b, &pod_a, Ipv4Addr::new(10, 42, 3, 3), 8080);
+    assert_eq!(
+        seen.map(|s| s.ip()),
+        Some(Ipv4Addr::new(10, 42, 3, 2).into())
+    );
 
     // DEL: the veth goes, the address is released; a second DEL is fine; CHECK now fails.
     let check_after = netns::block_on_in(&host.path, || async {

@@ -9,6 +9,7 @@ mod support;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
+use r3s_cni::masq::Masquerade;
 use r3s_cni::netns;
 use r3s_cni::network::BridgeNetwork;
 use r3s_cni::nl;
@@ -206,14 +207,25 @@ fn pods_on_two_hosts_talk_over_vxlan_and_peers_sync() {
         "{fdb}"
     );
 
+    // Masquerade on both hosts, as the agent runs it: pod-to-pod must keep its source address.
+    for host in [&a, &b] {
+        netns::run_in(&host.ns.path, || {
+            Masquerade::new("10.42.0.0/16".parse().unwrap()).apply()
+        })
+        .unwrap()
+        .unwrap();
+    }
+
     // Pod A -> pod B across the tunnel, ICMP and TCP; the device counters grew on both sides.
     let (rx_a0, tx_a0) = a.counters();
     let (rx_b0, tx_b0) = b.counters();
     assert!(pod_a.ping(&ip_b.to_string()), "pod a -> pod b over VXLAN");
     assert!(pod_b.ping(&ip_a.to_string()), "pod b -> pod a over VXLAN");
-    assert!(
-        support::tcp_roundtrip(&pod_b, &pod_a, ip_b, 8080),
-        "TCP a -> b"
+    let seen = support::tcp_roundtrip(&pod_b, &pod_a, ip_b, 8080);
+    assert_eq!(
+        seen.map(|s| s.ip()),
+        Some(ip_a.into()),
+        "TCP a -> b, not masqueraded"
     );
     let (rx_a1, tx_a1) = a.counters();
     let (rx_b1, tx_b1) = b.counters();

@@ -117,6 +117,13 @@ impl Netns {
         run(&all)
     }
 
+    /// A single ping with a short wait, for checking that something is *not* reachable.
+    pub fn ping_once(&self, target: &str) -> bool {
+        self.exec(&["ping", "-c", "1", "-W", "1", target])
+            .status
+            .success()
+    }
+
     /// One ping from inside the namespace; true if answered.
     pub fn ping(&self, target: &str) -> bool {
         // Two tries: the first packet may wait on ARP/neighbour resolution.
@@ -135,7 +142,13 @@ impl Drop for Netns {
 }
 
 /// An IPv4 TCP round trip: a listener in `server` ns on `addr:port`, a client in `client` ns.
-pub fn tcp_roundtrip(server: &Netns, client: &Netns, addr: std::net::Ipv4Addr, port: u16) -> bool {
+/// Returns the client address as the server saw it, or `None` if the round trip failed.
+pub fn tcp_roundtrip(
+    server: &Netns,
+    client: &Netns,
+    addr: std::net::Ipv4Addr,
+    port: u16,
+) -> Option<std::net::SocketAddr> {
     use std::io::{Read, Write};
     use std::net::{SocketAddr, TcpListener, TcpStream};
     use std::time::Duration;
@@ -144,12 +157,12 @@ pub fn tcp_roundtrip(server: &Netns, client: &Netns, addr: std::net::Ipv4Addr, p
     let listener = r3s_cni::netns::run_in(&server.path, || TcpListener::bind(sa))
         .expect("enter server ns")
         .expect("bind listener");
-    let acceptor = std::thread::spawn(move || -> std::io::Result<()> {
-        let (mut s, _) = listener.accept()?;
+    let acceptor = std::thread::spawn(move || -> std::io::Result<SocketAddr> {
+        let (mut s, peer) = listener.accept()?;
         let mut buf = [0u8; 4];
         s.read_exact(&mut buf)?;
         s.write_all(&buf)?;
-        Ok(())
+        Ok(peer)
     });
     let client_result = r3s_cni::netns::run_in(&client.path, || -> std::io::Result<[u8; 4]> {
         let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(5))?;
@@ -160,9 +173,8 @@ pub fn tcp_roundtrip(server: &Netns, client: &Netns, addr: std::net::Ipv4Addr, p
         Ok(buf)
     })
     .expect("enter client ns");
-    let ok = matches!(client_result, Ok(b) if &b == b"r3s!");
-    if ok {
-        let _ = acceptor.join();
+    if !matches!(client_result, Ok(b) if &b == b"r3s!") {
+        return None;
     }
-    ok
+    acceptor.join().ok().and_then(Result::ok)
 }
