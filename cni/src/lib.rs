@@ -13,15 +13,21 @@
 //! - [`vxlan`]: the overlay device (`r3s.1`, VNI 1, UDP 8472) with a persisted VTEP MAC ([`vxlan::mac`]),
 //!   and [`vxlan::peers::sync`], which keeps one neighbour + FDB entry + route per remote node.
 //!
+//! - [`node`]: the agent's seam, trait [`node::NodeNetwork`] (add/del/check pod, sync peers), and
+//!   [`node::KernelNetwork`], which starts bridge + overlay + masquerade in order.
+//! - [`fake`]: [`fake::FakeNodeNetwork`], a recording double of that trait for agent tests.
+//!
 //! Boundary: only this crate opens netlink sockets; nothing here shells out to `ip` or `bridge`.
 #![cfg(target_os = "linux")]
 
 pub mod bridge;
+pub mod fake;
 pub mod ipam;
 pub mod masq;
 pub mod netns;
 pub mod network;
 pub mod nl;
+pub mod node;
 pub mod plugin;
 pub mod pod;
 pub mod vxlan;

@@ -1,0 +1,90 @@
+//! The agent's seam on the real kernel: `KernelNetwork::start` sets up bridge, VXLAN device and
+//! masquerade in a simulated host; pods are added and removed through the trait; a restart (a new
+//! `KernelNetwork` over the same data) keeps the VTEP MAC and the pods' addresses and links.
+#![cfg(target_os = "linux")]
+
+mod support;
+
+use std::net::Ipv4Addr;
+
+use r3s_cni::netns;
+use r3s_cni::network::BridgeNetwork;
+use r3s_cni::node::{KernelNetwork, NodeConfig, NodeNetwork};
+use r3s_cni::vxlan::VxlanConfig;
+use r3s_cni::vxlan::peers::Peer;
+use support::Netns;
+
+#[test]
+fn start_add_sync_restart_keeps_state() {
+    if !support::prerequisites(true) {
+        return;
+    }
+    let host = Netns::new("h");
+    // The node's underlay link: a dummy-free setup, a veth whose peer stays in the host.
+    host.ip(&[
+        "link", "add", "eth9", "type", "veth", "peer", "name", "eth9p",
+    ]);
+    host.ip(&["addr", "add", "198.51.100.7/24", "dev", "eth9"]);
+    host.ip(&["link", "set", "eth9", "up"]);
+    host.ip(&["link", "set", "eth9p", "up"]);
+    let pod = Netns::new("p");
+    let dir = tempfile::tempdir().unwrap();
+    let pod_cidr = "10.42.8.0/24".parse().unwrap();
+    let cfg = NodeConfig {
+        pods: BridgeNetwork {
+            name: "r3s".into(),
+            bridge: "r3s0".into(),
+            subnet: pod_cidr,
+            mtu: 1450,
+            ipam_dir: dir.path().join("ipam"),
+        },
+        overlay: Some(VxlanConfig::new(
+            Ipv4Addr::new(198, 51, 100, 7),
+            pod_cidr,
+            dir.path().join("vtep-mac"),
+        )),
+        masquerade: Some("10.42.0.0/16".parse().unwrap()),
+    };
+    let peer = Peer {
+        pod_cidr: "10.42.9.0/24".parse().unwrap(),
+        vtep_mac: [0x02, 0x11, 0x22, 0x33, 0x44, 0x55],
+        node_ip: Ipv4Addr::new(198, 51, 100, 8),
+    };
+
+    let (vtep1, link1) = netns::block_on_in(&host.path, || async {
+        let (node, vtep) = KernelNetwork::start(cfg.clone()).await.unwrap();
+        let link = node.add_pod("ctr-n", &pod.path, "eth0").await.unwrap();
+        node.check_pod("ctr-n", &pod.path, "eth0").await.unwrap();
+        let report = node.sync_peers(std::slice::from_ref(&peer)).await.unwrap();
+        assert_eq!(report.peers, 1);
+        (vtep.unwrap(), link)
+    })
+    .unwrap();
+    assert_eq!(link1.address.to_string(), "10.42.8.2/24");
+    let routes = host.ip(&["route", "show", "dev", "r3s.1"]);
+    assert!(routes.contains("10.42.9.0/24 via 10.42.9.0"), "{routes}");
+    assert!(pod.ping("10.42.8.1"), "pod -> gateway");
+
+    // Restart: a new instance over the same data dir and kernel state.
+    let (vtep2, link2) = netns::block_on_in(&host.path, || async {
+        let (node, vtep) = KernelNetwork::start(cfg.clone()).await.unwrap();
+        node.check_pod("ctr-n", &pod.path, "eth0").await.unwrap();
+        let link = node.add_pod("ctr-n", &pod.path, "eth0").await.unwrap();
+        let report = node.sync_peers(&[]).await.unwrap();
+        assert_eq!(
+            (
+                report.removed_routes,
+                report.removed_neighbours,
+                report.removed_fdb
+            ),
+            (1, 1, 1)
+        );
+        node.del_pod("ctr-n", "eth0").await.unwrap();
+        (vtep.unwrap(), link)
+    })
+    .unwrap();
+    assert_eq!(vtep2.mac, vtep1.mac, "VTEP MAC survives a restart");
+    assert_eq!(link2, link1, "the pod keeps its address and link");
+    assert!(!pod.ip_try(&["link", "show", "eth0"]).status.success());
+    assert_eq!(host.ip(&["route", "show", "dev", "r3s.1"]).trim(), "");
+}
