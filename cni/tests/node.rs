@@ -6,12 +6,16 @@
 mod support;
 
 use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use futures::StreamExt;
 
 use r3s_cni::netns;
 use r3s_cni::network::BridgeNetwork;
 use r3s_cni::node::{KernelNetwork, NodeConfig, NodeNetwork};
 use r3s_cni::vxlan::VxlanConfig;
 use r3s_cni::vxlan::peers::Peer;
+use r3s_cni::vxlan::watch::device_deletions;
 use support::Netns;
 
 #[test]
@@ -57,6 +61,16 @@ fn start_add_sync_restart_keeps_state() {
         node.check_pod("ctr-n", &pod.path, "eth0").await.unwrap();
         let report = node.sync_peers(std::slice::from_ref(&peer)).await.unwrap();
         assert_eq!(report.peers, 1);
+
+        // Someone deletes the device: the watcher says so, and a sync restores it and the peer.
+        let mut deletions = Box::pin(device_deletions("r3s.1").unwrap());
+        host.ip(&["link", "del", "r3s.1"]);
+        // A guard against hanging forever if no event comes, not a timing assertion.
+        tokio::time::timeout(Duration::from_secs(60), deletions.next())
+            .await
+            .expect("deletion event")
+            .expect("stream open");
+        node.sync_peers(std::slice::from_ref(&peer)).await.unwrap();
         (vtep.unwrap(), link)
     })
     .unwrap();

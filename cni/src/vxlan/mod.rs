@@ -13,6 +13,7 @@
 
 pub mod mac;
 pub mod peers;
+pub mod watch;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
