@@ -2,7 +2,7 @@
 //! in-process API the agent calls for CNI ADD/DEL/CHECK, and the one the `r3s-cni` binary wraps.
 //!
 //! Invariants: an address is allocated before any link is made and released if the attachment
-//! fails, so a failed ADD leaks neither; DEL releases the address even when the namespace or the
+//! fails, so a failed first ADD leaks neither (a failed repeated ADD leaves the pod as it was); DEL releases the address even when the namespace or the
 //! links are already gone; both are safe to repeat.
 
 use std::io::Write;
@@ -83,6 +83,8 @@ impl BridgeNetwork {
     ) -> Result<PodLink, NetworkError> {
         let ipam = self.ipam()?;
         let owner = Owner::new(container_id, ifname);
+        // A repeated ADD for a pod that is already wired must not tear it down on failure.
+        let existed = ipam.lookup(&owner)?.is_some();
         let ip = ipam.allocate(&owner)?;
         let result = async {
             let bridge = self.setup(h).await?;
@@ -90,7 +92,7 @@ impl BridgeNetwork {
             Ok::<_, NetworkError>(pod::attach(h, &bridge, &spec).await?)
         }
         .await;
-        if result.is_err() {
+        if result.is_err() && !existed {
             // Undo in reverse; the original error is the one worth reporting.
             let _ = pod::detach(h, container_id, ifname).await;
             let _ = ipam.release(&owner);

@@ -2,8 +2,9 @@
 //! [`KernelNetwork`] (bridge + IPAM + veths, VXLAN overlay, masquerade) and the recording
 //! [`crate::fake::FakeNodeNetwork`] for agent tests that are not about networking.
 //!
-//! Start-up order in [`KernelNetwork::start`]: netlink socket → bridge (+ IPv4 forwarding) →
-//! VXLAN device (its VTEP is what the agent publishes as node annotations) → masquerade table.
+//! Start-up order in [`KernelNetwork::start`]: netlink socket → VXLAN device (its VTEP is what the
+//! agent publishes as node annotations; its MTU caps the pods') → bridge (+ IPv4 forwarding) →
+//! masquerade table.
 //! Every later call is idempotent, so the agent may call [`NodeNetwork::sync_peers`] whenever
 //! Nodes change and also on a timer (which recreates a deleted VXLAN device).
 
@@ -85,13 +86,18 @@ pub struct KernelNetwork {
 
 impl KernelNetwork {
     /// Sets the node up; returns the VTEP to publish when an overlay is configured.
-    pub async fn start(cfg: NodeConfig) -> Result<(KernelNetwork, Option<Vtep>), NodeError> {
+    /// With an overlay, the pods' MTU is capped at the VXLAN device's (underlay − 50), so a pod
+    /// never sends frames the tunnel would have to fragment or drop.
+    pub async fn start(mut cfg: NodeConfig) -> Result<(KernelNetwork, Option<Vtep>), NodeError> {
         let handle = netns::connect(None)?;
-        cfg.pods.setup(&handle).await?;
         let vtep = match &cfg.overlay {
             Some(vx) => Some(vxlan::ensure(&handle, vx).await?),
             None => None,
         };
+        if let Some(v) = &vtep {
+            cfg.pods.mtu = cfg.pods.mtu.min(v.mtu);
+        }
+        cfg.pods.setup(&handle).await?;
         if let Some(cidr) = cfg.masquerade {
             // Blocking netlink round trip; it must run in this thread's namespace, so not
             // spawn_blocking (another thread could sit in another namespace in tests).

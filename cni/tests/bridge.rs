@@ -102,6 +102,42 @@ fn two_pods_on_one_bridge_talk_and_del_cleans_up() {
 }
 
 #[test]
+fn failed_add_leaves_no_lease_and_no_links() {
+    if !support::prerequisites(false) {
+        return;
+    }
+    let host = Netns::new("h");
+    let pod = Netns::new("p");
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(dir.path());
+    let (missing_ns, bad_name) = netns::block_on_in(&host.path, || async {
+        let h = netns::connect(None).unwrap();
+        let missing = net
+            .add(
+                &h,
+                "ctr-x",
+                std::path::Path::new("/run/netns/r3st-no-such-ns"),
+                "eth0",
+            )
+            .await;
+        // Fails late: the pair exists and is in the pod before the rename is refused.
+        let bad = net.add(&h, "ctr-y", &pod.path, "an-ifname-too-long").await;
+        (missing, bad)
+    })
+    .unwrap();
+    assert!(missing_ns.is_err());
+    assert!(bad_name.is_err());
+    assert!(net.ipam().unwrap().leases().unwrap().is_empty());
+    let links = host.ip(&["-o", "link", "show"]);
+    assert!(
+        !links.contains("r3sv") && !links.contains("r3sp"),
+        "{links}"
+    );
+    let pod_links = pod.ip(&["-o", "link", "show"]);
+    assert_eq!(pod_links.lines().count(), 1, "only lo: {pod_links}");
+}
+
+#[test]
 fn del_after_the_namespace_is_gone_still_releases() {
     if !support::prerequisites(false) {
         return;

@@ -29,7 +29,7 @@ fn start_add_sync_restart_keeps_state() {
         "link", "add", "eth9", "type", "veth", "peer", "name", "eth9p",
     ]);
     host.ip(&["addr", "add", "198.51.100.7/24", "dev", "eth9"]);
-    host.ip(&["link", "set", "eth9", "up"]);
+    host.ip(&["link", "set", "eth9", "mtu", "1400", "up"]);
     host.ip(&["link", "set", "eth9p", "up"]);
     let pod = Netns::new("p");
     let dir = tempfile::tempdir().unwrap();
@@ -75,6 +75,10 @@ fn start_add_sync_restart_keeps_state() {
     })
     .unwrap();
     assert_eq!(link1.address.to_string(), "10.42.8.2/24");
+    // Underlay MTU 1400: VXLAN device 1350, and the pods (configured 1450) are capped to it.
+    assert_eq!(vtep1.mtu, 1350);
+    assert!(pod.ip(&["link", "show", "eth0"]).contains("mtu 1350"));
+    assert!(host.ip(&["link", "show", "r3s0"]).contains("mtu 1350"));
     let routes = host.ip(&["route", "show", "dev", "r3s.1"]);
     assert!(routes.contains("10.42.9.0/24 via 10.42.9.0"), "{routes}");
     assert!(pod.ping("10.42.8.1"), "pod -> gateway");

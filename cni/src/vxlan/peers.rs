@@ -21,7 +21,7 @@ use netlink_packet_route::AddressFamily;
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage};
 use rtnetlink::{Handle, RouteMessageBuilder};
 
 use super::{Vtep, VxlanConfig, VxlanError, ensure};
@@ -175,7 +175,7 @@ pub async fn overlay_routes(h: &Handle, index: u32) -> Result<Vec<RouteMessage>,
         .op(|| "listing routes".to_string())?;
     Ok(routes
         .into_iter()
-        .filter(|r| r.header.table == RouteMessageBuilder::<Ipv4Addr>::new().build().header.table)
+        .filter(|r| r.header.table == RouteHeader::RT_TABLE_MAIN)
         .filter(|r| route_oif(r) == Some(index))
         .collect())
 }
