@@ -17,11 +17,7 @@ fn pod_egress_is_masqueraded_and_rules_are_atomic_and_removable() {
     if !support::prerequisites(false) {
         return;
     }
-    if !std::process::Command::new("sh")
-        .args(["-c", "command -v nft"])
-        .status()
-        .is_ok_and(|s| s.success())
-    {
+    if !support::have("nft") {
         assert_ne!(
             std::env::var("CI").as_deref(),
             Ok("true"),

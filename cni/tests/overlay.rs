@@ -7,101 +7,13 @@
 mod support;
 
 use std::net::Ipv4Addr;
-use std::path::Path;
 
 use r3s_cni::masq::Masquerade;
 use r3s_cni::netns;
-use r3s_cni::network::BridgeNetwork;
-use r3s_cni::nl;
-use r3s_cni::vxlan::peers::{self, Peer};
-use r3s_cni::vxlan::{self, Vtep, VxlanConfig};
+use r3s_cni::vxlan::peers::Peer;
+use r3s_cni::vxlan::{self, VxlanConfig};
 use support::Netns;
-
-struct Host {
-    ns: Netns,
-    net: BridgeNetwork,
-    vx: VxlanConfig,
-}
-
-impl Host {
-    fn new(tag: &str, node_ip: Ipv4Addr, pod_cidr: &str, dir: &Path) -> Host {
-        let ns = Netns::new(tag);
-        let pod_cidr = pod_cidr.parse().expect("pod cidr");
-        Host {
-            net: BridgeNetwork {
-                name: "r3s".into(),
-                bridge: "r3s0".into(),
-                subnet: pod_cidr,
-                mtu: 1450,
-                ipam_dir: dir.join(format!("{tag}/ipam")),
-            },
-            vx: VxlanConfig::new(node_ip, pod_cidr, dir.join(format!("{tag}/vtep-mac"))),
-            ns,
-        }
-    }
-
-    /// Runs library code inside this host's namespace.
-    fn run<T: Send, F: std::future::Future<Output = T>>(
-        &self,
-        f: impl FnOnce(rtnetlink::Handle) -> F + Send,
-    ) -> T {
-        netns::block_on_in(&self.ns.path, || async {
-            let h = netns::connect(None).expect("netlink socket");
-            f(h).await
-        })
-        .expect("enter host namespace")
-    }
-
-    fn add_pod(&self, id: &str, pod: &Netns) -> Ipv4Addr {
-        self.run(|h| async move { self.net.add(&h, id, &pod.path, "eth0").await })
-            .expect("CNI ADD")
-            .address
-            .addr()
-    }
-
-    fn vtep(&self) -> Vtep {
-        self.run(|h| async move { vxlan::ensure(&h, &self.vx).await })
-            .expect("VXLAN device")
-    }
-
-    fn peer(&self, vtep: &Vtep) -> Peer {
-        Peer {
-            pod_cidr: self.vx.pod_cidr,
-            vtep_mac: vtep.mac,
-            node_ip: self.vx.node_ip,
-        }
-    }
-
-    fn sync(&self, peers: &[Peer]) -> peers::SyncReport {
-        self.run(|h| async move { peers::sync(&h, &self.vx, peers).await })
-            .expect("sync")
-            .1
-    }
-
-    /// (rx, tx) packet counters of the VXLAN device.
-    fn counters(&self) -> (u64, u64) {
-        let link = self
-            .run(|h| async move { nl::require_link(&h, vxlan::DEFAULT_DEVICE).await })
-            .expect("VXLAN device present");
-        (link.rx_packets, link.tx_packets)
-    }
-
-    fn show(&self, args: &[&str]) -> String {
-        self.ns.ip(args)
-    }
-
-    fn fdb(&self) -> String {
-        support::must(&[
-            "bridge",
-            "-n",
-            &self.ns.name,
-            "fdb",
-            "show",
-            "dev",
-            vxlan::DEFAULT_DEVICE,
-        ])
-    }
-}
+use support::host::two_hosts;
 
 fn mac_str(mac: &[u8; 6]) -> String {
     vxlan::mac::format_mac(mac)
@@ -113,26 +25,7 @@ fn pods_on_two_hosts_talk_over_vxlan_and_peers_sync() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let a = Host::new(
-        "A",
-        Ipv4Addr::new(198, 51, 100, 1),
-        "10.42.1.0/24",
-        dir.path(),
-    );
-    let b = Host::new(
-        "B",
-        Ipv4Addr::new(198, 51, 100, 2),
-        "10.42.2.0/24",
-        dir.path(),
-    );
-    // The underlay: one veth between the two hosts.
-    a.ns.ip(&[
-        "link", "add", "under", "type", "veth", "peer", "name", "under", "netns", &b.ns.name,
-    ]);
-    a.ns.ip(&["addr", "add", "198.51.100.1/24", "dev", "under"]);
-    b.ns.ip(&["addr", "add", "198.51.100.2/24", "dev", "under"]);
-    a.ns.ip(&["link", "set", "under", "up"]);
-    b.ns.ip(&["link", "set", "under", "up"]);
+    let (a, b) = two_hosts(dir.path());
 
     let pod_a = Netns::new("pa");
     let pod_b = Netns::new("pb");

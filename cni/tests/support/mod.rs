@@ -4,6 +4,8 @@
 //! skip otherwise.
 #![allow(dead_code)]
 
+pub mod host;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,7 +21,8 @@ pub fn unique(tag: &str) -> String {
     )
 }
 
-fn have(cmd: &str) -> bool {
+/// Whether a command is on PATH.
+pub fn have(cmd: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {cmd}")])
         .output()
