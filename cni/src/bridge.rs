@@ -1,6 +1,10 @@
 //! The node's pod bridge (default `r3s0`): every pod's host-side veth is a port of it, and it holds
 //! the podCIDR's gateway address (`x.x.x.1/24`), so it is the pods' default router.
 //!
+//! The bridge gets an explicit random MAC when created: a bridge without one takes the lowest MAC
+//! of its ports, so it would change as pods come and go and leave the pods' ARP entries for the
+//! gateway stale.
+//!
 //! Invariants after [`ensure`]: a link of kind bridge with the given name exists, carries the
 //! gateway address, has the requested MTU and is up. An existing link of another kind with that
 //! name is an error, never silently replaced. Calling it again changes nothing.
@@ -10,6 +14,7 @@ use netlink_packet_route::link::InfoKind;
 use rtnetlink::{Handle, LinkBridge};
 
 use crate::nl::{self, Link, NlContext, NlError, ok_if_exists};
+use crate::vxlan::mac::random_mac;
 
 /// The bridge name r3s uses unless configured otherwise (k3s's flannel uses `cni0`).
 pub const DEFAULT_BRIDGE: &str = "r3s0";
@@ -21,7 +26,12 @@ pub async fn ensure(h: &Handle, name: &str, gateway: Ipv4Net, mtu: u32) -> Resul
         None => {
             ok_if_exists(
                 h.link()
-                    .add(LinkBridge::new(name).mtu(mtu).build())
+                    .add(
+                        LinkBridge::new(name)
+                            .mtu(mtu)
+                            .address(random_mac().to_vec())
+                            .build(),
+                    )
                     .execute()
                     .await,
             )

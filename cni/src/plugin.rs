@@ -291,6 +291,12 @@ fn add_result(
     address: Ipv4Net,
     gateway: Ipv4Addr,
 ) -> Value {
+    let mut ip =
+        json!({"address": address.to_string(), "gateway": gateway.to_string(), "interface": 2});
+    if version != "1.0.0" {
+        // Results before 1.0.0 name the IP version of every address.
+        ip["version"] = json!("4");
+    }
     json!({
         "cniVersion": version,
         "interfaces": [
@@ -298,7 +304,7 @@ fn add_result(
             {"name": host_veth, "mac": host_mac},
             {"name": ifname, "mac": pod_mac, "sandbox": sandbox},
         ],
-        "ips": [{"address": address.to_string(), "gateway": gateway.to_string(), "interface": 2}],
+        "ips": [ip],
         "routes": [{"dst": "0.0.0.0/0", "gw": gateway.to_string()}],
         "dns": {},
     })
@@ -345,6 +351,26 @@ mod tests {
             code(r#"{"cniVersion":"1.0.0","name":"r3s","subnet":"10.42.3.0/24","mtu":10}"#),
             7
         );
+    }
+
+    #[test]
+    fn pre_1_0_results_name_the_ip_version() {
+        let args = |v| {
+            add_result(
+                v,
+                "r3s0",
+                "",
+                "veth",
+                "",
+                "eth0",
+                "",
+                "/run/netns/x",
+                "10.42.3.2/24".parse().unwrap(),
+                Ipv4Addr::new(10, 42, 3, 1),
+            )
+        };
+        assert_eq!(args("0.4.0")["ips"][0]["version"], "4");
+        assert!(args("1.0.0")["ips"][0].get("version").is_none());
     }
 
     #[test]

@@ -34,12 +34,16 @@ fn two_pods_on_one_bridge_talk_and_del_cleans_up() {
 
     let (a, b, a_again) = netns::block_on_in(&host.path, || async {
         let h = netns::connect(None).unwrap();
+        let bridge_mac = net.setup(&h).await.unwrap().mac;
         let a = net.add(&h, "ctr-a", &pod_a.path, "eth0").await.unwrap();
         let b = net.add(&h, "ctr-b", &pod_b.path, "eth0").await.unwrap();
         // A repeated ADD for the same container returns the same attachment.
         let a_again = net.add(&h, "ctr-a", &pod_a.path, "eth0").await.unwrap();
         net.check(&h, "ctr-a", &pod_a.path, "eth0").await.unwrap();
         net.check(&h, "ctr-b", &pod_b.path, "eth0").await.unwrap();
+        // The gateway's MAC does not follow the ports.
+        let after = r3s_cni::nl::require_link(&h, "r3s0").await.unwrap().mac;
+        assert_eq!(after, bridge_mac);
         (a, b, a_again)
     })
     .unwrap();

@@ -36,6 +36,8 @@ fn pods_on_two_hosts_talk_over_vxlan_and_peers_sync() {
 
     let vtep_a = a.vtep();
     let vtep_b = b.vtep();
+    // Ensuring again reuses the compatible device (same ifindex), it does not recreate it.
+    assert_eq!(a.vtep().index, vtep_a.index);
     assert_eq!(vtep_a.mtu, 1450, "underlay 1500 - 50");
     let dev = a.show(&["-d", "link", "show", vxlan::DEFAULT_DEVICE]);
     for want in [
