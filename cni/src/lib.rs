@@ -12,6 +12,7 @@
 //! - [`plugin`]: the CNI spec 1.0 protocol (config, `CNI_*` env, result and error JSON) used by `r3s-cni`.
 //! - [`vxlan`]: the overlay device (`r3s.1`, VNI 1, UDP 8472) with a persisted VTEP MAC ([`vxlan::mac`]),
 //!   and [`vxlan::peers::sync`], which keeps one neighbour + FDB entry + route per remote node;
+//!   [`vxlan::annotations`] publishes a VTEP and reads peers in flannel's Node annotation format;
 //!   [`vxlan::watch`] reports deletions of the device so a sync can recreate it at once.
 //!
 //! - [`node`]: the agent's seam, trait [`node::NodeNetwork`] (add/del/check pod, sync peers), and

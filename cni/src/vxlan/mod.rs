@@ -11,6 +11,7 @@
 //! the persisted MAC and the address, and is up. No miss notifications are used: every entry is
 //! programmed ahead of traffic.
 
+pub mod annotations;
 pub mod mac;
 pub mod peers;
 pub mod watch;

@@ -59,12 +59,11 @@ impl Host {
             .expect("VXLAN device")
     }
 
+    /// This host as the others see it: through the Node annotations it would publish.
     pub fn peer(&self, vtep: &Vtep) -> Peer {
-        Peer {
-            pod_cidr: self.vx.pod_cidr,
-            vtep_mac: vtep.mac,
-            node_ip: self.vx.node_ip,
-        }
+        let published = vxlan::annotations::for_vtep(vtep, self.vx.vni);
+        vxlan::annotations::peer_from(&self.vx.pod_cidr.to_string(), &published, self.vx.vni)
+            .expect("own annotations describe a peer")
     }
 
     pub fn sync(&self, peers: &[Peer]) -> peers::SyncReport {
