@@ -6,7 +6,7 @@
 //! namespace is already gone, and a repeated ADD finds the half-built pair of an earlier attempt.
 //! Every step checks before it acts, so [`attach`] and [`detach`] are idempotent.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
@@ -194,7 +194,7 @@ pub async fn check(h: &Handle, bridge: &Link, spec: &AttachSpec<'_>) -> Result<(
     let has_default = routes.iter().any(|r| {
         r.header.destination_prefix_length == 0
             && r.attributes.iter().any(|a| {
-                matches!(a, RouteAttribute::Gateway(RouteAddress::Inet(g)) if IpAddr::V4(*g) == IpAddr::V4(spec.gateway))
+                matches!(a, RouteAttribute::Gateway(RouteAddress::Inet(g)) if *g == spec.gateway)
             })
     });
     if !has_default {
