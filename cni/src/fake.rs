@@ -3,14 +3,14 @@
 //! out addresses with the same rules as the real IPAM (gateway `.1`, first pod `.2`, idempotent
 //! per (container id, ifname), released on DEL), but touches neither the kernel nor the disk.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use ipnet::Ipv4Net;
 
-use crate::ipam::{IpamError, gateway_of};
+use crate::ipam::{IpamError, Owner, gateway_of};
 use crate::network::NetworkError;
 use crate::node::{NodeError, NodeNetwork};
 use crate::pod::{PodLink, host_veth_name};
@@ -31,6 +31,9 @@ pub enum Call {
     Check {
         container_id: String,
         ifname: String,
+    },
+    Gc {
+        keep: Vec<Owner>,
     },
     Sync {
         peers: Vec<Peer>,
@@ -162,6 +165,23 @@ impl NodeNetwork for FakeNodeNetwork {
         }
     }
 
+    async fn gc_pods(&self, keep: &HashSet<Owner>) -> Result<Vec<Owner>, NodeError> {
+        let mut st = self.state();
+        let mut sorted: Vec<Owner> = keep.iter().cloned().collect();
+        sorted.sort_by(|a, b| (&a.container_id, &a.ifname).cmp(&(&b.container_id, &b.ifname)));
+        st.calls.push(Call::Gc { keep: sorted });
+        let mut removed = Vec::new();
+        st.leases.retain(|(id, ifname), _| {
+            let owner = Owner::new(id.clone(), ifname.clone());
+            let stays = keep.contains(&owner);
+            if !stays {
+                removed.push(owner);
+            }
+            stays
+        });
+        Ok(removed)
+    }
+
     async fn sync_peers(&self, peers: &[Peer]) -> Result<SyncReport, NodeError> {
         let mut st = self.state();
         st.calls.push(Call::Sync {
@@ -198,5 +218,8 @@ mod tests {
         assert_eq!(fake.leases().len(), 1);
         assert_eq!(fake.calls().len(), 6);
         assert!(matches!(&fake.calls()[4], Call::Del { container_id, .. } if container_id == "a"));
+        let removed = fake.gc_pods(&HashSet::new()).await.unwrap();
+        assert_eq!(removed, vec![Owner::new("b", "eth0")]);
+        assert!(fake.leases().is_empty());
     }
 }

@@ -112,6 +112,24 @@ impl BridgeNetwork {
         Ok(())
     }
 
+    /// Garbage collection (CNI 1.1's GC, for the agent after a crash or restart): runs DEL for
+    /// every lease whose owner `keep` rejects, i.e. pods the agent no longer knows. Returns the
+    /// owners removed.
+    pub async fn gc(
+        &self,
+        h: &Handle,
+        keep: impl Fn(&Owner) -> bool,
+    ) -> Result<Vec<Owner>, NetworkError> {
+        let mut removed = Vec::new();
+        for (_, owner) in self.ipam()?.leases()? {
+            if !keep(&owner) {
+                self.del(h, &owner.container_id, &owner.ifname).await?;
+                removed.push(owner);
+            }
+        }
+        Ok(removed)
+    }
+
     /// CNI CHECK: the pod holds a lease and its link is as ADD left it.
     pub async fn check(
         &self,

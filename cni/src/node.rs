@@ -8,12 +8,14 @@
 //! Every later call is idempotent, so the agent may call [`NodeNetwork::sync_peers`] whenever
 //! Nodes change and also on a timer (which recreates a deleted VXLAN device).
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::path::Path;
 
 use ipnet::Ipv4Net;
 use rtnetlink::Handle;
 
+use crate::ipam::Owner;
 use crate::masq::{MasqError, Masquerade};
 use crate::netns::{self, NetnsError};
 use crate::network::{BridgeNetwork, NetworkError};
@@ -70,6 +72,11 @@ pub trait NodeNetwork: Send + Sync {
         netns: &Path,
         ifname: &str,
     ) -> impl Future<Output = Result<(), NodeError>> + Send;
+    /// DEL for every pod address whose owner is not in `keep` (after a crash or restart).
+    fn gc_pods(
+        &self,
+        keep: &HashSet<Owner>,
+    ) -> impl Future<Output = Result<Vec<Owner>, NodeError>> + Send;
     /// Makes the overlay hold exactly `peers` (other nodes; this node is skipped if present).
     fn sync_peers(
         &self,
@@ -148,6 +155,10 @@ impl NodeNetwork for KernelNetwork {
             .pods
             .check(&self.handle, container_id, netns, ifname)
             .await?)
+    }
+
+    async fn gc_pods(&self, keep: &HashSet<Owner>) -> Result<Vec<Owner>, NodeError> {
+        Ok(self.cfg.pods.gc(&self.handle, |o| keep.contains(o)).await?)
     }
 
     async fn sync_peers(&self, peers: &[Peer]) -> Result<SyncReport, NodeError> {

@@ -103,6 +103,21 @@ fn two_pods_on_one_bridge_talk_and_del_cleans_up() {
     assert_eq!(ipam.leases().unwrap().len(), 1);
     // Pod b is unaffected.
     assert!(pod_b.ping("10.42.3.1"), "pod b -> gateway after a's DEL");
+
+    // GC keeping nothing removes pod b's link and lease too.
+    let removed = netns::block_on_in(&host.path, || async {
+        let h = netns::connect(None).unwrap();
+        net.gc(&h, |_| false).await.unwrap()
+    })
+    .unwrap();
+    assert_eq!(removed, vec![Owner::new("ctr-b", "eth0")]);
+    assert!(net.ipam().unwrap().leases().unwrap().is_empty());
+    assert!(
+        !host
+            .ip_try(&["link", "show", &b.host_veth])
+            .status
+            .success()
+    );
 }
 
 #[test]

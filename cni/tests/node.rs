@@ -5,11 +5,13 @@
 
 mod support;
 
+use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use futures::StreamExt;
 
+use r3s_cni::ipam::Owner;
 use r3s_cni::netns;
 use r3s_cni::network::BridgeNetwork;
 use r3s_cni::node::{KernelNetwork, NodeConfig, NodeNetwork};
@@ -97,6 +99,9 @@ fn start_add_sync_restart_keeps_state() {
             ),
             (1, 1, 1)
         );
+        // GC keeping this pod changes nothing; the explicit DEL then removes it.
+        let keep = HashSet::from([Owner::new("ctr-n", "eth0")]);
+        assert!(node.gc_pods(&keep).await.unwrap().is_empty());
         node.del_pod("ctr-n", "eth0").await.unwrap();
         (vtep.unwrap(), link)
     })
