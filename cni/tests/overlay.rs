@@ -10,6 +10,7 @@ use std::net::Ipv4Addr;
 
 use r3s_cni::masq::Masquerade;
 use r3s_cni::netns;
+use r3s_cni::node::{KernelNetwork, NodeConfig, NodeNetwork};
 use r3s_cni::vxlan::peers::Peer;
 use r3s_cni::vxlan::{self, VxlanConfig};
 use support::Netns;
@@ -197,4 +198,58 @@ fn pods_on_two_hosts_talk_over_vxlan_and_peers_sync() {
         .run(|h| async move { vxlan::ensure(&h, &restarted).await })
         .unwrap();
     assert_eq!(again.mac, vtep_a.mac);
+}
+
+#[test]
+fn established_connections_survive_an_agent_restart() {
+    if !support::prerequisites(true) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_hosts(dir.path());
+    let pod_a = Netns::new("pa");
+    let pod_b = Netns::new("pb");
+    let config = |h: &support::host::Host| NodeConfig {
+        pods: h.net.clone(),
+        overlay: Some(h.vx.clone()),
+        masquerade: Some("10.42.0.0/16".parse().unwrap()),
+    };
+    // "Agent" start on both hosts, a pod on each, peers from each other's annotations.
+    let start = |h: &support::host::Host, pod: &Netns, id: &'static str, peers: Vec<Peer>| {
+        h.run(|_| async move {
+            let (node, vtep) = KernelNetwork::start(config(h)).await.unwrap();
+            let link = node.add_pod(id, &pod.path, "eth0").await.unwrap();
+            if !peers.is_empty() {
+                node.sync_peers(&peers).await.unwrap();
+            }
+            (vtep.unwrap(), link)
+        })
+    };
+    let (vtep_a, link_a) = start(&a, &pod_a, "ctr-a", vec![]);
+    let (vtep_b, link_b) = start(&b, &pod_b, "ctr-b", vec![]);
+    let peers = vec![a.peer(&vtep_a), b.peer(&vtep_b)];
+    a.sync(&peers);
+    b.sync(&peers);
+
+    // A long-lived connection from pod a to an echo server in pod b.
+    let echo = support::EchoServer::start(&pod_b, link_b.address.addr(), 7000);
+    let mut conn = support::connect_in(&pod_a, link_b.address.addr(), 7000);
+    assert!(support::echo(&mut conn, b"before"), "echo before restart");
+
+    // Both agents restart: same data dirs, same kernel state.
+    let (vtep_a2, link_a2) = start(&a, &pod_a, "ctr-a", peers.clone());
+    let (vtep_b2, link_b2) = start(&b, &pod_b, "ctr-b", peers.clone());
+    assert_eq!((vtep_a2.mac, vtep_a2.index), (vtep_a.mac, vtep_a.index));
+    assert_eq!((vtep_b2.mac, vtep_b2.index), (vtep_b.mac, vtep_b.index));
+    assert_eq!(link_a2, link_a);
+    assert_eq!(link_b2, link_b);
+    assert!(
+        support::echo(&mut conn, b"after"),
+        "same connection after restart"
+    );
+    assert_eq!(
+        echo.peer(),
+        Some(link_a.address.addr().into()),
+        "not masqueraded"
+    );
 }

@@ -181,3 +181,59 @@ pub fn tcp_roundtrip(
     }
     acceptor.join().ok().and_then(Result::ok)
 }
+
+/// An echo server in a namespace: answers every read with the same bytes, remembers the peer.
+pub struct EchoServer {
+    peer: std::sync::Arc<std::sync::Mutex<Option<std::net::IpAddr>>>,
+}
+
+impl EchoServer {
+    pub fn start(ns: &Netns, addr: std::net::Ipv4Addr, port: u16) -> EchoServer {
+        use std::io::{Read, Write};
+        let sa = std::net::SocketAddr::from((addr, port));
+        let listener = r3s_cni::netns::run_in(&ns.path, || std::net::TcpListener::bind(sa))
+            .expect("enter server ns")
+            .expect("bind echo server");
+        let peer = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let seen = peer.clone();
+        // Detached: it ends when the namespace (and so the connection) goes away.
+        std::thread::spawn(move || {
+            let Ok((mut s, p)) = listener.accept() else {
+                return;
+            };
+            *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(p.ip());
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 || s.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        });
+        EchoServer { peer }
+    }
+
+    /// The client address the server saw.
+    pub fn peer(&self) -> Option<std::net::IpAddr> {
+        *self.peer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A TCP connection made from inside `ns` (the socket stays in that namespace).
+pub fn connect_in(ns: &Netns, addr: std::net::Ipv4Addr, port: u16) -> std::net::TcpStream {
+    let sa = std::net::SocketAddr::from((addr, port));
+    let s = r3s_cni::netns::run_in(&ns.path, || {
+        std::net::TcpStream::connect_timeout(&sa, std::time::Duration::from_secs(5))
+    })
+    .expect("enter client ns")
+    .expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("read timeout");
+    s
+}
+
+/// Sends `msg` and expects it back.
+pub fn echo(conn: &mut std::net::TcpStream, msg: &[u8]) -> bool {
+    use std::io::{Read, Write};
+    let mut back = vec![0u8; msg.len()];
+    conn.write_all(msg).is_ok() && conn.read_exact(&mut back).is_ok() && back == msg
+}
