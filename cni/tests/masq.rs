@@ -87,7 +87,7 @@ fn pod_egress_is_masqueraded_and_rules_are_atomic_and_removable() {
         "{listing}"
     );
     assert!(
-        listing.contains("ip saddr 10.42.0.0/16 ip daddr != 224.0.0.0/4 masquerade"),
+        listing.contains("ip saddr 10.42.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random"),
         "{listing}"
     );
     assert_eq!(listing.matches("masquerade").count(), 1, "{listing}");

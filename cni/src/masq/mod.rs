@@ -7,7 +7,7 @@
 //!   chain postrouting {
 //!     type nat hook postrouting priority srcnat; policy accept;
 //!     ip saddr <cluster> ip daddr <cluster> return          # pod-to-pod keeps its source
-//!     ip saddr <cluster> ip daddr != 224.0.0.0/4 masquerade # pod egress leaves as the node
+//!     ip saddr <cluster> ip daddr != 224.0.0.0/4 masquerade fully-random # egress as the node
 //!   }
 //! }
 //! ```

@@ -56,6 +56,10 @@ const NFTA_DATA_VALUE: u16 = 1;
 const NFTA_DATA_VERDICT: u16 = 2;
 const NFTA_VERDICT_CODE: u16 = 1;
 
+const NFTA_MASQ_FLAGS: u16 = 1;
+/// Source ports chosen fully at random: avoids the SNAT port races flannel works around the same way.
+const NF_NAT_RANGE_PROTO_RANDOM_FULLY: u32 = 0x10;
+
 const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
 const NFT_REG_VERDICT: u32 = 0;
 const NFT_REG_1: u32 = 1;
@@ -75,7 +79,7 @@ pub enum Expr {
     Cmp { eq: bool, data: [u8; 4] },
     /// Verdict `return`.
     Return,
-    /// Source NAT to the outgoing interface's address.
+    /// Source NAT to the outgoing interface's address, source ports fully random.
     Masquerade,
 }
 
@@ -150,7 +154,12 @@ fn put_expr(buf: &mut Vec<u8>, expr: &Expr) {
                 });
             });
         }
-        Expr::Masquerade => put_str(b, NFTA_EXPR_NAME, "masq"),
+        Expr::Masquerade => {
+            put_str(b, NFTA_EXPR_NAME, "masq");
+            put_nested(b, NFTA_EXPR_DATA, |d| {
+                put_be32(d, NFTA_MASQ_FLAGS, NF_NAT_RANGE_PROTO_RANDOM_FULLY);
+            });
+        }
     });
 }
 
