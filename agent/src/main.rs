@@ -1,1 +1,37 @@
-fn main() {}
+//! `r3s-agent`: parse the configuration, set up logging, run the agent on a small Tokio runtime.
+//!
+//! Every failure ends the same way: one line `r3s-agent: <what is wrong>` on stderr, exit status 1.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use r3s_agent::cli::Cli;
+use r3s_agent::config::AgentConfig;
+use r3s_config::exit::{config_failure, fail};
+
+const BIN: &str = "r3s-agent";
+
+fn main() -> ExitCode {
+    let resolved = match r3s_config::resolve::<Cli, _, _>(std::env::args_os(), std::env::vars_os())
+    {
+        Ok(resolved) => resolved,
+        Err(err) => return config_failure(BIN, err),
+    };
+    match start(resolved) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(BIN, &r3s_config::exit::chain(err.as_ref())),
+    }
+}
+
+fn start(resolved: r3s_config::Resolved<Cli>) -> anyhow::Result<()> {
+    let cfg = AgentConfig::from_cli(resolved.cli, resolved.sources, resolved.config_files)?;
+    r3s_config::logging::init(cfg.debug, std::env::var("RUST_LOG").ok().as_deref())?;
+    // Two workers suffice for a node agent on a Raspberry Pi; the cores belong to the pods.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(r3s_agent::run::run(cfg))?;
+    Ok(())
+}

@@ -1,4 +1,7 @@
 //! r3s-server: the Kubernetes API server, its SQLite-backed store, the controllers and the scheduler.
 //! See ARCHITECTURE.md for how the modules fit together.
 
+pub mod cli;
+pub mod config;
+pub mod run;
 pub mod store;

@@ -1,1 +1,38 @@
-fn main() {}
+//! `r3s-server`: parse the configuration, set up logging, run the server on a small Tokio runtime.
+//!
+//! Every failure ends the same way: one line `r3s-server: <what is wrong>` on stderr, exit status 1.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use r3s_config::exit::{config_failure, fail};
+use r3s_server::cli::Cli;
+use r3s_server::config::ServerConfig;
+
+const BIN: &str = "r3s-server";
+
+fn main() -> ExitCode {
+    let resolved = match r3s_config::resolve::<Cli, _, _>(std::env::args_os(), std::env::vars_os())
+    {
+        Ok(resolved) => resolved,
+        Err(err) => return config_failure(BIN, err),
+    };
+    match start(resolved) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(BIN, &r3s_config::exit::chain(err.as_ref())),
+    }
+}
+
+fn start(resolved: r3s_config::Resolved<Cli>) -> anyhow::Result<()> {
+    let cfg = ServerConfig::from_cli(resolved.cli, resolved.sources, resolved.config_files)?;
+    r3s_config::logging::init(cfg.debug, std::env::var("RUST_LOG").ok().as_deref())?;
+    // Two workers are plenty: the server is mostly waiting on SQLite and sockets, and on a
+    // Raspberry Pi the cores are better left to the pods.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(r3s_server::run::run(cfg))?;
+    Ok(())
+}
