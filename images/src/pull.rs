@@ -49,7 +49,7 @@ impl ImageService {
             .platform
             .clone()
             .unwrap_or_else(|| self.inner.platform.clone());
-        let _shared = self.inner.lock.read().await;
+        let _shared = self.inner.lock(false).await?;
         let endpoints = self.inner.registries.endpoints(&r)?;
         if endpoints.is_empty() {
             return Err(ImageError::Pull {

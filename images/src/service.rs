@@ -3,8 +3,8 @@
 //! (`<data-dir>/agent/images`-style; the air-gap tarball directory is a different one).
 //!
 //! Concurrency: pulls, imports and rootfs preparation hold a shared lock, GC and remove an exclusive
-//! one, so GC never deletes a blob or snapshot an operation in flight is about to reference. One
-//! process owns a root at a time.
+//! one (`flock` on `<root>/lock`, so this also holds between processes, e.g. an operator CLI and
+//! the agent), so GC never deletes a blob or snapshot an operation in flight is about to reference.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -156,7 +156,10 @@ pub(crate) struct Inner {
     /// Keyed by scheme, host and a fingerprint of the credentials: the client caches the first
     /// credentials it sees per registry, so different pull secrets need different clients.
     clients: Mutex<HashMap<(bool, String, Digest), Client>>,
-    pub(crate) lock: tokio::sync::RwLock<()>,
+    /// `<root>/lock`: flock'ed shared by pulls, imports and rootfs preparation, exclusively by
+    /// remove and GC, so the guarantees hold across processes too (an operator CLI opening the
+    /// store while the agent runs).
+    lock_path: PathBuf,
     /// Per-blob locks: concurrent pulls sharing a layer download it once (the second waits, then
     /// finds it in the store).
     blob_locks: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
@@ -180,12 +183,12 @@ impl ImageService {
             content: ContentStore::new(&cfg.root)?,
             snapshots: SnapshotStore::new(&cfg.root)?,
             records: RecordStore::new(&cfg.root)?,
+            lock_path: cfg.root.join("lock"),
             root: cfg.root,
             registries: cfg.registries,
             platform: cfg.platform,
             max_downloads: cfg.max_concurrent_downloads.max(1),
             clients: Mutex::new(HashMap::new()),
-            lock: tokio::sync::RwLock::new(()),
             blob_locks: Mutex::new(HashMap::new()),
         };
         Ok(Self {
@@ -254,7 +257,7 @@ impl ImageService {
                 .collect(),
             Err(_) => vec![ImageRef::parse(name)?.to_string()],
         };
-        let _w = self.inner.lock.write().await;
+        let _w = self.inner.lock(true).await?;
         let mut any = false;
         for n in names {
             any |= self.inner.records.remove(&n)?;
@@ -264,7 +267,7 @@ impl ImageService {
 
     /// Deletes every blob and snapshot no image record (or prepared rootfs) references.
     pub async fn gc(&self) -> Result<GcReport, ImageError> {
-        let _w = self.inner.lock.write().await;
+        let _w = self.inner.lock(true).await?;
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             let (blobs, snaps, leased) = inner.referenced()?;
@@ -340,7 +343,7 @@ impl ImageService {
 
     /// Current disk usage.
     pub async fn disk_usage(&self) -> Result<DiskUsage, ImageError> {
-        let _r = self.inner.lock.read().await;
+        let _r = self.inner.lock(false).await?;
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             let (blobs, snaps, leased) = inner.referenced()?;
@@ -376,7 +379,7 @@ impl ImageService {
         container_dir: &Path,
     ) -> Result<OverlayMount, ImageError> {
         // Lock first: a concurrent remove must not slip between lookup and use.
-        let _r = self.inner.lock.read().await;
+        let _r = self.inner.lock(false).await?;
         let record = self
             .get(name)?
             .ok_or_else(|| ImageError::NotFound(name.to_string()))?;
@@ -406,7 +409,7 @@ impl ImageService {
         container_dir: &Path,
     ) -> Result<PathBuf, ImageError> {
         // Lock first: a concurrent remove must not slip between lookup and use.
-        let _r = self.inner.lock.read().await;
+        let _r = self.inner.lock(false).await?;
         let record = self
             .get(name)?
             .ok_or_else(|| ImageError::NotFound(name.to_string()))?;
@@ -439,7 +442,49 @@ impl ImageService {
     }
 }
 
+/// A held store lock (released when dropped: the descriptor closes).
+pub(crate) struct StoreLock {
+    _file: std::fs::File,
+}
+
 impl Inner {
+    /// Takes the store lock, shared or exclusive; waits (off the async threads) while it conflicts.
+    pub(crate) async fn lock(&self, exclusive: bool) -> Result<StoreLock, ImageError> {
+        let path = self.lock_path.clone();
+        tokio::task::spawn_blocking(move || {
+            use std::os::fd::AsRawFd;
+            let io = |source| ContentError::Io {
+                op: "lock",
+                path: path.clone(),
+                source,
+            };
+            // A separate open per lock: flock locks belong to the open file description, so two
+            // operations in one process exclude each other like two processes do.
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(io)?;
+            let op = if exclusive {
+                libc::LOCK_EX
+            } else {
+                libc::LOCK_SH
+            };
+            loop {
+                // SAFETY: a valid open descriptor.
+                if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+                    return Ok(StoreLock { _file: file });
+                }
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(io(e).into());
+                }
+            }
+        })
+        .await?
+    }
+
     /// Records that a container was just created from the image.
     fn touch(&self, mut record: ImageRecord) -> Result<(), ImageError> {
         record.last_used = std::time::SystemTime::now()

@@ -109,14 +109,17 @@ struct Lease {
 }
 
 impl SnapshotStore {
-    /// Opens `<root>/snapshots` and `<root>/leases`, removing unpacks interrupted by a crash.
+    /// Opens `<root>/snapshots` and `<root>/leases`, removing unpacks of crashed processes.
     pub fn new(root: &Path) -> Result<Self, SnapshotError> {
         let dir = root.join("snapshots");
         let leases = root.join("leases");
         fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         fs::create_dir_all(&leases).map_err(io_err("create", &leases))?;
         for e in fs::read_dir(&dir).map_err(io_err("list", &dir))?.flatten() {
-            if e.file_name().to_string_lossy().starts_with(".tmp-") {
+            let name = e.file_name().to_string_lossy().into_owned();
+            // `.tmp-<hex>-<pid>-<seq>`: only a dead process's unpack is garbage.
+            let pid = name.split('-').nth(2).and_then(|p| p.parse().ok());
+            if name.starts_with(".tmp-") && !pid.is_some_and(crate::content::pid_alive) {
                 fs::remove_dir_all(e.path()).map_err(io_err("clean", &e.path()))?;
             }
         }

@@ -980,3 +980,42 @@ async fn prune_removes_least_recently_used_unused_images() {
     let du = svc.disk_usage().await.unwrap();
     assert_eq!((du.images, du.blobs, du.snapshots), (0, 0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_handles_on_one_store_agent_and_cli() {
+    if !have_registry() || !have_root() {
+        return;
+    }
+    let reg = Registry::start();
+    let img = image(
+        (0..3).map(|i| random_layer(300_000, 2 * i + 41)).collect(),
+        "amd64",
+        None,
+        false,
+    );
+    reg.push("two", "1", &img, &ANON).await;
+    let tmp = tempfile::tempdir().unwrap();
+    // The agent's handle and an operator CLI's handle (as a second process would open it).
+    let agent = service(tmp.path(), &reg, "linux/amd64");
+    let cli = service(tmp.path(), &reg, "linux/amd64");
+    let name = format!("{}/two:1", reg.addr);
+    let o = opts();
+    let (pulled, gc1, gc2) = tokio::join!(agent.pull(&name, &o), cli.gc(), cli.gc());
+    let rec = pulled.unwrap();
+    gc1.unwrap();
+    gc2.unwrap();
+    // The CLI's GC never took the agent's in-flight blobs; the CLI sees the image.
+    assert_eq!(cli.get(&name).unwrap().unwrap(), rec);
+    assert_eq!(cli.gc().await.unwrap(), Default::default());
+    for l in &rec.layers {
+        assert!(
+            agent
+                .root()
+                .join("blobs/sha256")
+                .join(l.digest.hex())
+                .exists()
+        );
+    }
+    assert!(cli.remove(&name).await.unwrap());
+    assert_eq!(agent.gc().await.unwrap().blobs_removed.len(), 5);
+}
