@@ -117,14 +117,17 @@ impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, creating its parent directories.
     pub fn open(path: impl AsRef<Path>, opts: StoreOptions) -> Result<SqliteStore, StoreError> {
         let path = path.as_ref().to_path_buf();
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                open_err(
-                    &path,
-                    format!("cannot create the data directory {}: {e}", dir.display()),
-                )
-            })?;
-        }
+        let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            Some(d) => d.to_path_buf(),
+            None => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            open_err(
+                &path,
+                format!("cannot create the data directory {}: {e}", dir.display()),
+            )
+        })?;
+        schema::probe_dir(&path, &dir)?;
         let existing = schema::preflight(&path)?;
         let mut conn = Connection::open_with_flags(
             &path,

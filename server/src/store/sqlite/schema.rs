@@ -19,7 +19,7 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
 
@@ -46,6 +46,26 @@ pub enum Existing {
     New,
     /// A valid r3s database at our schema version.
     Current,
+}
+
+/// Fails unless files can be created in `dir` (a read-only file system, a full inode table...), so
+/// that an unwritable data directory is reported as such rather than as an unreadable database.
+pub fn probe_dir(path: &Path, dir: &Path) -> Result<(), StoreError> {
+    let probe = dir.join(format!(".r3s-write-probe-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => Err(open_err(
+            path,
+            format!("the data directory {} is not writable: {e}", dir.display()),
+        )),
+    }
 }
 
 /// Checks an existing file without writing to it: SQLite header, integrity (quick_check), owner
@@ -85,6 +105,36 @@ pub fn preflight(path: &Path) -> Result<Existing, StoreError> {
             "not an SQLite database (bad header); refusing to touch it",
         ));
     }
+    // A read-only connection to a WAL database creates empty -wal/-shm files next to it; remove the
+    // ones that were not there before so a refused file is left exactly as found.
+    let sidecars: Vec<(PathBuf, bool)> = ["-wal", "-shm"]
+        .iter()
+        .map(|s| {
+            let p = PathBuf::from(format!("{}{s}", path.display()));
+            let existed = p.exists();
+            (p, existed)
+        })
+        .collect();
+    let res = inspect(path);
+    for (p, existed) in sidecars {
+        let empty_wal = p.to_string_lossy().ends_with("-wal")
+            && std::fs::metadata(&p).is_ok_and(|m| m.len() == 0);
+        if !existed && (empty_wal || p.to_string_lossy().ends_with("-shm")) {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+    res
+}
+
+fn is_corruption(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
+}
+
+/// The read-only half of [`preflight`].
+fn inspect(path: &Path) -> Result<Existing, StoreError> {
     let ro = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -104,12 +154,13 @@ pub fn preflight(path: &Path) -> Result<Existing, StoreError> {
                 format!("database is corrupt (quick_check: {first}); refusing to touch it"),
             ));
         }
-        Err(e) => {
+        Err(e) if is_corruption(&e) => {
             return Err(open_err(
                 path,
-                format!("database is corrupt or unreadable ({e}); refusing to touch it"),
+                format!("database is corrupt ({e}); refusing to touch it"),
             ));
         }
+        Err(e) => return Err(open_err(path, format!("cannot read the database: {e}"))),
     }
     let read_i64 = |sql: &str| -> Result<i64, StoreError> {
         ro.query_row(sql, [], |r| r.get::<_, i64>(0))

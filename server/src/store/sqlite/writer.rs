@@ -177,10 +177,13 @@ impl Writer {
             return;
         }
         if let Err(e) = self.persist(&events) {
-            let err = self.backend_err("write failed, nothing was changed", e);
-            tracing::error!(error = %err, writes = events.len(), "store batch failed");
+            let msg = format!(
+                "{}: write failed, nothing was changed: {e}",
+                self.shared.path.display()
+            );
+            tracing::error!(error = %msg, writes = events.len(), "store batch failed");
             for (reply, _) in staged {
-                let _ = reply.send(Err(StoreError::Backend(err.to_string())));
+                let _ = reply.send(Err(StoreError::Backend(msg.clone())));
             }
             return;
         }
