@@ -588,3 +588,25 @@ async fn concurrent_writes_group_commit_and_cas_has_one_winner() {
         assert_eq!(kv.value, b("10"));
     }
 }
+
+#[tokio::test]
+async fn second_open_of_the_same_database_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(&dir, opts());
+    s.create("/a", b("x")).await.expect("create");
+    let db = dir.path().join("server/db/state.db");
+    let err = SqliteStore::open(&db, opts())
+        .err()
+        .expect("second open must fail");
+    assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+    assert!(err.to_string().contains("in use"), "{err}");
+    // The first store is unaffected.
+    s.create("/b", b("y"))
+        .await
+        .expect("create after refused open");
+    assert_eq!(s.integrity_check().await.expect("check"), "ok");
+    assert!(
+        !dir.path().join("server/db/state.db-shm").exists(),
+        "no shared-memory file in exclusive mode"
+    );
+}

@@ -3,8 +3,9 @@
 //! Shape: one writer thread owns the write connection and group-commits every pending write in one
 //! transaction ([`writer`]); current state lives in memory ([`View`]) and serves get/list; recent
 //! events live in the watch hub ([`Hub`]) and are pushed to watchers right after each commit; older
-//! history is read from the log on a separate read-only connection ([`read`]); a background thread
-//! compacts and reclaims space in small steps ([`compact`]).
+//! history is read from the log by the writer between batches ([`read`]; the database is opened in
+//! exclusive locking mode, so there is no other connection); a background thread compacts and
+//! reclaims space in small steps ([`compact`]).
 //!
 //! Invariants: the view, the hub and the file always agree on the revision once a batch is
 //! answered; nothing in memory changes for a batch that did not commit; the file is never written
@@ -17,9 +18,9 @@ mod writer;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -28,7 +29,7 @@ use futures::future::BoxFuture;
 use rusqlite::{Connection, MAIN_DB, OpenFlags};
 use tokio::sync::oneshot;
 
-use self::writer::{Op, Request, Writer};
+use self::writer::{Op, Read, ReadOut, Request, Writer};
 use super::memory::{self, View};
 use super::watch::{self, Hub, HubLimits, Replay};
 use super::{
@@ -92,7 +93,6 @@ pub(crate) struct Shared {
     pub view: View,
     pub hub: Hub,
     pub compacted: AtomicI64,
-    pub reader: Mutex<Connection>,
     pub path: PathBuf,
     pub opts: StoreOptions,
 }
@@ -136,6 +136,9 @@ impl SqliteStore {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| open_err(&path, format!("cannot open the database: {e}")))?;
+        // Before the first access, so that no shared-memory wal-index file is ever used.
+        schema::lock_exclusive(&conn)
+            .map_err(|e| open_err(&path, format!("cannot open the database: {e}")))?;
         if conn.is_readonly(MAIN_DB).unwrap_or(true) {
             return Err(open_err(
                 &path,
@@ -161,12 +164,6 @@ impl SqliteStore {
         })?;
         let loaded = load(&conn, &opts)
             .map_err(|e| open_err(&path, format!("cannot read the database: {e}")))?;
-        let reader = Connection::open_with_flags(
-            &path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| open_err(&path, format!("cannot open a reader: {e}")))?;
-        let _ = reader.busy_timeout(Duration::from_secs(5));
 
         let limits = HubLimits {
             history_events: opts.history_events,
@@ -181,7 +178,6 @@ impl SqliteStore {
             view: View::new(loaded.map, loaded.revision),
             hub: Hub::new(limits, floor, loaded.events.into()),
             compacted: AtomicI64::new(loaded.compacted),
-            reader: Mutex::new(reader),
             path: path.clone(),
             opts: opts.clone(),
         });
@@ -230,6 +226,14 @@ impl SqliteStore {
         self.shared.view.is_empty()
     }
 
+    /// Runs `PRAGMA integrity_check` on the open database ("ok" when healthy).
+    pub async fn integrity_check(&self) -> Result<String, StoreError> {
+        match read_via(&self.tx, Read::IntegrityCheck).await? {
+            ReadOut::Check(s) => Ok(s),
+            _ => Err(unexpected()),
+        }
+    }
+
     /// Number of live watchers (a stream dropped by its reader is forgotten at the next event).
     pub fn watcher_count(&self) -> usize {
         self.shared.hub.lock().subscriber_count()
@@ -257,16 +261,16 @@ impl Drop for SqliteStore {
     }
 }
 
-impl Shared {
-    fn replay(
-        &self,
-        prefix: &str,
-        after: Revision,
-        upto: Revision,
-    ) -> Result<(Vec<Event>, Revision), StoreError> {
-        let conn = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
-        read::replay(&conn, prefix, after, upto, REPLAY_CHUNK)
-    }
+/// Sends a history read to the writer and waits for the answer.
+async fn read_via(tx: &Sender<Request>, query: Read) -> Result<ReadOut, StoreError> {
+    let (reply, rx) = oneshot::channel();
+    tx.send(Request::Read { query, reply })
+        .map_err(|_| StoreError::Closed)?;
+    rx.await.map_err(|_| StoreError::Closed)?
+}
+
+fn unexpected() -> StoreError {
+    StoreError::Backend("store writer answered a read with the wrong kind of result".into())
 }
 
 struct Loaded {
@@ -385,12 +389,16 @@ impl Store for SqliteStore {
         }
         drop(hub);
         if !in_memory {
-            let conn = self
-                .shared
-                .reader
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            map = read::state_at(&conn, prefix, at)?;
+            // Rare (older than the in-memory history): a blocking round trip to the writer, which
+            // owns the only connection. block_on works inside or outside a runtime.
+            let query = Read::StateAt {
+                prefix: prefix.to_owned(),
+                at,
+            };
+            match futures::executor::block_on(read_via(&self.tx, query))? {
+                ReadOut::State(m) => map = m,
+                _ => return Err(unexpected()),
+            }
         }
         let mut res = memory::paginate(&map, prefix, start_after, opts.limit);
         res.revision = at;
@@ -446,14 +454,20 @@ impl Store for SqliteStore {
         }
         let sub = self.shared.hub.lock().subscribe(prefix, after);
         let replay: Option<Replay> = sub.replay_upto().map(|_| {
-            let shared = self.shared.clone();
-            let f = move |prefix: &str, pos: Revision, upto: Revision| {
-                let shared = shared.clone();
-                let prefix = prefix.to_owned();
+            let tx = self.tx.clone();
+            let f = move |prefix: &str, after: Revision, upto: Revision| {
+                let tx = tx.clone();
+                let query = Read::Replay {
+                    prefix: prefix.to_owned(),
+                    after,
+                    upto,
+                    limit: REPLAY_CHUNK,
+                };
                 let fut: BoxFuture<'static, watch::ReplayChunk> = Box::pin(async move {
-                    tokio::task::spawn_blocking(move || shared.replay(&prefix, pos, upto))
-                        .await
-                        .map_err(|e| StoreError::Backend(format!("watch replay task: {e}")))?
+                    match read_via(&tx, query).await? {
+                        ReadOut::Events(evs, reached) => Ok((evs, reached)),
+                        _ => Err(unexpected()),
+                    }
                 });
                 fut
             };

@@ -1,7 +1,7 @@
 //! Reads of history older than what memory holds: watch replay and list at an old revision.
 //!
-//! Both run on the read-only connection inside one read transaction, so the compacted revision they
-//! check and the rows they read come from the same snapshot: if compaction has passed the requested
+//! Both run on the writer's connection (between write batches) inside one read transaction, reading
+//! the compacted revision from the same snapshot as the rows: if compaction has passed the requested
 //! revision they report `Expired`, never a partial history.
 
 use std::collections::BTreeMap;

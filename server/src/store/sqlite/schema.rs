@@ -140,6 +140,9 @@ fn inspect(path: &Path) -> Result<Existing, StoreError> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|e| open_err(path, format!("cannot open the database read-only: {e}")))?;
+    // The only other user can be another r3s-server holding it exclusively: say so quickly.
+    ro.busy_timeout(std::time::Duration::from_millis(200))
+        .map_err(|e| open_err(path, format!("cannot open the database read-only: {e}")))?;
     let check: Result<Vec<String>, rusqlite::Error> = (|| {
         let mut stmt = ro.prepare("PRAGMA quick_check")?;
         let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
@@ -158,6 +161,12 @@ fn inspect(path: &Path) -> Result<Existing, StoreError> {
             return Err(open_err(
                 path,
                 format!("database is corrupt ({e}); refusing to touch it"),
+            ));
+        }
+        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {
+            return Err(open_err(
+                path,
+                format!("database is in use by another process (another r3s-server?): {e}"),
             ));
         }
         Err(e) => return Err(open_err(path, format!("cannot read the database: {e}"))),
@@ -196,6 +205,16 @@ fn inspect(path: &Path) -> Result<Existing, StoreError> {
         ));
     }
     Ok(Existing::Current)
+}
+
+/// Exclusive locking mode, set before the connection first touches the file.
+///
+/// With it, WAL mode keeps its index in heap memory instead of a memory-mapped `-shm` file: without
+/// it every commit would also dirty one or two `-shm` pages that the kernel writes back to flash.
+/// It also stops a second r3s-server from opening the same database. The cost: no second connection
+/// can read it, so the writer serves the rare reads of old history itself.
+pub fn lock_exclusive(conn: &Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
 }
 
 /// Settings applied to the write connection.

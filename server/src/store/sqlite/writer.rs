@@ -15,7 +15,7 @@
 //! - Maintenance steps (one compaction batch, one vacuum step, a checkpoint) run between write
 //!   batches, each in its own short transaction, so writes interleave with them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
@@ -24,7 +24,7 @@ use bytes::Bytes;
 use rusqlite::{Connection, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
-use super::Shared;
+use super::{Shared, read};
 use crate::store::{Event, EventType, KeyValue, Revision, StoreError};
 
 /// A write operation.
@@ -74,6 +74,30 @@ pub(crate) struct MaintDone {
 
 pub(crate) type WriteReply = oneshot::Sender<Result<KeyValue, StoreError>>;
 
+/// A read of history older than memory holds. The writer's connection is the only one (the
+/// database is opened in exclusive locking mode, see [`super::schema::configure`]), so these rare
+/// reads are served between write batches too.
+#[derive(Clone, Debug)]
+pub(crate) enum Read {
+    /// Watch replay: events under `prefix` in (after, upto], at most `limit` rows scanned.
+    Replay {
+        prefix: String,
+        after: Revision,
+        upto: Revision,
+        limit: usize,
+    },
+    /// The keys under `prefix` at revision `at`.
+    StateAt { prefix: String, at: Revision },
+    /// `PRAGMA integrity_check`.
+    IntegrityCheck,
+}
+
+pub(crate) enum ReadOut {
+    Events(Vec<Event>, Revision),
+    State(BTreeMap<String, KeyValue>),
+    Check(String),
+}
+
 pub(crate) enum Request {
     Write {
         op: Op,
@@ -82,6 +106,10 @@ pub(crate) enum Request {
     Maintain {
         step: Maint,
         reply: oneshot::Sender<Result<MaintDone, StoreError>>,
+    },
+    Read {
+        query: Read,
+        reply: oneshot::Sender<Result<ReadOut, StoreError>>,
     },
     Shutdown,
 }
@@ -111,11 +139,13 @@ impl Writer {
             };
             let mut writes = Vec::new();
             let mut maint = Vec::new();
+            let mut reads = Vec::new();
             let mut next = Some(first);
             while let Some(req) = next.take() {
                 match req {
                     Request::Write { op, reply } => writes.push((op, reply)),
                     Request::Maintain { step, reply } => maint.push((step, reply)),
+                    Request::Read { query, reply } => reads.push((query, reply)),
                     Request::Shutdown => shutdown = true,
                 }
                 if writes.len() < self.max_batch && !shutdown {
@@ -124,6 +154,9 @@ impl Writer {
             }
             if !writes.is_empty() {
                 self.commit(writes);
+            }
+            for (query, reply) in reads {
+                let _ = reply.send(self.read(query));
             }
             for (step, reply) in maint {
                 let res = self.maintain(step);
@@ -221,6 +254,31 @@ impl Writer {
             }
         }
         tx.commit()
+    }
+
+    fn read(&self, query: Read) -> Result<ReadOut, StoreError> {
+        match query {
+            Read::Replay {
+                prefix,
+                after,
+                upto,
+                limit,
+            } => read::replay(&self.conn, &prefix, after, upto, limit)
+                .map(|(evs, reached)| ReadOut::Events(evs, reached)),
+            Read::StateAt { prefix, at } => {
+                read::state_at(&self.conn, &prefix, at).map(ReadOut::State)
+            }
+            Read::IntegrityCheck => {
+                let lines: rusqlite::Result<Vec<String>> = (|| {
+                    let mut stmt = self.conn.prepare("PRAGMA integrity_check")?;
+                    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+                    rows.collect()
+                })();
+                lines
+                    .map(|l| ReadOut::Check(l.join("\n")))
+                    .map_err(|e| self.backend_err("integrity check failed", e))
+            }
+        }
     }
 
     fn maintain(&mut self, step: Maint) -> Result<MaintDone, StoreError> {
