@@ -154,3 +154,86 @@ pub fn rewind<'a>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn kv(key: &str, rev: Revision) -> KeyValue {
+        KeyValue {
+            key: key.to_owned(),
+            value: Bytes::from(format!("{key}@{rev}")),
+            create_revision: rev,
+            mod_revision: rev,
+        }
+    }
+
+    fn map(keys: &[&str]) -> BTreeMap<String, KeyValue> {
+        keys.iter()
+            .enumerate()
+            .map(|(i, k)| ((*k).to_owned(), kv(k, i as i64 + 1)))
+            .collect()
+    }
+
+    fn keys(r: &ListResult) -> Vec<&str> {
+        r.items.iter().map(|kv| kv.key.as_str()).collect()
+    }
+
+    #[test]
+    fn paginate_respects_prefix_start_after_and_limit() {
+        let m = map(&["/a", "/b/1", "/b/2", "/b/3", "/b0", "/c"]);
+        let all = paginate(&m, "/b/", None, None);
+        assert_eq!(keys(&all), ["/b/1", "/b/2", "/b/3"]);
+        assert_eq!((all.remaining, all.more_after.as_deref()), (0, None));
+
+        let p = paginate(&m, "/b/", None, Some(2));
+        assert_eq!(keys(&p), ["/b/1", "/b/2"]);
+        assert_eq!((p.remaining, p.more_after.as_deref()), (1, Some("/b/2")));
+
+        let p = paginate(&m, "/b/", Some("/b/2"), Some(2));
+        assert_eq!(keys(&p), ["/b/3"]);
+        assert_eq!((p.remaining, p.more_after), (0, None));
+
+        // A start key before the prefix starts at the prefix; limit 0 means no limit.
+        let p = paginate(&m, "/b/", Some("/a"), Some(0));
+        assert_eq!(keys(&p), ["/b/1", "/b/2", "/b/3"]);
+        // A start key past the prefix range yields nothing.
+        assert!(paginate(&m, "/b/", Some("/b0"), None).items.is_empty());
+    }
+
+    #[test]
+    fn rewind_undoes_events_newest_first() {
+        // State at 3: /k/a@1, /k/b@2, /k/c@3. Then: 4 modifies a, 5 deletes b, 6 adds d.
+        let mut m = map(&["/k/a", "/k/b", "/k/c"]);
+        let a4 = KeyValue {
+            mod_revision: 4,
+            ..kv("/k/a", 1)
+        };
+        let events = vec![
+            Event {
+                event_type: EventType::Modified,
+                kv: a4.clone(),
+                prev: Some(kv("/k/a", 1)),
+            },
+            Event {
+                event_type: EventType::Deleted,
+                kv: KeyValue {
+                    mod_revision: 5,
+                    ..kv("/k/b", 2)
+                },
+                prev: Some(kv("/k/b", 2)),
+            },
+            Event {
+                event_type: EventType::Added,
+                kv: kv("/k/d", 6),
+                prev: None,
+            },
+        ];
+        m.insert("/k/a".into(), a4);
+        m.remove("/k/b");
+        m.insert("/k/d".into(), kv("/k/d", 6));
+        rewind(&mut m, "/k/", events.iter());
+        assert_eq!(m, map(&["/k/a", "/k/b", "/k/c"]));
+    }
+}

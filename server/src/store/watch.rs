@@ -335,3 +335,90 @@ async fn step(mut st: StreamState) -> Option<(Result<Event, StoreError>, StreamS
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{EventType, KeyValue};
+    use bytes::Bytes;
+    use futures::StreamExt;
+
+    fn ev(key: &str, rev: Revision) -> Event {
+        Event {
+            event_type: EventType::Added,
+            kv: KeyValue {
+                key: key.to_owned(),
+                value: Bytes::from_static(b"v"),
+                create_revision: rev,
+                mod_revision: rev,
+            },
+            prev: None,
+        }
+    }
+
+    fn limits(history_events: usize, watch_buffer: usize) -> HubLimits {
+        HubLimits {
+            history_events,
+            history_bytes: 1 << 20,
+            watch_buffer,
+        }
+    }
+
+    #[test]
+    fn ring_evicts_oldest_and_raises_floor() {
+        let hub = Hub::new(limits(3, 8), 0, (1..=5).map(|r| ev("/a", r)).collect());
+        let g = hub.lock();
+        assert_eq!(g.floor(), 2);
+        assert!(g.events_after(1).is_none());
+        let revs: Vec<_> = g
+            .events_after(3)
+            .expect("in memory")
+            .map(Event::revision)
+            .collect();
+        assert_eq!(revs, [4, 5]);
+    }
+
+    #[tokio::test]
+    async fn subscriber_gets_backlog_then_live_filtered_by_prefix() {
+        let hub = Hub::new(limits(100, 8), 0, vec![ev("/a/1", 1), ev("/b/1", 2)]);
+        let sub = hub.lock().subscribe("/a/", 0);
+        assert_eq!(sub.replay_upto(), None);
+        let mut w = into_stream(sub, None);
+        hub.lock().publish(vec![ev("/b/2", 3), ev("/a/2", 4)]);
+        let first = w.next().await.expect("item").expect("event");
+        let second = w.next().await.expect("item").expect("event");
+        assert_eq!((first.revision(), second.revision()), (1, 4));
+        hub.close();
+        assert!(matches!(w.next().await, Some(Err(StoreError::Closed))));
+        assert!(w.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn history_older_than_the_ring_without_replay_is_expired() {
+        let hub = Hub::new(limits(2, 8), 0, (1..=4).map(|r| ev("/a", r)).collect());
+        let sub = hub.lock().subscribe("/", 0);
+        assert_eq!(sub.replay_upto(), Some(2));
+        let mut w = into_stream(sub, None);
+        assert!(matches!(
+            w.next().await,
+            Some(Err(StoreError::Expired { .. }))
+        ));
+    }
+
+    #[tokio::test]
+    async fn lagging_subscriber_is_dropped_without_blocking() {
+        let hub = Hub::new(limits(100, 2), 0, Vec::new());
+        let mut w = into_stream(hub.lock().subscribe("/", 0), None);
+        hub.lock().publish((1..=5).map(|r| ev("/a", r)).collect());
+        assert_eq!(hub.lock().subscriber_count(), 0);
+        assert_eq!(w.next().await.expect("item").expect("event").revision(), 1);
+        assert_eq!(w.next().await.expect("item").expect("event").revision(), 2);
+        match w.next().await {
+            Some(Err(StoreError::Expired {
+                requested,
+                compacted,
+            })) => assert_eq!((requested, compacted), (2, 3)),
+            other => panic!("expected Expired, got {other:?}"),
+        }
+    }
+}
