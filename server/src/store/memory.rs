@@ -210,7 +210,7 @@ mod tests {
             mod_revision: 4,
             ..kv("/k/a", 1)
         };
-        let events = vec![
+        let events = [
             Event {
                 event_type: EventType::Modified,
                 kv: a4.clone(),
