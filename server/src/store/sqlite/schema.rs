@@ -245,8 +245,21 @@ pub fn configure(conn: &Connection, sync_full: bool) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Run first on a new, empty database: auto_vacuum can only be chosen before anything is written.
+/// Page size of new databases.
+///
+/// 1 KiB rather than SQLite's 4 KiB default, for flash wear: a commit writes whole pages (as WAL
+/// frames of page + 24 bytes), and a small update (a Lease renewal) only needs one leaf page plus,
+/// now and then, the pages of a new allocation. Measured on ext4 with WAL + synchronous=FULL, bytes
+/// the kernel accounted as written per single-row commit (`/proc/self/io` write_bytes):
+/// 450-byte rows 9.6 kB at 4 KiB pages vs 6.9 kB at 1 KiB; 600-byte rows 10.2 vs 8.5 kB; 1.5 kB
+/// rows 14.3 vs 9.7 kB; 5 kB rows 21.6 vs 12.9 kB. Bulk writes cost somewhat more bytes per row
+/// (less packing), but they are bursts; the steady small updates are what wear a card out.
+pub const PAGE_SIZE: i64 = 1024;
+
+/// Run first on a new, empty database: page size and auto_vacuum can only be chosen before anything
+/// is written.
 pub fn prepare_new(conn: &Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "page_size", PAGE_SIZE)?;
     conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
 }
 

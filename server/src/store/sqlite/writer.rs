@@ -114,10 +114,10 @@ pub(crate) enum Request {
     Shutdown,
 }
 
-/// Pages freed per vacuum step (1 MiB with 4 KiB pages): short enough not to delay writes much.
-const VACUUM_STEP_PAGES: i64 = 256;
-/// Vacuum only when at least this many pages are free...
-const VACUUM_MIN_FREE_PAGES: i64 = 256;
+/// Pages freed per vacuum step (1 MiB with 1 KiB pages): short enough not to delay writes much.
+const VACUUM_STEP_PAGES: i64 = 1024;
+/// Vacuum only when at least this many pages (1 MiB) are free...
+const VACUUM_MIN_FREE_PAGES: i64 = 1024;
 /// ...and they are at least this fraction (1/N) of the file; otherwise appends reuse them anyway,
 /// and moving pages around would only add writes (flash wear).
 const VACUUM_MIN_FREE_FRACTION: i64 = 4;
