@@ -30,7 +30,7 @@ fn env_secs(name: &str, default: u64) -> Duration {
 }
 
 fn lease_value(n: usize) -> Bytes {
-    // The shape and size of a coordination.k8s.io Lease as the API server stores it (~400 bytes).
+    // The shape and size of a coordination.k8s.io Lease as the API server stores it (~600 bytes).
     Bytes::from(format!(
         r#"{{"kind":"Lease","apiVersion":"coordination.k8s.io/v1","metadata":{{"name":"node-1","namespace":"kube-node-lease","uid":"3f2c6f5e-8a4b-4c1e-9d1a-2b7c0e4f9a11","resourceVersion":"{n}","creationTimestamp":"2026-11-22T06:00:00Z","ownerReferences":[{{"apiVersion":"v1","kind":"Node","name":"node-1","uid":"9e8d7c6b-5a49-4382-a1b0-c9d8e7f6a5b4"}}]}},"spec":{{"holderIdentity":"node-1","leaseDurationSeconds":40,"renewTime":"2026-11-22T06:{:02}:{:02}.000000Z"}}}}"#,
         (n / 60) % 60,
@@ -46,8 +46,14 @@ fn opts(durability: Durability) -> StoreOptions {
 }
 
 /// Store writes/s with `writers` concurrent tasks, each updating its own key.
-async fn store_writes(dir: &Path, writers: usize, secs: Duration, d: Durability) -> f64 {
-    let db = dir.join(format!("writes-{writers}-{d:?}.db"));
+async fn store_writes(
+    dir: &Path,
+    writers: usize,
+    secs: Duration,
+    d: Durability,
+    rep: usize,
+) -> f64 {
+    let db = dir.join(format!("writes-{writers}-{d:?}-{rep}.db"));
     let s = Arc::new(SqliteStore::open(&db, opts(d)).expect("open store"));
     for w in 0..writers {
         s.create(&format!("/bench/{w}"), lease_value(0))
@@ -82,8 +88,8 @@ async fn store_writes(dir: &Path, writers: usize, secs: Duration, d: Durability)
 }
 
 /// Raw rusqlite: one row inserted and committed per transaction, same journal mode and sync.
-fn raw_writes(dir: &Path, secs: Duration, d: Durability) -> f64 {
-    let db = dir.join(format!("raw-{d:?}.db"));
+fn raw_writes(dir: &Path, secs: Duration, d: Durability, rep: usize) -> f64 {
+    let db = dir.join(format!("raw-{d:?}-{rep}.db"));
     let conn = rusqlite::Connection::open(&db).expect("open raw");
     conn.pragma_update(None, "journal_mode", "WAL")
         .expect("wal");
@@ -325,6 +331,21 @@ fn fs_type(dir: &Path) -> String {
     best.map_or_else(|| "unknown".into(), |(_, s)| s)
 }
 
+const REPS: usize = 3;
+const WRITERS: [usize; 3] = [1, 8, 64];
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn range(v: &[f64]) -> String {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(0.0, f64::max);
+    format!("[{min:.0}-{max:.0}]")
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1000.0)
 }
@@ -364,19 +385,34 @@ fn main() {
         fs_type(dir.path())
     );
     println!();
-    println!("== writes/s (each write a ~400-byte Lease update, acknowledged after commit)");
+    println!(
+        "== writes/s (each write a ~600-byte Lease update, acknowledged after commit; median of {REPS} alternating runs of {} s, min-max in brackets)",
+        secs.as_secs_f64()
+    );
     for d in [Durability::Full, Durability::Normal] {
-        let raw = raw_writes(dir.path(), secs, d);
+        let mut raw = Vec::new();
+        let mut store: [Vec<f64>; 3] = Default::default();
+        for rep in 0..REPS {
+            raw.push(raw_writes(dir.path(), secs, d, rep));
+            for (i, writers) in WRITERS.iter().enumerate() {
+                store[i].push(rt.block_on(store_writes(dir.path(), *writers, secs, d, rep)));
+            }
+        }
         let mode = match d {
             Durability::Full => "WAL, synchronous=FULL (default)",
             Durability::Normal => "WAL, synchronous=NORMAL",
         };
-        println!("  {mode}: raw rusqlite 1 row/commit: {raw:>9.0}/s");
-        for writers in [1, 8, 64] {
-            let w = rt.block_on(store_writes(dir.path(), writers, secs, d));
+        let raw_median = median(&raw);
+        println!(
+            "  {mode}: raw rusqlite 1 row/commit: {raw_median:>9.0}/s {}",
+            range(&raw)
+        );
+        for (i, writers) in WRITERS.iter().enumerate() {
+            let m = median(&store[i]);
             println!(
-                "    store, {writers:>2} writers: {w:>9.0}/s   ratio to raw: {:.2}x",
-                w / raw
+                "    store, {writers:>2} writers: {m:>9.0}/s {}   ratio to raw: {:.2}x",
+                range(&store[i]),
+                m / raw_median
             );
         }
     }

@@ -378,6 +378,13 @@ impl Store for SqliteStore {
                 compacted,
             });
         }
+        if at == current {
+            // Later pages of a list usually come while nothing changed: serve them straight away.
+            let res = self.shared.view.list(prefix, start_after, opts.limit);
+            if res.revision == at {
+                return Ok(res);
+            }
+        }
         let hub = self.shared.hub.lock();
         let (mut map, rev) = self.shared.view.snapshot(prefix);
         let in_memory = at >= rev || at >= hub.floor();
