@@ -30,10 +30,12 @@ async fn step(tx: &Sender<Request>, step: Maint) -> Result<MaintDone, StoreError
 }
 
 /// Compacts history up to `target` (already checked against the current revision), then reclaims
-/// space. Returns the number of log rows deleted.
+/// space: all free pages when `reclaim_all` (an explicit request), else only when enough are free
+/// to be worth the page moves. Returns the number of log rows deleted.
 pub(crate) async fn compact_to(
     tx: &Sender<Request>,
     target: Revision,
+    reclaim_all: bool,
 ) -> Result<usize, StoreError> {
     let mut deleted = 0;
     loop {
@@ -43,7 +45,7 @@ pub(crate) async fn compact_to(
             break;
         }
     }
-    let mut force = false;
+    let mut force = reclaim_all;
     loop {
         let done = step(tx, Maint::Vacuum { force }).await?;
         if done.done {
@@ -85,7 +87,7 @@ pub(crate) fn run(shared: Arc<Shared>, tx: Sender<Request>, stop: Receiver<()>) 
         if target - compacted < opts.compact_batch.max(1) {
             continue;
         }
-        match futures::executor::block_on(compact_to(&tx, target)) {
+        match futures::executor::block_on(compact_to(&tx, target, false)) {
             Ok(rows) => tracing::debug!(target, rows, "store compacted"),
             Err(StoreError::Closed) => return,
             Err(e) => tracing::warn!(error = %e, target, "store compaction failed; will retry"),

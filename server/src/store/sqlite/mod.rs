@@ -494,6 +494,8 @@ impl Store for SqliteStore {
         if revision <= self.shared.compacted.load(Ordering::SeqCst) {
             return Ok(());
         }
-        compact::compact_to(&self.tx, revision).await.map(|_| ())
+        compact::compact_to(&self.tx, revision, true)
+            .await
+            .map(|_| ())
     }
 }
