@@ -1,11 +1,11 @@
 //! The SQLite backend of [`Store`]: `<data-dir>/server/db/state.db`.
 //!
 //! Shape: one writer thread owns the write connection and group-commits every pending write in one
-//! transaction ([`writer`]); current state lives in memory ([`View`]) and serves get/list; recent
+//! transaction (`writer`); current state lives in memory ([`View`]) and serves get/list; recent
 //! events live in the watch hub ([`Hub`]) and are pushed to watchers right after each commit; older
-//! history is read from the log by the writer between batches ([`read`]; the database is opened in
+//! history is read from the log by the writer between batches (`read`; the database is opened in
 //! exclusive locking mode, so there is no other connection); a background thread compacts and
-//! reclaims space in small steps ([`compact`]).
+//! reclaims space in small steps (`compact`).
 //!
 //! Invariants: the view, the hub and the file always agree on the revision once a batch is
 //! answered; nothing in memory changes for a batch that did not commit; the file is never written

@@ -3,9 +3,9 @@
 //! Schema version 1:
 //! - `log(rev INTEGER PRIMARY KEY, key, create_rev, prev_rev, deleted, value)`: an append-only log,
 //!   one row per write, keyed by revision (the rowid, so no separate index). A small update appends
-//!   one row at the right edge of one B-tree: it dirties the last leaf page and, now and then, a parent
-//!   page. There is deliberately no index on `key`: every write would have to update a second B-tree at
-//!   a random position. Current state is rebuilt in memory at open; compaction finds superseded rows
+//!   one row at the right edge of one B-tree: it dirties the last leaf page and, when that is full, a
+//!   new leaf, its parent and the allocation bookkeeping. There is deliberately no index on `key`:
+//!   every write would have to update a second B-tree at a random position. Current state is rebuilt in memory at open; compaction finds superseded rows
 //!   through `prev_rev` (a primary-key lookup).
 //!   `prev_rev` is the revision of the key's previous row in the same incarnation (0 for a create);
 //!   a delete row has `deleted = 1` and a NULL value (its last value is the `prev_rev` row's).
@@ -13,6 +13,8 @@
 //!   never by ordinary writes, so it costs no page per write. The current revision is
 //!   `max(max(log.rev), compacted)`, so it never goes backwards even when compaction removed every row.
 //! - `PRAGMA application_id` marks the file as r3s's, `PRAGMA user_version` is the schema version.
+//! - Created with 1 KiB pages ([`PAGE_SIZE`]) and `auto_vacuum=INCREMENTAL` (so compaction can give
+//!   space back); used in WAL mode with exclusive locking ([`lock_exclusive`], [`configure`]).
 //!
 //! Invariant: a file that is not an r3s database, is corrupt, or has a newer schema is refused with an
 //! error naming it before any write (header check, then a read-only connection and `quick_check`).
