@@ -111,6 +111,17 @@ async fn full_disk_fails_the_write_and_recovers() {
         "integrity while the disk is full"
     );
 
+    // A restart while the disk is still full: the store opens and serves reads.
+    drop(s);
+    let s = SqliteStore::open(&db, opts()).expect("reopen on a full disk");
+    for (k, kv) in &acked {
+        assert_eq!(
+            s.get(k).expect("get").as_ref(),
+            Some(kv),
+            "{k} after reopen"
+        );
+    }
+
     // Space comes back: writes work, with the next revision.
     std::fs::remove_file(&filler).expect("remove filler");
     let head = s.current_revision();

@@ -128,17 +128,28 @@ impl SqliteStore {
             )
         })?;
         schema::probe_dir(&path, &dir)?;
-        let existing = schema::preflight(&path)?;
-        let mut conn = Connection::open_with_flags(
-            &path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| open_err(&path, format!("cannot open the database: {e}")))?;
-        // Before the first access, so that no shared-memory wal-index file is ever used.
-        schema::lock_exclusive(&conn)
-            .map_err(|e| open_err(&path, format!("cannot open the database: {e}")))?;
+        let checked = schema::preflight(&path)?;
+        let existing = checked.existing;
+        let mut conn = match checked.conn {
+            Some(conn) => {
+                schema::allow_writes(&conn)
+                    .map_err(|e| open_err(&path, format!("cannot open the database: {e}")))?;
+                conn
+            }
+            None => {
+                let conn = Connection::open_with_flags(
+                    &path,
+                    OpenFlags::SQLITE_OPEN_READ_WRITE
+                        | OpenFlags::SQLITE_OPEN_CREATE
+                        | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .map_err(|e| open_err(&path, format!("cannot open the database: {e}")))?;
+                // Before the first access, so that no shared-memory wal-index file is ever used.
+                schema::lock_exclusive(&conn)
+                    .map_err(|e| open_err(&path, format!("cannot open the database: {e}")))?;
+                conn
+            }
+        };
         if conn.is_readonly(MAIN_DB).unwrap_or(true) {
             return Err(open_err(
                 &path,
@@ -153,8 +164,7 @@ impl SqliteStore {
             if existing == schema::Existing::New {
                 schema::create(conn)?;
             }
-            // Fold a WAL left by a crash into the file so the next writes start from a short WAL.
-            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            Ok(())
         };
         setup(&mut conn).map_err(|e| {
             open_err(
@@ -162,6 +172,11 @@ impl SqliteStore {
                 format!("cannot initialise the database (is the directory writable?): {e}"),
             )
         })?;
+        // Fold a WAL left by a crash into the file so the next writes start from a short WAL.
+        // Best effort: on a full disk the store must still start and serve reads.
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+            tracing::warn!(path = %path.display(), error = %e, "store: startup checkpoint failed");
+        }
         let loaded = load(&conn, &opts)
             .map_err(|e| open_err(&path, format!("cannot read the database: {e}")))?;
 

@@ -17,13 +17,15 @@
 //!   space back); used in WAL mode with exclusive locking ([`lock_exclusive`], [`configure`]).
 //!
 //! Invariant: a file that is not an r3s database, is corrupt, or has a newer schema is refused with an
-//! error naming it before any write (header check, then a read-only connection and `quick_check`).
+//! error naming it before any write (header check, then `quick_check` on a connection that cannot
+//! write yet).
 
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::config::DbConfig;
+use rusqlite::{Connection, MAIN_DB, OpenFlags};
 
 use crate::store::StoreError;
 
@@ -70,12 +72,25 @@ pub fn probe_dir(path: &Path, dir: &Path) -> Result<(), StoreError> {
     }
 }
 
+/// What [`preflight`] found, and for a WAL-mode file the connection the check ran on (exclusive,
+/// not yet allowed to write), for the store to reuse: closing it and reopening would leave a
+/// moment for another process to take the file.
+pub struct Checked {
+    pub existing: Existing,
+    pub conn: Option<Connection>,
+}
+
 /// Checks an existing file without writing to it: SQLite header, integrity (quick_check), owner
 /// (application_id) and schema version.
-pub fn preflight(path: &Path) -> Result<Existing, StoreError> {
+pub fn preflight(path: &Path) -> Result<Checked, StoreError> {
     let mut f = match File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Existing::New),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Checked {
+                existing: Existing::New,
+                conn: None,
+            });
+        }
         Err(e) => {
             return Err(open_err(
                 path,
@@ -99,7 +114,10 @@ pub fn preflight(path: &Path) -> Result<Existing, StoreError> {
     }
     drop(f);
     if n == 0 {
-        return Ok(Existing::New);
+        return Ok(Checked {
+            existing: Existing::New,
+            conn: None,
+        });
     }
     if n < header.len() || &header[..16] != SQLITE_MAGIC {
         return Err(open_err(
@@ -107,8 +125,10 @@ pub fn preflight(path: &Path) -> Result<Existing, StoreError> {
             "not an SQLite database (bad header); refusing to touch it",
         ));
     }
-    // A read-only connection to a WAL database creates empty -wal/-shm files next to it; remove the
-    // ones that were not there before so a refused file is left exactly as found.
+    // Bytes 18-19 are the read/write format versions: 2 means WAL mode (every r3s database).
+    let wal = header[18] == 2 && header[19] == 2;
+    // Opening a WAL database creates an empty -wal (and, without exclusive locking, a -shm) next to
+    // it; remove the ones that were not there before so a refused file is left exactly as found.
     let sidecars: Vec<(PathBuf, bool)> = ["-wal", "-shm"]
         .iter()
         .map(|s| {
@@ -117,12 +137,21 @@ pub fn preflight(path: &Path) -> Result<Existing, StoreError> {
             (p, existed)
         })
         .collect();
-    let res = inspect(path);
-    for (p, existed) in sidecars {
-        let empty_wal = p.to_string_lossy().ends_with("-wal")
-            && std::fs::metadata(&p).is_ok_and(|m| m.len() == 0);
-        if !existed && (empty_wal || p.to_string_lossy().ends_with("-shm")) {
-            let _ = std::fs::remove_file(&p);
+    let res = if wal {
+        inspect_wal(path)
+    } else {
+        inspect_read_only(path).map(|existing| Checked {
+            existing,
+            conn: None,
+        })
+    };
+    if res.is_err() {
+        for (p, existed) in sidecars {
+            let empty_wal = p.to_string_lossy().ends_with("-wal")
+                && std::fs::metadata(&p).is_ok_and(|m| m.len() == 0);
+            if !existed && (empty_wal || p.to_string_lossy().ends_with("-shm")) {
+                let _ = std::fs::remove_file(&p);
+            }
         }
     }
     res
@@ -135,16 +164,57 @@ fn is_corruption(e: &rusqlite::Error) -> bool {
     )
 }
 
-/// The read-only half of [`preflight`].
-fn inspect(path: &Path) -> Result<Existing, StoreError> {
+/// Checks a WAL-mode file on a read-write connection that cannot write yet: exclusive locking (the
+/// WAL index lives in memory, so no -shm file is needed and a full disk cannot stop the check),
+/// `query_only`, and no checkpoint when it closes. A read-only connection would need a -shm file.
+/// On success the connection is handed to the store (see [`allow_writes`]).
+fn inspect_wal(path: &Path) -> Result<Checked, StoreError> {
+    let setup_err = |e: rusqlite::Error| open_err(path, format!("cannot open the database: {e}"));
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(setup_err)?;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+        .map_err(setup_err)?;
+    lock_exclusive(&conn).map_err(setup_err)?;
+    conn.pragma_update(None, "query_only", true)
+        .map_err(setup_err)?;
+    if conn.is_readonly(MAIN_DB).unwrap_or(true) {
+        return Err(open_err(
+            path,
+            "the database file or its directory is not writable",
+        ));
+    }
+    let existing = check(&conn, path)?;
+    Ok(Checked {
+        existing,
+        conn: Some(conn),
+    })
+}
+
+/// Lets the connection that passed [`preflight`] write, and checkpoint when it closes.
+pub fn allow_writes(conn: &Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "query_only", false)?;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false)?;
+    Ok(())
+}
+
+/// Checks a rollback-journal file (never an r3s database) on a read-only connection.
+fn inspect_read_only(path: &Path) -> Result<Existing, StoreError> {
     let ro = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|e| open_err(path, format!("cannot open the database read-only: {e}")))?;
+    check(&ro, path)
+}
+
+/// Integrity (quick_check), owner (application_id) and schema version, read-only.
+fn check(ro: &Connection, path: &Path) -> Result<Existing, StoreError> {
     // The only other user can be another r3s-server holding it exclusively: say so quickly.
     ro.busy_timeout(std::time::Duration::from_millis(200))
-        .map_err(|e| open_err(path, format!("cannot open the database read-only: {e}")))?;
+        .map_err(|e| open_err(path, format!("cannot open the database: {e}")))?;
     let check: Result<Vec<String>, rusqlite::Error> = (|| {
         let mut stmt = ro.prepare("PRAGMA quick_check")?;
         let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
