@@ -610,3 +610,41 @@ async fn second_open_of_the_same_database_is_refused() {
         "no shared-memory file in exclusive mode"
     );
 }
+
+#[tokio::test]
+async fn replay_overtaken_by_compaction_ends_expired_not_partial() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(
+        &dir,
+        StoreOptions {
+            history_events: 1,
+            ..opts()
+        },
+    );
+    for i in 0..3000 {
+        s.create(&format!("/e/{i:05}"), b("x"))
+            .await
+            .expect("create");
+    }
+    let mut w = s.watch("/e/", 0).expect("watch from 0");
+    // The first replay chunk is read...
+    assert_eq!(next_ok(&mut w).await.revision(), 1);
+    // ...then compaction passes the position the replay has reached.
+    s.compact(2500).await.expect("compact");
+    let mut last = 1;
+    loop {
+        match next(&mut w).await {
+            Ok(ev) => {
+                assert_eq!(ev.revision(), last + 1, "no gap before the error");
+                last = ev.revision();
+            }
+            Err(StoreError::Expired { .. }) => break,
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    assert!(
+        last < 2500,
+        "replay stopped at {last}, inside the compacted range"
+    );
+    assert!(w.next().await.is_none());
+}

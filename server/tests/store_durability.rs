@@ -1,6 +1,6 @@
 //! Acknowledged writes survive `kill -9`: a child process (this test binary, re-run with
 //! `R3S_STORE_CHILD_DB` set) writes as fast as it can and prints every acknowledged write; the parent
-//! SIGKILLs it at a random moment, 20+ times, and after each kill checks that every acknowledged write
+//! SIGKILLs it at a random moment, 24 times (6 of them during start-up), and after each kill checks that every acknowledged write
 //! is in the reopened store and that `PRAGMA integrity_check` is ok. Background compaction runs in the
 //! child with a tiny interval so kills also land in compaction, vacuum and checkpoints.
 
@@ -17,7 +17,9 @@ use rand::Rng;
 
 const CHILD_ENV: &str = "R3S_STORE_CHILD_DB";
 const ROUND_ENV: &str = "R3S_STORE_CHILD_ROUND";
-const ROUNDS: usize = 20;
+/// Rounds; every fourth kills the child at a random moment of its start-up (pre-flight check, WAL
+/// recovery, start-up checkpoint) instead of during writes.
+const ROUNDS: usize = 24;
 const TASKS: usize = 8;
 
 fn opts() -> StoreOptions {
@@ -104,7 +106,7 @@ fn ack(out: &std::sync::Mutex<std::io::Stdout>, key: &str, rev: i64, value: &str
 }
 
 /// What the parent learned from one child: the last acknowledged (revision, value) per key.
-fn run_child(db: &Path, round: usize) -> BTreeMap<String, (i64, String)> {
+fn run_child(db: &Path, round: usize, early: bool) -> BTreeMap<String, (i64, String)> {
     let exe = std::env::current_exe().expect("current exe");
     let mut child = Command::new(exe)
         .args([
@@ -149,12 +151,18 @@ fn run_child(db: &Path, round: usize) -> BTreeMap<String, (i64, String)> {
         }
         acked
     });
-    // Guard against hangs only; the kill moment itself is random.
-    let started = first_rx.recv_timeout(Duration::from_secs(120)).is_ok();
-    if started {
-        let delay = rand::rng().random_range(0..400);
-        std::thread::sleep(Duration::from_millis(delay));
-    }
+    let mut rng = rand::rng();
+    let started = if early {
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..150)));
+        true
+    } else {
+        // Guard against hangs only; the kill moment itself is random.
+        let started = first_rx.recv_timeout(Duration::from_secs(120)).is_ok();
+        if started {
+            std::thread::sleep(Duration::from_millis(rng.random_range(0..400)));
+        }
+        started
+    };
     let _ = child.kill(); // SIGKILL
     let _ = child.wait();
     let acked = reader.join().expect("reader thread");
@@ -175,8 +183,12 @@ fn acknowledged_writes_survive_sigkill() {
     let mut all: BTreeMap<String, (i64, String)> = BTreeMap::new();
     let mut last_head = 0;
     for round in 0..ROUNDS {
-        let acked = run_child(&db, round);
-        assert!(!acked.is_empty(), "round {round}: nothing acknowledged");
+        let early = round % 4 == 3;
+        let acked = run_child(&db, round, early);
+        assert!(
+            early || !acked.is_empty(),
+            "round {round}: nothing acknowledged"
+        );
         for (k, v) in acked {
             all.insert(k, v);
         }
@@ -225,7 +237,12 @@ fn acknowledged_writes_survive_sigkill() {
         }
         last_head = head;
         eprintln!(
-            "round {round}: head {head}, {} keys checked, compacted {}",
+            "round {round}{}: head {head}, {} keys checked, compacted {}",
+            if early {
+                " (killed during start-up)"
+            } else {
+                ""
+            },
             all.len(),
             s.compacted_revision()
         );
