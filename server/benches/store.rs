@@ -1,6 +1,6 @@
 //! Store benchmark (`cargo bench -p r3s-server --bench store`), printed as one report:
 //! - writes/s with 1, 8 and 64 concurrent writers, next to raw rusqlite single-row insert+commit in
-//!   the same journal mode and synchronous setting (ratio printed);
+//!   the same journal mode, synchronous setting, page size and locking mode (ratio printed);
 //! - watch latency p50/p99 with 1 and 100 watchers: end to end (write issued -> event at the
 //!   subscriber, including the commit's fsync) and delivery (hub publish right after the commit ->
 //!   subscriber);
@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
+use r3s_server::store::sqlite::schema;
 use r3s_server::store::watch::{self, Hub, HubLimits};
 use r3s_server::store::{Durability, Event, EventType, KeyValue, SqliteStore, Store, StoreOptions};
 
@@ -91,6 +92,12 @@ async fn store_writes(
 fn raw_writes(dir: &Path, secs: Duration, d: Durability, rep: usize) -> f64 {
     let db = dir.join(format!("raw-{d:?}-{rep}.db"));
     let conn = rusqlite::Connection::open(&db).expect("open raw");
+    // The store's file settings too (page size, exclusive locking), so the ratio shows what the
+    // store itself adds or saves.
+    conn.pragma_update(None, "page_size", schema::PAGE_SIZE)
+        .expect("page size");
+    conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
+        .expect("exclusive");
     conn.pragma_update(None, "journal_mode", "WAL")
         .expect("wal");
     conn.pragma_update(
