@@ -64,7 +64,17 @@ fn make_db(db: &Path, rows: usize) {
     let s = SqliteStore::open(db, opts()).expect("create store");
     rt.block_on(async {
         for i in 0..rows {
-            s.create(&format!("/k/{i:05}"), Bytes::from(vec![b'v'; 700]))
+            // Incompressible, so the file really has that many pages.
+            let mut x = i as u64 + 1;
+            let value: Vec<u8> = (0..700)
+                .map(|_| {
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    (x >> 56) as u8
+                })
+                .collect();
+            s.create(&format!("/k/{i:05}"), Bytes::from(value))
                 .await
                 .expect("create");
         }

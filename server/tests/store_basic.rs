@@ -621,10 +621,13 @@ async fn replay_overtaken_by_compaction_ends_expired_not_partial() {
             ..opts()
         },
     );
-    for i in 0..3000 {
-        s.create(&format!("/e/{i:05}"), b("x"))
-            .await
-            .expect("create");
+    // Concurrently, so they group-commit.
+    let creates = (0..3000).map(|i| {
+        let s = &s;
+        async move { s.create(&format!("/e/{i:05}"), b("x")).await }
+    });
+    for r in futures::future::join_all(creates).await {
+        r.expect("create");
     }
     let mut w = s.watch("/e/", 0).expect("watch from 0");
     // The first replay chunk is read...

@@ -35,6 +35,20 @@ fn fill(path: &std::path::Path) {
     let _ = f.sync_all();
 }
 
+/// Incompressible bytes (the store compresses values), different for each `seed`.
+fn noise(seed: usize, len: usize) -> Bytes {
+    let mut x = seed as u64 + 1;
+    (0..len)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 56) as u8
+        })
+        .collect::<Vec<u8>>()
+        .into()
+}
+
 fn integrity(db: &std::path::Path) -> String {
     let conn = rusqlite::Connection::open(db).expect("sqlite open");
     conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
@@ -63,7 +77,7 @@ async fn full_disk_fails_the_write_and_recovers() {
     let mut failure = None;
     for n in 0..2000 {
         let key = format!("/full/big/{n:05}");
-        match s.create(&key, Bytes::from(vec![b'x'; 16 * 1024])).await {
+        match s.create(&key, noise(n, 16 * 1024)).await {
             Ok(kv) => {
                 acked.insert(kv.key.clone(), kv);
             }
@@ -90,11 +104,7 @@ async fn full_disk_fails_the_write_and_recovers() {
     // An update of an existing key fails too, leaving the old value.
     let base = acked["/full/base/000"].clone();
     let upd = s
-        .update(
-            &base.key,
-            Bytes::from(vec![b'u'; 64 * 1024]),
-            base.mod_revision,
-        )
+        .update(&base.key, noise(99_999, 64 * 1024), base.mod_revision)
         .await;
     match upd {
         Err(StoreError::Backend(_)) => {

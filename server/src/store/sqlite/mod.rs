@@ -302,7 +302,7 @@ fn load(conn: &Connection, opts: &StoreOptions) -> rusqlite::Result<Loaded> {
     let mut events = VecDeque::new();
     let mut revision = compacted;
     let mut stmt =
-        conn.prepare("SELECT rev, key, create_rev, deleted, value FROM log ORDER BY rev")?;
+        conn.prepare("SELECT rev, key, create_rev, deleted, enc, value FROM log ORDER BY rev")?;
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
         let rev: Revision = row.get(0)?;
@@ -324,10 +324,18 @@ fn load(conn: &Connection, opts: &StoreOptions) -> rusqlite::Result<Loaded> {
                 },
             )
         } else {
-            let value: Option<Vec<u8>> = row.get(4)?;
+            let enc: i64 = row.get(4)?;
+            let value: Option<Vec<u8>> = row.get(5)?;
+            let value = schema::decode(enc, value.unwrap_or_default()).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    5,
+                    rusqlite::types::Type::Blob,
+                    format!("log row {rev} for {key}: {e}").into(),
+                )
+            })?;
             let kv = KeyValue {
                 key: key.clone(),
-                value: Bytes::from(value.unwrap_or_default()),
+                value,
                 create_revision,
                 mod_revision: rev,
             };

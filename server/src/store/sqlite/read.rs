@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 
-use bytes::Bytes;
 use rusqlite::{Connection, params};
 
 use super::schema;
@@ -35,7 +34,7 @@ pub fn replay(
     }
     let mut stmt = tx
         .prepare_cached(
-            "SELECT l.rev, l.key, l.create_rev, l.prev_rev, l.deleted, l.value, p.value
+            "SELECT l.rev, l.key, l.create_rev, l.prev_rev, l.deleted, l.enc, l.value, p.enc, p.value
              FROM log l LEFT JOIN log p ON p.rev = l.prev_rev
              WHERE l.rev > ?1 AND l.rev <= ?2 ORDER BY l.rev LIMIT ?3",
         )
@@ -61,28 +60,33 @@ pub fn replay(
         let create_rev: Revision = row.get(2).map_err(backend)?;
         let prev_rev: Revision = row.get(3).map_err(backend)?;
         let deleted: bool = row.get::<_, i64>(4).map_err(backend)? != 0;
-        let value: Option<Vec<u8>> = row.get(5).map_err(backend)?;
-        let prev_value: Option<Vec<u8>> = row.get(6).map_err(backend)?;
+        let enc: i64 = row.get(5).map_err(backend)?;
+        let value: Option<Vec<u8>> = row.get(6).map_err(backend)?;
+        let prev_enc: Option<i64> = row.get(7).map_err(backend)?;
+        let prev_value: Option<Vec<u8>> = row.get(8).map_err(backend)?;
+        let bad = |e: String| StoreError::Backend(format!("log row {rev} for {key}: {e}"));
         let missing = || {
             StoreError::Backend(format!(
                 "log row {rev} for {key} refers to missing revision {prev_rev}"
             ))
         };
         let prev = if prev_rev > 0 {
+            let stored = prev_value.ok_or_else(missing)?;
             Some(KeyValue {
                 key: key.clone(),
-                value: Bytes::from(prev_value.ok_or_else(missing)?),
+                value: schema::decode(prev_enc.unwrap_or(schema::ENC_RAW), stored).map_err(bad)?,
                 create_revision: create_rev,
                 mod_revision: prev_rev,
             })
         } else {
             None
         };
+        let decoded = || schema::decode(enc, value.clone().unwrap_or_default()).map_err(bad);
         let (event_type, value) = match (deleted, &prev) {
             (true, Some(p)) => (EventType::Deleted, p.value.clone()),
             (true, None) => return Err(missing()),
-            (false, None) => (EventType::Added, Bytes::from(value.unwrap_or_default())),
-            (false, Some(_)) => (EventType::Modified, Bytes::from(value.unwrap_or_default())),
+            (false, None) => (EventType::Added, decoded()?),
+            (false, Some(_)) => (EventType::Modified, decoded()?),
         };
         events.push(Event {
             event_type,
@@ -119,7 +123,7 @@ pub fn state_at(
     // the remaining rows in order therefore yields exactly the state at `at`.
     let mut stmt = tx
         .prepare_cached(
-            "SELECT rev, key, create_rev, deleted, value FROM log WHERE rev <= ?1 ORDER BY rev",
+            "SELECT rev, key, create_rev, deleted, enc, value FROM log WHERE rev <= ?1 ORDER BY rev",
         )
         .map_err(backend)?;
     let mut rows = stmt.query(params![at]).map_err(backend)?;
@@ -133,12 +137,16 @@ pub fn state_at(
             map.remove(&key);
             continue;
         }
-        let value: Option<Vec<u8>> = row.get(4).map_err(backend)?;
+        let enc: i64 = row.get(4).map_err(backend)?;
+        let value: Option<Vec<u8>> = row.get(5).map_err(backend)?;
+        let mod_revision: Revision = row.get(0).map_err(backend)?;
         let kv = KeyValue {
             key: key.clone(),
-            value: Bytes::from(value.unwrap_or_default()),
+            value: schema::decode(enc, value.unwrap_or_default()).map_err(|e| {
+                StoreError::Backend(format!("log row {mod_revision} for {key}: {e}"))
+            })?,
             create_revision: row.get(2).map_err(backend)?,
-            mod_revision: row.get(0).map_err(backend)?,
+            mod_revision,
         };
         map.insert(key, kv);
     }

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use rusqlite::{Connection, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
-use super::{Shared, read};
+use super::{Shared, read, schema};
 use crate::store::{Event, EventType, KeyValue, Revision, StoreError};
 
 /// A write operation.
@@ -234,14 +234,17 @@ impl Writer {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
             let mut stmt = tx.prepare_cached(
-                "INSERT INTO log (rev, key, create_rev, prev_rev, deleted, value)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO log (rev, key, create_rev, prev_rev, deleted, enc, value)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             for ev in events {
                 let prev_rev = ev.prev.as_ref().map_or(0, |p| p.mod_revision);
-                let (deleted, value): (i64, Option<&[u8]>) = match ev.event_type {
-                    EventType::Deleted => (1, None),
-                    _ => (0, Some(&ev.kv.value[..])),
+                let (deleted, enc, value) = match ev.event_type {
+                    EventType::Deleted => (1, schema::ENC_RAW, None),
+                    _ => {
+                        let (enc, stored) = schema::encode(&ev.kv.value);
+                        (0, enc, Some(stored))
+                    }
                 };
                 stmt.execute(params![
                     ev.kv.mod_revision,
@@ -249,7 +252,8 @@ impl Writer {
                     ev.kv.create_revision,
                     prev_rev,
                     deleted,
-                    value
+                    enc,
+                    value.as_deref()
                 ])?;
             }
         }
