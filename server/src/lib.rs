@@ -1,6 +1,7 @@
 //! r3s-server: the Kubernetes API server, its SQLite-backed store, the controllers and the scheduler.
 //! See ARCHITECTURE.md for how the modules fit together.
 
+pub mod api;
 pub mod kubeconfig;
 pub mod store;
 pub mod tls;
