@@ -99,10 +99,16 @@ pub fn resource_list(group: &str, version: &str) -> Result<Response, ApiError> {
             "categories": r.categories, "storageVersionHash": "",
         }));
         for sub in r.subresources {
-            list.push(json!({
+            let mut entry = json!({
                 "name": format!("{}/{}", r.plural, sub.name), "singularName": "",
                 "namespaced": r.namespaced, "kind": r.kind, "verbs": sub.verbs,
-            }));
+            });
+            if let Some((g, v, k)) = sub.kind {
+                entry["group"] = json!(g);
+                entry["version"] = json!(v);
+                entry["kind"] = json!(k);
+            }
+            list.push(entry);
         }
     }
     let group_version = if group.is_empty() {
@@ -134,7 +140,10 @@ fn group_discovery(group: &str, version: &str) -> Value {
                 "responseKind": kind, "verbs": VERBS,
                 "shortNames": r.short_names, "categories": r.categories,
                 "subresources": r.subresources.iter().map(|s| json!({
-                    "subresource": s.name, "responseKind": kind, "verbs": s.verbs,
+                    "subresource": s.name, "verbs": s.verbs,
+                    "responseKind": s.kind.map_or(kind.clone(), |(g, v, k)| {
+                        json!({"group": g, "version": v, "kind": k})
+                    }),
                 })).collect::<Vec<_>>(),
             })
         })

@@ -19,6 +19,7 @@ pub mod openapi;
 pub mod patch;
 pub mod registry;
 mod router;
+pub mod scale;
 pub mod selector;
 pub mod smp;
 pub mod table;

@@ -7,11 +7,13 @@
 
 use super::table::{self, Column};
 
-/// A subresource served for a resource (`status`), answering with `kind` of `group/version`.
+/// A subresource served for a resource (`status`, `scale`).
 #[derive(Debug)]
 pub struct Subresource {
     pub name: &'static str,
     pub verbs: &'static [&'static str],
+    /// `(group, version, kind)` it answers with when that is not the parent's kind.
+    pub kind: Option<(&'static str, &'static str, &'static str)>,
 }
 
 /// One served resource.
@@ -44,10 +46,18 @@ pub const VERBS: &[&str] = &[
     "watch",
 ];
 
-const STATUS: &[Subresource] = &[Subresource {
+const STATUS_ONLY: Subresource = Subresource {
     name: "status",
     verbs: &["get", "patch", "update"],
-}];
+    kind: None,
+};
+const SCALE_ONLY: Subresource = Subresource {
+    name: "scale",
+    verbs: &["get", "patch", "update"],
+    kind: Some(("autoscaling", "v1", "Scale")),
+};
+const STATUS: &[Subresource] = &[STATUS_ONLY];
+const STATUS_SCALE: &[Subresource] = &[SCALE_ONLY, STATUS_ONLY];
 
 impl Resource {
     /// `group/version`, or `version` for the core group.
@@ -136,13 +146,13 @@ pub static RESOURCES: &[Resource] = &[
     resource!("", "Endpoints", "endpoints", "endpoints", namespaced: true,
         short: &["ep"], cat: NONE, sub: &[], cols: table::AGE_ONLY, gen: false),
     resource!("apps", "Deployment", "deployments", "deployment", namespaced: true,
-        short: &["deploy"], cat: ALL, sub: STATUS, cols: table::DEPLOYMENT, gen: true),
+        short: &["deploy"], cat: ALL, sub: STATUS_SCALE, cols: table::DEPLOYMENT, gen: true),
     resource!("apps", "ReplicaSet", "replicasets", "replicaset", namespaced: true,
-        short: &["rs"], cat: ALL, sub: STATUS, cols: table::REPLICASET, gen: true),
+        short: &["rs"], cat: ALL, sub: STATUS_SCALE, cols: table::REPLICASET, gen: true),
     resource!("apps", "DaemonSet", "daemonsets", "daemonset", namespaced: true,
         short: &["ds"], cat: ALL, sub: STATUS, cols: table::AGE_ONLY, gen: true),
     resource!("apps", "StatefulSet", "statefulsets", "statefulset", namespaced: true,
-        short: &["sts"], cat: ALL, sub: STATUS, cols: table::AGE_ONLY, gen: true),
+        short: &["sts"], cat: ALL, sub: STATUS_SCALE, cols: table::AGE_ONLY, gen: true),
     resource!("coordination.k8s.io", "Lease", "leases", "lease", namespaced: true,
         short: NONE, cat: NONE, sub: &[], cols: table::AGE_ONLY, gen: false),
 ];

@@ -14,12 +14,16 @@ use super::Ctx;
 use crate::api::codec;
 use crate::api::error::ApiError;
 use crate::api::object;
+use crate::api::scale;
 use crate::api::selector::{FieldSelector, LabelSelector};
 use crate::api::table::{self, IncludeObject};
 use crate::store::{ListOptions, Revision};
 
 pub fn get(ctx: &Ctx) -> Result<Response, ApiError> {
     let obj = load(ctx)?.1;
+    if ctx.target.subresource.as_deref() == Some("scale") {
+        return Ok(codec::respond(StatusCode::OK, &scale::to_scale(&obj)));
+    }
     if codec::wants_table(&ctx.headers) {
         let include = IncludeObject::parse(ctx.param("includeObject"));
         let meta = json!({"resourceVersion": obj["metadata"]["resourceVersion"]});

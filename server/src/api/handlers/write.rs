@@ -13,6 +13,7 @@ use super::read::load;
 use crate::api::codec;
 use crate::api::error::ApiError;
 use crate::api::patch;
+use crate::api::scale;
 use crate::api::validate;
 use crate::api::{object, registry};
 use crate::store::{Revision, StoreError};
@@ -72,7 +73,9 @@ fn admit_namespace(ctx: &Ctx) -> Result<(), ApiError> {
 pub async fn update(ctx: &Ctx) -> Result<Response, ApiError> {
     let res = ctx.target.resource;
     let mut body = codec::decode(&ctx.headers, &ctx.body)?;
-    object::check_type_and_namespace(res, &mut body, ctx.namespace())?;
+    if !is_scale(ctx) {
+        object::check_type_and_namespace(res, &mut body, ctx.namespace())?;
+    }
     if object::name(&body) != ctx.name() {
         return Err(ApiError::BadRequest(format!(
             "the name of the object ({}) does not match the name on the URL ({})",
@@ -81,7 +84,14 @@ pub async fn update(ctx: &Ctx) -> Result<Response, ApiError> {
         )));
     }
     let precondition = object::resource_version(&body)?;
+    if is_scale(ctx) {
+        return replace(ctx, precondition, |current| scale::apply(current, &body)).await;
+    }
     replace(ctx, precondition, |_current| Ok(body.clone())).await
+}
+
+fn is_scale(ctx: &Ctx) -> bool {
+    ctx.target.subresource.as_deref() == Some("scale")
 }
 
 pub async fn patch(ctx: &Ctx) -> Result<Response, ApiError> {
@@ -93,6 +103,13 @@ pub async fn patch(ctx: &Ctx) -> Result<Response, ApiError> {
         Value::Object(_) => object::resource_version(&patch_doc)?,
         _ => None,
     };
+    if is_scale(ctx) {
+        return replace(ctx, precondition, |current| {
+            let patched = patch::apply(kind, &scale::to_scale(current), &patch_doc)?;
+            scale::apply(current, &patched)
+        })
+        .await;
+    }
     replace(ctx, precondition, |current| {
         let mut patched = patch::apply(kind, current, &patch_doc)?;
         object::check_type_and_namespace(res, &mut patched, ctx.namespace())?;
@@ -129,7 +146,7 @@ async fn replace(
         object::set_resource_version(&mut new, revision);
         if new == current || ctx.dry_run() {
             // Nothing changed: no write, no event, same resourceVersion (as upstream).
-            return Ok(codec::respond(StatusCode::OK, &new));
+            return Ok(present(ctx, &new));
         }
         let key = res.key(ctx.namespace(), ctx.name());
         let store = &ctx.state.store;
@@ -142,11 +159,20 @@ async fn replace(
         match outcome {
             Ok(kv) => {
                 object::set_resource_version(&mut new, kv.mod_revision);
-                return Ok(codec::respond(StatusCode::OK, &new));
+                return Ok(present(ctx, &new));
             }
             Err(StoreError::Conflict { .. }) if precondition.is_none() => continue,
             Err(e) => return Err(ApiError::from_store(e, &res.name(), ctx.name())),
         }
     }
     Err(conflict())
+}
+
+/// The response body of a write: the object, or its Scale view for the scale subresource.
+fn present(ctx: &Ctx, obj: &Value) -> Response {
+    if is_scale(ctx) {
+        codec::respond(StatusCode::OK, &scale::to_scale(obj))
+    } else {
+        codec::respond(StatusCode::OK, obj)
+    }
 }
