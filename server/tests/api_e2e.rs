@@ -303,6 +303,49 @@ async fn kubectl_drives_the_server() {
         "{stderr}"
     );
 
+    // Everyday mutations: scale (needs the Scale subresource), label, annotate, patch (3 types).
+    assert_eq!(
+        s.ok(&["scale", "deployment", "web", "--replicas=5"])
+            .await
+            .trim(),
+        "deployment.apps/web scaled"
+    );
+    let jsonpath = "jsonpath={.spec.replicas} {.metadata.generation}";
+    assert_eq!(s.ok(&["get", "deploy", "web", "-o", jsonpath]).await, "5 3");
+    assert_eq!(
+        s.ok(&["label", "cm", "e2e-cm", "tier=back"]).await.trim(),
+        "configmap/e2e-cm labeled"
+    );
+    assert_eq!(
+        s.ok(&["annotate", "cm", "e2e-cm", "note=hi"]).await.trim(),
+        "configmap/e2e-cm annotated"
+    );
+    s.ok(&["patch", "cm", "e2e-cm", "-p", r#"{"data":{"b":"x"}}"#])
+        .await;
+    let merge = r#"{"data":{"c":"y"}}"#;
+    s.ok(&["patch", "cm", "e2e-cm", "--type=merge", "-p", merge])
+        .await;
+    let remove = r#"[{"op":"remove","path":"/data/a"}]"#;
+    s.ok(&["patch", "cm", "e2e-cm", "--type=json", "-p", remove])
+        .await;
+    let data = s
+        .ok(&["get", "cm", "e2e-cm", "-o", "jsonpath={.data}"])
+        .await;
+    let data: Value = serde_json::from_str(&data).expect("data JSON");
+    assert_eq!(data, json!({"b":"x","c":"y"}));
+    let wide = s.ok(&["get", "cm", "-A", "--show-labels"]).await;
+    assert!(
+        wide.lines()
+            .any(|l| l.starts_with("default ") && l.contains("e2e-cm") && l.contains("tier=back")),
+        "{wide}"
+    );
+    let selector = "metadata.name=kube-public";
+    let by_field = s
+        .ok(&["get", "ns", "--field-selector", selector, "-o", "name"])
+        .await;
+    assert_eq!(by_field.trim(), "namespace/kube-public");
+    assert!(s.ok(&["cluster-info"]).await.contains("is running at"));
+
     assert_eq!(
         s.ok(&["delete", "-f", &cm]).await.trim(),
         "configmap \"e2e-cm\" deleted"
