@@ -701,3 +701,61 @@ async fn watch_streams_initial_and_live_events_then_times_out() {
     // The stream ends by itself once timeoutSeconds has passed.
     while next_event().await.is_some() {}
 }
+
+#[tokio::test]
+async fn namespace_terminates_until_finalized() {
+    let f = fixture().await;
+    let ns = json!({"apiVersion":"v1","kind":"Namespace","metadata":{"name":"doomed"}});
+    let created = f
+        .admin("POST", "/api/v1/namespaces", "application/json", ns)
+        .await;
+    assert_eq!(created.code, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(created.body["spec"]["finalizers"], json!(["kubernetes"]));
+    assert_eq!(created.body["status"]["phase"], "Active");
+
+    let deleting = f
+        .admin("DELETE", "/api/v1/namespaces/doomed", "", Value::Null)
+        .await;
+    assert_eq!(deleting.code, StatusCode::OK);
+    assert_eq!(deleting.body["status"]["phase"], "Terminating");
+    let refused = f
+        .admin(
+            "POST",
+            "/api/v1/namespaces/doomed/configmaps",
+            "application/json",
+            cm("x", json!({})),
+        )
+        .await;
+    assert_eq!(refused.code, StatusCode::FORBIDDEN);
+    assert!(
+        refused.body["message"]
+            .as_str()
+            .is_some_and(|m| m.ends_with(
+                "unable to create new content in namespace doomed because it is being terminated"
+            )),
+        "{}",
+        refused.body
+    );
+    let wrong_verb = f
+        .admin("GET", "/api/v1/namespaces/doomed/finalize", "", Value::Null)
+        .await;
+    assert_eq!(wrong_verb.code, StatusCode::METHOD_NOT_ALLOWED);
+
+    let mut finalize = deleting.body.clone();
+    finalize["spec"]["finalizers"] = json!([]);
+    finalize["metadata"]["labels"] = json!({"ignored": "by finalize"});
+    let done = f
+        .admin(
+            "PUT",
+            "/api/v1/namespaces/doomed/finalize",
+            "application/json",
+            finalize,
+        )
+        .await;
+    assert_eq!(done.code, StatusCode::OK, "{}", done.body);
+    assert!(done.body["metadata"].get("labels").is_none());
+    assert_eq!(
+        f.get("/api/v1/namespaces/doomed").await.code,
+        StatusCode::NOT_FOUND
+    );
+}

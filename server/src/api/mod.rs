@@ -14,6 +14,7 @@ pub mod codec;
 pub mod discovery;
 pub mod error;
 mod handlers;
+pub mod lifecycle;
 pub mod object;
 pub mod openapi;
 pub mod patch;

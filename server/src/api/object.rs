@@ -153,6 +153,15 @@ pub fn prepare_update(
     old: &Value,
     subresource: Option<&str>,
 ) -> Result<(), ApiError> {
+    if subresource == Some("finalize") {
+        // Only spec.finalizers changes through /finalize (the namespace controller's last step).
+        let finalizers = new["spec"]["finalizers"].clone();
+        let rv = new["metadata"]["resourceVersion"].clone();
+        *new = old.clone();
+        new["spec"]["finalizers"] = finalizers;
+        new["metadata"]["resourceVersion"] = rv;
+        return Ok(());
+    }
     if subresource == Some("status") {
         // Only status changes through /status: take everything else from the stored object.
         let status = new.get("status").cloned();

@@ -57,6 +57,14 @@ const SCALE_ONLY: Subresource = Subresource {
     kind: Some(("autoscaling", "v1", "Scale")),
 };
 const STATUS: &[Subresource] = &[STATUS_ONLY];
+const NAMESPACE_SUBRESOURCES: &[Subresource] = &[
+    Subresource {
+        name: "finalize",
+        verbs: &["update"],
+        kind: None,
+    },
+    STATUS_ONLY,
+];
 const STATUS_SCALE: &[Subresource] = &[SCALE_ONLY, STATUS_ONLY];
 
 impl Resource {
@@ -128,7 +136,7 @@ const NONE: &[&str] = &[];
 /// Every served resource. Groups appear in discovery in the order of their first resource.
 pub static RESOURCES: &[Resource] = &[
     resource!("", "Namespace", "namespaces", "namespace", namespaced: false,
-        short: &["ns"], cat: NONE, sub: STATUS, cols: table::NAMESPACE, gen: false),
+        short: &["ns"], cat: NONE, sub: NAMESPACE_SUBRESOURCES, cols: table::NAMESPACE, gen: false),
     resource!("", "ConfigMap", "configmaps", "configmap", namespaced: true,
         short: &["cm"], cat: NONE, sub: &[], cols: table::CONFIGMAP, gen: false),
     resource!("", "Secret", "secrets", "secret", namespaced: true,

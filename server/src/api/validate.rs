@@ -14,6 +14,9 @@ const LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case a
 pub fn default_on_create(res: &Resource, obj: &mut Value) {
     if res.group.is_empty() && res.kind == "Namespace" {
         obj["status"] = json!({"phase": "Active"});
+        if obj["spec"]["finalizers"].is_null() {
+            obj["spec"]["finalizers"] = json!(["kubernetes"]);
+        }
     }
 }
 

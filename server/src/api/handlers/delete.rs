@@ -1,8 +1,7 @@
 //! `delete` and `deletecollection`.
 //!
-//! An object without finalizers is removed at once and returned. An object with finalizers gets
-//! `deletionTimestamp` and stays until an update empties `metadata.finalizers` (see
-//! [`finalized`]). DeleteOptions (body optional, with or without kind/apiVersion) may carry
+//! An object nothing holds is removed at once and returned; a held one only starts deleting (see
+//! [`crate::api::lifecycle`]). DeleteOptions (body optional, with or without kind/apiVersion) may carry
 //! preconditions on uid and resourceVersion.
 
 use axum::http::StatusCode;
@@ -13,18 +12,10 @@ use super::Ctx;
 use super::read::{list_page, load};
 use crate::api::codec;
 use crate::api::error::ApiError;
-use crate::api::object;
+use crate::api::{lifecycle, object};
 use crate::store::{Revision, StoreError};
 
 const RETRIES: usize = 5;
-
-/// True if `obj` is being deleted and nothing holds it any more.
-pub fn finalized(obj: &Value) -> bool {
-    obj["metadata"]["deletionTimestamp"].is_string()
-        && obj["metadata"]["finalizers"]
-            .as_array()
-            .is_none_or(Vec::is_empty)
-}
 
 fn options(ctx: &Ctx) -> Result<Value, ApiError> {
     if ctx.body.iter().all(u8::is_ascii_whitespace) {
@@ -74,18 +65,14 @@ async fn delete_one(ctx: &Ctx, revision: Revision, mut obj: Value) -> Result<Val
         &name,
     );
     let store = &ctx.state.store;
-    let has_finalizers = obj["metadata"]["finalizers"]
-        .as_array()
-        .is_some_and(|f| !f.is_empty());
-    if !has_finalizers {
+    if !lifecycle::held(res, &obj) {
         store.delete(&key, Some(revision)).await?;
         return Ok(obj);
     }
-    if obj["metadata"]["deletionTimestamp"].is_string() {
+    if lifecycle::deleting(&obj) {
         return Ok(obj);
     }
-    obj["metadata"]["deletionTimestamp"] = json!(object::now());
-    obj["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+    lifecycle::start_deletion(res, &mut obj, &object::now());
     let bytes = object::to_store(&obj).map_err(|e| StoreError::Backend(e.to_string()))?;
     let kv = store.update(&key, bytes, revision).await?;
     object::set_resource_version(&mut obj, kv.mod_revision);

@@ -173,7 +173,18 @@ fn verb_of(
             )));
         }
     };
-    if target.subresource.is_some() && !matches!(verb, "get" | "update" | "patch") {
+    let sub_allows = |name: &str| {
+        target
+            .resource
+            .subresources
+            .iter()
+            .any(|s| s.name == name && s.verbs.contains(&verb))
+    };
+    if target
+        .subresource
+        .as_deref()
+        .is_some_and(|sub| !sub_allows(sub))
+    {
         return Err(ApiError::MethodNotAllowed(format!(
             "the server does not allow this method on the requested resource ({method})"
         )));

@@ -15,7 +15,7 @@ use crate::api::error::ApiError;
 use crate::api::patch;
 use crate::api::scale;
 use crate::api::validate;
-use crate::api::{object, registry};
+use crate::api::{lifecycle, object, registry};
 use crate::store::{Revision, StoreError};
 
 /// How often an unconditional update is retried after losing a race.
@@ -142,6 +142,7 @@ async fn replace(
         }
         let mut new = compute(&current)?;
         object::prepare_update(res, &mut new, &current, ctx.target.subresource.as_deref())?;
+        lifecycle::check_update(res, &current, &new)?;
         validate::validate(res, &new)?;
         object::set_resource_version(&mut new, revision);
         if new == current || ctx.dry_run() {
@@ -151,7 +152,7 @@ async fn replace(
         let key = res.key(ctx.namespace(), ctx.name());
         let store = &ctx.state.store;
         // An object being deleted goes away once its last finalizer is removed.
-        let outcome = if super::delete::finalized(&new) {
+        let outcome = if lifecycle::finalized(res, &new) {
             store.delete(&key, Some(revision)).await
         } else {
             store.update(&key, object::to_store(&new)?, revision).await
