@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod bootstrap;
 pub mod codec;
+pub mod defaults;
 pub mod discovery;
 pub mod error;
 mod handlers;
@@ -18,6 +19,7 @@ pub mod lifecycle;
 pub mod object;
 pub mod openapi;
 pub mod patch;
+pub mod protobuf;
 pub mod registry;
 mod router;
 pub mod scale;

@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::Ctx;
 use super::read::load;
 use crate::api::codec;
+use crate::api::defaults;
 use crate::api::error::ApiError;
 use crate::api::patch;
 use crate::api::scale;
@@ -142,6 +143,9 @@ async fn replace(
         }
         let mut new = compute(&current)?;
         object::prepare_update(res, &mut new, &current, ctx.target.subresource.as_deref())?;
+        if ctx.target.subresource.is_none() {
+            defaults::apply(res, &mut new);
+        }
         lifecycle::check_update(res, &current, &new)?;
         validate::validate(res, &new)?;
         object::set_resource_version(&mut new, revision);
