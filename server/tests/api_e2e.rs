@@ -144,6 +144,10 @@ impl Server {
     }
 }
 
+fn refs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
 fn kubectl_available() -> bool {
     if Path::new(KUBECTL).exists() {
         return true;
@@ -430,6 +434,64 @@ async fn kubectl_create_sends_protobuf_bodies() {
     assert_eq!(svc["spec"]["ports"][0]["port"], 80);
     assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8080);
     assert_eq!(get("namespace/pb").await["status"]["phase"], "Active");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_auth_can_i_whoami_and_denial_for_other_users() {
+    if !kubectl_available() {
+        return;
+    }
+    let s = start().await;
+    assert_eq!(
+        s.ok(&["auth", "can-i", "create", "pods"]).await.trim(),
+        "yes"
+    );
+    let whoami = s.ok(&["auth", "whoami", "-o", "json"]).await;
+    let whoami: Value = serde_json::from_str(&whoami).expect("whoami JSON");
+    assert_eq!(whoami["status"]["userInfo"]["username"], "system:admin");
+    let list = s.ok(&["auth", "can-i", "--list"]).await;
+    assert!(list.lines().any(|l| l.starts_with("*.*")), "{list}");
+
+    // bob holds a certificate from the client CA but is no master: authenticated, then denied.
+    let (cert, key) =
+        r3s_server::tls::issue_client_certificate(s.dir.path(), "bob", &["dev"]).expect("bob");
+    let ca = std::fs::read_to_string(s.dir.path().join("server/tls/server-ca.crt")).expect("ca");
+    let admin = std::fs::read_to_string(&s.kubeconfig).expect("admin kubeconfig");
+    let server = admin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .expect("server line")
+        .to_string();
+    let bob = s.write(
+        "bob.yaml",
+        &r3s_server::kubeconfig::render_with(&server, &ca, &cert, &key),
+    );
+    let as_bob = |args: &[&'static str]| -> Vec<String> {
+        let mut full = vec!["--kubeconfig".to_string(), bob.clone()];
+        full.extend(args.iter().map(|a| a.to_string()));
+        full
+    };
+    let (ok, _, stderr) = s.kubectl(&refs(&as_bob(&["get", "configmaps"]))).await;
+    assert!(!ok);
+    assert!(
+        stderr.contains(
+            "Error from server (Forbidden): configmaps is forbidden: User \"bob\" cannot list resource \"configmaps\" in API group \"\" in the namespace \"default\""
+        ),
+        "{stderr}"
+    );
+    let (ok, stdout, _) = s
+        .kubectl(&refs(&as_bob(&["auth", "can-i", "create", "pods"])))
+        .await;
+    assert!(!ok, "can-i exits 1 for no");
+    assert_eq!(stdout.trim(), "no");
+    let whoami = s
+        .ok(&refs(&as_bob(&["auth", "whoami", "-o", "json"])))
+        .await;
+    let whoami: Value = serde_json::from_str(&whoami).expect("whoami JSON");
+    assert_eq!(
+        whoami["status"]["userInfo"]["groups"],
+        json!(["dev", "system:authenticated"])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

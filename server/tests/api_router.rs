@@ -194,7 +194,15 @@ async fn discovery_legacy_and_aggregated() {
         .iter()
         .filter_map(|g| g["name"].as_str())
         .collect();
-    assert_eq!(names, ["apps", "coordination.k8s.io"]);
+    assert_eq!(
+        names,
+        [
+            "apps",
+            "coordination.k8s.io",
+            "authorization.k8s.io",
+            "authentication.k8s.io"
+        ]
+    );
 
     let v1 = f.get("/api/v1").await;
     assert_eq!(v1.body["kind"], "APIResourceList");

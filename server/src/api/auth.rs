@@ -2,7 +2,8 @@
 //!
 //! Authentication today: x509 client certificates verified by the TLS listener against the client CA
 //! (CN = user, O = groups), delivered as a [`PeerIdentity`] request extension. Bearer tokens are not
-//! accepted yet. Authorization today: members of `system:masters` may do everything; everyone else is
+//! accepted yet. Authorization today: members of `system:masters` may do everything, every
+//! authenticated user may create self reviews (`auth can-i`, `auth whoami`), and everything else is
 //! denied with upstream's wording. RBAC replaces [`authorize`] in a later step.
 
 use crate::tls::PeerIdentity;
@@ -38,12 +39,29 @@ pub fn authenticate(identity: Option<&PeerIdentity>) -> Result<UserInfo, ApiErro
     })
 }
 
+/// True for members of `system:masters`, who may do everything.
+pub fn is_master(user: &UserInfo) -> bool {
+    user.groups.iter().any(|g| g == "system:masters")
+}
+
 /// Allows `user` to do `attrs`, or returns 403 with the apiserver's message.
 pub fn authorize(user: &UserInfo, attrs: &Attributes<'_>) -> Result<(), ApiError> {
-    if user.groups.iter().any(|g| g == "system:masters") {
+    if is_master(user) || self_review(attrs) {
         return Ok(());
     }
     Err(ApiError::Forbidden(forbidden_message(user, attrs)))
+}
+
+/// Every authenticated user may ask about themselves (upstream's `system:basic-user` role).
+fn self_review(a: &Attributes<'_>) -> bool {
+    a.verb == "create"
+        && matches!(
+            (a.group, a.resource),
+            (
+                "authorization.k8s.io",
+                "selfsubjectaccessreviews" | "selfsubjectrulesreviews"
+            ) | ("authentication.k8s.io", "selfsubjectreviews")
+        )
 }
 
 fn forbidden_message(user: &UserInfo, a: &Attributes<'_>) -> String {

@@ -21,6 +21,7 @@ pub mod openapi;
 pub mod patch;
 pub mod protobuf;
 pub mod registry;
+pub mod reviews;
 mod router;
 pub mod scale;
 pub mod selector;

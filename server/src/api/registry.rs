@@ -5,6 +5,7 @@
 //! handlers never name a kind. Invariant: a resource listed here is fully served by the generic
 //! handlers, so discovery never advertises something the server cannot answer.
 
+use super::reviews;
 use super::table::{self, Column};
 
 /// A subresource served for a resource (`status`, `scale`).
@@ -32,7 +33,17 @@ pub struct Resource {
     pub columns: &'static [Column],
     /// Whether `metadata.generation` is maintained (1 on create, +1 on each spec change).
     pub generation: bool,
+    /// The verbs served (and advertised).
+    pub verbs: &'static [&'static str],
+    /// For create-only review kinds that are computed, never stored (access reviews).
+    pub review: Option<Review>,
 }
+
+/// Computes the answer of a review kind from the requesting user and the request body.
+pub type Review = fn(
+    &super::auth::UserInfo,
+    serde_json::Value,
+) -> Result<serde_json::Value, super::error::ApiError>;
 
 /// The verbs every resource answers.
 pub const VERBS: &[&str] = &[
@@ -126,8 +137,35 @@ macro_rules! resource {
             subresources: $sub,
             columns: $cols,
             generation: $generation,
+            verbs: VERBS,
+            review: None,
         }
     };
+}
+
+/// A cluster-scoped, create-only kind answered by `review` (nothing is stored).
+const fn review(
+    group: &'static str,
+    kind: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+    review: Review,
+) -> Resource {
+    Resource {
+        group,
+        version: "v1",
+        kind,
+        plural,
+        singular,
+        namespaced: false,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        columns: table::AGE_ONLY,
+        generation: false,
+        verbs: &["create"],
+        review: Some(review),
+    }
 }
 
 const ALL: &[&str] = &["all"];
@@ -163,6 +201,27 @@ pub static RESOURCES: &[Resource] = &[
         short: &["sts"], cat: ALL, sub: STATUS_SCALE, cols: table::AGE_ONLY, gen: true),
     resource!("coordination.k8s.io", "Lease", "leases", "lease", namespaced: true,
         short: NONE, cat: NONE, sub: &[], cols: table::AGE_ONLY, gen: false),
+    review(
+        "authorization.k8s.io",
+        "SelfSubjectAccessReview",
+        "selfsubjectaccessreviews",
+        "selfsubjectaccessreview",
+        reviews::self_subject_access_review,
+    ),
+    review(
+        "authorization.k8s.io",
+        "SelfSubjectRulesReview",
+        "selfsubjectrulesreviews",
+        "selfsubjectrulesreview",
+        reviews::self_subject_rules_review,
+    ),
+    review(
+        "authentication.k8s.io",
+        "SelfSubjectReview",
+        "selfsubjectreviews",
+        "selfsubjectreview",
+        reviews::self_subject_review,
+    ),
 ];
 
 /// Looks a resource up by group, version and plural.

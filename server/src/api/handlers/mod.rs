@@ -132,7 +132,10 @@ async fn resource(
             "get" => read::get(&ctx),
             "list" => read::list(&ctx),
             "watch" => watch::watch(&ctx),
-            "create" => write::create(&ctx).await,
+            "create" => match ctx.target.resource.review {
+                Some(review) => write::review(&ctx, &user, review),
+                None => write::create(&ctx).await,
+            },
             "update" => write::update(&ctx).await,
             "patch" => write::patch(&ctx).await,
             "delete" => delete::delete(&ctx).await,
@@ -180,11 +183,11 @@ fn verb_of(
             .iter()
             .any(|s| s.name == name && s.verbs.contains(&verb))
     };
-    if target
-        .subresource
-        .as_deref()
-        .is_some_and(|sub| !sub_allows(sub))
-    {
+    let allowed = match target.subresource.as_deref() {
+        Some(sub) => sub_allows(sub),
+        None => target.resource.verbs.contains(&verb),
+    };
+    if !allowed {
         return Err(ApiError::MethodNotAllowed(format!(
             "the server does not allow this method on the requested resource ({method})"
         )));

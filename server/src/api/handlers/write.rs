@@ -10,10 +10,12 @@ use serde_json::Value;
 
 use super::Ctx;
 use super::read::load;
+use crate::api::auth::UserInfo;
 use crate::api::codec;
 use crate::api::defaults;
 use crate::api::error::ApiError;
 use crate::api::patch;
+use crate::api::registry::Review;
 use crate::api::scale;
 use crate::api::validate;
 use crate::api::{lifecycle, object, registry};
@@ -42,6 +44,14 @@ pub async fn create(ctx: &Ctx) -> Result<Response, ApiError> {
         .map_err(|e| ApiError::from_store(e, &res.name(), &name))?;
     object::set_resource_version(&mut obj, kv.mod_revision);
     Ok(codec::respond(StatusCode::CREATED, &obj))
+}
+
+/// A review kind: computed from the user and the body, answered 201, never stored.
+pub fn review(ctx: &Ctx, user: &UserInfo, review: Review) -> Result<Response, ApiError> {
+    let res = ctx.target.resource;
+    let mut obj = codec::decode(&ctx.headers, &ctx.body)?;
+    object::check_type_and_namespace(res, &mut obj, None)?;
+    Ok(codec::respond(StatusCode::CREATED, &review(user, obj)?))
 }
 
 /// Namespaced objects can only be created in a namespace that exists and is not terminating.

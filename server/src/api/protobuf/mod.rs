@@ -1,6 +1,6 @@
 //! Decoding of Kubernetes protobuf request bodies (`application/vnd.kubernetes.protobuf`), which
 //! kubectl 1.32's typed clients send for `create namespace|configmap|secret|serviceaccount|service|
-//! deployment`. The body is the magic `k8s\0` followed by a `runtime.Unknown` message
+//! deployment` and `auth can-i|whoami`. The body is the magic `k8s\0` followed by a `runtime.Unknown` message
 //! (`typeMeta{apiVersion, kind}`, `raw`, `contentEncoding`, `contentType`); `raw` is the object,
 //! decoded with the field tables of [`schema`] into the same JSON the client would have sent.
 //!
@@ -239,12 +239,23 @@ mod tests {
     }
 
     #[test]
-    fn refuses_what_it_cannot_decode() {
+    fn decodes_kubectl_auth_can_i_and_refuses_what_it_cannot_decode() {
+        // `kubectl auth can-i create pods`, captured from kubectl 1.32.
         let ssar = hex(
             "6b3873000a320a17617574686f72697a6174696f6e2e6b38732e696f2f7631121753656c665375626a656374416363657373526576696577123f0a100a0012001a0022002a0032003800420012210a1f0a0764656661756c7412066372656174651a0022002a04706f647332003a001a08080012001a0020001a002200",
         );
-        let err = decode(&ssar).expect_err("not decodable yet");
-        assert_eq!(err.reason(), "UnsupportedMediaType");
+        assert_eq!(
+            decode(&ssar).expect("ssar")["spec"],
+            json!({"resourceAttributes": {"namespace": "default", "verb": "create", "resource": "pods"}})
+        );
+        // TokenRequest (`kubectl create token`) has no table yet.
+        let token = hex(
+            "6b3873000a280a1861757468656e7469636174696f6e2e6b38732e696f2f7631120c546f6b656e52657175657374121d0a100a0012001a0022002a00320038004200120320901c1a040a0012001a002200",
+        );
+        assert_eq!(
+            decode(&token).expect_err("no table").reason(),
+            "UnsupportedMediaType"
+        );
         // A ConfigMap carrying an unknown non-zero field 9.
         let mut cm = hex("6b3873000a0f0a0276311209436f6e6669674d61701204");
         cm.extend_from_slice(&[0x4a, 0x02, b'h', b'i']);

@@ -1,5 +1,6 @@
 //! Field tables for the kinds kubectl 1.32 writes as protobuf (`create namespace|configmap|secret|
-//! serviceaccount|service|deployment`), with field numbers from k8s.io/api's `generated.proto`.
+//! serviceaccount|service|deployment`, `auth can-i`, `auth whoami`), with field numbers from
+//! k8s.io/api's `generated.proto`.
 //!
 //! `presence` marks fields that are Go pointers upstream: they are on the wire only when set, so a
 //! zero value is meaningful (`replicas: 0`). Other fields are always marshalled, and their zero
@@ -350,6 +351,63 @@ pub static DEPLOYMENT: Msg = Msg {
     ],
 };
 
+pub static RESOURCE_ATTRIBUTES: Msg = Msg {
+    name: "ResourceAttributes",
+    fields: &[
+        f(1, "namespace", Str),
+        f(2, "verb", Str),
+        f(3, "group", Str),
+        f(4, "version", Str),
+        f(5, "resource", Str),
+        f(6, "subresource", Str),
+        f(7, "name", Str),
+    ],
+};
+
+pub static NON_RESOURCE_ATTRIBUTES: Msg = Msg {
+    name: "NonResourceAttributes",
+    fields: &[f(1, "path", Str), f(2, "verb", Str)],
+};
+
+pub static SELF_SUBJECT_ACCESS_REVIEW_SPEC: Msg = Msg {
+    name: "SelfSubjectAccessReviewSpec",
+    fields: &[
+        f(1, "resourceAttributes", Msg(&RESOURCE_ATTRIBUTES)),
+        f(2, "nonResourceAttributes", Msg(&NON_RESOURCE_ATTRIBUTES)),
+    ],
+};
+
+pub static SELF_SUBJECT_ACCESS_REVIEW: Msg = Msg {
+    name: "SelfSubjectAccessReview",
+    fields: &[
+        f(1, "metadata", Msg(&OBJECT_META)),
+        f(2, "spec", Msg(&SELF_SUBJECT_ACCESS_REVIEW_SPEC)),
+        f(3, "status", Msg(&EMPTY)),
+    ],
+};
+
+pub static SELF_SUBJECT_RULES_REVIEW_SPEC: Msg = Msg {
+    name: "SelfSubjectRulesReviewSpec",
+    fields: &[f(1, "namespace", Str)],
+};
+
+pub static SELF_SUBJECT_RULES_REVIEW: Msg = Msg {
+    name: "SelfSubjectRulesReview",
+    fields: &[
+        f(1, "metadata", Msg(&OBJECT_META)),
+        f(2, "spec", Msg(&SELF_SUBJECT_RULES_REVIEW_SPEC)),
+        f(3, "status", Msg(&EMPTY)),
+    ],
+};
+
+pub static SELF_SUBJECT_REVIEW: Msg = Msg {
+    name: "SelfSubjectReview",
+    fields: &[
+        f(1, "metadata", Msg(&OBJECT_META)),
+        f(2, "status", Msg(&EMPTY)),
+    ],
+};
+
 /// The top-level message of `apiVersion`/`kind`, if r3s can decode it.
 pub fn top_level(api_version: &str, kind: &str) -> Option<&'static Msg> {
     Some(match (api_version, kind) {
@@ -359,6 +417,9 @@ pub fn top_level(api_version: &str, kind: &str) -> Option<&'static Msg> {
         ("v1", "ServiceAccount") => &SERVICE_ACCOUNT,
         ("v1", "Service") => &SERVICE,
         ("apps/v1", "Deployment") => &DEPLOYMENT,
+        ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => &SELF_SUBJECT_ACCESS_REVIEW,
+        ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => &SELF_SUBJECT_RULES_REVIEW,
+        ("authentication.k8s.io/v1", "SelfSubjectReview") => &SELF_SUBJECT_REVIEW,
         _ => return None,
     })
 }

@@ -11,12 +11,17 @@ pub enum Value<'a> {
 }
 
 impl Value<'_> {
-    /// True for the encoding of a zero value (0, false, "", empty message).
+    /// True for the encoding of a zero value: 0, false, "", or a message whose fields are all
+    /// zero (Go marshals unset non-pointer structs as such messages, e.g. an empty `status`).
+    /// A length-delimited value that happens to parse as all-zero fields (like the two-byte string
+    /// "\n\0") is also taken as zero; unknown fields of that shape carry no data in practice.
     pub fn is_zero(&self) -> bool {
         match self {
             Value::Varint(v) | Value::Fixed64(v) => *v == 0,
             Value::Fixed32(v) => *v == 0,
-            Value::Bytes(b) => b.is_empty(),
+            Value::Bytes(b) => {
+                b.is_empty() || fields(b).all(|item| item.is_ok_and(|(_, value)| value.is_zero()))
+            }
         }
     }
 }
@@ -112,6 +117,8 @@ mod tests {
         let data = [0x08, 0x96, 0x01, 0x12, 0x02, b'h', b'i'];
         let got: Vec<_> = fields(&data).collect::<Result<_, _>>().expect("valid");
         assert_eq!(got, vec![(1, Value::Varint(150)), (2, Value::Bytes(b"hi"))]);
+        assert!(Value::Bytes(&[0x0a, 0x04, 0x0a, 0x00, 0x12, 0x00]).is_zero());
+        assert!(!Value::Bytes(b"hi").is_zero());
         let truncated = [0x12, 0x05, b'h'];
         assert_eq!(fields(&truncated).next(), Some(Err(WireError::Truncated)));
     }
