@@ -779,3 +779,87 @@ async fn namespace_terminates_until_finalized() {
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test]
+async fn pod_binding_eviction_and_streaming_subresources() {
+    let f = fixture().await;
+    let base = "/api/v1/namespaces/default/pods";
+    let pod = json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":"p1"},
+                     "spec":{"containers":[{"name":"c","image":"busybox"}]}});
+    let created = f.admin("POST", base, "application/json", pod).await;
+    assert_eq!(created.code, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(created.body["spec"]["restartPolicy"], "Always", "defaulted");
+
+    let binding = json!({"apiVersion":"v1","kind":"Binding","metadata":{"name":"p1"},
+                         "target":{"apiVersion":"v1","kind":"Node","name":"node-a"}});
+    let bound = f
+        .admin(
+            "POST",
+            &format!("{base}/p1/binding"),
+            "application/json",
+            binding.clone(),
+        )
+        .await;
+    assert_eq!(bound.code, StatusCode::CREATED, "{}", bound.body);
+    assert_eq!(bound.body["status"], "Success");
+    let pod = f.get(&format!("{base}/p1")).await;
+    assert_eq!(pod.body["spec"]["nodeName"], "node-a");
+    assert_eq!(pod.body["status"]["conditions"][0]["type"], "PodScheduled");
+    let on_node = f
+        .get("/api/v1/pods?fieldSelector=spec.nodeName%3Dnode-a")
+        .await;
+    assert_eq!(on_node.body["items"][0]["metadata"]["name"], "p1");
+    let rebound = f
+        .admin(
+            "POST",
+            &format!("{base}/p1/binding"),
+            "application/json",
+            binding,
+        )
+        .await;
+    assert_eq!(rebound.code, StatusCode::CONFLICT);
+    assert_eq!(
+        rebound.body["message"],
+        "pod p1 is already assigned to node \"node-a\""
+    );
+
+    let logs = f.get(&format!("{base}/p1/log?container=c")).await;
+    assert_eq!(logs.code, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(logs.body["reason"], "ServiceUnavailable");
+    let exec = f
+        .admin(
+            "POST",
+            &format!("{base}/p1/exec?command=ls"),
+            "",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(exec.code, StatusCode::SERVICE_UNAVAILABLE);
+
+    let eviction = json!({"apiVersion":"policy/v1","kind":"Eviction","metadata":{"name":"p1"},
+                          "deleteOptions":{"gracePeriodSeconds":0}});
+    let evicted = f
+        .admin(
+            "POST",
+            &format!("{base}/p1/eviction"),
+            "application/json",
+            eviction,
+        )
+        .await;
+    assert_eq!(evicted.code, StatusCode::CREATED, "{}", evicted.body);
+    assert_eq!(
+        f.get(&format!("{base}/p1")).await.code,
+        StatusCode::NOT_FOUND
+    );
+
+    let v1 = f.get("/api/v1").await;
+    let eviction = v1.body["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .find(|r| r["name"] == "pods/eviction")
+        .cloned()
+        .expect("pods/eviction advertised");
+    assert_eq!(eviction["group"], "policy");
+    assert_eq!(eviction["verbs"], json!(["create"]));
+}

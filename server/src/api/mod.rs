@@ -19,6 +19,7 @@ pub mod lifecycle;
 pub mod object;
 pub mod openapi;
 pub mod patch;
+pub mod podsub;
 pub mod protobuf;
 pub mod registry;
 pub mod reviews;

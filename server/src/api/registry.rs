@@ -68,6 +68,39 @@ const SCALE_ONLY: Subresource = Subresource {
     kind: Some(("autoscaling", "v1", "Scale")),
 };
 const STATUS: &[Subresource] = &[STATUS_ONLY];
+const POD_SUBRESOURCES: &[Subresource] = &[
+    Subresource {
+        name: "attach",
+        verbs: &["create", "get"],
+        kind: Some(("", "v1", "PodAttachOptions")),
+    },
+    Subresource {
+        name: "binding",
+        verbs: &["create"],
+        kind: Some(("", "v1", "Binding")),
+    },
+    Subresource {
+        name: "eviction",
+        verbs: &["create"],
+        kind: Some(("policy", "v1", "Eviction")),
+    },
+    Subresource {
+        name: "exec",
+        verbs: &["create", "get"],
+        kind: Some(("", "v1", "PodExecOptions")),
+    },
+    Subresource {
+        name: "log",
+        verbs: &["get"],
+        kind: None,
+    },
+    Subresource {
+        name: "portforward",
+        verbs: &["create", "get"],
+        kind: Some(("", "v1", "PodPortForwardOptions")),
+    },
+    STATUS_ONLY,
+];
 const NAMESPACE_SUBRESOURCES: &[Subresource] = &[
     Subresource {
         name: "finalize",
@@ -180,7 +213,7 @@ pub static RESOURCES: &[Resource] = &[
     resource!("", "Secret", "secrets", "secret", namespaced: true,
         short: NONE, cat: NONE, sub: &[], cols: table::SECRET, gen: false),
     resource!("", "Pod", "pods", "pod", namespaced: true,
-        short: &["po"], cat: ALL, sub: STATUS, cols: table::POD, gen: true),
+        short: &["po"], cat: ALL, sub: POD_SUBRESOURCES, cols: table::POD, gen: true),
     resource!("", "Service", "services", "service", namespaced: true,
         short: &["svc"], cat: ALL, sub: STATUS, cols: table::SERVICE, gen: false),
     resource!("", "ServiceAccount", "serviceaccounts", "serviceaccount", namespaced: true,

@@ -20,6 +20,7 @@ use super::ApiState;
 use super::auth::{self, Attributes, UserInfo};
 use super::discovery;
 use super::error::ApiError;
+use super::podsub;
 use super::target::{self, Target};
 
 /// The largest request body accepted (the apiserver's limit is 3 MiB).
@@ -128,13 +129,23 @@ async fn resource(
             headers: parts.headers,
             body,
         };
+        if let Some(sub) = ctx.target.subresource.as_deref()
+            && podsub::STREAMING.contains(&sub)
+        {
+            return Err(podsub::streaming_unavailable(sub));
+        }
         let response = match verb {
             "get" => read::get(&ctx),
             "list" => read::list(&ctx),
             "watch" => watch::watch(&ctx),
-            "create" => match ctx.target.resource.review {
-                Some(review) => write::review(&ctx, &user, review),
-                None => write::create(&ctx).await,
+            "create" => match (
+                ctx.target.resource.review,
+                ctx.target.subresource.as_deref(),
+            ) {
+                (Some(review), _) => write::review(&ctx, &user, review),
+                (None, Some("binding")) => write::bind(&ctx).await,
+                (None, Some("eviction")) => delete::evict(&ctx).await,
+                (None, _) => write::create(&ctx).await,
             },
             "update" => write::update(&ctx).await,
             "patch" => write::patch(&ctx).await,
@@ -166,6 +177,7 @@ fn verb_of(
         ("GET", false) if watch => "watch",
         ("GET", false) => "list",
         ("POST", false) => "create",
+        ("POST", true) if target.subresource.is_some() => "create",
         ("PUT", true) => "update",
         ("PATCH", true) => "patch",
         ("DELETE", true) => "delete",

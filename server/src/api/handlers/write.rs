@@ -15,6 +15,7 @@ use crate::api::codec;
 use crate::api::defaults;
 use crate::api::error::ApiError;
 use crate::api::patch;
+use crate::api::podsub;
 use crate::api::registry::Review;
 use crate::api::scale;
 use crate::api::validate;
@@ -134,13 +135,31 @@ pub async fn patch(ctx: &Ctx) -> Result<Response, ApiError> {
     .await
 }
 
-/// Reads the current object, computes the new one with `compute`, and stores it with a
-/// compare-and-swap: on `precondition` if given, else on the revision just read (retrying races).
+/// `pods/<name>/binding`: assigns the pod to the node named in the Binding.
+pub async fn bind(ctx: &Ctx) -> Result<Response, ApiError> {
+    let binding = codec::decode(&ctx.headers, &ctx.body)?;
+    replace_object(ctx, None, |current| podsub::bind(current, &binding)).await?;
+    Ok(codec::respond(StatusCode::CREATED, &podsub::success()))
+}
+
 async fn replace(
     ctx: &Ctx,
     precondition: Option<Revision>,
     compute: impl Fn(&Value) -> Result<Value, ApiError>,
 ) -> Result<Response, ApiError> {
+    Ok(present(
+        ctx,
+        &replace_object(ctx, precondition, compute).await?,
+    ))
+}
+
+/// Reads the current object, computes the new one with `compute`, and stores it with a
+/// compare-and-swap: on `precondition` if given, else on the revision just read (retrying races).
+async fn replace_object(
+    ctx: &Ctx,
+    precondition: Option<Revision>,
+    compute: impl Fn(&Value) -> Result<Value, ApiError>,
+) -> Result<Value, ApiError> {
     let res = ctx.target.resource;
     let conflict = || ApiError::Conflict {
         resource: res.name(),
@@ -161,7 +180,7 @@ async fn replace(
         object::set_resource_version(&mut new, revision);
         if new == current || ctx.dry_run() {
             // Nothing changed: no write, no event, same resourceVersion (as upstream).
-            return Ok(present(ctx, &new));
+            return Ok(new);
         }
         let key = res.key(ctx.namespace(), ctx.name());
         let store = &ctx.state.store;
@@ -174,7 +193,7 @@ async fn replace(
         match outcome {
             Ok(kv) => {
                 object::set_resource_version(&mut new, kv.mod_revision);
-                return Ok(present(ctx, &new));
+                return Ok(new);
             }
             Err(StoreError::Conflict { .. }) if precondition.is_none() => continue,
             Err(e) => return Err(ApiError::from_store(e, &res.name(), ctx.name())),
