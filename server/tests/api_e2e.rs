@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
-use r3s_server::api::{ApiOptions, serve_listener};
+use r3s_server::api::{ApiOptions, ServiceNetwork, serve_listener};
 use r3s_server::store::{SqliteStore, Store, StoreOptions};
 use r3s_server::tls::{CertOptions, ensure_certificates, server_config};
 use serde_json::{Value, json};
@@ -72,6 +72,7 @@ async fn start() -> Server {
         listen: addr,
         tls,
         advertise_address: addr.to_string(),
+        services: Arc::new(ServiceNetwork::default()),
     };
     let task = tokio::spawn(async move {
         serve_listener(listener, store, opts, async {

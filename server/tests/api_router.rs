@@ -28,10 +28,7 @@ async fn fixture() -> Fixture {
         .expect("namespaces");
     Fixture {
         _dir: dir,
-        state: ApiState {
-            store,
-            advertise_address: "127.0.0.1:6443".into(),
-        },
+        state: ApiState::new(store, "127.0.0.1:6443"),
     }
 }
 
@@ -862,4 +859,133 @@ async fn pod_binding_eviction_and_streaming_subresources() {
         .expect("pods/eviction advertised");
     assert_eq!(eviction["group"], "policy");
     assert_eq!(eviction["verbs"], json!(["create"]));
+}
+
+#[tokio::test]
+async fn services_get_cluster_ips_and_node_ports() {
+    let f = fixture().await;
+    r3s_server::api::services::ensure_kubernetes_service(
+        f.state.store.as_ref(),
+        &f.state.services,
+        Some(("198.51.100.5".parse().expect("ip"), 6443)),
+    )
+    .await
+    .expect("kubernetes service");
+    let base = "/api/v1/namespaces/default/services";
+    let kubernetes = f.get(&format!("{base}/kubernetes")).await;
+    assert_eq!(kubernetes.body["spec"]["clusterIP"], "10.43.0.1");
+    let ep = f
+        .get("/api/v1/namespaces/default/endpoints/kubernetes")
+        .await;
+    assert_eq!(ep.body["subsets"][0]["addresses"][0]["ip"], "198.51.100.5");
+
+    let svc = |name: &str, spec: Value| json!({"apiVersion":"v1","kind":"Service","metadata":{"name":name},"spec":spec});
+    let port = json!([{"port": 80}]);
+    let a = f
+        .admin(
+            "POST",
+            base,
+            "application/json",
+            svc("a", json!({"ports": port})),
+        )
+        .await;
+    assert_eq!(a.code, StatusCode::CREATED, "{}", a.body);
+    assert_eq!(a.body["spec"]["clusterIP"], "10.43.1.0");
+    assert_eq!(a.body["spec"]["clusterIPs"], json!(["10.43.1.0"]));
+    let dns = f
+        .admin(
+            "POST",
+            base,
+            "application/json",
+            svc("dns", json!({"clusterIP": "10.43.0.10", "ports": port})),
+        )
+        .await;
+    assert_eq!(dns.body["spec"]["clusterIP"], "10.43.0.10");
+    let taken = f
+        .admin(
+            "POST",
+            base,
+            "application/json",
+            svc("dns2", json!({"clusterIP": "10.43.0.10", "ports": port})),
+        )
+        .await;
+    assert_eq!(taken.code, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        taken.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("provided IP is already allocated"))
+    );
+    let outside = f
+        .admin(
+            "POST",
+            base,
+            "application/json",
+            svc("far", json!({"clusterIP": "10.99.0.1", "ports": port})),
+        )
+        .await;
+    assert_eq!(outside.code, StatusCode::UNPROCESSABLE_ENTITY);
+
+    let np = f
+        .admin(
+            "POST",
+            base,
+            "application/json",
+            svc(
+                "np",
+                json!({"type": "NodePort", "ports": [{"port": 80}, {"port": 443}]}),
+            ),
+        )
+        .await;
+    assert_eq!(np.code, StatusCode::CREATED, "{}", np.body);
+    assert_eq!(np.body["spec"]["ports"][0]["nodePort"], 30000);
+    assert_eq!(np.body["spec"]["ports"][1]["nodePort"], 30001);
+    let clash = f
+        .admin(
+            "POST",
+            base,
+            "application/json",
+            svc(
+                "np2",
+                json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30001}]}),
+            ),
+        )
+        .await;
+    assert_eq!(clash.code, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        clash.body["details"]["causes"][0]["field"],
+        "spec.ports[0].nodePort"
+    );
+
+    // Updates keep the allocations; changing the address is refused.
+    let mut update = np.body.clone();
+    update["spec"]["clusterIP"] = json!("");
+    update["spec"]["ports"][0]["nodePort"] = Value::Null;
+    let kept = f
+        .admin("PUT", &format!("{base}/np"), "application/json", update)
+        .await;
+    assert_eq!(kept.code, StatusCode::OK, "{}", kept.body);
+    assert_eq!(kept.body["spec"]["clusterIP"], np.body["spec"]["clusterIP"]);
+    assert_eq!(kept.body["spec"]["ports"][0]["nodePort"], 30000);
+    let moved = f
+        .admin(
+            "PATCH",
+            &format!("{base}/a"),
+            "application/merge-patch+json",
+            json!({"spec": {"clusterIP": "10.43.0.77"}}),
+        )
+        .await;
+    assert_eq!(moved.code, StatusCode::UNPROCESSABLE_ENTITY);
+
+    // Deleting frees the address for the next Service.
+    f.admin("DELETE", &format!("{base}/a"), "", Value::Null)
+        .await;
+    let b = f
+        .admin(
+            "POST",
+            base,
+            "application/json",
+            svc("b", json!({"ports": port})),
+        )
+        .await;
+    assert_eq!(b.body["spec"]["clusterIP"], "10.43.1.0");
 }

@@ -26,6 +26,7 @@ pub mod reviews;
 mod router;
 pub mod scale;
 pub mod selector;
+pub mod services;
 pub mod smp;
 pub mod table;
 pub mod target;
@@ -39,6 +40,7 @@ pub use error::ApiError;
 pub use router::app;
 
 use crate::store::Store;
+pub use services::ServiceNetwork;
 
 /// Shared state of every request.
 #[derive(Clone)]
@@ -46,6 +48,19 @@ pub struct ApiState {
     pub store: Arc<dyn Store>,
     /// `host:port` clients should use, announced in `/api`'s `serverAddressByClientCIDRs`.
     pub advertise_address: String,
+    /// Service address and node-port ranges, and the lock allocations happen under.
+    pub services: Arc<ServiceNetwork>,
+}
+
+impl ApiState {
+    /// State with k3s's default service ranges (10.43.0.0/16, 30000-32767).
+    pub fn new(store: Arc<dyn Store>, advertise_address: impl Into<String>) -> ApiState {
+        ApiState {
+            store,
+            advertise_address: advertise_address.into(),
+            services: Arc::new(ServiceNetwork::default()),
+        }
+    }
 }
 
 /// How to serve the API.
@@ -55,7 +70,10 @@ pub struct ApiOptions {
     pub listen: SocketAddr,
     /// Built by [`crate::tls::server_config`] from [`crate::tls::ensure_certificates`].
     pub tls: Arc<rustls::ServerConfig>,
+    /// `ip:port` of this server as pods reach it (the `default/kubernetes` Endpoints).
     pub advertise_address: String,
+    /// `--service-cidr` and `--service-node-port-range`.
+    pub services: Arc<ServiceNetwork>,
 }
 
 /// Errors that stop the server.
@@ -67,11 +85,12 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
-    #[error("creating the built-in namespaces: {0}")]
+    #[error("creating the built-in objects: {0}")]
     Bootstrap(#[source] ApiError),
 }
 
-/// Creates the built-in namespaces, binds `opts.listen` and serves HTTPS until `shutdown`.
+/// Creates the built-in namespaces and the `default/kubernetes` Service, binds `opts.listen` and
+/// serves HTTPS until `shutdown`.
 pub async fn serve(
     store: Arc<dyn Store>,
     opts: ApiOptions,
@@ -96,9 +115,17 @@ pub async fn serve_listener(
     bootstrap::ensure_namespaces(store.as_ref())
         .await
         .map_err(ServeError::Bootstrap)?;
+    let endpoint = match opts.advertise_address.parse::<SocketAddr>() {
+        Ok(SocketAddr::V4(addr)) => Some((*addr.ip(), addr.port())),
+        _ => None,
+    };
+    services::ensure_kubernetes_service(store.as_ref(), &opts.services, endpoint)
+        .await
+        .map_err(ServeError::Bootstrap)?;
     let state = ApiState {
         store,
         advertise_address: opts.advertise_address,
+        services: opts.services,
     };
     tracing::info!(addr = ?listener.local_addr().ok(), "serving the Kubernetes API over HTTPS");
     crate::tls::serve_tls(listener, opts.tls, app(state), shutdown).await;

@@ -18,6 +18,7 @@ use crate::api::patch;
 use crate::api::podsub;
 use crate::api::registry::Review;
 use crate::api::scale;
+use crate::api::services;
 use crate::api::validate;
 use crate::api::{lifecycle, object, registry};
 use crate::store::{Revision, StoreError};
@@ -33,6 +34,9 @@ pub async fn create(ctx: &Ctx) -> Result<Response, ApiError> {
     validate::default_on_create(res, &mut obj);
     validate::validate(res, &obj)?;
     admit_namespace(ctx)?;
+    let state = &ctx.state;
+    let _allocation =
+        services::admit(&state.services, state.store.as_ref(), res, None, &mut obj).await?;
     let name = object::name(&obj).to_string();
     if ctx.dry_run() {
         return Ok(codec::respond(StatusCode::CREATED, &obj));
@@ -175,6 +179,15 @@ async fn replace_object(
         if ctx.target.subresource.is_none() {
             defaults::apply(res, &mut new);
         }
+        let state = &ctx.state;
+        let _allocation = services::admit(
+            &state.services,
+            state.store.as_ref(),
+            res,
+            Some(&current),
+            &mut new,
+        )
+        .await?;
         lifecycle::check_update(res, &current, &new)?;
         validate::validate(res, &new)?;
         object::set_resource_version(&mut new, revision);
