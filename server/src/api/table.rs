@@ -38,6 +38,16 @@ const fn int(name: &'static str, cell: fn(&Value) -> Value) -> Column {
     }
 }
 
+const fn int_wide(name: &'static str, cell: fn(&Value) -> Value) -> Column {
+    Column {
+        name,
+        kind: "integer",
+        priority: 1,
+        description: "",
+        cell,
+    }
+}
+
 const AGE: Column = col("Age", 0, age);
 
 pub const AGE_ONLY: &[Column] = &[AGE];
@@ -112,6 +122,70 @@ pub const NODE: &[Column] = &[
         s(&o["status"]["nodeInfo"]["containerRuntimeVersion"])
     }),
 ];
+
+pub const EVENT: &[Column] = &[
+    col("Last Seen", 0, event_last_seen),
+    col("Type", 0, |o| s(&o["type"])),
+    col("Reason", 0, |o| s(&o["reason"])),
+    col("Object", 0, |o| {
+        let io = &o["involvedObject"];
+        json!(format!(
+            "{}/{}",
+            io["kind"].as_str().unwrap_or("").to_lowercase(),
+            io["name"].as_str().unwrap_or("")
+        ))
+    }),
+    col("Subobject", 1, |o| s(&o["involvedObject"]["fieldPath"])),
+    col("Source", 1, |o| {
+        let src = &o["source"];
+        let component = src["component"]
+            .as_str()
+            .or(o["reportingComponent"].as_str())
+            .unwrap_or("");
+        match src["host"].as_str() {
+            Some(host) if !host.is_empty() => json!(format!("{component}, {host}")),
+            _ => json!(component),
+        }
+    }),
+    col("Message", 0, |o| s(&o["message"])),
+    col("First Seen", 1, |o| since(&o["firstTimestamp"])),
+    int_wide("Count", |o| json!(o["count"].as_i64().unwrap_or(1))),
+    col("Name", 1, |o| s(&o["metadata"]["name"])),
+];
+pub const ENDPOINTS: &[Column] = &[col("Endpoints", 0, endpoints), AGE];
+pub const DAEMONSET: &[Column] = &[
+    int("Desired", |o| {
+        json!(n(&o["status"]["desiredNumberScheduled"]))
+    }),
+    int("Current", |o| {
+        json!(n(&o["status"]["currentNumberScheduled"]))
+    }),
+    int("Ready", |o| json!(n(&o["status"]["numberReady"]))),
+    int("Up-to-date", |o| {
+        json!(n(&o["status"]["updatedNumberScheduled"]))
+    }),
+    int("Available", |o| json!(n(&o["status"]["numberAvailable"]))),
+    col("Node Selector", 0, |o| {
+        labels_text(&o["spec"]["template"]["spec"]["nodeSelector"])
+    }),
+    AGE,
+    col("Containers", 1, |o| template_containers(o, "name")),
+    col("Images", 1, |o| template_containers(o, "image")),
+    col("Selector", 1, selector),
+];
+pub const STATEFULSET: &[Column] = &[
+    col("Ready", 0, |o| {
+        json!(format!(
+            "{}/{}",
+            n(&o["status"]["readyReplicas"]),
+            n(&o["spec"]["replicas"])
+        ))
+    }),
+    AGE,
+    col("Containers", 1, |o| template_containers(o, "name")),
+    col("Images", 1, |o| template_containers(o, "image")),
+];
+pub const LEASE: &[Column] = &[col("Holder", 0, |o| s(&o["spec"]["holderIdentity"])), AGE];
 
 /// What each row's `object` holds (`includeObject`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -204,15 +278,55 @@ fn data_count(o: &Value) -> Value {
 }
 
 fn age(o: &Value) -> Value {
-    let created = o["metadata"]["creationTimestamp"]
+    since(&o["metadata"]["creationTimestamp"])
+}
+
+/// The time since an RFC 3339 timestamp, as kubectl shows it.
+fn since(t: &Value) -> Value {
+    match t
         .as_str()
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok());
-    match created {
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+    {
         Some(t) => json!(human_duration(
             (Utc::now() - t.with_timezone(&Utc)).num_seconds()
         )),
         None => json!("<unknown>"),
     }
+}
+
+fn event_last_seen(o: &Value) -> Value {
+    let last = ["lastTimestamp", "eventTime", "firstTimestamp"]
+        .iter()
+        .map(|k| &o[*k])
+        .find(|v| v.is_string())
+        .unwrap_or(&o["metadata"]["creationTimestamp"]);
+    since(last)
+}
+
+fn endpoints(o: &Value) -> Value {
+    let mut list = Vec::new();
+    for subset in o["subsets"].as_array().into_iter().flatten() {
+        for addr in subset["addresses"].as_array().into_iter().flatten() {
+            let ip = addr["ip"].as_str().unwrap_or("");
+            match subset["ports"].as_array().filter(|p| !p.is_empty()) {
+                Some(ports) => {
+                    for port in ports {
+                        list.push(format!("{ip}:{}", n(&port["port"])));
+                    }
+                }
+                None => list.push(ip.to_string()),
+            }
+        }
+    }
+    if list.is_empty() {
+        return json!("<none>");
+    }
+    let shown = list.len().min(3);
+    let mut text = list[..shown].join(",");
+    if list.len() > shown {
+        text.push_str(&format!(" + {} more...", list.len() - shown));
+    }
+    json!(text)
 }
 
 /// kubectl's short human-readable durations (`45s`, `3m20s`, `5h`, `12d`, `2y30d`).
@@ -410,5 +524,26 @@ mod tests {
         assert_eq!(r["cells"][2], "Running");
         assert_eq!(r["cells"][3], 3);
         assert_eq!(r["cells"][5], "<none>");
+    }
+
+    #[test]
+    fn event_and_endpoints_rows() {
+        let ev = json!({"metadata":{"name":"web.1"},"type":"Normal","reason":"Scheduled",
+            "involvedObject":{"kind":"Pod","name":"web"},"message":"assigned","count":2,
+            "source":{"component":"default-scheduler"}});
+        let r = row(EVENT, &ev, IncludeObject::None);
+        let cells: Vec<&Value> = r["cells"].as_array().expect("cells").iter().collect();
+        assert_eq!(cells[2], "Normal");
+        assert_eq!(cells[3], "Scheduled");
+        assert_eq!(cells[4], "pod/web");
+        assert_eq!(cells[6], "default-scheduler");
+        assert_eq!(cells[7], "assigned");
+        let ep = json!({"metadata":{"name":"svc"},"subsets":[{"addresses":[
+            {"ip":"10.42.0.5"},{"ip":"10.42.0.6"},{"ip":"10.42.1.2"},{"ip":"10.42.1.3"}],
+            "ports":[{"port":80}]}]});
+        assert_eq!(
+            row(ENDPOINTS, &ep, IncludeObject::None)["cells"][1],
+            "10.42.0.5:80,10.42.0.6:80,10.42.1.2:80 + 1 more..."
+        );
     }
 }
