@@ -485,6 +485,44 @@ async fn kubectl_auth_can_i_whoami_and_denial_for_other_users() {
         .await;
     assert!(!ok, "can-i exits 1 for no");
     assert_eq!(stdout.trim(), "no");
+
+    // RBAC: a RoleBinding (sent as protobuf by kubectl) to the default `view` ClusterRole.
+    let created = s
+        .ok(&[
+            "create",
+            "rolebinding",
+            "bob-view",
+            "--clusterrole=view",
+            "--user=bob",
+        ])
+        .await;
+    assert_eq!(
+        created.trim(),
+        "rolebinding.rbac.authorization.k8s.io/bob-view created"
+    );
+    let listed = s
+        .ok(&refs(&as_bob(&["get", "configmaps", "-o", "name"])))
+        .await;
+    assert!(listed.trim().is_empty(), "no configmaps yet: {listed}");
+    let yes = s
+        .ok(&refs(&as_bob(&["auth", "can-i", "list", "configmaps"])))
+        .await;
+    assert_eq!(yes.trim(), "yes");
+    let (ok, stdout, _) = s
+        .kubectl(&refs(&as_bob(&["auth", "can-i", "create", "configmaps"])))
+        .await;
+    assert!(!ok && stdout.trim() == "no", "{stdout}");
+    let (ok, _, stderr) = s
+        .kubectl(&refs(&as_bob(&["get", "pods", "-n", "kube-system"])))
+        .await;
+    assert!(!ok && stderr.contains("(Forbidden)"), "{stderr}");
+    let roles = s.ok(&["get", "clusterroles", "-o", "name"]).await;
+    for role in ["cluster-admin", "admin", "edit", "view"] {
+        assert!(
+            roles.contains(&format!("clusterrole.rbac.authorization.k8s.io/{role}\n")),
+            "{roles}"
+        );
+    }
     let whoami = s
         .ok(&refs(&as_bob(&["auth", "whoami", "-o", "json"])))
         .await;

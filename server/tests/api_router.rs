@@ -153,7 +153,7 @@ async fn non_masters_are_forbidden_with_upstream_wording() {
             ),
         )
         .await;
-    assert_eq!(r.code, StatusCode::FORBIDDEN);
+    assert_eq!(r.code, StatusCode::FORBIDDEN, "{}", r.body);
     assert_eq!(
         r.body["message"],
         "deployments.apps \"web\" is forbidden: User \"bob\" cannot get resource \"deployments\" in API group \"apps\" in the namespace \"default\""
@@ -196,6 +196,7 @@ async fn discovery_legacy_and_aggregated() {
         [
             "apps",
             "coordination.k8s.io",
+            "rbac.authorization.k8s.io",
             "authorization.k8s.io",
             "authentication.k8s.io"
         ]
@@ -988,4 +989,109 @@ async fn services_get_cluster_ips_and_node_ports() {
         )
         .await;
     assert_eq!(b.body["spec"]["clusterIP"], "10.43.1.0");
+}
+
+#[tokio::test]
+async fn rbac_grants_what_bindings_say_and_nothing_else() {
+    let f = fixture().await;
+    r3s_server::api::rbac_defaults::ensure(f.state.store.as_ref())
+        .await
+        .expect("default roles");
+    let bob = || {
+        Some(PeerIdentity {
+            common_name: "bob".into(),
+            organizations: vec!["dev".into()],
+        })
+    };
+    let cms = "/api/v1/namespaces/default/configmaps";
+    let denied = f.call(bob(), get_req(cms, "application/json")).await;
+    assert_eq!(denied.code, StatusCode::FORBIDDEN);
+
+    let binding = json!({"apiVersion":"rbac.authorization.k8s.io/v1","kind":"RoleBinding",
+        "metadata":{"name":"bob-view"},
+        "roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"view"},
+        "subjects":[{"apiGroup":"rbac.authorization.k8s.io","kind":"User","name":"bob"}]});
+    let created = f
+        .admin(
+            "POST",
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings",
+            "application/json",
+            binding,
+        )
+        .await;
+    assert_eq!(created.code, StatusCode::CREATED, "{}", created.body);
+
+    assert_eq!(
+        f.call(bob(), get_req(cms, "application/json")).await.code,
+        StatusCode::OK
+    );
+    let other_ns = "/api/v1/namespaces/kube-system/configmaps";
+    assert_eq!(
+        f.call(bob(), get_req(other_ns, "application/json"))
+            .await
+            .code,
+        StatusCode::FORBIDDEN
+    );
+    let create = Request::builder()
+        .method("POST")
+        .uri(cms)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(cm("bobs", json!({})).to_string()))
+        .expect("request");
+    let refused = f.call(bob(), create).await;
+    assert_eq!(refused.code, StatusCode::FORBIDDEN, "view cannot create");
+    let secrets = "/api/v1/namespaces/default/secrets";
+    assert_eq!(
+        f.call(bob(), get_req(secrets, "application/json"))
+            .await
+            .code,
+        StatusCode::FORBIDDEN
+    );
+
+    // A Role of its own, bound to one of bob's groups.
+    let role = json!({"apiVersion":"rbac.authorization.k8s.io/v1","kind":"Role",
+        "metadata":{"name":"secret-reader"},
+        "rules":[{"apiGroups":[""],"resources":["secrets"],"verbs":["get","list"]}]});
+    f.admin(
+        "POST",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/default/roles",
+        "application/json",
+        role,
+    )
+    .await;
+    let group_binding = json!({"apiVersion":"rbac.authorization.k8s.io/v1","kind":"RoleBinding",
+        "metadata":{"name":"devs-secrets"},
+        "roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"Role","name":"secret-reader"},
+        "subjects":[{"apiGroup":"rbac.authorization.k8s.io","kind":"Group","name":"dev"}]});
+    f.admin(
+        "POST",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings",
+        "application/json",
+        group_binding,
+    )
+    .await;
+    assert_eq!(
+        f.call(bob(), get_req(secrets, "application/json"))
+            .await
+            .code,
+        StatusCode::OK
+    );
+
+    let rules_review = Request::builder()
+        .method("POST")
+        .uri("/apis/authorization.k8s.io/v1/selfsubjectrulesreviews")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(
+            json!({"apiVersion":"authorization.k8s.io/v1","kind":"SelfSubjectRulesReview",
+            "spec":{"namespace":"default"}})
+            .to_string(),
+        ))
+        .expect("request");
+    let rules = f.call(bob(), rules_review).await;
+    assert_eq!(rules.code, StatusCode::CREATED, "{}", rules.body);
+    let granted = rules.body["status"]["resourceRules"].to_string();
+    assert!(
+        granted.contains("secrets") && granted.contains("configmaps"),
+        "{granted}"
+    );
 }

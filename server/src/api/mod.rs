@@ -21,6 +21,8 @@ pub mod openapi;
 pub mod patch;
 pub mod podsub;
 pub mod protobuf;
+pub mod rbac;
+pub mod rbac_defaults;
 pub mod registry;
 pub mod reviews;
 mod router;
@@ -113,6 +115,9 @@ pub async fn serve_listener(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     bootstrap::ensure_namespaces(store.as_ref())
+        .await
+        .map_err(ServeError::Bootstrap)?;
+    rbac_defaults::ensure(store.as_ref())
         .await
         .map_err(ServeError::Bootstrap)?;
     let endpoint = match opts.advertise_address.parse::<SocketAddr>() {

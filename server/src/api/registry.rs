@@ -41,6 +41,7 @@ pub struct Resource {
 
 /// Computes the answer of a review kind from the requesting user and the request body.
 pub type Review = fn(
+    &dyn crate::store::Store,
     &super::auth::UserInfo,
     serde_json::Value,
 ) -> Result<serde_json::Value, super::error::ApiError>;
@@ -234,6 +235,15 @@ pub static RESOURCES: &[Resource] = &[
         short: &["sts"], cat: ALL, sub: STATUS_SCALE, cols: table::STATEFULSET, gen: true),
     resource!("coordination.k8s.io", "Lease", "leases", "lease", namespaced: true,
         short: NONE, cat: NONE, sub: &[], cols: table::LEASE, gen: false),
+    resource!("rbac.authorization.k8s.io", "ClusterRole", "clusterroles", "clusterrole",
+        namespaced: false, short: NONE, cat: NONE, sub: &[], cols: table::ROLE, gen: false),
+    resource!("rbac.authorization.k8s.io", "ClusterRoleBinding", "clusterrolebindings",
+        "clusterrolebinding", namespaced: false, short: NONE, cat: NONE, sub: &[],
+        cols: table::ROLE_BINDING, gen: false),
+    resource!("rbac.authorization.k8s.io", "Role", "roles", "role", namespaced: true,
+        short: NONE, cat: NONE, sub: &[], cols: table::ROLE, gen: false),
+    resource!("rbac.authorization.k8s.io", "RoleBinding", "rolebindings", "rolebinding",
+        namespaced: true, short: NONE, cat: NONE, sub: &[], cols: table::ROLE_BINDING, gen: false),
     review(
         "authorization.k8s.io",
         "SelfSubjectAccessReview",

@@ -187,6 +187,40 @@ pub const STATEFULSET: &[Column] = &[
 ];
 pub const LEASE: &[Column] = &[col("Holder", 0, |o| s(&o["spec"]["holderIdentity"])), AGE];
 
+pub const ROLE: &[Column] = &[col("Created At", 0, |o| {
+    s(&o["metadata"]["creationTimestamp"])
+})];
+pub const ROLE_BINDING: &[Column] = &[
+    col("Role", 0, |o| {
+        let r = &o["roleRef"];
+        json!(format!(
+            "{}/{}",
+            r["kind"].as_str().unwrap_or(""),
+            r["name"].as_str().unwrap_or("")
+        ))
+    }),
+    AGE,
+    col("Users", 1, |o| subjects(o, "User")),
+    col("Groups", 1, |o| subjects(o, "Group")),
+    col("ServiceAccounts", 1, |o| subjects(o, "ServiceAccount")),
+];
+
+fn subjects(o: &Value, kind: &str) -> Value {
+    let names: Vec<String> = o["subjects"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["kind"] == json!(kind))
+        .map(|s| match s["namespace"].as_str() {
+            Some(ns) if kind == "ServiceAccount" => {
+                format!("{ns}/{}", s["name"].as_str().unwrap_or(""))
+            }
+            _ => s["name"].as_str().unwrap_or("").to_string(),
+        })
+        .collect();
+    json!(names.join(", "))
+}
+
 /// What each row's `object` holds (`includeObject`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IncludeObject {

@@ -108,6 +108,7 @@ async fn resource(
     );
     async move {
         auth::authorize(
+            state.store.as_ref(),
             &user,
             &Attributes {
                 verb,

@@ -56,7 +56,8 @@ pub fn review(ctx: &Ctx, user: &UserInfo, review: Review) -> Result<Response, Ap
     let res = ctx.target.resource;
     let mut obj = codec::decode(&ctx.headers, &ctx.body)?;
     object::check_type_and_namespace(res, &mut obj, None)?;
-    Ok(codec::respond(StatusCode::CREATED, &review(user, obj)?))
+    let answer = review(ctx.state.store.as_ref(), user, obj)?;
+    Ok(codec::respond(StatusCode::CREATED, &answer))
 }
 
 /// Namespaced objects can only be created in a namespace that exists and is not terminating.

@@ -408,6 +408,49 @@ pub static SELF_SUBJECT_REVIEW: Msg = Msg {
     ],
 };
 
+pub static POLICY_RULE: Msg = Msg {
+    name: "PolicyRule",
+    fields: &[
+        f(1, "verbs", RepStr),
+        f(2, "apiGroups", RepStr),
+        f(3, "resources", RepStr),
+        f(4, "resourceNames", RepStr),
+        f(5, "nonResourceURLs", RepStr),
+    ],
+};
+
+pub static ROLE: Msg = Msg {
+    name: "Role",
+    fields: &[
+        f(1, "metadata", Msg(&OBJECT_META)),
+        f(2, "rules", RepMsg(&POLICY_RULE)),
+    ],
+};
+
+pub static SUBJECT: Msg = Msg {
+    name: "Subject",
+    fields: &[
+        f(1, "kind", Str),
+        f(2, "apiGroup", Str),
+        f(3, "name", Str),
+        f(4, "namespace", Str),
+    ],
+};
+
+pub static ROLE_REF: Msg = Msg {
+    name: "RoleRef",
+    fields: &[f(1, "apiGroup", Str), f(2, "kind", Str), f(3, "name", Str)],
+};
+
+pub static ROLE_BINDING: Msg = Msg {
+    name: "RoleBinding",
+    fields: &[
+        f(1, "metadata", Msg(&OBJECT_META)),
+        f(2, "subjects", RepMsg(&SUBJECT)),
+        f(3, "roleRef", Msg(&ROLE_REF)),
+    ],
+};
+
 /// The top-level message of `apiVersion`/`kind`, if r3s can decode it.
 pub fn top_level(api_version: &str, kind: &str) -> Option<&'static Msg> {
     Some(match (api_version, kind) {
@@ -420,6 +463,9 @@ pub fn top_level(api_version: &str, kind: &str) -> Option<&'static Msg> {
         ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => &SELF_SUBJECT_ACCESS_REVIEW,
         ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => &SELF_SUBJECT_RULES_REVIEW,
         ("authentication.k8s.io/v1", "SelfSubjectReview") => &SELF_SUBJECT_REVIEW,
+        // ClusterRole's aggregationRule (field 3) is refused by the unknown-field rule.
+        ("rbac.authorization.k8s.io/v1", "Role" | "ClusterRole") => &ROLE,
+        ("rbac.authorization.k8s.io/v1", "RoleBinding" | "ClusterRoleBinding") => &ROLE_BINDING,
         _ => return None,
     })
 }
