@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
-use r3s_server::api::{ApiOptions, ServiceNetwork, serve_listener};
+use r3s_server::api::{ApiOptions, ServiceNetwork, TokenIssuer, serve_listener};
 use r3s_server::store::{SqliteStore, Store, StoreOptions};
 use r3s_server::tls::{CertOptions, ensure_certificates, server_config};
 use serde_json::{Value, json};
@@ -73,6 +73,9 @@ async fn start() -> Server {
         tls,
         advertise_address: addr.to_string(),
         services: Arc::new(ServiceNetwork::default()),
+        tokens: Some(Arc::new(
+            TokenIssuer::from_pem(&certs.service_account_key_pem).expect("token issuer"),
+        )),
     };
     let task = tokio::spawn(async move {
         serve_listener(listener, store, opts, async {
@@ -531,6 +534,54 @@ async fn kubectl_auth_can_i_whoami_and_denial_for_other_users() {
         whoami["status"]["userInfo"]["groups"],
         json!(["dev", "system:authenticated"])
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_create_token_and_bearer_authentication() {
+    if !kubectl_available() {
+        return;
+    }
+    let s = start().await;
+    s.ok(&["create", "serviceaccount", "robot"]).await;
+    let token = s.ok(&["create", "token", "robot", "--duration=1h"]).await;
+    let token = token.trim().to_string();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+
+    // A kubeconfig that trusts the CA and carries only the bearer token.
+    let admin = std::fs::read_to_string(&s.kubeconfig).expect("admin kubeconfig");
+    let field = |name: &str| {
+        admin
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(name).map(str::to_string))
+            .expect("kubeconfig field")
+    };
+    let config = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: robot\n  user:\n    token: {token}\ncontexts:\n- name: c\n  context: {{cluster: c, user: robot, namespace: default}}\ncurrent-context: c\n",
+        field("server: "),
+        field("certificate-authority-data: ")
+    );
+    let robot = s.write("robot.yaml", &config);
+    let whoami = s
+        .ok(&[
+            "--kubeconfig",
+            &robot,
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ])
+        .await;
+    assert_eq!(whoami, "system:serviceaccount:default:robot");
+    let (ok, _, stderr) = s.kubectl(&["--kubeconfig", &robot, "get", "pods"]).await;
+    assert!(
+        !ok && stderr.contains("User \"system:serviceaccount:default:robot\" cannot list"),
+        "{stderr}"
+    );
+
+    // Deleting the ServiceAccount revokes its tokens.
+    s.ok(&["delete", "serviceaccount", "robot"]).await;
+    let (ok, _, stderr) = s.kubectl(&["--kubeconfig", &robot, "auth", "whoami"]).await;
+    assert!(!ok && stderr.contains("Unauthorized"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

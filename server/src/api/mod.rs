@@ -32,6 +32,7 @@ pub mod services;
 pub mod smp;
 pub mod table;
 pub mod target;
+pub mod tokens;
 pub mod validate;
 
 use std::future::Future;
@@ -43,6 +44,7 @@ pub use router::app;
 
 use crate::store::Store;
 pub use services::ServiceNetwork;
+pub use tokens::TokenIssuer;
 
 /// Shared state of every request.
 #[derive(Clone)]
@@ -52,15 +54,18 @@ pub struct ApiState {
     pub advertise_address: String,
     /// Service address and node-port ranges, and the lock allocations happen under.
     pub services: Arc<ServiceNetwork>,
+    /// Signs and checks ServiceAccount tokens; `None` disables bearer tokens and TokenRequests.
+    pub tokens: Option<Arc<TokenIssuer>>,
 }
 
 impl ApiState {
-    /// State with k3s's default service ranges (10.43.0.0/16, 30000-32767).
+    /// State with k3s's default service ranges (10.43.0.0/16, 30000-32767) and no token issuer.
     pub fn new(store: Arc<dyn Store>, advertise_address: impl Into<String>) -> ApiState {
         ApiState {
             store,
             advertise_address: advertise_address.into(),
             services: Arc::new(ServiceNetwork::default()),
+            tokens: None,
         }
     }
 }
@@ -76,6 +81,8 @@ pub struct ApiOptions {
     pub advertise_address: String,
     /// `--service-cidr` and `--service-node-port-range`.
     pub services: Arc<ServiceNetwork>,
+    /// From `TokenIssuer::from_pem(&certs.service_account_key_pem)`.
+    pub tokens: Option<Arc<TokenIssuer>>,
 }
 
 /// Errors that stop the server.
@@ -131,6 +138,7 @@ pub async fn serve_listener(
         store,
         advertise_address: opts.advertise_address,
         services: opts.services,
+        tokens: opts.tokens,
     };
     tracing::info!(addr = ?listener.local_addr().ok(), "serving the Kubernetes API over HTTPS");
     crate::tls::serve_tls(listener, opts.tls, app(state), shutdown).await;

@@ -69,6 +69,11 @@ const SCALE_ONLY: Subresource = Subresource {
     kind: Some(("autoscaling", "v1", "Scale")),
 };
 const STATUS: &[Subresource] = &[STATUS_ONLY];
+const SERVICEACCOUNT_SUBRESOURCES: &[Subresource] = &[Subresource {
+    name: "token",
+    verbs: &["create"],
+    kind: Some(("authentication.k8s.io", "v1", "TokenRequest")),
+}];
 const POD_SUBRESOURCES: &[Subresource] = &[
     Subresource {
         name: "attach",
@@ -218,7 +223,7 @@ pub static RESOURCES: &[Resource] = &[
     resource!("", "Service", "services", "service", namespaced: true,
         short: &["svc"], cat: ALL, sub: STATUS, cols: table::SERVICE, gen: false),
     resource!("", "ServiceAccount", "serviceaccounts", "serviceaccount", namespaced: true,
-        short: &["sa"], cat: NONE, sub: &[], cols: table::SERVICEACCOUNT, gen: false),
+        short: &["sa"], cat: NONE, sub: SERVICEACCOUNT_SUBRESOURCES, cols: table::SERVICEACCOUNT, gen: false),
     resource!("", "Node", "nodes", "node", namespaced: false,
         short: &["no"], cat: NONE, sub: STATUS, cols: table::NODE, gen: false),
     resource!("", "Event", "events", "event", namespaced: true,

@@ -146,6 +146,7 @@ async fn resource(
                 (Some(review), _) => write::review(&ctx, &user, review),
                 (None, Some("binding")) => write::bind(&ctx).await,
                 (None, Some("eviction")) => delete::evict(&ctx).await,
+                (None, Some("token")) => write::token_request(&ctx),
                 (None, _) => write::create(&ctx).await,
             },
             "update" => write::update(&ctx).await,

@@ -19,6 +19,7 @@ use crate::api::podsub;
 use crate::api::registry::Review;
 use crate::api::scale;
 use crate::api::services;
+use crate::api::tokens;
 use crate::api::validate;
 use crate::api::{lifecycle, object, registry};
 use crate::store::{Revision, StoreError};
@@ -145,6 +146,45 @@ pub async fn bind(ctx: &Ctx) -> Result<Response, ApiError> {
     let binding = codec::decode(&ctx.headers, &ctx.body)?;
     replace_object(ctx, None, |current| podsub::bind(current, &binding)).await?;
     Ok(codec::respond(StatusCode::CREATED, &podsub::success()))
+}
+
+/// `serviceaccounts/<name>/token` (TokenRequest): a signed token for an existing ServiceAccount.
+pub fn token_request(ctx: &Ctx) -> Result<Response, ApiError> {
+    let issuer = ctx.state.tokens.as_ref().ok_or_else(|| {
+        ApiError::ServiceUnavailable("this server has no service-account signing key".into())
+    })?;
+    let mut request = codec::decode(&ctx.headers, &ctx.body)?;
+    let (_, sa) = load(ctx)?;
+    let spec = &request["spec"];
+    // Upstream's bounds: at least 10 minutes, at most a day unless configured otherwise.
+    let seconds = spec["expirationSeconds"]
+        .as_i64()
+        .unwrap_or(3600)
+        .clamp(600, 86400);
+    let audiences: Vec<String> = match spec["audiences"].as_array().filter(|a| !a.is_empty()) {
+        Some(list) => list
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_string))
+            .collect(),
+        None => vec![tokens::ISSUER.to_string()],
+    };
+    let subject = tokens::TokenSubject {
+        namespace: ctx.namespace().unwrap_or("").to_string(),
+        name: ctx.name().to_string(),
+        uid: sa["metadata"]["uid"].as_str().unwrap_or("").to_string(),
+    };
+    let (token, exp) = issuer.issue(&subject, &audiences, seconds)?;
+    let expires = chrono::DateTime::from_timestamp(exp, 0)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_default();
+    request["apiVersion"] = serde_json::json!("authentication.k8s.io/v1");
+    request["kind"] = serde_json::json!("TokenRequest");
+    request["metadata"]["name"] = serde_json::json!(ctx.name());
+    request["metadata"]["namespace"] = serde_json::json!(subject.namespace);
+    request["spec"]["audiences"] = serde_json::json!(audiences);
+    request["spec"]["expirationSeconds"] = serde_json::json!(seconds);
+    request["status"] = serde_json::json!({"token": token, "expirationTimestamp": expires});
+    Ok(codec::respond(StatusCode::CREATED, &request))
 }
 
 async fn replace(

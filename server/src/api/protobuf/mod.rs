@@ -248,12 +248,18 @@ mod tests {
             decode(&ssar).expect("ssar")["spec"],
             json!({"resourceAttributes": {"namespace": "default", "verb": "create", "resource": "pods"}})
         );
-        // TokenRequest (`kubectl create token`) has no table yet.
+        // `kubectl create token default`.
         let token = hex(
             "6b3873000a280a1861757468656e7469636174696f6e2e6b38732e696f2f7631120c546f6b656e52657175657374121d0a100a0012001a0022002a00320038004200120320901c1a040a0012001a002200",
         );
         assert_eq!(
-            decode(&token).expect_err("no table").reason(),
+            decode(&token).expect("token")["spec"],
+            json!({"expirationSeconds": 3600})
+        );
+        // A kind without a table (Pod).
+        let pod = hex("6b3873000a090a0276311203506f64");
+        assert_eq!(
+            decode(&pod).expect_err("no table").reason(),
             "UnsupportedMediaType"
         );
         // A ConfigMap carrying an unknown non-zero field 9.

@@ -451,6 +451,34 @@ pub static ROLE_BINDING: Msg = Msg {
     ],
 };
 
+pub static BOUND_OBJECT_REFERENCE: Msg = Msg {
+    name: "BoundObjectReference",
+    fields: &[
+        f(1, "kind", Str),
+        f(2, "apiVersion", Str),
+        f(3, "name", Str),
+        f(4, "uid", Str),
+    ],
+};
+
+pub static TOKEN_REQUEST_SPEC: Msg = Msg {
+    name: "TokenRequestSpec",
+    fields: &[
+        f(1, "audiences", RepStr),
+        p(4, "expirationSeconds", Int),
+        f(3, "boundObjectRef", Msg(&BOUND_OBJECT_REFERENCE)),
+    ],
+};
+
+pub static TOKEN_REQUEST: Msg = Msg {
+    name: "TokenRequest",
+    fields: &[
+        f(1, "metadata", Msg(&OBJECT_META)),
+        f(2, "spec", Msg(&TOKEN_REQUEST_SPEC)),
+        f(3, "status", Msg(&EMPTY)),
+    ],
+};
+
 /// The top-level message of `apiVersion`/`kind`, if r3s can decode it.
 pub fn top_level(api_version: &str, kind: &str) -> Option<&'static Msg> {
     Some(match (api_version, kind) {
@@ -463,6 +491,7 @@ pub fn top_level(api_version: &str, kind: &str) -> Option<&'static Msg> {
         ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => &SELF_SUBJECT_ACCESS_REVIEW,
         ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => &SELF_SUBJECT_RULES_REVIEW,
         ("authentication.k8s.io/v1", "SelfSubjectReview") => &SELF_SUBJECT_REVIEW,
+        ("authentication.k8s.io/v1", "TokenRequest") => &TOKEN_REQUEST,
         // ClusterRole's aggregationRule (field 3) is refused by the unknown-field rule.
         ("rbac.authorization.k8s.io/v1", "Role" | "ClusterRole") => &ROLE,
         ("rbac.authorization.k8s.io/v1", "RoleBinding" | "ClusterRoleBinding") => &ROLE_BINDING,
