@@ -585,6 +585,117 @@ async fn kubectl_create_token_and_bearer_authentication() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_describe_edit_restart_and_watch() {
+    if !kubectl_available() {
+        return;
+    }
+    let s = start().await;
+    let deploy = s.write("deploy.yaml", DEPLOY_V1);
+    s.ok(&["apply", "-f", &deploy]).await;
+    let cm = s.write("cm.yaml", CM_V1);
+    s.ok(&["apply", "-f", &cm]).await;
+
+    let described = s.ok(&["describe", "deployment", "web"]).await;
+    assert!(
+        described.contains("Name:") && described.contains("web"),
+        "{described}"
+    );
+    assert!(described.contains("nginx:1.25"), "{described}");
+    let all = s.ok(&["get", "all"]).await;
+    assert!(all.contains("deployment.apps/web"), "{all}");
+    assert!(all.contains("service/kubernetes"), "{all}");
+
+    assert_eq!(
+        s.ok(&["rollout", "restart", "deployment/web"]).await.trim(),
+        "deployment.apps/web restarted"
+    );
+    let restarted = s
+        .ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.spec.template.metadata.annotations}",
+        ])
+        .await;
+    assert!(
+        restarted.contains("kubectl.kubernetes.io/restartedAt"),
+        "{restarted}"
+    );
+
+    // `kubectl edit` with a scripted editor sends a strategic merge patch.
+    let home = s.dir.path().join("home");
+    let editor = s.write(
+        "editor.sh",
+        "#!/bin/sh\nsed -i 's/a: \"1\"/a: \"edited\"/' \"$1\"\n",
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::Permissions::from_mode(0o755);
+        std::fs::set_permissions(&editor, mode).expect("chmod editor");
+    }
+    let out = tokio::process::Command::new(KUBECTL)
+        .args(["edit", "configmap", "e2e-cm"])
+        .env("KUBECONFIG", &s.kubeconfig)
+        .env("HOME", &home)
+        .env("KUBE_EDITOR", &editor)
+        .output()
+        .await
+        .expect("kubectl edit");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), "configmap/e2e-cm edited");
+    let value = s
+        .ok(&["get", "cm", "e2e-cm", "-o", "jsonpath={.data.a}"])
+        .await;
+    assert_eq!(value, "edited");
+
+    // `kubectl get -w`: the listed rows, then a row per change, with the table columns.
+    let mut watch = tokio::process::Command::new(KUBECTL)
+        .args(["get", "configmaps", "-w"])
+        .env("KUBECONFIG", &s.kubeconfig)
+        .env("HOME", &home)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("kubectl get -w");
+    let stdout = watch.stdout.take().expect("stdout");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let mut seen = Vec::new();
+    let mut created = false;
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line.starts_with("e2e-cm ") && !created {
+            s.ok(&["create", "configmap", "late", "--from-literal=x=y"])
+                .await;
+            created = true;
+        }
+        let done = line.starts_with("late ");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    watch.kill().await.expect("stop kubectl get -w");
+    assert_eq!(
+        seen.first()
+            .map(|h| h.split_whitespace().collect::<Vec<_>>()),
+        Some(vec!["NAME", "DATA", "AGE"]),
+        "{seen:?}"
+    );
+    let late = seen.last().expect("late row");
+    assert_eq!(late.split_whitespace().nth(1), Some("1"), "{seen:?}");
+    assert_eq!(
+        seen.iter().filter(|l| l.starts_with("NAME")).count(),
+        1,
+        "one header: {seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_crate_list_watch_create_patch_delete() {
     let s = start().await;
     let client = s.client().await;
