@@ -1095,3 +1095,70 @@ async fn rbac_grants_what_bindings_say_and_nothing_else() {
         "{granted}"
     );
 }
+
+#[tokio::test]
+async fn bound_pods_terminate_gracefully_until_the_agent_confirms() {
+    let f = fixture().await;
+    let base = "/api/v1/namespaces/default/pods";
+    let pod = json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":"g1"},
+                     "spec":{"nodeName":"node-a","containers":[{"name":"c","image":"busybox"}]}});
+    assert_eq!(
+        f.admin("POST", base, "application/json", pod).await.code,
+        StatusCode::CREATED
+    );
+
+    let deleting = f
+        .admin("DELETE", &format!("{base}/g1"), "", Value::Null)
+        .await;
+    assert_eq!(deleting.code, StatusCode::OK);
+    assert_eq!(deleting.body["metadata"]["deletionGracePeriodSeconds"], 30);
+    let status = f
+        .admin(
+            "PATCH",
+            &format!("{base}/g1/status"),
+            "application/merge-patch+json",
+            json!({"status":{"phase":"Running"}}),
+        )
+        .await;
+    assert_eq!(status.code, StatusCode::OK, "{}", status.body);
+    assert_eq!(
+        f.get(&format!("{base}/g1")).await.code,
+        StatusCode::OK,
+        "still terminating"
+    );
+
+    let confirmed = f
+        .admin(
+            "DELETE",
+            &format!("{base}/g1"),
+            "application/json",
+            json!({"gracePeriodSeconds": 0}),
+        )
+        .await;
+    assert_eq!(confirmed.code, StatusCode::OK);
+    assert_eq!(
+        f.get(&format!("{base}/g1")).await.code,
+        StatusCode::NOT_FOUND
+    );
+
+    let cms = "/api/v1/namespaces/default/configmaps";
+    f.admin("POST", cms, "application/json", cm("fg", json!({})))
+        .await;
+    let fg = f
+        .admin(
+            "DELETE",
+            &format!("{cms}/fg"),
+            "application/json",
+            json!({"propagationPolicy": "Foreground"}),
+        )
+        .await;
+    assert_eq!(
+        fg.body["metadata"]["finalizers"],
+        json!(["foregroundDeletion"])
+    );
+    assert_eq!(
+        f.get(&format!("{cms}/fg")).await.code,
+        StatusCode::OK,
+        "left to the GC"
+    );
+}
