@@ -1162,3 +1162,27 @@ async fn bound_pods_terminate_gracefully_until_the_agent_confirms() {
         "left to the GC"
     );
 }
+
+#[tokio::test]
+async fn metrics_count_requests_by_verb_resource_and_code() {
+    let f = fixture().await;
+    f.get("/api/v1/namespaces/default/configmaps").await;
+    f.get("/api/v1/namespaces/default/configmaps/missing").await;
+    let anonymous = f.call(None, get_req("/metrics", "text/plain")).await;
+    assert_eq!(anonymous.code, StatusCode::UNAUTHORIZED);
+    let text = f.get("/metrics").await.body;
+    let text = text.as_str().expect("text exposition");
+    assert!(
+        text.contains(
+            "apiserver_request_total{verb=\"LIST\",resource=\"configmaps\",code=\"200\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "apiserver_request_total{verb=\"GET\",resource=\"configmaps\",code=\"404\"} 1"
+        )
+    );
+    assert!(text.contains("apiserver_request_duration_seconds_count{verb=\"LIST\"} 1"));
+    assert!(text.contains("apiserver_longrunning_requests{verb=\"WATCH\"} 0"));
+}

@@ -16,6 +16,7 @@ pub mod discovery;
 pub mod error;
 mod handlers;
 pub mod lifecycle;
+pub mod metrics;
 pub mod object;
 pub mod openapi;
 pub mod patch;
@@ -56,6 +57,8 @@ pub struct ApiState {
     pub services: Arc<ServiceNetwork>,
     /// Signs and checks ServiceAccount tokens; `None` disables bearer tokens and TokenRequests.
     pub tokens: Option<Arc<TokenIssuer>>,
+    /// Request counters and latencies served at `/metrics`.
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 impl ApiState {
@@ -66,6 +69,7 @@ impl ApiState {
             advertise_address: advertise_address.into(),
             services: Arc::new(ServiceNetwork::default()),
             tokens: None,
+            metrics: Arc::default(),
         }
     }
 }
@@ -139,6 +143,7 @@ pub async fn serve_listener(
         advertise_address: opts.advertise_address,
         services: opts.services,
         tokens: opts.tokens,
+        metrics: Arc::default(),
     };
     tracing::info!(addr = ?listener.local_addr().ok(), "serving the Kubernetes API over HTTPS");
     crate::tls::serve_tls(listener, opts.tls, app(state), shutdown).await;

@@ -93,11 +93,14 @@ async fn resource(
     segments: &[&str],
     request: Request,
 ) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
+    let metrics = state.metrics.clone();
     let target = target::parse(group, version, segments)?;
     let Query(query) = Query::<HashMap<String, String>>::try_from_uri(request.uri())
         .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))?;
     let method = request.method().clone();
     let verb = verb_of(&method, &target, &query)?;
+    let plural = target.resource.plural;
     let span = tracing::info_span!(
         "api",
         verb,
@@ -157,9 +160,14 @@ async fn resource(
                 "verb {other} is not supported"
             ))),
         };
-        if let Err(error) = &response {
-            tracing::info!(code = error.code().as_u16(), %error, "request failed");
-        }
+        let code = match &response {
+            Ok(ok) => ok.status().as_u16(),
+            Err(error) => {
+                tracing::info!(code = error.code().as_u16(), %error, "request failed");
+                error.code().as_u16()
+            }
+        };
+        metrics.observe(verb, plural, code, started.elapsed());
         response
     }
     .instrument(span)
