@@ -695,6 +695,69 @@ async fn kubectl_describe_edit_restart_and_watch() {
     );
 }
 
+/// Drives the server with the Python `kubernetes` client (PyPI): create, list by label, patch,
+/// watch from a list's resourceVersion, delete.
+const PYTHON_CLIENT: &str = r#"
+import sys
+from kubernetes import client, config, watch
+from kubernetes.client.rest import ApiException
+
+config.load_kube_config(config_file=sys.argv[1])
+v1 = client.CoreV1Api()
+listed = v1.list_namespaced_config_map("default")
+rv = listed.metadata.resource_version
+cm = client.V1ConfigMap(metadata=client.V1ObjectMeta(name="py-cm", labels={"app": "py"}), data={"a": "1"})
+created = v1.create_namespaced_config_map("default", cm)
+assert created.metadata.uid, "uid"
+v1.patch_namespaced_config_map("py-cm", "default", {"data": {"b": "2"}})
+items = v1.list_namespaced_config_map("default", label_selector="app=py").items
+assert [i.metadata.name for i in items] == ["py-cm"], items
+assert items[0].data == {"a": "1", "b": "2"}, items[0].data
+v1.delete_namespaced_config_map("py-cm", "default")
+seen = []
+w = watch.Watch()
+for event in w.stream(v1.list_namespaced_config_map, "default", resource_version=rv, timeout_seconds=10):
+    seen.append((event["type"], event["object"].metadata.name))
+    if event["type"] == "DELETED":
+        w.stop()
+assert seen == [("ADDED", "py-cm"), ("MODIFIED", "py-cm"), ("DELETED", "py-cm")], seen
+try:
+    v1.read_namespaced_config_map("py-cm", "default")
+    raise SystemExit("still there")
+except ApiException as e:
+    assert e.status == 404, e.status
+print("python client ok")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_kubernetes_client() {
+    let has_client = std::process::Command::new("python3")
+        .args(["-c", "import kubernetes"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_client {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!(
+                "missing prerequisite: the Python `kubernetes` package (pip install kubernetes)"
+            );
+        }
+        eprintln!("skipped: the Python `kubernetes` package is not installed");
+        return;
+    }
+    let s = start().await;
+    let script = s.write("client.py", PYTHON_CLIENT);
+    let out = tokio::process::Command::new("python3")
+        .arg(&script)
+        .arg(&s.kubeconfig)
+        .output()
+        .await
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(stdout.trim(), "python client ok");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_crate_list_watch_create_patch_delete() {
     let s = start().await;
