@@ -317,6 +317,23 @@ async fn kubectl_drives_the_server() {
         "{stderr}"
     );
 
+    // An invalid manifest is refused with the field path.
+    let bad = s.write(
+        "bad.yaml",
+        &DEPLOY_V1.replace("name: web\n", "name: bad\n").replace(
+            "    metadata:\n      labels: {app: web}",
+            "    metadata:\n      labels: {app: other}",
+        ),
+    );
+    let (ok, _, stderr) = s.kubectl(&["apply", "-f", &bad]).await;
+    assert!(!ok);
+    assert!(
+        stderr.contains(
+            "The Deployment \"bad\" is invalid: spec.template.metadata.labels: Invalid value"
+        ),
+        "{stderr}"
+    );
+
     // Everyday mutations: scale (needs the Scale subresource), label, annotate, patch (3 types).
     assert_eq!(
         s.ok(&["scale", "deployment", "web", "--replicas=5"])
