@@ -1186,3 +1186,51 @@ async fn metrics_count_requests_by_verb_resource_and_code() {
     assert!(text.contains("apiserver_request_duration_seconds_count{verb=\"LIST\"} 1"));
     assert!(text.contains("apiserver_longrunning_requests{verb=\"WATCH\"} 0"));
 }
+
+#[tokio::test]
+async fn node_agents_get_the_system_node_role() {
+    let f = fixture().await;
+    r3s_server::api::rbac_defaults::ensure(f.state.store.as_ref())
+        .await
+        .expect("default roles");
+    let node = || {
+        Some(PeerIdentity {
+            common_name: "system:node:n1".into(),
+            organizations: vec!["system:nodes".into()],
+        })
+    };
+    let register = Request::builder()
+        .method("POST")
+        .uri("/api/v1/nodes")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(
+            json!({"apiVersion":"v1","kind":"Node","metadata":{"name":"n1"}}).to_string(),
+        ))
+        .expect("request");
+    let registered = f.call(node(), register).await;
+    assert_eq!(registered.code, StatusCode::CREATED, "{}", registered.body);
+    let pods = f
+        .call(
+            node(),
+            get_req(
+                "/api/v1/pods?fieldSelector=spec.nodeName%3Dn1",
+                "application/json",
+            ),
+        )
+        .await;
+    assert_eq!(pods.code, StatusCode::OK);
+    let deploys = f
+        .call(
+            node(),
+            get_req(
+                "/apis/apps/v1/namespaces/default/deployments",
+                "application/json",
+            ),
+        )
+        .await;
+    assert_eq!(
+        deploys.code,
+        StatusCode::FORBIDDEN,
+        "nodes do not read deployments"
+    );
+}
