@@ -59,6 +59,8 @@ pub struct ApiState {
     pub tokens: Option<Arc<TokenIssuer>>,
     /// Request counters and latencies served at `/metrics`.
     pub metrics: Arc<metrics::Metrics>,
+    /// Custom resources served from CRDs.
+    pub custom: registry::Custom,
 }
 
 impl ApiState {
@@ -70,6 +72,7 @@ impl ApiState {
             services: Arc::new(ServiceNetwork::default()),
             tokens: None,
             metrics: Arc::default(),
+            custom: registry::Custom::default(),
         }
     }
 }
@@ -144,6 +147,7 @@ pub async fn serve_listener(
         services: opts.services,
         tokens: opts.tokens,
         metrics: Arc::default(),
+        custom: registry::Custom::default(),
     };
     tracing::info!(addr = ?listener.local_addr().ok(), "serving the Kubernetes API over HTTPS");
     crate::tls::serve_tls(listener, opts.tls, app(state), shutdown).await;

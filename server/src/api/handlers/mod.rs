@@ -65,7 +65,7 @@ pub async fn core(
     let path = request.uri().path().to_string();
     let segments: Vec<&str> = path.trim_start_matches("/api/").split('/').collect();
     match segments.as_slice() {
-        [version] => discovery::resource_list("", version),
+        [version] => discovery::resource_list(&state.custom.snapshot(), "", version),
         [version, rest @ ..] => resource(state, user, "", version, rest, request).await,
         [] => Err(ApiError::NoRoute),
     }
@@ -80,8 +80,8 @@ pub async fn named(
     let path = request.uri().path().to_string();
     let segments: Vec<&str> = path.trim_start_matches("/apis/").split('/').collect();
     match segments.as_slice() {
-        [group] => discovery::group(axum::extract::Path(group.to_string())).await,
-        [group, version] => discovery::resource_list(group, version),
+        [group] => discovery::group(&state.custom.snapshot(), group),
+        [group, version] => discovery::resource_list(&state.custom.snapshot(), group, version),
         [group, version, rest @ ..] => resource(state, user, group, version, rest, request).await,
         [] => Err(ApiError::NoRoute),
     }
@@ -97,7 +97,7 @@ async fn resource(
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
     let metrics = state.metrics.clone();
-    let target = target::parse(group, version, segments)?;
+    let target = target::parse(&state.custom.snapshot(), group, version, segments)?;
     let Query(query) = Query::<HashMap<String, String>>::try_from_uri(request.uri())
         .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))?;
     let method = request.method().clone();
