@@ -1234,3 +1234,92 @@ async fn node_agents_get_the_system_node_role() {
         "nodes do not read deployments"
     );
 }
+
+fn widget_crd() -> Value {
+    json!({"apiVersion":"apiextensions.k8s.io/v1","kind":"CustomResourceDefinition",
+        "metadata":{"name":"widgets.example.com"},
+        "spec":{"group":"example.com","scope":"Namespaced",
+            "names":{"plural":"widgets","singular":"widget","kind":"Widget","shortNames":["wd"]},
+            "versions":[{"name":"v1","served":true,"storage":true,
+                         "subresources":{"status":{}},
+                         "schema":{"openAPIV3Schema":{"type":"object","x-kubernetes-preserve-unknown-fields":true}}}]}})
+}
+
+#[tokio::test]
+async fn crds_serve_their_custom_resources_at_once() {
+    let f = fixture().await;
+    let crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
+    let created = f
+        .admin("POST", crds, "application/json", widget_crd())
+        .await;
+    assert_eq!(created.code, StatusCode::CREATED, "{}", created.body);
+    let crd = f.get(&format!("{crds}/widgets.example.com")).await;
+    assert_eq!(crd.body["status"]["conditions"][1]["type"], "Established");
+
+    let list = f.get("/apis/example.com/v1").await;
+    assert_eq!(list.body["resources"][0]["name"], "widgets");
+    assert_eq!(list.body["resources"][1]["name"], "widgets/status");
+    let groups = f.get("/apis").await;
+    assert!(groups.body["groups"].to_string().contains("example.com/v1"));
+
+    let base = "/apis/example.com/v1/namespaces/default/widgets";
+    let w = json!({"apiVersion":"example.com/v1","kind":"Widget","metadata":{"name":"w1"},
+                   "spec":{"size":3},"status":{"ignored":true}});
+    let made = f.admin("POST", base, "application/json", w).await;
+    assert_eq!(made.code, StatusCode::CREATED, "{}", made.body);
+    assert_eq!(made.body["metadata"]["generation"], 1);
+    assert!(
+        made.body.get("status").is_none(),
+        "status only through /status"
+    );
+    let status = f
+        .admin(
+            "PATCH",
+            &format!("{base}/w1/status"),
+            "application/merge-patch+json",
+            json!({"status":{"ready":true}}),
+        )
+        .await;
+    assert_eq!(status.body["status"]["ready"], true, "{}", status.body);
+    let patched = f
+        .admin(
+            "PATCH",
+            &format!("{base}/w1"),
+            "application/merge-patch+json",
+            json!({"spec":{"size":4}}),
+        )
+        .await;
+    assert_eq!(patched.body["metadata"]["generation"], 2);
+    assert_eq!(f.get(base).await.body["kind"], "WidgetList");
+
+    let bad = f
+        .admin(
+            "POST",
+            crds,
+            "application/json",
+            json!({"apiVersion":"apiextensions.k8s.io/v1","kind":"CustomResourceDefinition",
+                   "metadata":{"name":"wrong"},"spec":{"group":"example.com","scope":"Namespaced",
+                   "names":{"plural":"gadgets","kind":"Gadget"},"versions":[]}}),
+        )
+        .await;
+    assert_eq!(bad.code, StatusCode::UNPROCESSABLE_ENTITY);
+
+    let deleted = f
+        .admin(
+            "DELETE",
+            &format!("{crds}/widgets.example.com"),
+            "",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(deleted.code, StatusCode::OK);
+    assert_eq!(f.get(base).await.code, StatusCode::NOT_FOUND);
+    assert_eq!(
+        f.get("/apis/example.com/v1").await.code,
+        StatusCode::NOT_FOUND
+    );
+    // Recreating the CRD does not bring the old objects back.
+    f.admin("POST", crds, "application/json", widget_crd())
+        .await;
+    assert_eq!(f.get(base).await.body["items"], json!([]));
+}

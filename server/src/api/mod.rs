@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod bootstrap;
 pub mod codec;
+pub mod crd;
 pub mod defaults;
 pub mod discovery;
 pub mod error;
@@ -149,6 +150,7 @@ pub async fn serve_listener(
         metrics: Arc::default(),
         custom: registry::Custom::default(),
     };
+    crd::sync(&state).await.map_err(ServeError::Bootstrap)?;
     tracing::info!(addr = ?listener.local_addr().ok(), "serving the Kubernetes API over HTTPS");
     crate::tls::serve_tls(listener, opts.tls, app(state), shutdown).await;
     Ok(())

@@ -37,7 +37,15 @@ pub struct Resource {
     pub verbs: &'static [&'static str],
     /// For create-only review kinds that are computed, never stored (access reviews).
     pub review: Option<Review>,
+    /// Runs after every successful write (CRDs re-sync the custom resources).
+    pub after_write: Option<AfterWrite>,
 }
+
+/// A hook run after a successful write to a resource.
+pub type AfterWrite =
+    for<'a> fn(
+        &'a super::ApiState,
+    ) -> futures::future::BoxFuture<'a, Result<(), super::error::ApiError>>;
 
 /// Computes the answer of a review kind from the requesting user and the request body.
 pub type Review = fn(
@@ -68,7 +76,7 @@ const SCALE_ONLY: Subresource = Subresource {
     verbs: &["get", "patch", "update"],
     kind: Some(("autoscaling", "v1", "Scale")),
 };
-const STATUS: &[Subresource] = &[STATUS_ONLY];
+pub(crate) const STATUS: &[Subresource] = &[STATUS_ONLY];
 const SERVICEACCOUNT_SUBRESOURCES: &[Subresource] = &[Subresource {
     name: "token",
     verbs: &["create"],
@@ -178,6 +186,7 @@ macro_rules! resource {
             generation: $generation,
             verbs: VERBS,
             review: None,
+            after_write: None,
         }
     };
 }
@@ -204,6 +213,7 @@ const fn review(
         generation: false,
         verbs: &["create"],
         review: Some(review),
+        after_write: None,
     }
 }
 
@@ -249,6 +259,12 @@ pub static RESOURCES: &[Resource] = &[
         short: NONE, cat: NONE, sub: &[], cols: table::ROLE, gen: false),
     resource!("rbac.authorization.k8s.io", "RoleBinding", "rolebindings", "rolebinding",
         namespaced: true, short: NONE, cat: NONE, sub: &[], cols: table::ROLE_BINDING, gen: false),
+    Resource {
+        after_write: Some(super::crd::after_write),
+        ..resource!("apiextensions.k8s.io", "CustomResourceDefinition",
+            "customresourcedefinitions", "customresourcedefinition", namespaced: false,
+            short: &["crd", "crds"], cat: NONE, sub: STATUS, cols: table::AGE_ONLY, gen: true)
+    },
     review(
         "authorization.k8s.io",
         "SelfSubjectAccessReview",

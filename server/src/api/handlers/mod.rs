@@ -158,24 +158,38 @@ async fn run(
         headers: parts.headers,
         body,
     };
+    let response = dispatch(&ctx, &user, verb).await;
+    if let (Ok(_), Some(hook)) = (&response, ctx.target.resource.after_write)
+        && !matches!(verb, "get" | "list" | "watch")
+        && !ctx.dry_run()
+    {
+        // The write is durable; a failing hook is logged and retried by the next write or start.
+        if let Err(error) = hook(&ctx.state).await {
+            tracing::error!(%error, "after-write hook failed");
+        }
+    }
+    response
+}
+
+async fn dispatch(ctx: &Ctx, user: &UserInfo, verb: &str) -> Result<Response, ApiError> {
     match verb {
-        "get" => read::get(&ctx),
-        "list" => read::list(&ctx),
-        "watch" => watch::watch(&ctx),
+        "get" => read::get(ctx),
+        "list" => read::list(ctx),
+        "watch" => watch::watch(ctx),
         "create" => match (
             ctx.target.resource.review,
             ctx.target.subresource.as_deref(),
         ) {
-            (Some(review), _) => write::review(&ctx, &user, review),
-            (None, Some("binding")) => write::bind(&ctx).await,
-            (None, Some("eviction")) => delete::evict(&ctx).await,
-            (None, Some("token")) => write::token_request(&ctx),
-            (None, _) => write::create(&ctx).await,
+            (Some(review), _) => write::review(ctx, user, review),
+            (None, Some("binding")) => write::bind(ctx).await,
+            (None, Some("eviction")) => delete::evict(ctx).await,
+            (None, Some("token")) => write::token_request(ctx),
+            (None, _) => write::create(ctx).await,
         },
-        "update" => write::update(&ctx).await,
-        "patch" => write::patch(&ctx).await,
-        "delete" => delete::delete(&ctx).await,
-        "deletecollection" => delete::delete_collection(&ctx).await,
+        "update" => write::update(ctx).await,
+        "patch" => write::patch(ctx).await,
+        "delete" => delete::delete(ctx).await,
+        "deletecollection" => delete::delete_collection(ctx).await,
         other => Err(ApiError::MethodNotAllowed(format!(
             "verb {other} is not supported"
         ))),

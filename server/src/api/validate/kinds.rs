@@ -38,6 +38,7 @@ pub fn check(res: &Resource, obj: &Value, old: Option<&Value>, causes: &mut Vec<
             data_keys(&obj["data"], "data", causes);
             data_keys(&obj["binaryData"], "binaryData", causes);
         }
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => crd(obj, old, causes),
         ("", "Secret") => {
             data_keys(&obj["data"], "data", causes);
             data_keys(&obj["stringData"], "stringData", causes);
@@ -133,6 +134,61 @@ fn workload(res: &Resource, obj: &Value, old: Option<&Value>, causes: &mut Vec<C
         invalid("spec.replicas".into(), &spec["replicas"], msg, causes);
     }
     pod_spec(&spec["template"]["spec"], "spec.template.spec", causes);
+}
+
+fn crd(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    let spec = &obj["spec"];
+    let text = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_string);
+    let (group, plural) = (text(&spec["group"]), text(&spec["names"]["plural"]));
+    for (field, value) in [
+        ("spec.group", &spec["group"]),
+        ("spec.names.plural", &spec["names"]["plural"]),
+        ("spec.names.kind", &spec["names"]["kind"]),
+    ] {
+        if text(value).is_none() {
+            required(field.into(), causes);
+        }
+    }
+    if let (Some(group), Some(plural)) = (group, plural) {
+        let want = format!("{plural}.{group}");
+        if obj["metadata"]["name"].as_str() != Some(want.as_str()) {
+            let msg = format!("must be spec.names.plural+\".\"+spec.group: {want}");
+            invalid(
+                "metadata.name".into(),
+                &obj["metadata"]["name"],
+                &msg,
+                causes,
+            );
+        }
+    }
+    if !matches!(spec["scope"].as_str(), Some("Namespaced" | "Cluster")) {
+        let msg = "supported values: \"Cluster\", \"Namespaced\"";
+        invalid("spec.scope".into(), &spec["scope"], msg, causes);
+    }
+    let versions = spec["versions"].as_array().cloned().unwrap_or_default();
+    if versions.is_empty() {
+        required("spec.versions".into(), causes);
+    } else if versions
+        .iter()
+        .filter(|v| v["storage"] == json!(true))
+        .count()
+        != 1
+    {
+        let msg = "must have exactly one version marked as storage version";
+        invalid("spec.versions".into(), &spec["versions"], msg, causes);
+    }
+    if let Some(old) = old {
+        for field in ["group", "scope"] {
+            if old["spec"][field] != spec[field] {
+                invalid(
+                    format!("spec.{field}"),
+                    &spec[field],
+                    "field is immutable",
+                    causes,
+                );
+            }
+        }
+    }
 }
 
 fn service(spec: &Value, causes: &mut Vec<Cause>) {

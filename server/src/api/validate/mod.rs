@@ -15,6 +15,9 @@ pub fn default_on_create(res: &Resource, obj: &mut Value) {
     if res.group.is_empty() && res.kind == "Namespace" {
         obj["status"] = json!({"phase": "Active"});
     }
+    if res.group == super::crd::GROUP && res.kind == "CustomResourceDefinition" {
+        super::crd::initial_status(obj);
+    }
     super::defaults::apply(res, obj);
 }
 
