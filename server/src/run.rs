@@ -4,12 +4,21 @@
 //! on SIGINT or SIGTERM returns `Ok`, so the process exits 0 and systemd sees a clean stop. Anything
 //! the configuration asks for that the server cannot do yet fails here with a clear error rather
 //! than being ignored (an etcd datastore), or is warned about (the in-process agent).
+//!
+//! Order: directories → store → certificates → kubeconfig → API listener (READY=1 to systemd) →
+//! wait for a signal → stop the API (no new writes) → close the store (its last group commit is
+//! flushed when the writer thread ends).
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use tracing::{info, warn};
 
+use crate::api::{self, ApiOptions, ServiceNetwork, TokenIssuer};
 use crate::config::{Datastore, ServerConfig};
+use crate::store::{SqliteStore, Store, StoreError, StoreOptions};
+use crate::tls::{self, CertOptions, TlsError};
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +37,25 @@ pub enum RunError {
         signal: &'static str,
         source: std::io::Error,
     },
+    #[error("opening the datastore: {0}")]
+    Store(#[source] StoreError),
+    #[error("preparing the TLS certificates: {0}")]
+    Tls(#[source] TlsError),
+    #[error("writing the kubeconfig: {0}")]
+    Kubeconfig(#[source] crate::kubeconfig::KubeconfigError),
+    #[error("the service-account signing key: {0}")]
+    ServiceAccountKey(String),
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the API server stopped: {0}")]
+    Api(#[source] api::ServeError),
+    #[error("the API server stopped unexpectedly")]
+    ApiEnded,
+    #[error("the API server task failed: {0}")]
+    ApiTask(#[source] tokio::task::JoinError),
 }
 
 /// Runs the server until SIGINT or SIGTERM.
@@ -59,12 +87,74 @@ pub async fn run(cfg: ServerConfig) -> Result<(), RunError> {
         info!("setting {name}={value} (from {})", cfg.sources.get(name));
     }
 
-    // Wiring point for the lead: open the store and start the API server here, e.g.
-    //   let store = SqliteStore::open(&db_path)?;   // <data-dir>/server/db/state.db by default
-    //   let api = api::serve(&cfg, store.clone()).await?;
-    // then the controllers and the scheduler; on the stop signal below, stop them in reverse order
-    // (API first, so no new writes arrive, then the store, which flushes its last group commit).
     info!(path = %db_path.display(), "datastore: embedded SQLite");
+    let store = {
+        let path = db_path.clone();
+        tokio::task::spawn_blocking(move || SqliteStore::open(&path, StoreOptions::default()))
+            .await
+            .map_err(|e| RunError::Store(StoreError::Backend(e.to_string())))?
+            .map_err(RunError::Store)?
+    };
+    let store: Arc<dyn Store> = Arc::new(store);
+
+    let advertise_ip = advertise_ip(&cfg);
+    let services = Arc::new(ServiceNetwork::new(
+        cfg.service_cidr.network(),
+        cfg.service_cidr.prefix(),
+        cfg.service_node_port_range.first()..=cfg.service_node_port_range.last(),
+    ));
+    let mut extra_sans: Vec<String> = vec![cfg.node_name.to_string(), advertise_ip.to_string()];
+    if let Some(ip) = cfg.node_ip {
+        extra_sans.push(ip.to_string());
+    }
+    extra_sans.extend(cfg.tls_san.iter().map(ToString::to_string));
+    let certs = tls::ensure_certificates(
+        &cfg.data_dir,
+        &CertOptions {
+            extra_sans,
+            cluster_domain: cfg.cluster_domain.to_string(),
+            service_ip: IpAddr::V4(services.first_ip()),
+        },
+    )
+    .map_err(RunError::Tls)?;
+    let tls_config = tls::server_config(&certs).map_err(RunError::Tls)?;
+    let tokens = TokenIssuer::from_pem(&certs.service_account_key_pem)
+        .map_err(RunError::ServiceAccountKey)?;
+
+    let local_server = format!("https://127.0.0.1:{}", cfg.https_listen_port);
+    crate::kubeconfig::write(
+        &cfg.write_kubeconfig,
+        cfg.write_kubeconfig_mode.bits(),
+        &local_server,
+        &certs,
+    )
+    .map_err(RunError::Kubeconfig)?;
+    info!(path = %cfg.write_kubeconfig.display(), "wrote the admin kubeconfig");
+
+    let listen = SocketAddr::new(cfg.bind_address, cfg.https_listen_port);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: listen,
+            source,
+        })?;
+    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let api_opts = ApiOptions {
+        listen,
+        tls: tls_config,
+        advertise_address: SocketAddr::new(advertise_ip, cfg.https_listen_port).to_string(),
+        services,
+        tokens: Some(Arc::new(tokens)),
+    };
+    let mut api_task = tokio::spawn(api::serve_listener(
+        listener,
+        store.clone(),
+        api_opts,
+        async move {
+            let _ = api_stopped.await;
+        },
+    ));
+    notify_ready();
 
     if !cfg.disable_agent {
         warn!(
@@ -76,10 +166,56 @@ pub async fn run(cfg: ServerConfig) -> Result<(), RunError> {
     let signal = tokio::select! {
         _ = sigterm.recv() => "SIGTERM",
         _ = sigint.recv() => "SIGINT",
+        res = &mut api_task => {
+            // The API server ended on its own: that is always an error for the server.
+            return match res {
+                Ok(Ok(())) => Err(RunError::ApiEnded),
+                Ok(Err(e)) => Err(RunError::Api(e)),
+                Err(e) => Err(RunError::ApiTask(e)),
+            };
+        }
     };
     info!("received {signal}, shutting down");
+    let _ = stop_api.send(());
+    match api_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!("the API server stopped with an error: {e}"),
+        Err(e) => warn!("the API server task failed: {e}"),
+    }
+    // Last reference: the store's writer thread finishes its batch and closes the database.
+    drop(store);
     info!("r3s-server stopped");
     Ok(())
+}
+
+/// The address other nodes and pods reach this server at: `--advertise-address`, else `--node-ip`,
+/// else the first global IPv4 address of an interface that is up, else loopback.
+fn advertise_ip(cfg: &ServerConfig) -> IpAddr {
+    if let Some(ip) = cfg.advertise_address.or(cfg.node_ip) {
+        return ip;
+    }
+    if !cfg.bind_address.is_unspecified() && !cfg.bind_address.is_loopback() {
+        return cfg.bind_address;
+    }
+    first_host_ipv4().map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V4)
+}
+
+fn first_host_ipv4() -> Option<Ipv4Addr> {
+    let addrs = nix::ifaddrs::getifaddrs().ok()?;
+    addrs
+        .filter(|a| {
+            a.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP)
+                && !a.flags.contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK)
+        })
+        .filter_map(|a| a.address?.as_sockaddr_in().map(|s| s.ip()))
+        .find(|ip| !ip.is_loopback() && !ip.is_link_local() && !ip.is_unspecified())
+}
+
+/// Tells systemd (when it started us with `Type=notify`) that the API is accepting connections.
+fn notify_ready() {
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        warn!("could not notify systemd of readiness: {e}");
+    }
 }
 
 fn stop_signal(
