@@ -197,6 +197,7 @@ async fn discovery_legacy_and_aggregated() {
             "apps",
             "coordination.k8s.io",
             "rbac.authorization.k8s.io",
+            "apiextensions.k8s.io",
             "authorization.k8s.io",
             "authentication.k8s.io"
         ]

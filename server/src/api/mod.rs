@@ -5,8 +5,15 @@
 //! URL → authorize → decode → default → validate → admit → store → encode). Only this module turns
 //! errors into `Status` objects ([`error::ApiError`]).
 //!
-//! Entry points: [`app`] (the router alone, for in-process clients and tests) and [`serve`] (the
-//! router behind the rustls listener).
+//! Entry points: [`app`] (the router alone, for in-process clients and tests) and [`serve`] /
+//! [`serve_listener`] (the router behind the rustls listener, after creating the built-in objects:
+//! namespaces, default RBAC roles, the `default/kubernetes` Service, and the custom resources of
+//! stored CRDs).
+//!
+//! Not yet served: server-side apply (415), `fieldValidation=Strict` (accepted, not enforced),
+//! CRD schemas/printer columns/scale, the streaming pod subresources (503 until the agent
+//! connection exists), and the groups the registry does not list (batch, networking, storage,
+//! policy, discovery, events.k8s.io...).
 
 pub mod auth;
 pub mod bootstrap;
