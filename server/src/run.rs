@@ -205,7 +205,9 @@ fn first_host_ipv4() -> Option<Ipv4Addr> {
     addrs
         .filter(|a| {
             a.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP)
-                && !a.flags.contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK)
+                && !a
+                    .flags
+                    .contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK)
         })
         .filter_map(|a| a.address?.as_sockaddr_in().map(|s| s.ip()))
         .find(|ip| !ip.is_loopback() && !ip.is_link_local() && !ip.is_unspecified())
