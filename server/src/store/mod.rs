@@ -15,11 +15,17 @@
 //!   compacted away.
 //! - Only the store speaks SQL.
 
+pub mod memory;
+pub mod sqlite;
+pub mod watch;
+
 use std::fmt;
 use std::pin::Pin;
 
 use bytes::Bytes;
 use futures::Stream;
+
+pub use sqlite::{Durability, SqliteStore, StoreOptions};
 
 /// A global store revision; becomes `metadata.resourceVersion`.
 pub type Revision = i64;

@@ -1,0 +1,193 @@
+//! The generic resource handlers. Every resource request goes through [`resource`]: resolve the URL
+//! against the registry, pick the verb, open a span, authorize, then run the verb's handler, which
+//! decodes, defaults, validates, stores and encodes. Nothing here names a kind.
+
+mod delete;
+mod read;
+mod watch;
+mod write;
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, Method};
+use axum::response::Response;
+use axum::{Extension, body};
+use tracing::Instrument;
+
+use super::ApiState;
+use super::auth::{self, Attributes, UserInfo};
+use super::discovery;
+use super::error::ApiError;
+use super::target::{self, Target};
+
+/// The largest request body accepted (the apiserver's limit is 3 MiB).
+const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// Everything a verb handler needs about one request.
+pub struct Ctx {
+    pub state: ApiState,
+    pub target: Target,
+    pub query: HashMap<String, String>,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Ctx {
+    pub fn param(&self, key: &str) -> Option<&str> {
+        self.query.get(key).map(String::as_str)
+    }
+
+    pub fn namespace(&self) -> Option<&str> {
+        self.target.namespace.as_deref()
+    }
+
+    /// The object name from the URL (verbs that need one are only routed when it is present).
+    pub fn name(&self) -> &str {
+        self.target.name.as_deref().unwrap_or("")
+    }
+
+    pub fn dry_run(&self) -> bool {
+        self.param("dryRun") == Some("All")
+    }
+}
+
+/// `/api/{*rest}`: core group discovery (`/api/v1`) or a core resource.
+pub async fn core(
+    State(state): State<ApiState>,
+    Extension(user): Extension<UserInfo>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let path = request.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_start_matches("/api/").split('/').collect();
+    match segments.as_slice() {
+        [version] => discovery::resource_list("", version),
+        [version, rest @ ..] => resource(state, user, "", version, rest, request).await,
+        [] => Err(ApiError::NoRoute),
+    }
+}
+
+/// `/apis/{*rest}`: group and group-version discovery or a named-group resource.
+pub async fn named(
+    State(state): State<ApiState>,
+    Extension(user): Extension<UserInfo>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let path = request.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_start_matches("/apis/").split('/').collect();
+    match segments.as_slice() {
+        [group] => discovery::group(axum::extract::Path(group.to_string())).await,
+        [group, version] => discovery::resource_list(group, version),
+        [group, version, rest @ ..] => resource(state, user, group, version, rest, request).await,
+        [] => Err(ApiError::NoRoute),
+    }
+}
+
+async fn resource(
+    state: ApiState,
+    user: UserInfo,
+    group: &str,
+    version: &str,
+    segments: &[&str],
+    request: Request,
+) -> Result<Response, ApiError> {
+    let target = target::parse(group, version, segments)?;
+    let Query(query) = Query::<HashMap<String, String>>::try_from_uri(request.uri())
+        .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))?;
+    let method = request.method().clone();
+    let verb = verb_of(&method, &target, &query)?;
+    let span = tracing::info_span!(
+        "api",
+        verb,
+        resource = target.resource.plural,
+        namespace = target.namespace.as_deref().unwrap_or(""),
+        name = target.name.as_deref().unwrap_or(""),
+        user = user.username.as_str(),
+    );
+    async move {
+        auth::authorize(
+            &user,
+            &Attributes {
+                verb,
+                group: target.resource.group,
+                resource: target.resource.plural,
+                subresource: target.subresource.as_deref(),
+                namespace: target.namespace.as_deref(),
+                name: target.name.as_deref(),
+            },
+        )?;
+        let (parts, body) = request.into_parts();
+        let body = body::to_bytes(body, MAX_BODY)
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("reading the request body: {e}")))?;
+        let ctx = Ctx {
+            state,
+            target,
+            query,
+            headers: parts.headers,
+            body,
+        };
+        let response = match verb {
+            "get" => read::get(&ctx),
+            "list" => read::list(&ctx),
+            "watch" => watch::watch(&ctx),
+            "create" => write::create(&ctx).await,
+            "update" => write::update(&ctx).await,
+            "patch" => write::patch(&ctx).await,
+            "delete" => delete::delete(&ctx).await,
+            "deletecollection" => delete::delete_collection(&ctx).await,
+            other => Err(ApiError::MethodNotAllowed(format!(
+                "verb {other} is not supported"
+            ))),
+        };
+        if let Err(error) = &response {
+            tracing::info!(code = error.code().as_u16(), %error, "request failed");
+        }
+        response
+    }
+    .instrument(span)
+    .await
+}
+
+/// The Kubernetes verb of a request, as authorization sees it.
+fn verb_of(
+    method: &Method,
+    target: &Target,
+    query: &HashMap<String, String>,
+) -> Result<&'static str, ApiError> {
+    let watch = matches!(query.get("watch").map(String::as_str), Some("1" | "true"));
+    let named = target.name.is_some();
+    let verb = match (method.as_str(), named) {
+        ("GET", true) => "get",
+        ("GET", false) if watch => "watch",
+        ("GET", false) => "list",
+        ("POST", false) => "create",
+        ("PUT", true) => "update",
+        ("PATCH", true) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        _ => {
+            return Err(ApiError::MethodNotAllowed(format!(
+                "the server does not allow this method on the requested resource ({method})"
+            )));
+        }
+    };
+    let sub_allows = |name: &str| {
+        target
+            .resource
+            .subresources
+            .iter()
+            .any(|s| s.name == name && s.verbs.contains(&verb))
+    };
+    if target
+        .subresource
+        .as_deref()
+        .is_some_and(|sub| !sub_allows(sub))
+    {
+        return Err(ApiError::MethodNotAllowed(format!(
+            "the server does not allow this method on the requested resource ({method})"
+        )));
+    }
+    Ok(verb)
+}

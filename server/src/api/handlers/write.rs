@@ -1,0 +1,179 @@
+//! `create`, `update` (PUT) and `patch`: decode → default → validate → admit → store → encode.
+//!
+//! Every write is a compare-and-swap on the key's revision. A PUT whose body carries a
+//! resourceVersion is conditional on it (stale → 409 Conflict); an empty one is unconditional and a
+//! patch without one is too: those re-read and retry when a concurrent write wins the race.
+
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde_json::Value;
+
+use super::Ctx;
+use super::read::load;
+use crate::api::codec;
+use crate::api::error::ApiError;
+use crate::api::patch;
+use crate::api::scale;
+use crate::api::validate;
+use crate::api::{lifecycle, object, registry};
+use crate::store::{Revision, StoreError};
+
+/// How often an unconditional update is retried after losing a race.
+const UNCONDITIONAL_RETRIES: usize = 5;
+
+pub async fn create(ctx: &Ctx) -> Result<Response, ApiError> {
+    let res = ctx.target.resource;
+    let mut obj = codec::decode(&ctx.headers, &ctx.body)?;
+    object::check_type_and_namespace(res, &mut obj, ctx.namespace())?;
+    object::prepare_create(res, &mut obj)?;
+    validate::default_on_create(res, &mut obj);
+    validate::validate(res, &obj)?;
+    admit_namespace(ctx)?;
+    let name = object::name(&obj).to_string();
+    if ctx.dry_run() {
+        return Ok(codec::respond(StatusCode::CREATED, &obj));
+    }
+    let kv = ctx
+        .state
+        .store
+        .create(&res.key(ctx.namespace(), &name), object::to_store(&obj)?)
+        .await
+        .map_err(|e| ApiError::from_store(e, &res.name(), &name))?;
+    object::set_resource_version(&mut obj, kv.mod_revision);
+    Ok(codec::respond(StatusCode::CREATED, &obj))
+}
+
+/// Namespaced objects can only be created in a namespace that exists and is not terminating.
+fn admit_namespace(ctx: &Ctx) -> Result<(), ApiError> {
+    let Some(ns) = ctx.namespace() else {
+        return Ok(());
+    };
+    let namespaces = registry::find("", "v1", "namespaces")
+        .ok_or_else(|| ApiError::Internal("namespaces are not registered".into()))?;
+    let kv = ctx
+        .state
+        .store
+        .get(&namespaces.key(None, ns))
+        .map_err(|e| ApiError::from_store(e, &namespaces.name(), ns))?
+        .ok_or_else(|| ApiError::NotFound {
+            resource: namespaces.name(),
+            name: ns.to_string(),
+        })?;
+    let namespace = object::from_store(&kv)?;
+    if namespace["metadata"]["deletionTimestamp"].is_string() {
+        return Err(ApiError::Forbidden(format!(
+            "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+            ctx.target.resource.name(),
+            ctx.name()
+        )));
+    }
+    Ok(())
+}
+
+pub async fn update(ctx: &Ctx) -> Result<Response, ApiError> {
+    let res = ctx.target.resource;
+    let mut body = codec::decode(&ctx.headers, &ctx.body)?;
+    if !is_scale(ctx) {
+        object::check_type_and_namespace(res, &mut body, ctx.namespace())?;
+    }
+    if object::name(&body) != ctx.name() {
+        return Err(ApiError::BadRequest(format!(
+            "the name of the object ({}) does not match the name on the URL ({})",
+            object::name(&body),
+            ctx.name()
+        )));
+    }
+    let precondition = object::resource_version(&body)?;
+    if is_scale(ctx) {
+        return replace(ctx, precondition, |current| scale::apply(current, &body)).await;
+    }
+    replace(ctx, precondition, |_current| Ok(body.clone())).await
+}
+
+fn is_scale(ctx: &Ctx) -> bool {
+    ctx.target.subresource.as_deref() == Some("scale")
+}
+
+pub async fn patch(ctx: &Ctx) -> Result<Response, ApiError> {
+    let kind = patch::PatchKind::from_content_type(&codec::media_type(&ctx.headers))?;
+    let patch_doc = patch::parse(kind, &ctx.body)?;
+    let res = ctx.target.resource;
+    // A resourceVersion inside a merge-style patch is a precondition, as upstream.
+    let precondition = match &patch_doc {
+        Value::Object(_) => object::resource_version(&patch_doc)?,
+        _ => None,
+    };
+    if is_scale(ctx) {
+        return replace(ctx, precondition, |current| {
+            let patched = patch::apply(kind, &scale::to_scale(current), &patch_doc)?;
+            scale::apply(current, &patched)
+        })
+        .await;
+    }
+    replace(ctx, precondition, |current| {
+        let mut patched = patch::apply(kind, current, &patch_doc)?;
+        object::check_type_and_namespace(res, &mut patched, ctx.namespace())?;
+        if object::name(&patched) != ctx.name() {
+            return Err(ApiError::BadRequest(
+                "metadata.name cannot be changed by a patch".into(),
+            ));
+        }
+        Ok(patched)
+    })
+    .await
+}
+
+/// Reads the current object, computes the new one with `compute`, and stores it with a
+/// compare-and-swap: on `precondition` if given, else on the revision just read (retrying races).
+async fn replace(
+    ctx: &Ctx,
+    precondition: Option<Revision>,
+    compute: impl Fn(&Value) -> Result<Value, ApiError>,
+) -> Result<Response, ApiError> {
+    let res = ctx.target.resource;
+    let conflict = || ApiError::Conflict {
+        resource: res.name(),
+        name: ctx.name().to_string(),
+    };
+    for _ in 0..UNCONDITIONAL_RETRIES {
+        let (revision, current) = load(ctx)?;
+        if precondition.is_some_and(|want| want != revision) {
+            return Err(conflict());
+        }
+        let mut new = compute(&current)?;
+        object::prepare_update(res, &mut new, &current, ctx.target.subresource.as_deref())?;
+        lifecycle::check_update(res, &current, &new)?;
+        validate::validate(res, &new)?;
+        object::set_resource_version(&mut new, revision);
+        if new == current || ctx.dry_run() {
+            // Nothing changed: no write, no event, same resourceVersion (as upstream).
+            return Ok(present(ctx, &new));
+        }
+        let key = res.key(ctx.namespace(), ctx.name());
+        let store = &ctx.state.store;
+        // An object being deleted goes away once its last finalizer is removed.
+        let outcome = if lifecycle::finalized(res, &new) {
+            store.delete(&key, Some(revision)).await
+        } else {
+            store.update(&key, object::to_store(&new)?, revision).await
+        };
+        match outcome {
+            Ok(kv) => {
+                object::set_resource_version(&mut new, kv.mod_revision);
+                return Ok(present(ctx, &new));
+            }
+            Err(StoreError::Conflict { .. }) if precondition.is_none() => continue,
+            Err(e) => return Err(ApiError::from_store(e, &res.name(), ctx.name())),
+        }
+    }
+    Err(conflict())
+}
+
+/// The response body of a write: the object, or its Scale view for the scale subresource.
+fn present(ctx: &Ctx, obj: &Value) -> Response {
+    if is_scale(ctx) {
+        codec::respond(StatusCode::OK, &scale::to_scale(obj))
+    } else {
+        codec::respond(StatusCode::OK, obj)
+    }
+}

@@ -1,0 +1,231 @@
+//! The resource registry: one table row per served resource (group, version, kind, plural,
+//! singular, scope, verbs, subresources, short names, categories, table columns).
+//!
+//! Discovery, OpenAPI, routing, storage keys and Table output are all derived from this table; the
+//! handlers never name a kind. Invariant: a resource listed here is fully served by the generic
+//! handlers, so discovery never advertises something the server cannot answer.
+
+use super::table::{self, Column};
+
+/// A subresource served for a resource (`status`, `scale`).
+#[derive(Debug)]
+pub struct Subresource {
+    pub name: &'static str,
+    pub verbs: &'static [&'static str],
+    /// `(group, version, kind)` it answers with when that is not the parent's kind.
+    pub kind: Option<(&'static str, &'static str, &'static str)>,
+}
+
+/// One served resource.
+#[derive(Debug)]
+pub struct Resource {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+    pub singular: &'static str,
+    pub namespaced: bool,
+    pub short_names: &'static [&'static str],
+    pub categories: &'static [&'static str],
+    pub subresources: &'static [Subresource],
+    /// Table columns after `Name` (upstream's order, `Age` included where upstream puts it).
+    pub columns: &'static [Column],
+    /// Whether `metadata.generation` is maintained (1 on create, +1 on each spec change).
+    pub generation: bool,
+}
+
+/// The verbs every resource answers.
+pub const VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
+
+const STATUS_ONLY: Subresource = Subresource {
+    name: "status",
+    verbs: &["get", "patch", "update"],
+    kind: None,
+};
+const SCALE_ONLY: Subresource = Subresource {
+    name: "scale",
+    verbs: &["get", "patch", "update"],
+    kind: Some(("autoscaling", "v1", "Scale")),
+};
+const STATUS: &[Subresource] = &[STATUS_ONLY];
+const NAMESPACE_SUBRESOURCES: &[Subresource] = &[
+    Subresource {
+        name: "finalize",
+        verbs: &["update"],
+        kind: None,
+    },
+    STATUS_ONLY,
+];
+const STATUS_SCALE: &[Subresource] = &[SCALE_ONLY, STATUS_ONLY];
+
+impl Resource {
+    /// `group/version`, or `version` for the core group.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    pub fn name(&self) -> super::error::ResourceName {
+        super::error::ResourceName {
+            group: self.group.to_string(),
+            plural: self.plural.to_string(),
+        }
+    }
+
+    pub fn has_subresource(&self, name: &str) -> bool {
+        self.subresources.iter().any(|s| s.name == name)
+    }
+
+    /// The store prefix of every object of this resource: `/registry/[<group>/]<plural>/`.
+    pub fn key_prefix(&self) -> String {
+        if self.group.is_empty() {
+            format!("/registry/{}/", self.plural)
+        } else {
+            format!("/registry/{}/{}/", self.group, self.plural)
+        }
+    }
+
+    /// The store prefix for one namespace (or the whole resource when `namespace` is `None`).
+    pub fn list_prefix(&self, namespace: Option<&str>) -> String {
+        match namespace {
+            Some(ns) if self.namespaced => format!("{}{ns}/", self.key_prefix()),
+            _ => self.key_prefix(),
+        }
+    }
+
+    /// The store key of one object.
+    pub fn key(&self, namespace: Option<&str>, name: &str) -> String {
+        format!("{}{name}", self.list_prefix(namespace))
+    }
+}
+
+macro_rules! resource {
+    ($group:expr, $kind:expr, $plural:expr, $singular:expr, namespaced: $ns:expr,
+     short: $short:expr, cat: $cat:expr, sub: $sub:expr, cols: $cols:expr, gen: $generation:expr) => {
+        Resource {
+            group: $group,
+            version: "v1",
+            kind: $kind,
+            plural: $plural,
+            singular: $singular,
+            namespaced: $ns,
+            short_names: $short,
+            categories: $cat,
+            subresources: $sub,
+            columns: $cols,
+            generation: $generation,
+        }
+    };
+}
+
+const ALL: &[&str] = &["all"];
+const NONE: &[&str] = &[];
+
+/// Every served resource. Groups appear in discovery in the order of their first resource.
+pub static RESOURCES: &[Resource] = &[
+    resource!("", "Namespace", "namespaces", "namespace", namespaced: false,
+        short: &["ns"], cat: NONE, sub: NAMESPACE_SUBRESOURCES, cols: table::NAMESPACE, gen: false),
+    resource!("", "ConfigMap", "configmaps", "configmap", namespaced: true,
+        short: &["cm"], cat: NONE, sub: &[], cols: table::CONFIGMAP, gen: false),
+    resource!("", "Secret", "secrets", "secret", namespaced: true,
+        short: NONE, cat: NONE, sub: &[], cols: table::SECRET, gen: false),
+    resource!("", "Pod", "pods", "pod", namespaced: true,
+        short: &["po"], cat: ALL, sub: STATUS, cols: table::POD, gen: true),
+    resource!("", "Service", "services", "service", namespaced: true,
+        short: &["svc"], cat: ALL, sub: STATUS, cols: table::SERVICE, gen: false),
+    resource!("", "ServiceAccount", "serviceaccounts", "serviceaccount", namespaced: true,
+        short: &["sa"], cat: NONE, sub: &[], cols: table::SERVICEACCOUNT, gen: false),
+    resource!("", "Node", "nodes", "node", namespaced: false,
+        short: &["no"], cat: NONE, sub: STATUS, cols: table::NODE, gen: false),
+    resource!("", "Event", "events", "event", namespaced: true,
+        short: &["ev"], cat: NONE, sub: &[], cols: table::AGE_ONLY, gen: false),
+    resource!("", "Endpoints", "endpoints", "endpoints", namespaced: true,
+        short: &["ep"], cat: NONE, sub: &[], cols: table::AGE_ONLY, gen: false),
+    resource!("apps", "Deployment", "deployments", "deployment", namespaced: true,
+        short: &["deploy"], cat: ALL, sub: STATUS_SCALE, cols: table::DEPLOYMENT, gen: true),
+    resource!("apps", "ReplicaSet", "replicasets", "replicaset", namespaced: true,
+        short: &["rs"], cat: ALL, sub: STATUS_SCALE, cols: table::REPLICASET, gen: true),
+    resource!("apps", "DaemonSet", "daemonsets", "daemonset", namespaced: true,
+        short: &["ds"], cat: ALL, sub: STATUS, cols: table::AGE_ONLY, gen: true),
+    resource!("apps", "StatefulSet", "statefulsets", "statefulset", namespaced: true,
+        short: &["sts"], cat: ALL, sub: STATUS_SCALE, cols: table::AGE_ONLY, gen: true),
+    resource!("coordination.k8s.io", "Lease", "leases", "lease", namespaced: true,
+        short: NONE, cat: NONE, sub: &[], cols: table::AGE_ONLY, gen: false),
+];
+
+/// Looks a resource up by group, version and plural.
+pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group && r.version == version && r.plural == plural)
+}
+
+/// The named groups in discovery order, each with its (single, preferred) version.
+pub fn groups() -> Vec<(&'static str, &'static str)> {
+    let mut out: Vec<(&str, &str)> = Vec::new();
+    for r in RESOURCES.iter().filter(|r| !r.group.is_empty()) {
+        if !out.iter().any(|(g, v)| *g == r.group && *v == r.version) {
+            out.push((r.group, r.version));
+        }
+    }
+    out
+}
+
+/// Resources of one group-version.
+pub fn in_group_version<'a>(
+    group: &'a str,
+    version: &'a str,
+) -> impl Iterator<Item = &'static Resource> + 'a {
+    RESOURCES
+        .iter()
+        .filter(move |r| r.group == group && r.version == version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_group_prefixed_and_namespace_scoped() {
+        let cm = find("", "v1", "configmaps").expect("configmaps");
+        assert_eq!(
+            cm.key(Some("default"), "x"),
+            "/registry/configmaps/default/x"
+        );
+        let deploy = find("apps", "v1", "deployments").expect("deployments");
+        assert_eq!(
+            deploy.list_prefix(Some("a")),
+            "/registry/apps/deployments/a/"
+        );
+        let ns = find("", "v1", "namespaces").expect("namespaces");
+        assert_eq!(
+            ns.key(Some("ignored"), "default"),
+            "/registry/namespaces/default"
+        );
+    }
+
+    #[test]
+    fn plurals_are_unique_per_group() {
+        for (i, a) in RESOURCES.iter().enumerate() {
+            for b in &RESOURCES[i + 1..] {
+                assert!(
+                    !(a.group == b.group && a.plural == b.plural),
+                    "{}",
+                    a.plural
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! Every route and every layer of the API on one screen.
+//!
+//! Public (no credentials needed): `/version`, `/healthz`, `/livez`, `/readyz`. Everything else goes
+//! through [`authenticate`] first, so an anonymous request gets 401 before routing decides anything.
+//! Each request runs in a `tracing` span (method, path); resource requests open a nested span with
+//! verb, resource, namespace, name and user.
+
+use axum::Router;
+use axum::extract::Request;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{any, get};
+use tracing::Instrument;
+
+use super::auth;
+use super::error::ApiError;
+use super::{ApiState, discovery, handlers, openapi};
+use crate::tls::PeerIdentity;
+
+/// The API as a router, without a socket: tests drive it with `oneshot`.
+pub fn app(state: ApiState) -> Router {
+    let protected = Router::new()
+        .route("/api", get(discovery::core_versions))
+        .route("/api/", get(discovery::core_versions))
+        .route("/apis", get(discovery::group_list))
+        .route("/apis/", get(discovery::group_list))
+        .route("/api/{*rest}", any(handlers::core))
+        .route("/apis/{*rest}", any(handlers::named))
+        .route("/openapi/v3", get(openapi::index))
+        .route("/openapi/v3/api/v1", get(openapi::core))
+        .route("/openapi/v3/apis/{group}/{version}", get(openapi::named))
+        .fallback(not_found)
+        .layer(middleware::from_fn(authenticate));
+    Router::new()
+        .route("/version", get(discovery::version))
+        .route("/healthz", get(discovery::health))
+        .route("/livez", get(discovery::health))
+        .route("/readyz", get(discovery::health))
+        .merge(protected)
+        .layer(middleware::from_fn(trace))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NoRoute
+}
+
+async fn authenticate(mut request: Request, next: Next) -> Result<Response, ApiError> {
+    let user = auth::authenticate(request.extensions().get::<PeerIdentity>())?;
+    request.extensions_mut().insert(user);
+    Ok(next.run(request).await)
+}
+
+async fn trace(request: Request, next: Next) -> Response {
+    let span = tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = request.uri().path(),
+    );
+    async move {
+        let response = next.run(request).await;
+        tracing::debug!(code = response.status().as_u16(), "answered");
+        response
+    }
+    .instrument(span)
+    .await
+}

@@ -1,0 +1,96 @@
+//! Defaulting and validation. Generic rules (names) apply to every kind; per-kind rules are small
+//! functions selected by kind here and nowhere else. Every failure is a 422 `Invalid` with field
+//! paths and upstream's messages.
+
+use serde_json::{Value, json};
+
+use super::error::{ApiError, Cause};
+use super::registry::Resource;
+
+const SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
+const LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
+
+/// Fills in per-kind defaults on create.
+pub fn default_on_create(res: &Resource, obj: &mut Value) {
+    if res.group.is_empty() && res.kind == "Namespace" {
+        obj["status"] = json!({"phase": "Active"});
+        if obj["spec"]["finalizers"].is_null() {
+            obj["spec"]["finalizers"] = json!(["kubernetes"]);
+        }
+    }
+}
+
+/// Validates an object about to be stored.
+pub fn validate(res: &Resource, obj: &Value) -> Result<(), ApiError> {
+    let mut causes = Vec::new();
+    let name = obj["metadata"]["name"].as_str().unwrap_or("");
+    if name.is_empty() {
+        causes.push(Cause {
+            reason: "FieldValueRequired",
+            field: "metadata.name".into(),
+            message: "Required value: name or generateName is required".into(),
+        });
+    } else {
+        // Namespaces and Services need DNS labels (they become DNS names); others subdomains.
+        let label_only = res.group.is_empty() && matches!(res.kind, "Namespace" | "Service");
+        let problem = if label_only {
+            (!is_dns_label(name)).then_some(LABEL_MSG)
+        } else {
+            (!is_dns_subdomain(name)).then_some(SUBDOMAIN_MSG)
+        };
+        if let Some(msg) = problem {
+            causes.push(Cause {
+                reason: "FieldValueInvalid",
+                field: "metadata.name".into(),
+                message: format!("Invalid value: {}: {msg}", json!(name)),
+            });
+        }
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid {
+            group: res.group.into(),
+            kind: res.kind.into(),
+            name: name.into(),
+            causes,
+        })
+    }
+}
+
+pub fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+pub fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::registry::find;
+
+    #[test]
+    fn names_follow_rfc1123() {
+        assert!(is_dns_subdomain("a.b-c.d1"));
+        assert!(!is_dns_subdomain("X_"));
+        assert!(!is_dns_subdomain("a..b"));
+        assert!(!is_dns_label("a.b"));
+        let cm = find("", "v1", "configmaps").expect("configmaps");
+        let err = validate(cm, &json!({"metadata":{"name":"X_"}})).expect_err("invalid");
+        assert!(err.to_string().starts_with(
+            "ConfigMap \"X_\" is invalid: metadata.name: Invalid value: \"X_\": a lowercase RFC 1123 subdomain"
+        ));
+        assert_eq!(
+            err.status()["details"]["causes"][0]["field"],
+            "metadata.name"
+        );
+    }
+}

@@ -1,0 +1,465 @@
+//! End to end: the API served over HTTPS in-process (real rustls listener, real SQLite store in a
+//! temporary directory, certificates and admin kubeconfig generated as on a first start), driven by
+//! the real kubectl (`/usr/bin/kubectl`, v1.32) and by the `kube` crate.
+//!
+//! kubectl runs with its own `HOME` so its discovery cache starts empty. Without kubectl the
+//! kubectl test prints `skipped:` (or fails when `CI=true`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
+use r3s_server::api::{ApiOptions, serve_listener};
+use r3s_server::store::{SqliteStore, Store, StoreOptions};
+use r3s_server::tls::{CertOptions, ensure_certificates, server_config};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+const KUBECTL: &str = "/usr/bin/kubectl";
+
+/// A running server; dropping it shuts the server down and removes its files.
+struct Server {
+    dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+async fn start() -> Server {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = ensure_certificates(
+        dir.path(),
+        &CertOptions {
+            extra_sans: vec!["r3s-test-node".into()],
+            cluster_domain: "cluster.local".into(),
+            service_ip: "10.43.0.1".parse().expect("literal"),
+        },
+    )
+    .expect("certificates");
+    let tls = server_config(&certs).expect("tls config");
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(
+            dir.path().join("server/db/state.db"),
+            StoreOptions::default(),
+        )
+        .expect("store"),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let kubeconfig = dir.path().join("kubeconfig.yaml");
+    r3s_server::kubeconfig::write(&kubeconfig, 0o600, &format!("https://{addr}"), &certs)
+        .expect("kubeconfig");
+    let (tx, rx) = oneshot::channel();
+    let opts = ApiOptions {
+        listen: addr,
+        tls,
+        advertise_address: addr.to_string(),
+    };
+    let task = tokio::spawn(async move {
+        serve_listener(listener, store, opts, async {
+            let _ = rx.await;
+        })
+        .await
+        .expect("serve");
+    });
+    // The namespaces are created before the listener accepts; wait until `default` is served.
+    let server = Server {
+        dir,
+        kubeconfig,
+        shutdown: Some(tx),
+        task: Some(task),
+    };
+    let client = server.client().await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client);
+    for _ in 0..100 {
+        if namespaces.get_opt("default").await.ok().flatten().is_some() {
+            return server;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the server never served the default namespace");
+}
+
+impl Server {
+    async fn client(&self) -> kube::Client {
+        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("read kubeconfig");
+        let config =
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .expect("kube config");
+        kube::Client::try_from(config).expect("client")
+    }
+
+    /// Runs kubectl; returns (success, stdout, stderr).
+    async fn kubectl(&self, args: &[&str]) -> (bool, String, String) {
+        let home = self.dir.path().join("home");
+        std::fs::create_dir_all(&home).expect("home");
+        let out = tokio::process::Command::new(KUBECTL)
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", &home)
+            .env_remove("KUBECTL_EXTERNAL_DIFF")
+            .output()
+            .await
+            .expect("run kubectl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    async fn ok(&self, args: &[&str]) -> String {
+        let (ok, stdout, stderr) = self.kubectl(args).await;
+        assert!(ok, "kubectl {args:?} failed:\n{stdout}\n{stderr}");
+        stdout
+    }
+
+    fn write(&self, name: &str, body: &str) -> String {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, body).expect("write manifest");
+        path.display().to_string()
+    }
+}
+
+fn kubectl_available() -> bool {
+    if Path::new(KUBECTL).exists() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("missing prerequisite: {KUBECTL} (kubectl 1.32)");
+    }
+    eprintln!("skipped: {KUBECTL} not found");
+    false
+}
+
+const CM_V1: &str = "apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: e2e-cm
+  labels: {app: e2e}
+data:
+  a: \"1\"
+";
+
+const DEPLOY_V1: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: nginx
+        image: nginx:1.25
+        env:
+        - {name: A, value: \"1\"}
+        - {name: B, value: \"2\"}
+      - name: sidecar
+        image: busybox
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_drives_the_server() {
+    if !kubectl_available() {
+        return;
+    }
+    let s = start().await;
+
+    let version: Value =
+        serde_json::from_str(&s.ok(&["version", "-o", "json"]).await).expect("version JSON");
+    assert_eq!(version["serverVersion"]["minor"], "32");
+
+    let resources = s.ok(&["api-resources"]).await;
+    let deploy_line = resources
+        .lines()
+        .find(|l| l.starts_with("deployments "))
+        .expect("deployments listed");
+    assert!(
+        deploy_line.contains("deploy") && deploy_line.contains("apps/v1"),
+        "{deploy_line}"
+    );
+    assert!(resources.lines().any(|l| l.starts_with("leases ")));
+
+    // apply: created, unchanged, configured (ConfigMap and Deployment).
+    let cm = s.write("cm.yaml", CM_V1);
+    assert_eq!(
+        s.ok(&["apply", "-f", &cm]).await.trim(),
+        "configmap/e2e-cm created"
+    );
+    assert_eq!(
+        s.ok(&["apply", "-f", &cm]).await.trim(),
+        "configmap/e2e-cm unchanged"
+    );
+    s.write("cm.yaml", &CM_V1.replace("a: \"1\"", "a: \"2\""));
+    assert_eq!(
+        s.ok(&["apply", "-f", &cm]).await.trim(),
+        "configmap/e2e-cm configured"
+    );
+    let deploy = s.write("deploy.yaml", DEPLOY_V1);
+    assert_eq!(
+        s.ok(&["apply", "-f", &deploy]).await.trim(),
+        "deployment.apps/web created"
+    );
+    assert_eq!(
+        s.ok(&["apply", "-f", &deploy]).await.trim(),
+        "deployment.apps/web unchanged"
+    );
+    // Drop the sidecar and env B, change the image: needs strategic merge patch semantics.
+    let v2 = DEPLOY_V1
+        .replace("nginx:1.25", "nginx:1.27")
+        .replace("        - {name: B, value: \"2\"}\n", "")
+        .replace("      - name: sidecar\n        image: busybox\n", "");
+    s.write("deploy.yaml", &v2);
+    assert_eq!(
+        s.ok(&["apply", "-f", &deploy]).await.trim(),
+        "deployment.apps/web configured"
+    );
+
+    // get: default columns, -o json, -o yaml, -l.
+    let table = s.ok(&["get", "configmaps"]).await;
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .expect("header")
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["NAME", "DATA", "AGE"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("e2e-cm ") && l.split_whitespace().nth(1) == Some("1"))
+    );
+    let deploys = s.ok(&["get", "deploy"]).await;
+    let header: Vec<&str> = deploys
+        .lines()
+        .next()
+        .expect("header")
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]);
+    let obj: Value =
+        serde_json::from_str(&s.ok(&["get", "deploy", "web", "-o", "json"]).await).expect("json");
+    let containers = &obj["spec"]["template"]["spec"]["containers"];
+    assert_eq!(
+        containers,
+        &json!([{"name":"nginx","image":"nginx:1.27","env":[{"name":"A","value":"1"}]}])
+    );
+    assert_eq!(obj["metadata"]["generation"], 2);
+    let yaml = s.ok(&["get", "configmap", "e2e-cm", "-o", "yaml"]).await;
+    assert!(yaml.contains("a: \"2\""), "{yaml}");
+    let labelled = s.ok(&["get", "cm", "-l", "app=e2e", "-o", "name"]).await;
+    assert_eq!(labelled.trim(), "configmap/e2e-cm");
+    let none = s
+        .ok(&["get", "cm", "-l", "app=nothing", "-o", "name"])
+        .await;
+    assert_eq!(none.trim(), "");
+    let all_ns = s.ok(&["get", "namespaces", "-o", "name"]).await;
+    assert!(all_ns.contains("namespace/kube-system"), "{all_ns}");
+
+    // A missing object and a stale update.
+    let (ok, _, stderr) = s.kubectl(&["get", "configmap", "nothere"]).await;
+    assert!(!ok);
+    assert!(
+        stderr.contains("Error from server (NotFound): configmaps \"nothere\" not found"),
+        "{stderr}"
+    );
+    let stale = s.write(
+        "stale.yaml",
+        &CM_V1.replace(
+            "  name: e2e-cm\n",
+            "  name: e2e-cm\n  resourceVersion: \"1\"\n",
+        ),
+    );
+    let (ok, _, stderr) = s.kubectl(&["replace", "-f", &stale]).await;
+    assert!(!ok);
+    assert!(
+        stderr.contains("Error from server (Conflict)")
+            && stderr.contains("the object has been modified"),
+        "{stderr}"
+    );
+
+    // Everyday mutations: scale (needs the Scale subresource), label, annotate, patch (3 types).
+    assert_eq!(
+        s.ok(&["scale", "deployment", "web", "--replicas=5"])
+            .await
+            .trim(),
+        "deployment.apps/web scaled"
+    );
+    let jsonpath = "jsonpath={.spec.replicas} {.metadata.generation}";
+    assert_eq!(s.ok(&["get", "deploy", "web", "-o", jsonpath]).await, "5 3");
+    assert_eq!(
+        s.ok(&["label", "cm", "e2e-cm", "tier=back"]).await.trim(),
+        "configmap/e2e-cm labeled"
+    );
+    assert_eq!(
+        s.ok(&["annotate", "cm", "e2e-cm", "note=hi"]).await.trim(),
+        "configmap/e2e-cm annotated"
+    );
+    s.ok(&["patch", "cm", "e2e-cm", "-p", r#"{"data":{"b":"x"}}"#])
+        .await;
+    let merge = r#"{"data":{"c":"y"}}"#;
+    s.ok(&["patch", "cm", "e2e-cm", "--type=merge", "-p", merge])
+        .await;
+    let remove = r#"[{"op":"remove","path":"/data/a"}]"#;
+    s.ok(&["patch", "cm", "e2e-cm", "--type=json", "-p", remove])
+        .await;
+    let data = s
+        .ok(&["get", "cm", "e2e-cm", "-o", "jsonpath={.data}"])
+        .await;
+    let data: Value = serde_json::from_str(&data).expect("data JSON");
+    assert_eq!(data, json!({"b":"x","c":"y"}));
+    let wide = s.ok(&["get", "cm", "-A", "--show-labels"]).await;
+    assert!(
+        wide.lines()
+            .any(|l| l.starts_with("default ") && l.contains("e2e-cm") && l.contains("tier=back")),
+        "{wide}"
+    );
+    let selector = "metadata.name=kube-public";
+    let by_field = s
+        .ok(&["get", "ns", "--field-selector", selector, "-o", "name"])
+        .await;
+    assert_eq!(by_field.trim(), "namespace/kube-public");
+    assert!(s.ok(&["cluster-info"]).await.contains("is running at"));
+
+    assert_eq!(
+        s.ok(&["delete", "-f", &cm]).await.trim(),
+        "configmap \"e2e-cm\" deleted"
+    );
+    assert_eq!(
+        s.ok(&["delete", "deployment", "web"]).await.trim(),
+        "deployment.apps \"web\" deleted"
+    );
+    let (ok, _, stderr) = s.kubectl(&["delete", "configmap", "e2e-cm"]).await;
+    assert!(!ok && stderr.contains("(NotFound)"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_crate_list_watch_create_patch_delete() {
+    let s = start().await;
+    let client = s.client().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+
+    let list = cms.list(&ListParams::default()).await.expect("list");
+    let rv = list
+        .metadata
+        .resource_version
+        .clone()
+        .expect("list resourceVersion");
+    let mut events = cms
+        .watch(&WatchParams::default().timeout(10), &rv)
+        .await
+        .expect("watch")
+        .boxed();
+
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "kube-cm", "labels": {"app": "kube"}}, "data": {"x": "1"}
+    }))
+    .expect("configmap");
+    let created = cms
+        .create(&PostParams::default(), &cm)
+        .await
+        .expect("create");
+    assert!(created.metadata.uid.is_some());
+
+    let patched = cms
+        .patch(
+            "kube-cm",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"y": "2"}})),
+        )
+        .await
+        .expect("merge patch");
+    assert_eq!(
+        patched
+            .data
+            .as_ref()
+            .and_then(|d| d.get("y"))
+            .map(String::as_str),
+        Some("2")
+    );
+    let strategic = cms
+        .patch(
+            "kube-cm",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"metadata": {"labels": {"tier": "t"}}})),
+        )
+        .await
+        .expect("strategic patch");
+    assert_eq!(
+        strategic
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("tier"))
+            .map(String::as_str),
+        Some("t")
+    );
+
+    let selected = cms
+        .list(&ListParams::default().labels("app=kube"))
+        .await
+        .expect("selected list");
+    assert_eq!(selected.items.len(), 1);
+
+    cms.delete("kube-cm", &DeleteParams::default())
+        .await
+        .expect("delete");
+    assert!(cms.get_opt("kube-cm").await.expect("get_opt").is_none());
+
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        match events.try_next().await.expect("watch event") {
+            Some(WatchEvent::Added(o)) => seen.push(("ADDED", o.metadata.name)),
+            Some(WatchEvent::Modified(o)) => seen.push(("MODIFIED", o.metadata.name)),
+            Some(WatchEvent::Deleted(o)) => seen.push(("DELETED", o.metadata.name)),
+            Some(WatchEvent::Bookmark(_)) => {}
+            Some(WatchEvent::Error(e)) => panic!("watch error: {e:?}"),
+            None => break,
+        }
+    }
+    let name = Some("kube-cm".to_string());
+    assert_eq!(
+        seen,
+        [
+            ("ADDED", name.clone()),
+            ("MODIFIED", name.clone()),
+            ("MODIFIED", name.clone()),
+            ("DELETED", name)
+        ]
+    );
+
+    let deploys: Api<Deployment> = Api::namespaced(client, "default");
+    let err = deploys.get("missing").await.expect_err("404");
+    match err {
+        kube::Error::Api(status) => {
+            assert_eq!(status.code, 404);
+            assert_eq!(status.message, "deployments.apps \"missing\" not found");
+        }
+        other => panic!("unexpected error {other:?}"),
+    }
+}
