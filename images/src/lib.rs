@@ -1,4 +1,56 @@
 //! The r3s image service: pulls OCI images from registries into a content-addressed store and unpacks
 //! their layers into snapshots that containers mount with overlayfs (containerd's image path in k3s).
 //!
-//! Not built yet: see issue 5.
+//! Entry point: [`ImageService`] (open a root directory, then `pull`, `list`, `inspect`, `remove`,
+//! `gc`, `disk_usage`, `prepare_rootfs` (or `prepare_rootfs_copy` without overlayfs) /
+//! `release_rootfs`, `import_dir`). Pull progress arrives as
+//! [`PullEvent`]s on a channel, so a CLI or the agent's event recorder stays a thin layer.
+//!
+//! Module layout (each module's `//!` states its invariants):
+//! - [`reference`]: image references with Docker's defaulting rules.
+//! - [`digest`]: sha256 digests and hashing helpers.
+//! - [`platform`]: os/arch/variant and matching against index entries.
+//! - [`manifest`]: index/manifest/config parsing and platform selection.
+//! - [`registries`]: k3s `registries.yaml` (mirrors, rewrites, configs) and the endpoint list.
+//! - [`auth`]: credentials from Docker config JSON (pull secrets) and registries.yaml.
+//! - [`content`]: content-addressed blobs, verified before they become visible.
+//! - [`unpack`]: layer tar → overlayfs directory (whiteouts, opaque dirs, ownership, devices).
+//! - [`snapshot`]: one unpacked directory per layer, overlay mounts, leases.
+//! - [`flatten`]: the copy fallback where overlayfs is unavailable.
+//! - [`records`]: image records (JSON) and derived reference counts.
+//! - [`progress`]: pull events.
+//! - [`service`]: [`ImageService`], list/inspect/remove/GC/disk usage/rootfs.
+//! - [`pull`]: the registry pull.
+//! - [`import`]: air-gap import of OCI-layout and `docker save` tarballs.
+//!
+//! On-disk layout under the root: `blobs/sha256/<hex>`, `ingest/` (temporary), `snapshots/<diff-id
+//! hex>/`, `images/<sha256(name)>.json`, `leases/`, `imports/`.
+
+pub mod auth;
+pub mod content;
+pub mod digest;
+pub mod flatten;
+pub mod import;
+pub mod manifest;
+pub mod platform;
+pub mod progress;
+pub mod pull;
+pub mod records;
+pub mod reference;
+pub mod registries;
+pub mod service;
+pub mod snapshot;
+pub mod unpack;
+
+pub use auth::{Credentials, Keyring};
+pub use digest::Digest;
+pub use import::ImportReport;
+pub use platform::Platform;
+pub use progress::{Progress, PullEvent};
+pub use records::{ImageRecord, LayerRecord};
+pub use reference::ImageRef;
+pub use registries::RegistriesConfig;
+pub use service::{
+    DiskUsage, GcReport, ImageError, ImageInfo, ImageService, ImageServiceConfig, PullOptions,
+};
+pub use snapshot::OverlayMount;

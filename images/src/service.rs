@@ -1,0 +1,497 @@
+//! [`ImageService`]: the one handle the agent (and its `images` CLI) uses. It owns the content
+//! store, the snapshots, the image records and the registry clients under one root directory
+//! (`<data-dir>/agent/images`-style; the air-gap tarball directory is a different one).
+//!
+//! Concurrency: pulls, imports and rootfs preparation hold a shared lock, GC and remove an exclusive
+//! one, so GC never deletes a blob or snapshot an operation in flight is about to reference. One
+//! process owns a root at a time.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use oci_client::Client;
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+
+use crate::auth::{self, AuthError, Keyring};
+use crate::content::{ContentError, ContentStore};
+use crate::digest::Digest;
+use crate::manifest::ManifestError;
+use crate::platform::Platform;
+use crate::progress::Progress;
+use crate::records::{ImageRecord, RecordError, RecordStore, ref_counts};
+use crate::reference::{ImageRef, ReferenceError};
+use crate::registries::{Endpoint, HostConfig, RegistriesConfig, RegistriesError};
+use crate::snapshot::{OverlayMount, SnapshotError, SnapshotStore};
+
+/// Image service failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    #[error(transparent)]
+    Content(#[from] ContentError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Registries(#[from] RegistriesError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Import(#[from] crate::import::ImportError),
+    #[error(transparent)]
+    Flatten(#[from] crate::flatten::FlattenError),
+    /// Every endpoint failed; `details` has each endpoint's error, the registry's message included.
+    #[error("pull {image}: {details}")]
+    Pull { image: String, details: String },
+    /// A registry request failed; `message` is the client error with its whole source chain
+    /// (TLS and connection causes are otherwise hidden behind "error sending request").
+    #[error("{endpoint}: {message}")]
+    Registry { endpoint: String, message: String },
+    #[error("{endpoint}: manifest for {image} hashes to {actual}, not the requested digest")]
+    ManifestDigest {
+        endpoint: String,
+        image: String,
+        actual: Digest,
+    },
+    #[error("registry TLS config for {host}: {reason}")]
+    Tls { host: String, reason: String },
+    #[error("image {0} is not in the store")]
+    NotFound(String),
+    #[error("image config {digest}: {source}")]
+    Config {
+        digest: Digest,
+        source: serde_json::Error,
+    },
+    #[error("background task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// How to open an [`ImageService`].
+#[derive(Debug, Clone)]
+pub struct ImageServiceConfig {
+    /// Root of the store (created if missing).
+    pub root: PathBuf,
+    /// Platform pulled from multi-arch images unless a pull says otherwise.
+    pub platform: Platform,
+    /// Parsed registries.yaml.
+    pub registries: RegistriesConfig,
+    /// Layers downloaded (and unpacked) at the same time per pull.
+    pub max_concurrent_downloads: usize,
+}
+
+impl ImageServiceConfig {
+    /// Defaults: host platform, no registries.yaml, 3 concurrent layer downloads (containerd's default).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self {
+            root: root.into(),
+            platform: Platform::host(),
+            registries: RegistriesConfig::default(),
+            max_concurrent_downloads: 3,
+        }
+    }
+}
+
+/// Per-pull options.
+#[derive(Debug, Clone, Default)]
+pub struct PullOptions {
+    /// Credentials from the pod's imagePullSecrets.
+    pub keyring: Keyring,
+    /// Overrides the service's platform.
+    pub platform: Option<Platform>,
+    pub progress: Progress,
+}
+
+/// An image with its parsed config.
+#[derive(Debug, Clone)]
+pub struct ImageInfo {
+    pub record: ImageRecord,
+    pub config: oci_spec::image::ImageConfiguration,
+}
+
+/// What [`ImageService::gc`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    pub blobs_removed: Vec<Digest>,
+    pub snapshots_removed: Vec<Digest>,
+    pub bytes_freed: u64,
+}
+
+/// Disk usage figures (bytes; snapshots count allocated blocks).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DiskUsage {
+    pub images: usize,
+    pub blobs: usize,
+    pub blob_bytes: u64,
+    pub snapshots: usize,
+    pub snapshot_bytes: u64,
+    /// What a GC would free now.
+    pub reclaimable_bytes: u64,
+}
+
+pub(crate) struct Inner {
+    pub(crate) content: ContentStore,
+    pub(crate) snapshots: SnapshotStore,
+    pub(crate) records: RecordStore,
+    pub(crate) root: PathBuf,
+    pub(crate) registries: RegistriesConfig,
+    pub(crate) platform: Platform,
+    pub(crate) max_downloads: usize,
+    /// Keyed by scheme, host and a fingerprint of the credentials: the client caches the first
+    /// credentials it sees per registry, so different pull secrets need different clients.
+    clients: Mutex<HashMap<(bool, String, Digest), Client>>,
+    pub(crate) lock: tokio::sync::RwLock<()>,
+}
+
+/// The image service (cheap to clone).
+#[derive(Clone)]
+pub struct ImageService {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl ImageService {
+    /// Opens the store under `cfg.root`.
+    pub fn open(cfg: ImageServiceConfig) -> Result<Self, ImageError> {
+        std::fs::create_dir_all(&cfg.root).map_err(|source| ContentError::Io {
+            op: "create",
+            path: cfg.root.clone(),
+            source,
+        })?;
+        let inner = Inner {
+            content: ContentStore::new(&cfg.root)?,
+            snapshots: SnapshotStore::new(&cfg.root)?,
+            records: RecordStore::new(&cfg.root)?,
+            root: cfg.root,
+            registries: cfg.registries,
+            platform: cfg.platform,
+            max_downloads: cfg.max_concurrent_downloads.max(1),
+            clients: Mutex::new(HashMap::new()),
+            lock: tokio::sync::RwLock::new(()),
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The store's root directory.
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// The platform pulls default to.
+    pub fn platform(&self) -> &Platform {
+        &self.inner.platform
+    }
+
+    /// All images, sorted by name.
+    pub fn list(&self) -> Result<Vec<ImageRecord>, ImageError> {
+        Ok(self.inner.records.list()?)
+    }
+
+    /// The record for `name` (any accepted spelling, e.g. `nginx`), if present.
+    /// `name` may also be an image ID (`sha256:<hex>` of the config, what CRI reports as the image
+    /// id) or a manifest/index digest; the first record (by name) with that digest is returned.
+    pub fn get(&self, name: &str) -> Result<Option<ImageRecord>, ImageError> {
+        if let Ok(d) = Digest::parse(name) {
+            return Ok(self.find_by_digest(&d)?.into_iter().next());
+        }
+        let r = ImageRef::parse(name)?;
+        Ok(self.inner.records.get(&r.to_string())?)
+    }
+
+    /// Every record whose config (image ID), manifest or target digest is `d`.
+    pub fn find_by_digest(&self, d: &Digest) -> Result<Vec<ImageRecord>, ImageError> {
+        Ok(self
+            .inner
+            .records
+            .list()?
+            .into_iter()
+            .filter(|r| &r.config == d || &r.manifest == d || &r.target == d)
+            .collect())
+    }
+
+    /// Record plus parsed config (entrypoint, env, user, working dir for the agent).
+    pub fn inspect(&self, name: &str) -> Result<ImageInfo, ImageError> {
+        let record = self
+            .get(name)?
+            .ok_or_else(|| ImageError::NotFound(name.to_string()))?;
+        let raw = self.inner.content.read(&record.config)?;
+        let config = serde_json::from_slice(&raw).map_err(|source| ImageError::Config {
+            digest: record.config.clone(),
+            source,
+        })?;
+        Ok(ImageInfo { record, config })
+    }
+
+    /// Removes the name (or, given an image ID / digest, every name with it); blobs and snapshots
+    /// stay until [`ImageService::gc`]. `false` if nothing matched.
+    pub async fn remove(&self, name: &str) -> Result<bool, ImageError> {
+        let names = match Digest::parse(name) {
+            Ok(d) => self
+                .find_by_digest(&d)?
+                .into_iter()
+                .map(|r| r.name)
+                .collect(),
+            Err(_) => vec![ImageRef::parse(name)?.to_string()],
+        };
+        let _w = self.inner.lock.write().await;
+        let mut any = false;
+        for n in names {
+            any |= self.inner.records.remove(&n)?;
+        }
+        Ok(any)
+    }
+
+    /// Deletes every blob and snapshot no image record (or prepared rootfs) references.
+    pub async fn gc(&self) -> Result<GcReport, ImageError> {
+        let _w = self.inner.lock.write().await;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let (blobs, snaps, leased) = inner.referenced()?;
+            let mut rep = GcReport::default();
+            for (d, size) in inner.content.list()? {
+                if !blobs.contains(&d) {
+                    inner.content.delete(&d)?;
+                    rep.bytes_freed += size;
+                    rep.blobs_removed.push(d);
+                }
+            }
+            for (d, size) in inner.snapshots.list()? {
+                if !snaps.contains(&d) && !leased.contains(&d) {
+                    inner.snapshots.delete(&d)?;
+                    rep.bytes_freed += size;
+                    rep.snapshots_removed.push(d);
+                }
+            }
+            tracing::info!(
+                blobs = rep.blobs_removed.len(),
+                snapshots = rep.snapshots_removed.len(),
+                bytes = rep.bytes_freed,
+                "image gc"
+            );
+            Ok(rep)
+        })
+        .await?
+    }
+
+    /// Current disk usage.
+    pub async fn disk_usage(&self) -> Result<DiskUsage, ImageError> {
+        let _r = self.inner.lock.read().await;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let (blobs, snaps, leased) = inner.referenced()?;
+            let mut du = DiskUsage {
+                images: inner.records.list()?.len(),
+                ..Default::default()
+            };
+            for (d, size) in inner.content.list()? {
+                du.blobs += 1;
+                du.blob_bytes += size;
+                if !blobs.contains(&d) {
+                    du.reclaimable_bytes += size;
+                }
+            }
+            for (d, size) in inner.snapshots.list()? {
+                du.snapshots += 1;
+                du.snapshot_bytes += size;
+                if !snaps.contains(&d) && !leased.contains(&d) {
+                    du.reclaimable_bytes += size;
+                }
+            }
+            Ok(du)
+        })
+        .await?
+    }
+
+    /// Mounts the image's layers plus `<container_dir>/{upper,work}` at `<container_dir>/rootfs`
+    /// (root only). Missing snapshots are re-unpacked from their blobs first.
+    #[cfg(target_os = "linux")]
+    pub async fn prepare_rootfs(
+        &self,
+        name: &str,
+        container_dir: &Path,
+    ) -> Result<OverlayMount, ImageError> {
+        let record = self
+            .get(name)?
+            .ok_or_else(|| ImageError::NotFound(name.to_string()))?;
+        let _r = self.inner.lock.read().await;
+        let inner = self.inner.clone();
+        let dir = container_dir.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            for l in &record.layers {
+                inner
+                    .snapshots
+                    .ensure(&l.digest, &inner.content.path(&l.digest), &l.diff_id)?;
+            }
+            Ok(inner.snapshots.mount(&record.diff_ids(), &dir)?)
+        })
+        .await?
+    }
+
+    /// The fallback where overlayfs is unavailable: copies the image's layers into a plain
+    /// `<container_dir>/rootfs` (see [`crate::flatten`]); returns its path. Costs a full copy of the
+    /// image per container. Released with [`ImageService::release_rootfs`] too.
+    pub async fn prepare_rootfs_copy(
+        &self,
+        name: &str,
+        container_dir: &Path,
+    ) -> Result<PathBuf, ImageError> {
+        let record = self
+            .get(name)?
+            .ok_or_else(|| ImageError::NotFound(name.to_string()))?;
+        let _r = self.inner.lock.read().await;
+        let inner = self.inner.clone();
+        let dir = container_dir.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let mut layers = Vec::new();
+            for l in &record.layers {
+                inner
+                    .snapshots
+                    .ensure(&l.digest, &inner.content.path(&l.digest), &l.diff_id)?;
+                layers.push(inner.snapshots.path(&l.diff_id));
+            }
+            Ok(crate::flatten::flatten(&layers, &dir)?)
+        })
+        .await?
+    }
+
+    /// Unmounts and removes what [`ImageService::prepare_rootfs`] (or
+    /// [`ImageService::prepare_rootfs_copy`]) created, and drops its lease.
+    #[cfg(target_os = "linux")]
+    pub async fn release_rootfs(&self, container_dir: &Path) -> Result<(), ImageError> {
+        let inner = self.inner.clone();
+        let dir = container_dir.to_path_buf();
+        tokio::task::spawn_blocking(move || Ok(inner.snapshots.unmount(&dir)?)).await?
+    }
+}
+
+impl Inner {
+    /// Referenced blobs, referenced snapshots, leased snapshots.
+    #[allow(clippy::type_complexity)]
+    fn referenced(
+        &self,
+    ) -> Result<(BTreeSet<Digest>, BTreeSet<Digest>, BTreeSet<Digest>), ImageError> {
+        let (b, s) = ref_counts(&self.records.list()?);
+        let leased = self.snapshots.leased()?.into_iter().collect();
+        Ok((b.into_keys().collect(), s.into_keys().collect(), leased))
+    }
+
+    /// registries.yaml settings for an endpoint: its host, else (for the default endpoint) the
+    /// registry name, else `"*"`.
+    fn host_config(&self, ep: &Endpoint, registry: &str) -> Option<&HostConfig> {
+        let c = &self.registries.configs;
+        match c.get(&ep.host) {
+            Some(x) => x.as_ref(),
+            None if ep.is_default && c.contains_key(registry) => {
+                c.get(registry).and_then(Option::as_ref)
+            }
+            None => self.registries.host_config("*"),
+        }
+    }
+
+    /// A registry client for the endpoint (cached: keeps its token cache across pulls).
+    pub(crate) fn client(
+        &self,
+        ep: &Endpoint,
+        registry: &str,
+        auth: &RegistryAuth,
+    ) -> Result<Client, ImageError> {
+        let fingerprint = match auth {
+            RegistryAuth::Anonymous => Digest::of(b"anonymous"),
+            RegistryAuth::Basic(u, p) => Digest::of(format!("basic\0{u}\0{p}").as_bytes()),
+            RegistryAuth::Bearer(t) => Digest::of(format!("bearer\0{t}").as_bytes()),
+        };
+        let key = (ep.https, ep.host.clone(), fingerprint);
+        if let Some(c) = self.clients.lock().map_err(|_| poisoned())?.get(&key) {
+            return Ok(c.clone());
+        }
+        let tls_err = |reason: String| ImageError::Tls {
+            host: ep.host.clone(),
+            reason,
+        };
+        let mut cfg = ClientConfig {
+            protocol: if ep.https {
+                ClientProtocol::Https
+            } else {
+                ClientProtocol::Http
+            },
+            platform_resolver: None,
+            max_concurrent_download: self.max_downloads,
+            connect_timeout: Some(std::time::Duration::from_secs(30)),
+            ..Default::default()
+        };
+        if let Some(tls) = self.host_config(ep, registry).and_then(|h| h.tls.as_ref()) {
+            if tls.cert_file.is_some() || tls.key_file.is_some() {
+                return Err(tls_err(
+                    "client certificates (cert_file/key_file) are not supported: the registry client has no client-identity option".into(),
+                ));
+            }
+            if let Some(ca) = &tls.ca_file {
+                let data = std::fs::read(ca)
+                    .map_err(|e| tls_err(format!("read ca_file {}: {e}", ca.display())))?;
+                cfg.extra_root_certificates.push(Certificate {
+                    encoding: CertificateEncoding::Pem,
+                    data,
+                });
+            }
+            cfg.accept_invalid_certificates = tls.insecure_skip_verify;
+        }
+        let client = Client::new(cfg);
+        self.clients
+            .lock()
+            .map_err(|_| poisoned())?
+            .insert(key, client.clone());
+        Ok(client)
+    }
+
+    /// Credentials for an endpoint: pull secrets, then registries.yaml, then anonymous.
+    pub(crate) fn auth(
+        &self,
+        ep: &Endpoint,
+        registry: &str,
+        keyring: &Keyring,
+    ) -> Result<RegistryAuth, ImageError> {
+        if let Some(c) = keyring.get(&ep.host).or_else(|| {
+            if ep.is_default {
+                keyring.get(registry)
+            } else {
+                None
+            }
+        }) {
+            return Ok(c.to_registry_auth());
+        }
+        if let Some(a) = self.host_config(ep, registry).and_then(|h| h.auth.as_ref())
+            && let Some(c) = auth::from_registries_auth(&ep.host, a)?
+        {
+            return Ok(c.to_registry_auth());
+        }
+        Ok(RegistryAuth::Anonymous)
+    }
+}
+
+/// `err: cause: cause...`, skipping causes already contained in the previous text.
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = e.source();
+    }
+    out
+}
+
+fn poisoned() -> ImageError {
+    ImageError::Tls {
+        host: String::new(),
+        reason: "client cache lock poisoned".into(),
+    }
+}
