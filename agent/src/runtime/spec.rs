@@ -233,6 +233,9 @@ pub fn build(cfg: &ContainerConfig, rootfs: PathBuf) -> Result<Spec, OciSpecErro
         )
         .no_new_privileges(cfg.no_new_privileges)
         .capabilities(capabilities)
+        // No rlimits: containers inherit the agent's, as containerd's do (oci-spec's default
+        // would cap open files at 1024).
+        .rlimits(Vec::new())
         .build()?;
 
     let mut mounts: Vec<Mount> = def.mounts().clone().unwrap_or_default();
@@ -252,7 +255,7 @@ pub fn build(cfg: &ContainerConfig, rootfs: PathBuf) -> Result<Spec, OciSpecErro
         );
     }
 
-    SpecBuilder::default()
+    let mut spec = SpecBuilder::default()
         .version("1.0.2")
         .root(
             RootBuilder::default()
@@ -263,7 +266,11 @@ pub fn build(cfg: &ContainerConfig, rootfs: PathBuf) -> Result<Spec, OciSpecErro
         .mounts(mounts)
         .process(process)
         .linux(linux.build()?)
-        .build()
+        .build()?;
+    // The hostname belongs to the sandbox's UTS namespace (set when it was made); the builder's
+    // default ("youki") would overwrite it, or fail with the host's UTS namespace.
+    spec.set_hostname(None);
+    Ok(spec)
 }
 
 #[cfg(test)]
@@ -312,6 +319,9 @@ mod tests {
         assert!(find(LinuxNamespaceType::Pid).unwrap().path().is_none());
         assert_eq!(linux.cgroups_path(), &Some(PathBuf::from("/r3s/podU/c")));
         assert!(linux.seccomp().is_none());
+        assert!(spec.hostname().is_none());
+        let process = spec.process().as_ref().unwrap();
+        assert!(process.rlimits().as_ref().is_none_or(|r| r.is_empty()));
         let res = linux.resources().as_ref().unwrap();
         assert_eq!(res.memory().as_ref().unwrap().limit(), Some(64 << 20));
         let cpu = res.cpu().as_ref().unwrap();

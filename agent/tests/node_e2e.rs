@@ -1,0 +1,566 @@
+//! End to end, as root: the real API server in-process (HTTPS, SQLite store in a temp dir), a real
+//! `docker-registry` on 127.0.0.1 serving a busybox-static image, and [`r3s_agent::run_node`]
+//! running pods through libcontainer. Checks node registration and Lease renewal, a pod reaching
+//! Running with kubelet-like status, the container as a real process in its cgroup, CRI logs,
+//! restarts of a crashing container with back-off, SIGTERM then cleanup on delete, a hostNetwork
+//! HTTP server reachable from the test, and kubectl's view of it all.
+//!
+//! The registry and OCI image builder are the images crate's test support, included by path (one
+//! copy of that code). Everything the test creates (containers, overlay and namespace mounts,
+//! cgroups, the registry process, temp dirs) is removed by guards, on failure too.
+#![allow(clippy::unwrap_used)]
+
+#[path = "../../images/tests/support/mod.rs"]
+mod support;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::Api;
+use kube::api::{DeleteParams, PostParams};
+use oci_client::secrets::RegistryAuth;
+use r3s_agent::NodeOptions;
+use r3s_server::api::{ApiOptions, serve_listener};
+use r3s_server::store::{SqliteStore, Store, StoreOptions};
+use r3s_server::tls::{CertOptions, ensure_certificates, server_config};
+use serde_json::{Value, json};
+use support::{Compression, Entry, Registry, require};
+use tokio::sync::oneshot;
+
+const KUBECTL: &str = "/usr/bin/kubectl";
+
+/// The in-process API server; stops on drop.
+struct Server {
+    kubeconfig: PathBuf,
+    home: PathBuf,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.abort();
+    }
+}
+
+async fn start_server(dir: &Path) -> Server {
+    let certs = ensure_certificates(
+        dir,
+        &CertOptions {
+            extra_sans: vec![],
+            cluster_domain: "cluster.local".into(),
+            service_ip: "10.43.0.1".parse().unwrap(),
+        },
+    )
+    .unwrap();
+    let tls = server_config(&certs).unwrap();
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(dir.join("server/db/state.db"), StoreOptions::default()).unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let kubeconfig = dir.join("kubeconfig.yaml");
+    r3s_server::kubeconfig::write(&kubeconfig, 0o600, &format!("https://{addr}"), &certs).unwrap();
+    let (tx, rx) = oneshot::channel();
+    let opts = ApiOptions {
+        listen: addr,
+        tls,
+        advertise_address: addr.to_string(),
+    };
+    let task = tokio::spawn(async move {
+        serve_listener(listener, store, opts, async {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+    });
+    let home = dir.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    Server {
+        kubeconfig,
+        home,
+        shutdown: Some(tx),
+        task,
+    }
+}
+
+async fn client(kubeconfig: &Path) -> kube::Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(cfg).unwrap()
+}
+
+/// Removes whatever the agent left if the test fails half-way: containers (killed), mounts,
+/// cgroups. Runs after the agent's own shutdown on success, finding nothing.
+struct AgentGuard {
+    run_dir: PathBuf,
+    data_dir: PathBuf,
+    cgroup_root: PathBuf,
+}
+
+impl Drop for AgentGuard {
+    fn drop(&mut self) {
+        let run_dir = self.run_dir.clone();
+        // A fresh runtime on its own thread: Drop may run inside the test's runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let runtime = r3s_agent::runtime::Runtime::new(run_dir.join("containers"));
+            rt.block_on(r3s_agent::runtime::cleanup::delete_all(&runtime));
+        })
+        .join();
+        r3s_agent::runtime::cleanup::unmount_below(&self.data_dir);
+        r3s_agent::runtime::cleanup::unmount_below(&self.run_dir);
+        r3s_agent::runtime::cleanup::remove_cgroup(&self.cgroup_root);
+    }
+}
+
+/// Polls `f` until it returns `Some`, up to two minutes (a bound on a hang, not a timing check).
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    for _ in 0..600 {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+async fn pod_json(api: &Api<Pod>, name: &str) -> Option<Value> {
+    api.get_opt(name)
+        .await
+        .ok()
+        .flatten()
+        .map(|p| serde_json::to_value(p).unwrap())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http_get(port: u16) -> Option<String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+async fn kubectl(server: &Server, args: &[&str]) -> String {
+    let out = tokio::process::Command::new(KUBECTL)
+        .args(args)
+        .env("KUBECONFIG", &server.kubeconfig)
+        .env("HOME", &server.home)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn pid_alive(pid: i32) -> bool {
+    // A zombie still has /proc/<pid>; "State: Z" counts as gone.
+    std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+        !s.lines()
+            .any(|l| l.starts_with("State:") && l.contains('Z'))
+    })
+}
+
+/// The pid of the (only) process of the container's cgroup in the memory hierarchy.
+fn cgroup_pids(cgroup: &Path) -> Vec<i32> {
+    let rel = cgroup.strip_prefix("/").unwrap();
+    for base in [
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup/pids",
+        "/sys/fs/cgroup",
+    ] {
+        if let Ok(t) = std::fs::read_to_string(Path::new(base).join(rel).join("cgroup.procs")) {
+            return t.lines().filter_map(|l| l.parse().ok()).collect();
+        }
+    }
+    Vec::new()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_runs_pods_end_to_end() {
+    if !require("root", support::is_root())
+        || !support::have_registry()
+        || !support::have_busybox()
+        || !require("kubectl (/usr/bin/kubectl)", Path::new(KUBECTL).exists())
+    {
+        return;
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "r3s_agent=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    let tmp = tempfile::tempdir().unwrap();
+    let uniq = format!("r3st{}", std::process::id());
+
+    // A busybox-static image in a real registry.
+    let reg = Registry::start();
+    let bb = std::fs::read("/bin/busybox").unwrap();
+    let mut entries = vec![
+        Entry::Dir("bin", 0o755),
+        Entry::File("bin/busybox", bb, 0o755),
+        Entry::Dir("tmp", 0o1777),
+    ];
+    for applet in ["sh", "echo", "sleep", "cat", "mkdir", "httpd", "hostname"] {
+        entries.push(Entry::Symlink(
+            Box::leak(format!("bin/{applet}").into_boxed_str()),
+            "busybox",
+        ));
+    }
+    let layer = support::layer(&entries, Compression::Gzip);
+    let img = support::image(
+        vec![layer],
+        r3s_agent::node::info::architecture(),
+        None,
+        false,
+    );
+    reg.push("busybox", "1", &img, &RegistryAuth::Anonymous)
+        .await;
+    let image = format!("{}/busybox:1", reg.addr);
+
+    let server = start_server(&tmp.path().join("server")).await;
+    let client = client(&server.kubeconfig).await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    eventually("the default namespace", || async {
+        namespaces.get_opt("default").await.ok().flatten()
+    })
+    .await;
+
+    // The agent.
+    let data_dir = tmp.path().join("data");
+    let run_dir = tmp.path().join("run");
+    let cgroup_root = PathBuf::from(format!("/{uniq}"));
+    let _guard = AgentGuard {
+        run_dir: run_dir.clone(),
+        data_dir: data_dir.clone(),
+        cgroup_root: cgroup_root.clone(),
+    };
+    let node_name = format!("{uniq}-node");
+    let mut opts = NodeOptions::new(&node_name, &data_dir);
+    opts.run_dir = run_dir.clone();
+    opts.node_ip = Some("127.0.0.1".parse().unwrap());
+    opts.control_plane = true;
+    opts.labels.push("r3s.test/role=e2e".parse().unwrap());
+    opts.taints
+        .push("r3s.test/dedicated=e2e:PreferNoSchedule".parse().unwrap());
+    opts.cgroup_root = cgroup_root.clone();
+    let mut registries = r3s_images::RegistriesConfig::from_yaml(&format!(
+        "mirrors:\n  \"{0}\":\n    endpoint:\n      - \"http://{0}\"\n",
+        reg.addr
+    ))
+    .unwrap();
+    registries.disable_default_endpoint = true;
+    opts.registries = registries;
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let agent = tokio::spawn(r3s_agent::run_node(client.clone(), opts, async {
+        let _ = stop_rx.await;
+    }));
+
+    // The Node: registered, Ready, labelled and tainted, with capacity and nodeInfo.
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node = eventually("node Ready", || async {
+        let n = nodes.get_opt(&node_name).await.ok().flatten()?;
+        let v = serde_json::to_value(&n).unwrap();
+        let ready = v["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        ready.then_some(v)
+    })
+    .await;
+    let labels = &node["metadata"]["labels"];
+    assert_eq!(labels["kubernetes.io/hostname"], node_name.as_str());
+    assert_eq!(labels["kubernetes.io/os"], "linux");
+    assert_eq!(labels["node-role.kubernetes.io/control-plane"], "true");
+    assert_eq!(labels["r3s.test/role"], "e2e");
+    assert_eq!(node["spec"]["taints"][0]["key"], "r3s.test/dedicated");
+    let status = &node["status"];
+    assert_eq!(
+        status["nodeInfo"]["containerRuntimeVersion"],
+        "youki://0.7.0"
+    );
+    assert_eq!(status["capacity"]["pods"], "110");
+    assert!(
+        status["capacity"]["cpu"]
+            .as_str()
+            .unwrap()
+            .parse::<u32>()
+            .unwrap()
+            >= 1
+    );
+    assert!(
+        status["allocatable"]["memory"]
+            .as_str()
+            .unwrap()
+            .ends_with("Ki")
+    );
+    assert_eq!(
+        status["addresses"][0],
+        json!({"type": "InternalIP", "address": "127.0.0.1"})
+    );
+    for t in ["MemoryPressure", "DiskPressure", "PIDPressure"] {
+        assert!(
+            status["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["type"] == t),
+            "{t}"
+        );
+    }
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let first_renew = eventually("the node lease", || async {
+        let l = leases.get_opt(&node_name).await.ok().flatten()?;
+        let v = serde_json::to_value(l).unwrap();
+        Some(v["spec"]["renewTime"].as_str()?.to_owned())
+    })
+    .await;
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let create = |name: &str, spec: Value| {
+        let pod: Pod = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": spec,
+        }))
+        .unwrap();
+        let pods = pods.clone();
+        async move { pods.create(&PostParams::default(), &pod).await.unwrap() }
+    };
+
+    // 1. A long-running pod that answers SIGTERM.
+    let created = create(
+        "ticker",
+        json!({
+            "nodeName": node_name,
+            "terminationGracePeriodSeconds": 20,
+            "containers": [{
+                "name": "c",
+                "image": image,
+                "command": ["sh", "-c", "trap 'echo got TERM; exit 0' TERM; echo host $(hostname); i=0; while true; do echo tick $i; i=$((i+1)); sleep 1; done"],
+                "resources": {"limits": {"memory": "64Mi", "cpu": "500m"}},
+            }],
+        }),
+    )
+    .await;
+    let uid = created.metadata.uid.clone().unwrap();
+    let running = eventually("ticker Running", || async {
+        let p = pod_json(&pods, "ticker").await?;
+        (p["status"]["phase"] == "Running"
+            && p["status"]["containerStatuses"][0]["state"]["running"].is_object())
+        .then_some(p)
+    })
+    .await;
+    let st = &running["status"];
+    let cs = &st["containerStatuses"][0];
+    assert_eq!(cs["name"], "c");
+    assert_eq!(cs["ready"], true);
+    assert_eq!(cs["started"], true);
+    assert_eq!(cs["restartCount"], 0);
+    assert_eq!(cs["image"], image.as_str());
+    assert_eq!(
+        cs["imageID"],
+        format!("{}/busybox@{}", reg.addr, img.manifest_digest).as_str()
+    );
+    let container_id = cs["containerID"].as_str().unwrap().to_owned();
+    assert!(container_id.starts_with("youki://"), "{container_id}");
+    assert_eq!(st["hostIP"], "127.0.0.1");
+    assert!(st["startTime"].is_string());
+    assert_eq!(st["qosClass"], "Guaranteed");
+    for t in ["PodScheduled", "Initialized", "ContainersReady", "Ready"] {
+        let c = st["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == t)
+            .unwrap_or_else(|| panic!("condition {t}"));
+        assert_eq!(c["status"], "True", "{t}");
+    }
+
+    // The container is a real process in the expected cgroup, with the memory limit applied.
+    let cgroup = cgroup_root.join(format!("pod{uid}")).join("c");
+    let pids = cgroup_pids(&cgroup);
+    assert!(!pids.is_empty(), "no process in {}", cgroup.display());
+    let pid = pids[0];
+    let proc_cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(
+        proc_cgroup.contains(&format!("{}", cgroup.display())),
+        "{proc_cgroup}"
+    );
+    let limit_file = Path::new("/sys/fs/cgroup/memory")
+        .join(cgroup.strip_prefix("/").unwrap())
+        .join("memory.limit_in_bytes");
+    if let Ok(limit) = std::fs::read_to_string(&limit_file) {
+        assert_eq!(limit.trim(), (64u64 << 20).to_string());
+    }
+    // Its output lands in the CRI log file.
+    let log = data_dir
+        .join("agent/pods")
+        .join(format!("default_ticker_{uid}"))
+        .join("c/0.log");
+    eventually("ticks in the CRI log", || async {
+        let text = std::fs::read_to_string(&log).ok()?;
+        let line = text.lines().find(|l| l.contains("tick 1"))?.to_owned();
+        Some(line)
+    })
+    .await;
+    let first = std::fs::read_to_string(&log).unwrap();
+    let first = first.lines().next().unwrap();
+    let (stream, tag, body) = r3s_agent::runtime::logs::parse_line(first).unwrap();
+    // The pod's UTS namespace carries the pod name as hostname.
+    assert_eq!((stream, tag, body), ("stdout", 'F', "host ticker"));
+
+    // 2. A crashing container is restarted, with restartCount growing and lastState kept.
+    create(
+        "crasher",
+        json!({
+            "nodeName": node_name,
+            "containers": [{"name": "c", "image": image, "command": ["sh", "-c", "echo crashing; exit 3"]}],
+        }),
+    )
+    .await;
+    let crashed = eventually("crasher restarted twice", || async {
+        let p = pod_json(&pods, "crasher").await?;
+        let cs = &p["status"]["containerStatuses"][0];
+        (cs["restartCount"].as_u64()? >= 2).then(|| p.clone())
+    })
+    .await;
+    let cs = &crashed["status"]["containerStatuses"][0];
+    assert_eq!(cs["lastState"]["terminated"]["exitCode"], 3);
+    assert_eq!(cs["lastState"]["terminated"]["reason"], "Error");
+    assert_eq!(crashed["status"]["phase"], "Running");
+    eventually("CrashLoopBackOff", || async {
+        let p = pod_json(&pods, "crasher").await?;
+        (p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "CrashLoopBackOff")
+            .then_some(())
+    })
+    .await;
+
+    // 3. A hostNetwork pod serving HTTP on 127.0.0.1.
+    let port = free_port();
+    create(
+        "web",
+        json!({
+            "nodeName": node_name,
+            "hostNetwork": true,
+            "terminationGracePeriodSeconds": 2,
+            "containers": [{
+                "name": "httpd",
+                "image": image,
+                "command": ["sh", "-c", format!("mkdir -p /tmp/www && echo hello-from-r3s > /tmp/www/index.html && exec httpd -f -p 127.0.0.1:{port} -h /tmp/www")],
+            }],
+        }),
+    )
+    .await;
+    let mut body = None;
+    for _ in 0..300 {
+        body = tokio::task::spawn_blocking(move || http_get(port))
+            .await
+            .unwrap()
+            .filter(|b| b.contains("hello-from-r3s"));
+        if body.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let Some(body) = body else {
+        let web = pod_json(&pods, "web").await.unwrap_or_default();
+        panic!("the hostNetwork pod never answered HTTP; the pod: {web:#}");
+    };
+    assert!(body.starts_with("HTTP/1."), "{body}");
+    let web = pod_json(&pods, "web").await.unwrap();
+    assert_eq!(web["status"]["podIP"], "127.0.0.1");
+
+    // kubectl sees it all.
+    let wide = kubectl(&server, &["get", "pods", "-o", "wide"]).await;
+    let ticker_line = wide.lines().find(|l| l.starts_with("ticker")).unwrap();
+    assert!(
+        ticker_line.contains("Running") && ticker_line.contains(&node_name),
+        "{wide}"
+    );
+    let nodes_out = kubectl(&server, &["get", "nodes"]).await;
+    let node_line = nodes_out
+        .lines()
+        .find(|l| l.starts_with(&node_name))
+        .unwrap();
+    assert!(node_line.contains("Ready"), "{nodes_out}");
+
+    // The Lease has been renewed since registration (every 10 s).
+    eventually("a lease renewal", || async {
+        let l = leases.get_opt(&node_name).await.ok().flatten()?;
+        let v = serde_json::to_value(l).unwrap();
+        (v["spec"]["renewTime"].as_str()? != first_renew).then_some(())
+    })
+    .await;
+
+    // 4. Deleting the pod stops its process (SIGTERM first: the trap logs it) and cleans up.
+    pods.delete("ticker", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the ticker process to exit", || async {
+        (!pid_alive(pid)).then_some(())
+    })
+    .await;
+    eventually("the pod object to be gone", || async {
+        pod_json(&pods, "ticker").await.is_none().then_some(())
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("stdout F got TERM"), "{text}");
+    eventually("the pod cgroup to be removed", || async {
+        let mem = Path::new("/sys/fs/cgroup/memory")
+            .join(cgroup_root.strip_prefix("/").unwrap())
+            .join(format!("pod{uid}"));
+        (!mem.exists()).then_some(())
+    })
+    .await;
+    eventually("the sandbox to be removed", || async {
+        (!run_dir.join("sandboxes").join(&uid).exists()).then_some(())
+    })
+    .await;
+
+    // Shutdown stops every pod and leaves no container behind.
+    let _ = stop_tx.send(());
+    agent.await.unwrap().unwrap();
+    let left: Vec<_> = std::fs::read_dir(run_dir.join("containers"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(left.is_empty(), "containers left: {left:?}");
+    assert!(
+        http_get(port).is_none(),
+        "the web pod still answers after shutdown"
+    );
+}
