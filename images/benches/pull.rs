@@ -48,22 +48,32 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
     let reg = Registry::start();
-    let img = build_image();
-    let total: usize = img.layers.iter().map(|l| l.data.len()).sum();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(reg.push(
-        "bench",
-        "1",
-        &img,
-        &oci_client::secrets::RegistryAuth::Anonymous,
-    ));
-    let reference = format!("{}/bench:1", reg.addr);
-    println!(
-        "image: {LAYERS} gzip layers, {:.1} MB compressed, {:.1} MB uncompressed",
-        mb(total as u64),
-        mb((LAYERS * LAYER_BYTES) as u64)
-    );
+    for compressible in [false, true] {
+        let img = build_image(compressible);
+        let total: usize = img.layers.iter().map(|l| l.data.len()).sum();
+        let repo = if compressible {
+            "bench-text"
+        } else {
+            "bench-random"
+        };
+        rt.block_on(reg.push(
+            repo,
+            "1",
+            &img,
+            &oci_client::secrets::RegistryAuth::Anonymous,
+        ));
+        println!(
+            "image {repo}: {LAYERS} gzip layers, {:.1} MB compressed, {:.1} MB uncompressed",
+            mb(total as u64),
+            mb((LAYERS * LAYER_BYTES) as u64)
+        );
+        run(&format!("{}/{repo}:1", reg.addr), iters);
+    }
+}
 
+/// Interleaves r3s and skopeo+umoci pulls of `reference`, prints per-iteration and median figures.
+fn run(reference: &str, iters: usize) {
     let tmp = tempfile::Builder::new()
         .prefix("r3st-bench")
         .tempdir()
@@ -75,7 +85,7 @@ fn main() {
         let exe = std::env::current_exe().unwrap();
         let (t, rss) = measure(
             Command::new(exe)
-                .env("R3S_BENCH_CHILD", &reference)
+                .env("R3S_BENCH_CHILD", reference)
                 .env("R3S_BENCH_STORE", &store),
         );
         ours.push((t, rss));
@@ -166,21 +176,51 @@ fn measure(cmd: &mut Command) -> (Duration, u64) {
     (elapsed, kb * 1024)
 }
 
-/// 5 layers of 10 MB pseudo-random files (incompressible, like binaries after gzip).
-fn build_image() -> Image {
+/// 5 layers of 10 MB: pseudo-random files (incompressible, like already-compressed data) or
+/// text made of random words from a small vocabulary (compresses about 3x, like typical
+/// binaries and libraries).
+fn build_image(compressible: bool) -> Image {
+    const WORDS: [&str; 16] = [
+        "container",
+        "kubelet",
+        "raspberry",
+        "overlay",
+        "snapshot",
+        "registry",
+        "manifest",
+        "layer",
+        "pod",
+        "node",
+        "agent",
+        "server",
+        "image",
+        "digest",
+        "mirror",
+        "cluster",
+    ];
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
     let layers = (0..LAYERS)
         .map(|i| {
             let mut files = Vec::new();
             for f in 0..10 {
-                let mut data = vec![0u8; LAYER_BYTES / 10];
-                for chunk in data.chunks_mut(8) {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    let b = seed.to_le_bytes();
-                    chunk.copy_from_slice(&b[..chunk.len()]);
+                let mut data = Vec::with_capacity(LAYER_BYTES / 10 + 64);
+                while data.len() < LAYER_BYTES / 10 {
+                    let r = next();
+                    if compressible {
+                        data.extend_from_slice(WORDS[(r & 15) as usize].as_bytes());
+                        data.push(if r & 0x300 == 0 { b'\n' } else { b' ' });
+                        data.extend_from_slice(&(r >> 40).to_le_bytes()[..1]);
+                    } else {
+                        data.extend_from_slice(&r.to_le_bytes());
+                    }
                 }
+                data.truncate(LAYER_BYTES / 10);
                 files.push((format!("layer{i}/file{f}"), data));
             }
             let dir = format!("layer{i}");

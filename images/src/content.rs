@@ -4,7 +4,8 @@
 //! Invariants: a file under its digest always has exactly that digest and size. Blobs are written to
 //! `<root>/ingest/<unique>` first, verified (digest AND size), fsynced and only then renamed into
 //! place, so a crash or a bad download never leaves a partial or wrong blob visible; an abandoned
-//! ingest file is removed when its [`Ingest`] is dropped (and stale ones by [`ContentStore::new`]).
+//! ingest file is removed when its [`Ingest`] is dropped (and those of dead processes by
+//! [`ContentStore::new`]; ingest file names carry the writer's PID).
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -52,6 +53,14 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Con
 
 static INGEST_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// Whether a process with this PID exists (temp files carry their writer's PID).
+pub(crate) fn pid_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence and permission.
+    pid > 0
+        && (unsafe { libc::kill(pid, 0) } == 0
+            || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+}
+
 /// Content-addressed blob storage rooted at a directory.
 #[derive(Debug, Clone)]
 pub struct ContentStore {
@@ -60,16 +69,24 @@ pub struct ContentStore {
 }
 
 impl ContentStore {
-    /// Opens (creating if needed) the store under `root`, removing ingest files left by a crash.
-    /// Only one process may use a store at a time (the agent owns it).
+    /// Opens (creating if needed) the store under `root`, removing ingest files left by a crashed
+    /// process.
     pub fn new(root: &Path) -> Result<Self, ContentError> {
         let blobs = root.join("blobs").join("sha256");
         let ingest = root.join("ingest");
         fs::create_dir_all(&blobs).map_err(io_err("create", &blobs))?;
-        if ingest.exists() {
-            fs::remove_dir_all(&ingest).map_err(io_err("clean", &ingest))?;
-        }
         fs::create_dir_all(&ingest).map_err(io_err("create", &ingest))?;
+        // Files of a process that died mid-write are garbage; a live process's are its own.
+        for e in fs::read_dir(&ingest)
+            .map_err(io_err("list", &ingest))?
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name.split('.').nth(1).and_then(|p| p.parse().ok());
+            if !pid.is_some_and(pid_alive) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
         Ok(Self { blobs, ingest })
     }
 
@@ -218,6 +235,17 @@ impl Ingest {
         }
     }
 
+    /// Discards what was written so far (a download restarting from byte 0).
+    pub fn reset(&mut self) -> Result<(), ContentError> {
+        use std::io::Seek;
+        self.hasher = Hasher::default();
+        if let Some(f) = self.file.as_mut() {
+            f.set_len(0).map_err(io_err("truncate", &self.tmp))?;
+            f.rewind().map_err(io_err("rewind", &self.tmp))?;
+        }
+        Ok(())
+    }
+
     /// Bytes written so far.
     pub fn written(&self) -> u64 {
         self.hasher.len()
@@ -283,6 +311,33 @@ mod tests {
         let err = cs.write(&other, Some(5), b"olleh").expect_err("mismatch");
         assert!(matches!(err, ContentError::DigestMismatch { .. }), "{err}");
         assert!(!cs.has(&other, None));
+        assert_eq!(
+            fs::read_dir(dir.path().join("ingest"))
+                .expect("ingest")
+                .count(),
+            0
+        );
+        assert_eq!(cs.list().expect("list"), vec![(good.clone(), 5)]);
+
+        // A pull interrupted mid-blob: the partial file is never visible; at open, files of dead
+        // writers are removed, those of live ones (this process) kept.
+        let mut live = cs.ingest(other.clone(), Some(5)).expect("ingest");
+        live.write(b"oth").expect("write");
+        let dead = dir
+            .path()
+            .join("ingest")
+            .join(format!("{}.2147483646.0", other.hex()));
+        fs::write(&dead, b"partial").expect("write");
+        assert!(!cs.has(&other, None));
+        let cs = ContentStore::new(dir.path()).expect("reopen");
+        assert!(!dead.exists());
+        assert_eq!(
+            fs::read_dir(dir.path().join("ingest"))
+                .expect("ingest")
+                .count(),
+            1
+        );
+        drop(live);
         assert_eq!(
             fs::read_dir(dir.path().join("ingest"))
                 .expect("ingest")

@@ -79,7 +79,7 @@ impl ImageService {
     /// Imports every tarball in `dir` (sorted by name), skipping unchanged ones. A missing
     /// directory imports nothing.
     pub async fn import_dir(&self, dir: &Path) -> Result<ImportReport, ImageError> {
-        let _r = self.inner.lock.read().await;
+        let _r = self.inner.lock(false).await?;
         let inner = self.inner.clone();
         let dir = dir.to_path_buf();
         tokio::task::spawn_blocking(move || import_dir(&inner, &dir)).await?
@@ -87,7 +87,7 @@ impl ImageService {
 
     /// Imports one tarball unconditionally; returns the records written.
     pub async fn import_file(&self, path: &Path) -> Result<Vec<ImageRecord>, ImageError> {
-        let _r = self.inner.lock.read().await;
+        let _r = self.inner.lock(false).await?;
         let inner = self.inner.clone();
         let path = path.to_path_buf();
         tokio::task::spawn_blocking(move || import_archive(&inner, &path)).await?
@@ -545,6 +545,7 @@ fn record_image(
         size: m.config.size + layers.iter().map(|l| l.size).sum::<u64>(),
         layers,
         platform,
+        last_used: 0,
         created: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())

@@ -2,9 +2,33 @@
 //! their layers into snapshots that containers mount with overlayfs (containerd's image path in k3s).
 //!
 //! Entry point: [`ImageService`] (open a root directory, then `pull`, `list`, `inspect`, `remove`,
-//! `gc`, `disk_usage`, `prepare_rootfs` (or `prepare_rootfs_copy` without overlayfs) /
+//! `gc`, `prune`, `disk_usage`, `prepare_rootfs` (or `prepare_rootfs_copy` without overlayfs) /
 //! `release_rootfs`, `import_dir`). Pull progress arrives as
 //! [`PullEvent`]s on a channel, so a CLI or the agent's event recorder stays a thin layer.
+//!
+//! A CLI or the agent stays a thin layer over this API, e.g. a pull with a progress display:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), r3s_images::ImageError> {
+//! use r3s_images::{ImageService, ImageServiceConfig, Progress, PullEvent, PullOptions, RegistriesConfig};
+//! let mut cfg = ImageServiceConfig::new("/var/lib/r3s/agent/image-store");
+//! cfg.registries = RegistriesConfig::load("/etc/r3s/registries.yaml".as_ref())?;
+//! let svc = ImageService::open(cfg)?;
+//! let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+//! let printer = tokio::spawn(async move {
+//!     while let Some(ev) = rx.recv().await {
+//!         if let PullEvent::LayerProgress { digest, done, total } = ev {
+//!             eprintln!("{digest}: {done}/{total}");
+//!         }
+//!     }
+//! });
+//! let opts = PullOptions { progress: Progress::new(tx), ..Default::default() };
+//! let image = svc.pull("nginx", &opts).await?; // docker.io/library/nginx:latest
+//! drop(opts); // closes the channel so the printer ends
+//! let _ = printer.await;
+//! println!("{} {} {} bytes", image.name, image.config, image.size);
+//! # Ok(()) }
+//! ```
 //!
 //! Module layout (each module's `//!` states its invariants):
 //! - [`reference`]: image references with Docker's defaulting rules.
@@ -52,5 +76,6 @@ pub use reference::ImageRef;
 pub use registries::RegistriesConfig;
 pub use service::{
     DiskUsage, GcReport, ImageError, ImageInfo, ImageService, ImageServiceConfig, PullOptions,
+    airgap_dir, store_dir,
 };
 pub use snapshot::OverlayMount;

@@ -6,12 +6,14 @@
 //! Invariants: every manifest, config and layer is checked against its digest and size before it
 //! is stored or used (a mismatch discards it and fails the pull); a blob or snapshot already present
 //! is not fetched or unpacked again; an interrupted pull leaves no partial blob or snapshot visible
-//! and simply restarts the missing pieces next time. Once a manifest resolved on an endpoint, its
+//! and simply restarts the missing pieces next time; a connection lost mid-blob is resumed with a
+//! Range request (at most 3 times per blob). Concurrent pulls sharing a blob fetch it once. Once a manifest resolved on an endpoint, its
 //! blobs come from that same endpoint.
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use futures::{StreamExt, TryStreamExt};
+use oci_client::client::BlobResponse;
 use oci_client::{Client, Reference};
 
 use crate::digest::Digest;
@@ -24,6 +26,8 @@ use crate::registries::Endpoint;
 use crate::service::{ImageError, ImageService, Inner, PullOptions, error_chain};
 
 const PROGRESS_STEP: u64 = 256 * 1024;
+/// Range-request retries of one interrupted blob download.
+const MAX_RESUMES: u32 = 3;
 
 /// A manifest found on an endpoint.
 struct Resolved {
@@ -45,8 +49,16 @@ impl ImageService {
             .platform
             .clone()
             .unwrap_or_else(|| self.inner.platform.clone());
-        let _shared = self.inner.lock.read().await;
+        let _shared = self.inner.lock(false).await?;
         let endpoints = self.inner.registries.endpoints(&r)?;
+        if endpoints.is_empty() {
+            return Err(ImageError::Pull {
+                image: r.to_string(),
+                details:
+                    "no endpoint to try (no mirror configured and the default endpoint is disabled)"
+                        .into(),
+            });
+        }
         let mut failures = Vec::new();
         for ep in &endpoints {
             match resolve(&self.inner, &r, ep, &platform, opts).await {
@@ -231,6 +243,7 @@ async fn fetch(
         layers,
         platform: platform.clone(),
         size,
+        last_used: 0,
         created: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -249,6 +262,7 @@ async fn download(
     desc: &Descriptor,
     progress: &Progress,
 ) -> Result<u64, ImageError> {
+    let _blob = inner.lock_blob(&desc.digest).await?;
     if inner.content.has(&desc.digest, Some(desc.size)) {
         progress.send(PullEvent::LayerDownloaded {
             digest: desc.digest.clone(),
@@ -267,27 +281,64 @@ async fn download(
         .await
         .map_err(reg_err)?;
     let mut reported = 0;
-    while let Some(chunk) = stream.next().await {
-        let chunk = match chunk {
-            Ok(c) => c,
-            // The client's own digest check fires at the end of the stream; our commit below
-            // reports the same mismatch with digest and size, so prefer it when all bytes arrived.
-            Err(_) if ingest.written() == desc.size => break,
-            Err(e) => {
-                return Err(reg_err(oci_client::errors::OciDistributionError::IoError(
-                    e,
-                )));
+    let mut resumes = 0;
+    loop {
+        let mut failure = None;
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(c) => ingest.write(&c)?,
+                // The client's own digest check fires at the end of the stream; our commit below
+                // reports the same mismatch with digest and size, so prefer it when all bytes arrived.
+                Err(_) if ingest.written() == desc.size => break,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
             }
-        };
-        ingest.write(&chunk)?;
-        if ingest.written() - reported >= PROGRESS_STEP {
-            reported = ingest.written();
-            progress.send(PullEvent::LayerProgress {
-                digest: desc.digest.clone(),
-                done: reported,
-                total: desc.size,
+            if ingest.written() - reported >= PROGRESS_STEP {
+                reported = ingest.written();
+                progress.send(PullEvent::LayerProgress {
+                    digest: desc.digest.clone(),
+                    done: reported,
+                    total: desc.size,
+                });
+            }
+        }
+        if ingest.written() >= desc.size {
+            break;
+        }
+        // The connection dropped mid-blob (slow, flaky links): continue from where it stopped
+        // with a Range request; the digest is still checked over the whole blob at commit.
+        let failure =
+            failure.unwrap_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+        if resumes == MAX_RESUMES {
+            let e = oci_client::errors::OciDistributionError::IoError(failure);
+            return Err(ImageError::Registry {
+                endpoint: ep.url(),
+                message: format!(
+                    "blob {}: connection lost at byte {}/{} after {MAX_RESUMES} resumes: {}",
+                    desc.digest,
+                    ingest.written(),
+                    desc.size,
+                    error_chain(&e)
+                ),
             });
         }
+        resumes += 1;
+        tracing::warn!(digest = %desc.digest, offset = ingest.written(), error = %failure, "blob download interrupted; resuming");
+        stream = match client
+            .pull_blob_stream_partial(oref, desc.digest.as_str(), ingest.written(), None)
+            .await
+            .map_err(reg_err)?
+        {
+            BlobResponse::Partial(s) => s,
+            // The server ignored the range: start over.
+            BlobResponse::Full(s) => {
+                ingest.reset()?;
+                reported = 0;
+                s
+            }
+        };
     }
     let done = ingest.written();
     progress.send(PullEvent::LayerProgress {

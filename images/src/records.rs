@@ -62,6 +62,10 @@ pub struct ImageRecord {
     pub size: u64,
     /// Unix seconds of the pull or import.
     pub created: u64,
+    /// Unix seconds a container rootfs was last prepared from it (0: never): for the agent's
+    /// least-recently-used image GC, as kubelet does.
+    #[serde(default)]
+    pub last_used: u64,
 }
 
 impl ImageRecord {
@@ -71,6 +75,14 @@ impl ImageRecord {
             .into_iter()
             .chain(self.index.iter())
             .chain(self.layers.iter().map(|l| &l.digest))
+    }
+
+    /// `<registry>/<repository>@<target digest>`: the "repo digest" CRI reports.
+    pub fn repo_digest(&self) -> String {
+        match crate::reference::ImageRef::parse(&self.name) {
+            Ok(r) => format!("{}/{}@{}", r.registry(), r.repository(), self.target),
+            Err(_) => format!("{}@{}", self.name, self.target),
+        }
     }
 
     /// Snapshot keys, bottom layer first.
@@ -169,15 +181,17 @@ impl RecordStore {
         for e in rd.flatten() {
             let path = e.path();
             if path.extension().is_some_and(|x| x == "json") {
-                let d = fs::read(&path).map_err(|source| RecordError::Io {
-                    op: "read",
-                    path: path.clone(),
-                    source,
-                })?;
-                out.push(
-                    serde_json::from_slice(&d)
-                        .map_err(|source| RecordError::Json { path, source })?,
-                );
+                // Records are written atomically, so an unreadable one means disk damage: skip it
+                // (its image is gone; GC may reclaim its content) rather than fail every listing.
+                match fs::read(&path).map(|d| serde_json::from_slice::<ImageRecord>(&d)) {
+                    Ok(Ok(r)) => out.push(r),
+                    Ok(Err(e)) => {
+                        tracing::warn!(path = %path.display(), error = %e, "skipping corrupt image record")
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "skipping unreadable image record")
+                    }
+                }
             }
         }
         out.sort_by(|a: &ImageRecord, b| a.name.cmp(&b.name));

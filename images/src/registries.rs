@@ -17,6 +17,9 @@ use serde::Deserialize;
 
 use crate::reference::{DEFAULT_REGISTRY, ImageRef};
 
+/// Where r3s reads registries.yaml unless `--private-registry` says otherwise.
+pub const DEFAULT_PATH: &str = "/etc/r3s/registries.yaml";
+
 /// registries.yaml problems.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistriesError {

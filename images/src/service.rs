@@ -3,8 +3,8 @@
 //! (`<data-dir>/agent/images`-style; the air-gap tarball directory is a different one).
 //!
 //! Concurrency: pulls, imports and rootfs preparation hold a shared lock, GC and remove an exclusive
-//! one, so GC never deletes a blob or snapshot an operation in flight is about to reference. One
-//! process owns a root at a time.
+//! one (`flock` on `<root>/lock`, so this also holds between processes, e.g. an operator CLI and
+//! the agent), so GC never deletes a blob or snapshot an operation in flight is about to reference.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -85,6 +85,17 @@ pub struct ImageServiceConfig {
     pub max_concurrent_downloads: usize,
 }
 
+/// Where the agent keeps the image store under its data dir (`<data-dir>/agent/image-store`, next
+/// to k3s's air-gap directory `<data-dir>/agent/images`, which [`airgap_dir`] names).
+pub fn store_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("agent").join("image-store")
+}
+
+/// The air-gap tarball directory scanned at agent start (`<data-dir>/agent/images`, as in k3s).
+pub fn airgap_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("agent").join("images")
+}
+
 impl ImageServiceConfig {
     /// Defaults: host platform, no registries.yaml, 3 concurrent layer downloads (containerd's default).
     pub fn new(root: impl Into<PathBuf>) -> Self {
@@ -145,7 +156,13 @@ pub(crate) struct Inner {
     /// Keyed by scheme, host and a fingerprint of the credentials: the client caches the first
     /// credentials it sees per registry, so different pull secrets need different clients.
     clients: Mutex<HashMap<(bool, String, Digest), Client>>,
-    pub(crate) lock: tokio::sync::RwLock<()>,
+    /// `<root>/lock`: flock'ed shared by pulls, imports and rootfs preparation, exclusively by
+    /// remove and GC, so the guarantees hold across processes too (an operator CLI opening the
+    /// store while the agent runs).
+    lock_path: PathBuf,
+    /// Per-blob locks: concurrent pulls sharing a layer download it once (the second waits, then
+    /// finds it in the store).
+    blob_locks: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// The image service (cheap to clone).
@@ -166,12 +183,13 @@ impl ImageService {
             content: ContentStore::new(&cfg.root)?,
             snapshots: SnapshotStore::new(&cfg.root)?,
             records: RecordStore::new(&cfg.root)?,
+            lock_path: cfg.root.join("lock"),
             root: cfg.root,
             registries: cfg.registries,
             platform: cfg.platform,
             max_downloads: cfg.max_concurrent_downloads.max(1),
             clients: Mutex::new(HashMap::new()),
-            lock: tokio::sync::RwLock::new(()),
+            blob_locks: Mutex::new(HashMap::new()),
         };
         Ok(Self {
             inner: Arc::new(inner),
@@ -239,7 +257,7 @@ impl ImageService {
                 .collect(),
             Err(_) => vec![ImageRef::parse(name)?.to_string()],
         };
-        let _w = self.inner.lock.write().await;
+        let _w = self.inner.lock(true).await?;
         let mut any = false;
         for n in names {
             any |= self.inner.records.remove(&n)?;
@@ -249,7 +267,7 @@ impl ImageService {
 
     /// Deletes every blob and snapshot no image record (or prepared rootfs) references.
     pub async fn gc(&self) -> Result<GcReport, ImageError> {
-        let _w = self.inner.lock.write().await;
+        let _w = self.inner.lock(true).await?;
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             let (blobs, snaps, leased) = inner.referenced()?;
@@ -279,9 +297,53 @@ impl ImageService {
         .await?
     }
 
+    /// Frees space the way kubelet's image GC does: while the store (blobs + snapshots) is larger
+    /// than `target_bytes`, removes the least recently used image (by `last_used`, else `created`)
+    /// that no prepared rootfs uses and that is older than `min_age`, then collects its content.
+    /// Returns the names removed and the combined GC report.
+    pub async fn prune(
+        &self,
+        target_bytes: u64,
+        min_age: std::time::Duration,
+    ) -> Result<(Vec<String>, GcReport), ImageError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut removed = Vec::new();
+        let mut total = self.gc().await?;
+        loop {
+            let du = self.disk_usage().await?;
+            if du.blob_bytes + du.snapshot_bytes <= target_bytes {
+                break;
+            }
+            let in_use: BTreeSet<String> = self
+                .inner
+                .snapshots
+                .leases()?
+                .into_iter()
+                .map(|(image, _)| image)
+                .collect();
+            let victim = self
+                .list()?
+                .into_iter()
+                .filter(|r| !in_use.contains(&r.name))
+                .filter(|r| now.saturating_sub(r.created) >= min_age.as_secs())
+                .min_by_key(|r| (r.last_used.max(r.created), r.name.clone()));
+            let Some(victim) = victim else { break };
+            self.remove(&victim.name).await?;
+            let rep = self.gc().await?;
+            total.bytes_freed += rep.bytes_freed;
+            total.blobs_removed.extend(rep.blobs_removed);
+            total.snapshots_removed.extend(rep.snapshots_removed);
+            removed.push(victim.name);
+        }
+        Ok((removed, total))
+    }
+
     /// Current disk usage.
     pub async fn disk_usage(&self) -> Result<DiskUsage, ImageError> {
-        let _r = self.inner.lock.read().await;
+        let _r = self.inner.lock(false).await?;
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             let (blobs, snaps, leased) = inner.referenced()?;
@@ -316,10 +378,11 @@ impl ImageService {
         name: &str,
         container_dir: &Path,
     ) -> Result<OverlayMount, ImageError> {
+        // Lock first: a concurrent remove must not slip between lookup and use.
+        let _r = self.inner.lock(false).await?;
         let record = self
             .get(name)?
             .ok_or_else(|| ImageError::NotFound(name.to_string()))?;
-        let _r = self.inner.lock.read().await;
         let inner = self.inner.clone();
         let dir = container_dir.to_path_buf();
         tokio::task::spawn_blocking(move || {
@@ -328,7 +391,11 @@ impl ImageService {
                     .snapshots
                     .ensure(&l.digest, &inner.content.path(&l.digest), &l.diff_id)?;
             }
-            Ok(inner.snapshots.mount(&record.diff_ids(), &dir)?)
+            let m = inner
+                .snapshots
+                .mount(&record.name, &record.diff_ids(), &dir)?;
+            inner.touch(record)?;
+            Ok(m)
         })
         .await?
     }
@@ -341,10 +408,11 @@ impl ImageService {
         name: &str,
         container_dir: &Path,
     ) -> Result<PathBuf, ImageError> {
+        // Lock first: a concurrent remove must not slip between lookup and use.
+        let _r = self.inner.lock(false).await?;
         let record = self
             .get(name)?
             .ok_or_else(|| ImageError::NotFound(name.to_string()))?;
-        let _r = self.inner.lock.read().await;
         let inner = self.inner.clone();
         let dir = container_dir.to_path_buf();
         tokio::task::spawn_blocking(move || {
@@ -355,7 +423,11 @@ impl ImageService {
                     .ensure(&l.digest, &inner.content.path(&l.digest), &l.diff_id)?;
                 layers.push(inner.snapshots.path(&l.diff_id));
             }
-            Ok(crate::flatten::flatten(&layers, &dir)?)
+            // The copy needs no snapshot after it is made, but the image counts as in use.
+            inner.snapshots.write_lease(&dir, &record.name, &[])?;
+            let rootfs = crate::flatten::flatten(&layers, &dir)?;
+            inner.touch(record)?;
+            Ok(rootfs)
         })
         .await?
     }
@@ -370,7 +442,76 @@ impl ImageService {
     }
 }
 
+/// A held store lock (released when dropped: the descriptor closes).
+pub(crate) struct StoreLock {
+    _file: std::fs::File,
+}
+
 impl Inner {
+    /// Takes the store lock, shared or exclusive; waits (off the async threads) while it conflicts.
+    pub(crate) async fn lock(&self, exclusive: bool) -> Result<StoreLock, ImageError> {
+        let path = self.lock_path.clone();
+        tokio::task::spawn_blocking(move || {
+            use std::os::fd::AsRawFd;
+            let io = |source| ContentError::Io {
+                op: "lock",
+                path: path.clone(),
+                source,
+            };
+            // A separate open per lock: flock locks belong to the open file description, so two
+            // operations in one process exclude each other like two processes do.
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(io)?;
+            let op = if exclusive {
+                libc::LOCK_EX
+            } else {
+                libc::LOCK_SH
+            };
+            loop {
+                // SAFETY: a valid open descriptor.
+                if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+                    return Ok(StoreLock { _file: file });
+                }
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(io(e).into());
+                }
+            }
+        })
+        .await?
+    }
+
+    /// Records that a container was just created from the image.
+    fn touch(&self, mut record: ImageRecord) -> Result<(), ImageError> {
+        record.last_used = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Ok(self.records.put(&record)?)
+    }
+
+    /// Serialises work on one blob across concurrent pulls.
+    pub(crate) async fn lock_blob(&self, d: &Digest) -> Result<BlobGuard<'_>, ImageError> {
+        let m = self
+            .blob_locks
+            .lock()
+            .map_err(|_| poisoned())?
+            .entry(d.clone())
+            .or_default()
+            .clone();
+        let guard = m.clone().lock_owned().await;
+        Ok(BlobGuard {
+            inner: self,
+            digest: d.clone(),
+            lock: m,
+            _guard: Some(guard),
+        })
+    }
+
     /// Referenced blobs, referenced snapshots, leased snapshots.
     #[allow(clippy::type_complexity)]
     fn referenced(
@@ -471,6 +612,26 @@ impl Inner {
             return Ok(c.to_registry_auth());
         }
         Ok(RegistryAuth::Anonymous)
+    }
+}
+
+/// Held while a blob is being fetched; drops its map entry when nobody else waits on it.
+pub(crate) struct BlobGuard<'a> {
+    inner: &'a Inner,
+    digest: Digest,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for BlobGuard<'_> {
+    fn drop(&mut self) {
+        self._guard.take();
+        if let Ok(mut map) = self.inner.blob_locks.lock()
+            // The map's reference plus ours: nobody else holds or waits for this lock.
+            && Arc::strong_count(&self.lock) <= 2
+        {
+            map.remove(&self.digest);
+        }
     }
 }
 

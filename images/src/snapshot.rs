@@ -102,18 +102,24 @@ impl OverlayMount {
 #[derive(Serialize, Deserialize)]
 struct Lease {
     container_dir: PathBuf,
+    /// The image the rootfs was prepared from (in use, for LRU pruning).
+    #[serde(default)]
+    image: String,
     snapshots: Vec<Digest>,
 }
 
 impl SnapshotStore {
-    /// Opens `<root>/snapshots` and `<root>/leases`, removing unpacks interrupted by a crash.
+    /// Opens `<root>/snapshots` and `<root>/leases`, removing unpacks of crashed processes.
     pub fn new(root: &Path) -> Result<Self, SnapshotError> {
         let dir = root.join("snapshots");
         let leases = root.join("leases");
         fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         fs::create_dir_all(&leases).map_err(io_err("create", &leases))?;
         for e in fs::read_dir(&dir).map_err(io_err("list", &dir))?.flatten() {
-            if e.file_name().to_string_lossy().starts_with(".tmp-") {
+            let name = e.file_name().to_string_lossy().into_owned();
+            // `.tmp-<hex>-<pid>-<seq>`: only a dead process's unpack is garbage.
+            let pid = name.split('-').nth(2).and_then(|p| p.parse().ok());
+            if name.starts_with(".tmp-") && !pid.is_some_and(crate::content::pid_alive) {
                 fs::remove_dir_all(e.path()).map_err(io_err("clean", &e.path()))?;
             }
         }
@@ -212,6 +218,11 @@ impl SnapshotStore {
 
     /// Snapshots held by prepared container rootfs.
     pub fn leased(&self) -> Result<Vec<Digest>, SnapshotError> {
+        Ok(self.leases()?.into_iter().flat_map(|(_, s)| s).collect())
+    }
+
+    /// Every lease: (image name, snapshots it holds).
+    pub fn leases(&self) -> Result<Vec<(String, Vec<Digest>)>, SnapshotError> {
         let mut out = Vec::new();
         for e in fs::read_dir(&self.leases)
             .map_err(io_err("list", &self.leases))?
@@ -224,9 +235,29 @@ impl SnapshotStore {
                     path: path.clone(),
                     reason: err.to_string(),
                 })?;
-            out.extend(lease.snapshots);
+            out.push((lease.image, lease.snapshots));
         }
         Ok(out)
+    }
+
+    /// Records that `container_dir` uses `image` and holds `snapshots`.
+    pub(crate) fn write_lease(
+        &self,
+        container_dir: &Path,
+        image: &str,
+        snapshots: &[Digest],
+    ) -> Result<(), SnapshotError> {
+        let lease = Lease {
+            container_dir: container_dir.to_path_buf(),
+            image: image.to_string(),
+            snapshots: snapshots.to_vec(),
+        };
+        let lp = self.lease_path(container_dir);
+        let body = serde_json::to_vec(&lease).map_err(|e| SnapshotError::Lease {
+            path: lp.clone(),
+            reason: e.to_string(),
+        })?;
+        write_atomic(&lp, &body).map_err(io_err("write", &lp))
     }
 
     fn lease_path(&self, container_dir: &Path) -> PathBuf {
@@ -239,6 +270,7 @@ impl SnapshotStore {
     #[cfg(target_os = "linux")]
     pub fn mount(
         &self,
+        image: &str,
         layers: &[Digest],
         container_dir: &Path,
     ) -> Result<OverlayMount, SnapshotError> {
@@ -268,16 +300,7 @@ impl SnapshotStore {
             target,
         };
         // Lease first: from now on GC keeps these snapshots.
-        let lease = Lease {
-            container_dir: container_dir.to_path_buf(),
-            snapshots: layers.to_vec(),
-        };
-        let lp = self.lease_path(container_dir);
-        let body = serde_json::to_vec(&lease).map_err(|e| SnapshotError::Lease {
-            path: lp.clone(),
-            reason: e.to_string(),
-        })?;
-        write_atomic(&lp, &body).map_err(io_err("write", &lp))?;
+        self.write_lease(container_dir, image, layers)?;
         if is_mountpoint(&m.target) {
             return Ok(m);
         }

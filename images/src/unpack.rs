@@ -82,6 +82,10 @@ fn unpack_entry<R: Read>(entry: &mut tar::Entry<'_, R>, dest: &Path) -> Result<(
     if name_str == OPAQUE {
         return set_xattr(&parent, "trusted.overlay.opaque", b"y");
     }
+    if name_str.starts_with(".wh..wh.") {
+        // Other aufs metadata (`.wh..wh.plnk`, `.wh..wh.aufs`): not content, skipped like containerd.
+        return Ok(());
+    }
     if let Some(target) = name_str.strip_prefix(WHITEOUT_PREFIX) {
         let path = parent.join(target);
         remove_existing(&path)?;

@@ -272,3 +272,64 @@ async fn imports_oci_and_docker_tarballs_once() {
     assert_eq!(got, want);
     assert!(gc.snapshots_removed.is_empty());
 }
+
+#[tokio::test]
+async fn imports_docker_25_save_format() {
+    if !have_root() {
+        return;
+    }
+    // Docker 25+ `docker save`: an OCI layout (blobs/sha256, index.json) plus manifest.json whose
+    // Config/Layers point into blobs/.
+    let img = image(
+        vec![
+            marker_layer("base", "b", Compression::None),
+            marker_layer("who", "docker25", Compression::None),
+        ],
+        "amd64",
+        None,
+        true,
+    );
+    let mut raw = oci_layout(
+        &[&img],
+        &[],
+        &[(
+            "docker.io/library/app:v3",
+            &img.manifest_digest,
+            img.manifest.len(),
+            img.manifest_media_type,
+        )],
+    );
+    // Append manifest.json to the OCI layout archive (drop its two end-of-archive blocks first).
+    raw.truncate(raw.len() - 1024);
+    let mut b = tar::Builder::new(raw);
+    let manifest = serde_json::json!([{
+        "Config": format!("blobs/sha256/{}", &img.config_digest[7..]),
+        "RepoTags": ["app:v3"],
+        "Layers": img.layers.iter().map(|l| format!("blobs/sha256/{}", &l.digest[7..])).collect::<Vec<_>>(),
+    }]);
+    add(
+        &mut b,
+        "manifest.json",
+        &serde_json::to_vec(&manifest).unwrap(),
+    );
+    let raw = b.into_inner().unwrap();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("airgap");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("app.tar"), &raw).unwrap();
+    let mut cfg = r3s_images::ImageServiceConfig::new(tmp.path().join("store"));
+    cfg.platform = r3s_images::Platform::parse("linux/amd64").unwrap();
+    let svc = r3s_images::ImageService::open(cfg).unwrap();
+    let rep = svc.import_dir(&dir).await.unwrap();
+    assert!(rep.failed.is_empty(), "{rep:?}");
+    assert_eq!(rep.imported[0].1, ["docker.io/library/app:v3"]);
+    let rec = svc.get("app:v3").unwrap().unwrap();
+    let top = rec.layers.last().unwrap();
+    let who = svc
+        .root()
+        .join("snapshots")
+        .join(top.diff_id.hex())
+        .join("etc/who");
+    assert_eq!(std::fs::read_to_string(who).unwrap(), "docker25");
+}

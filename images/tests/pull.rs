@@ -55,8 +55,15 @@ async fn single_arch_busybox_runs_from_overlay() {
         svc: svc.clone(),
         dir: cdir.clone(),
     };
+    assert_eq!(svc.get(&name).unwrap().unwrap().last_used, 0);
     let m = svc.prepare_rootfs(&name, &cdir).await.unwrap();
     assert_eq!(m.target, cdir.join("rootfs"));
+    let used = svc.get(&name).unwrap().unwrap();
+    assert!(used.last_used >= used.created, "{used:?}");
+    assert_eq!(
+        used.repo_digest(),
+        format!("{}/busybox@{}", reg.addr, img.manifest_digest)
+    );
     let out = std::process::Command::new("chroot")
         .arg(&m.target)
         .args([
@@ -166,6 +173,34 @@ async fn multi_arch_index_selects_platform() {
             "{platform}"
         );
     }
+    // The same images behind a Docker manifest list (schema 2 list, Docker manifests).
+    let amd_d = image(
+        vec![marker_layer("arch", "amd64-docker", Compression::Gzip)],
+        "amd64",
+        None,
+        true,
+    );
+    let arm_d = image(
+        vec![marker_layer("arch", "arm64-docker", Compression::Gzip)],
+        "arm64",
+        None,
+        true,
+    );
+    let list = docker_list(&[(&amd_d, "amd64", None), (&arm_d, "arm64", Some("v8"))]);
+    reg.push_index("multi", "docker", &[&amd_d, &arm_d], &list, &ANON)
+        .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let svc = service(tmp.path(), &reg, "linux/arm64");
+    let rec = svc
+        .pull(&format!("{}/multi:docker", reg.addr), &opts())
+        .await
+        .unwrap();
+    assert_eq!(rec.manifest.as_str(), arm_d.manifest_digest);
+    assert_eq!(
+        rec.index.as_ref().map(Digest::as_str),
+        Some(support::sha256(&list).as_str())
+    );
+
     // A platform the index lacks: the error names what is available.
     let tmp = tempfile::tempdir().unwrap();
     let svc = service(tmp.path(), &reg, "linux/riscv64");
@@ -243,6 +278,7 @@ async fn whiteouts_opaque_dirs_and_special_files_through_overlay() {
             Entry::Symlink("etc/sym", "keep"),
             Entry::CharDev("null", 1, 3),
             Entry::Fifo("fifo"),
+            Entry::XattrFile("etc/xattr", b"x".to_vec(), "user.r3s", b"hello"),
         ],
         Compression::Gzip,
     );
@@ -293,6 +329,10 @@ async fn whiteouts_opaque_dirs_and_special_files_through_overlay() {
 
 /// What the whiteout test image must look like once its layers are merged.
 fn check_merged_view(root: &Path) {
+    assert_eq!(
+        xattr(&root.join("etc/xattr"), "user.r3s").as_deref(),
+        Some(&b"hello"[..])
+    );
     assert_eq!(
         std::fs::read_to_string(root.join("etc/keep")).unwrap(),
         "keep"
@@ -369,6 +409,19 @@ async fn path_traversal_layer_rejected() {
             &[
                 Entry::Symlink("link", "/tmp"),
                 Entry::File("link/r3s-escape", b"x".to_vec(), 0o644),
+            ],
+            Compression::Gzip,
+        ),
+        // A hard link to a file outside the snapshot.
+        layer(
+            &[Entry::Hardlink("passwd", "../../../../etc/passwd")],
+            Compression::Gzip,
+        ),
+        // A hard link through a symlinked directory.
+        layer(
+            &[
+                Entry::Symlink("etc", "/etc"),
+                Entry::Hardlink("passwd", "etc/passwd"),
             ],
             Compression::Gzip,
         ),
@@ -820,4 +873,149 @@ async fn concurrent_pulls_and_gc_are_safe() {
             .count(),
         0
     );
+}
+
+#[tokio::test]
+async fn interrupted_download_resumes_with_range_requests() {
+    if !have_registry() || !have_root() {
+        return;
+    }
+    let reg = Registry::start();
+    let img = image(vec![random_layer(1 << 20, 7)], "amd64", None, false);
+    reg.push("flaky", "1", &img, &ANON).await;
+    let name = format!("{}/flaky:1", reg.addr);
+    let mirror = |proxy: &CutProxy| {
+        format!(
+            "mirrors:\n  \"{}\":\n    endpoint: [\"http://{}\"]\n",
+            reg.addr, proxy.addr
+        )
+    };
+
+    // Two cuts: resumed twice from the byte where each connection broke.
+    let proxy = CutProxy::start(&reg.addr, &img.layers[0].digest, 300_000, 2);
+    let tmp = tempfile::tempdir().unwrap();
+    let svc = service_with_yaml(&tmp.path().join("a"), &mirror(&proxy), "linux/amd64");
+    let rec = svc.pull(&name, &opts()).await.unwrap();
+    assert_eq!(proxy.ranges.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let blob = svc
+        .root()
+        .join("blobs/sha256")
+        .join(rec.layers[0].digest.hex());
+    assert_eq!(std::fs::read(blob).unwrap(), img.layers[0].data);
+
+    // A link that always breaks: the pull gives up after a bounded number of resumes, cleanly.
+    let proxy = CutProxy::start(&reg.addr, &img.layers[0].digest, 100_000, usize::MAX);
+    let svc = service_with_yaml(&tmp.path().join("b"), &mirror(&proxy), "linux/amd64");
+    let err = svc.pull(&name, &opts()).await.unwrap_err().to_string();
+    eprintln!("flaky link error: {err}");
+    assert!(err.contains(&proxy.addr), "{err}");
+    assert_eq!(proxy.ranges.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert!(
+        !svc.root()
+            .join("blobs/sha256")
+            .join(&img.layers[0].digest[7..])
+            .exists()
+    );
+    assert_eq!(
+        std::fs::read_dir(svc.root().join("ingest"))
+            .unwrap()
+            .count(),
+        0
+    );
+    assert!(svc.list().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn prune_removes_least_recently_used_unused_images() {
+    if !have_registry() || !have_root() {
+        return;
+    }
+    let reg = Registry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let svc = service(tmp.path(), &reg, "linux/amd64");
+    let mut names = Vec::new();
+    for (i, n) in ["a", "b", "c"].into_iter().enumerate() {
+        let img = image(
+            vec![random_layer(200_000, 2 * i as u64 + 11)],
+            "amd64",
+            None,
+            false,
+        );
+        reg.push(&format!("prune/{n}"), "1", &img, &ANON).await;
+        let name = format!("{}/prune/{n}:1", reg.addr);
+        svc.pull(&name, &opts()).await.unwrap();
+        names.push(name);
+    }
+    // `a` is in use by a container.
+    let cdir = tmp.path().join("ca");
+    svc.prepare_rootfs_copy(&names[0], &cdir).await.unwrap();
+
+    // Everything is younger than an hour: nothing may go.
+    let (removed, _) = svc
+        .prune(0, std::time::Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert!(removed.is_empty());
+
+    // Ask for just under the current size: exactly one unused image goes (b before c on a tie).
+    let du = svc.disk_usage().await.unwrap();
+    let (removed, rep) = svc
+        .prune(
+            du.blob_bytes + du.snapshot_bytes - 1,
+            std::time::Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    assert_eq!(removed, [names[1].clone()]);
+    assert_eq!(rep.snapshots_removed.len(), 1);
+
+    // Down to nothing: the in-use image stays.
+    let (removed, _) = svc.prune(0, std::time::Duration::ZERO).await.unwrap();
+    assert_eq!(removed, [names[2].clone()]);
+    let left: Vec<String> = svc.list().unwrap().into_iter().map(|r| r.name).collect();
+    assert_eq!(left, [names[0].clone()]);
+    svc.release_rootfs(&cdir).await.unwrap();
+    let (removed, _) = svc.prune(0, std::time::Duration::ZERO).await.unwrap();
+    assert_eq!(removed, [names[0].clone()]);
+    let du = svc.disk_usage().await.unwrap();
+    assert_eq!((du.images, du.blobs, du.snapshots), (0, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_handles_on_one_store_agent_and_cli() {
+    if !have_registry() || !have_root() {
+        return;
+    }
+    let reg = Registry::start();
+    let img = image(
+        (0..3).map(|i| random_layer(300_000, 2 * i + 41)).collect(),
+        "amd64",
+        None,
+        false,
+    );
+    reg.push("two", "1", &img, &ANON).await;
+    let tmp = tempfile::tempdir().unwrap();
+    // The agent's handle and an operator CLI's handle (as a second process would open it).
+    let agent = service(tmp.path(), &reg, "linux/amd64");
+    let cli = service(tmp.path(), &reg, "linux/amd64");
+    let name = format!("{}/two:1", reg.addr);
+    let o = opts();
+    let (pulled, gc1, gc2) = tokio::join!(agent.pull(&name, &o), cli.gc(), cli.gc());
+    let rec = pulled.unwrap();
+    gc1.unwrap();
+    gc2.unwrap();
+    // The CLI's GC never took the agent's in-flight blobs; the CLI sees the image.
+    assert_eq!(cli.get(&name).unwrap().unwrap(), rec);
+    assert_eq!(cli.gc().await.unwrap(), Default::default());
+    for l in &rec.layers {
+        assert!(
+            agent
+                .root()
+                .join("blobs/sha256")
+                .join(l.digest.hex())
+                .exists()
+        );
+    }
+    assert!(cli.remove(&name).await.unwrap());
+    assert_eq!(agent.gc().await.unwrap().blobs_removed.len(), 5);
 }

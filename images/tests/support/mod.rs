@@ -78,6 +78,16 @@ impl Registry {
     }
 
     pub fn start_with(opts: RegistryOpts) -> Self {
+        // The free port can be taken by someone else before the registry binds it: retry.
+        for _ in 0..5 {
+            if let Some(reg) = Self::try_start(&opts) {
+                return reg;
+            }
+        }
+        panic!("docker-registry did not start after 5 attempts");
+    }
+
+    fn try_start(opts: &RegistryOpts) -> Option<Self> {
         let dir = tempfile::Builder::new()
             .prefix("r3st-registry")
             .tempdir()
@@ -125,7 +135,7 @@ impl Registry {
             .stderr(log)
             .spawn()
             .expect("spawn docker-registry");
-        let reg = Registry {
+        let mut reg = Registry {
             dir,
             addr,
             tls: opts.tls.is_some(),
@@ -133,6 +143,10 @@ impl Registry {
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(&reg.addr).is_err() {
+            if let Ok(Some(status)) = reg.child.try_wait() {
+                eprintln!("docker-registry exited ({status}), retrying: {}", reg.log());
+                return None;
+            }
             assert!(
                 Instant::now() < deadline,
                 "registry did not start: {}",
@@ -140,7 +154,7 @@ impl Registry {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        reg
+        Some(reg)
     }
 
     pub fn start_with_extra(extra: &str) -> Self {
@@ -216,11 +230,11 @@ impl Registry {
                 .await
                 .unwrap();
         }
-        let mt = http::HeaderValue::from_static("application/vnd.oci.image.index.v1+json");
-        client
-            .push_manifest_raw(&r, index.to_vec(), mt)
-            .await
-            .unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(index).unwrap();
+        let mt = http::HeaderValue::from_str(doc["mediaType"].as_str().unwrap()).unwrap();
+        if let Err(e) = client.push_manifest_raw(&r, index.to_vec(), mt).await {
+            panic!("push index: {e}\nregistry log:\n{}", self.log());
+        }
     }
 }
 
@@ -266,6 +280,21 @@ pub enum Entry<'a> {
     Opaque(&'a str),
     /// Raw path (no checks): for traversal tests.
     RawFile(&'a str, Vec<u8>),
+    /// A file with one xattr (PAX `SCHILY.xattr.<name>` record).
+    XattrFile(&'a str, Vec<u8>, &'a str, &'a [u8]),
+}
+
+/// One PAX record: `<len> <key>=<value>\n`, where len counts the whole record.
+fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let body_len = key.len() + value.len() + 3; // ' ', '=', '\n'
+    let mut len = body_len + 1;
+    while len != body_len + len.to_string().len() {
+        len = body_len + len.to_string().len();
+    }
+    let mut r = format!("{len} {key}=").into_bytes();
+    r.extend_from_slice(value);
+    r.push(b'\n');
+    r
 }
 
 pub struct Layer {
@@ -336,6 +365,13 @@ pub fn layer(entries: &[Entry<'_>], c: Compression) -> Layer {
                 let mut h = header(tar::EntryType::Regular, 0o644, 0);
                 b.append_data(&mut h, Path::new(dir).join(".wh..wh..opq"), &[][..])
                     .unwrap();
+            }
+            Entry::XattrFile(p, data, name, value) => {
+                let rec = pax_record(&format!("SCHILY.xattr.{name}"), value);
+                let mut x = header(tar::EntryType::XHeader, 0o644, rec.len() as u64);
+                b.append_data(&mut x, "PaxHeaders/x", &rec[..]).unwrap();
+                let mut h = header(tar::EntryType::Regular, 0o644, data.len() as u64);
+                b.append_data(&mut h, p, &data[..]).unwrap();
             }
             Entry::RawFile(p, data) => {
                 let mut h = header(tar::EntryType::Regular, 0o644, data.len() as u64);
@@ -459,6 +495,18 @@ pub fn image(layers: Vec<Layer>, arch: &str, variant: Option<&str>, docker: bool
 
 /// An OCI index over `(image, arch, variant)`.
 pub fn index(entries: &[(&Image, &str, Option<&str>)]) -> Vec<u8> {
+    index_typed(entries, "application/vnd.oci.image.index.v1+json")
+}
+
+/// A Docker manifest list over `(image, arch, variant)`.
+pub fn docker_list(entries: &[(&Image, &str, Option<&str>)]) -> Vec<u8> {
+    index_typed(
+        entries,
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    )
+}
+
+fn index_typed(entries: &[(&Image, &str, Option<&str>)], media_type: &str) -> Vec<u8> {
     let manifests: Vec<_> = entries
         .iter()
         .map(|(img, arch, variant)| {
@@ -472,7 +520,7 @@ pub fn index(entries: &[(&Image, &str, Option<&str>)]) -> Vec<u8> {
         .collect();
     serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "mediaType": media_type,
         "manifests": manifests,
     }))
     .unwrap()
@@ -522,4 +570,118 @@ impl Drop for RootfsGuard {
             unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
         }
     }
+}
+
+/// A TCP proxy in front of a registry that cuts the response of the first `max_cuts` requests for
+/// one blob after `cut_after` bytes (a flaky link), and counts Range requests for it.
+pub struct CutProxy {
+    pub addr: String,
+    pub cuts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub ranges: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CutProxy {
+    pub fn start(upstream: &str, digest: &str, cut_after: usize, max_cuts: usize) -> Self {
+        use std::io::Read;
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let cuts = Arc::new(AtomicUsize::new(0));
+        let ranges = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (cuts2, ranges2, stop2) = (cuts.clone(), ranges.clone(), stop.clone());
+        let upstream = upstream.to_string();
+        let blob_path = format!("/blobs/{digest}");
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut client) = conn else { continue };
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match client.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&req).into_owned();
+                let Some(head) = text.split("\r\n\r\n").next() else {
+                    continue;
+                };
+                let mut lines: Vec<&str> = head
+                    .lines()
+                    .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+                    .collect();
+                lines.push("Connection: close");
+                let is_blob = lines.first().is_some_and(|l| l.contains(&blob_path));
+                if is_blob
+                    && lines
+                        .iter()
+                        .any(|l| l.to_ascii_lowercase().starts_with("range:"))
+                {
+                    ranges2.fetch_add(1, Ordering::SeqCst);
+                }
+                let cut = is_blob && cuts2.fetch_add(1, Ordering::SeqCst) < max_cuts;
+                if is_blob && !cut {
+                    cuts2.fetch_sub(1, Ordering::SeqCst);
+                }
+                let Ok(mut up) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let _ = up.write_all(format!("{}\r\n\r\n", lines.join("\r\n")).as_bytes());
+                let mut sent = 0usize;
+                loop {
+                    let n = match up.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    let n = if cut { n.min(cut_after - sent) } else { n };
+                    if client.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    sent += n;
+                    if cut && sent >= cut_after {
+                        break;
+                    }
+                }
+                let _ = client.shutdown(std::net::Shutdown::Both);
+            }
+        });
+        CutProxy {
+            addr,
+            cuts,
+            ranges,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = TcpStream::connect(&self.addr);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A layer with one file of `len` pseudo-random (incompressible) bytes (`seed | 1` seeds it).
+pub fn random_layer(len: usize, seed: u64) -> Layer {
+    let mut x = seed | 1;
+    let data: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    layer(&[Entry::File("blob.bin", data, 0o644)], Compression::None)
 }
