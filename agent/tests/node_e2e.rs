@@ -24,7 +24,7 @@ use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use oci_client::secrets::RegistryAuth;
 use r3s_agent::NodeOptions;
-use r3s_server::api::{ApiOptions, serve_listener};
+use r3s_server::api::{ApiOptions, ServiceNetwork, serve_listener};
 use r3s_server::store::{SqliteStore, Store, StoreOptions};
 use r3s_server::tls::{CertOptions, ensure_certificates, server_config};
 use serde_json::{Value, json};
@@ -73,6 +73,8 @@ async fn start_server(dir: &Path) -> Server {
         listen: addr,
         tls,
         advertise_address: addr.to_string(),
+        services: Arc::new(ServiceNetwork::default()),
+        tokens: None,
     };
     let task = tokio::spawn(async move {
         serve_listener(listener, store, opts, async {
