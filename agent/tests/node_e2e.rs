@@ -208,14 +208,34 @@ fn cgroup_pids(cgroup: &Path) -> Vec<i32> {
     Vec::new()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn node_runs_pods_end_to_end() {
+/// A registry with a busybox image, an API server and a running agent. Field order is drop
+/// order: the guard cleans up before the directories and the registry go.
+struct Harness {
+    _guard: AgentGuard,
+    agent: Option<tokio::task::JoinHandle<Result<(), r3s_agent::AgentError>>>,
+    stop: Option<oneshot::Sender<()>>,
+    server: Server,
+    client: kube::Client,
+    image: String,
+    manifest_digest: String,
+    registry_addr: String,
+    node_name: String,
+    data_dir: PathBuf,
+    run_dir: PathBuf,
+    cgroup_root: PathBuf,
+    _reg: Registry,
+    _tmp: tempfile::TempDir,
+}
+
+/// Starts everything, or returns `None` (after `skipped:`; panics under CI=true) when a
+/// prerequisite is missing. `suffix` keeps names unique between tests of this process.
+async fn harness(suffix: &str) -> Option<Harness> {
     if !require("root", support::is_root())
         || !support::have_registry()
         || !support::have_busybox()
         || !require("kubectl (/usr/bin/kubectl)", Path::new(KUBECTL).exists())
     {
-        return;
+        return None;
     }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -225,7 +245,7 @@ async fn node_runs_pods_end_to_end() {
         .with_test_writer()
         .try_init();
     let tmp = tempfile::tempdir().unwrap();
-    let uniq = format!("r3st{}", std::process::id());
+    let uniq = format!("r3st{}{suffix}", std::process::id());
 
     // A busybox-static image in a real registry.
     let reg = Registry::start();
@@ -264,7 +284,7 @@ async fn node_runs_pods_end_to_end() {
     let data_dir = tmp.path().join("data");
     let run_dir = tmp.path().join("run");
     let cgroup_root = PathBuf::from(format!("/{uniq}"));
-    let _guard = AgentGuard {
+    let guard = AgentGuard {
         run_dir: run_dir.clone(),
         data_dir: data_dir.clone(),
         cgroup_root: cgroup_root.clone(),
@@ -289,6 +309,81 @@ async fn node_runs_pods_end_to_end() {
     let agent = tokio::spawn(r3s_agent::run_node(client.clone(), opts, async {
         let _ = stop_rx.await;
     }));
+
+    Some(Harness {
+        _guard: guard,
+        agent: Some(agent),
+        stop: Some(stop_tx),
+        server,
+        client,
+        image,
+        manifest_digest: img.manifest_digest.clone(),
+        registry_addr: reg.addr.clone(),
+        node_name,
+        data_dir,
+        run_dir,
+        cgroup_root,
+        _reg: reg,
+        _tmp: tmp,
+    })
+}
+
+impl Harness {
+    fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), "default")
+    }
+
+    async fn create(&self, name: &str, spec: Value) -> Pod {
+        let mut spec = spec;
+        spec["nodeName"] = json!(self.node_name);
+        let pod: Pod = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": spec,
+        }))
+        .unwrap();
+        self.pods()
+            .create(&PostParams::default(), &pod)
+            .await
+            .unwrap()
+    }
+
+    fn log(&self, pod: &Pod, container: &str, restart: u32) -> PathBuf {
+        self.data_dir
+            .join("agent/pods")
+            .join(format!(
+                "default_{}_{}",
+                pod.metadata.name.as_deref().unwrap(),
+                pod.metadata.uid.as_deref().unwrap()
+            ))
+            .join(container)
+            .join(format!("{restart}.log"))
+    }
+
+    /// Stops the agent (which stops its pods) and checks no container is left.
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(agent) = self.agent.take() {
+            agent.await.unwrap().unwrap();
+        }
+        let left: Vec<_> = std::fs::read_dir(self.run_dir.join("containers"))
+            .unwrap()
+            .flatten()
+            .collect();
+        assert!(left.is_empty(), "containers left: {left:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_runs_pods_end_to_end() {
+    let Some(h) = harness("a").await else {
+        return;
+    };
+    let (client, node_name, image) = (h.client.clone(), h.node_name.clone(), h.image.clone());
+    let (data_dir, run_dir, cgroup_root) =
+        (h.data_dir.clone(), h.run_dir.clone(), h.cgroup_root.clone());
 
     // The Node: registered, Ready, labelled and tainted, with capacity and nodeInfo.
     let nodes: Api<Node> = Api::all(client.clone());
@@ -394,7 +489,7 @@ async fn node_runs_pods_end_to_end() {
     assert_eq!(cs["image"], image.as_str());
     assert_eq!(
         cs["imageID"],
-        format!("{}/busybox@{}", reg.addr, img.manifest_digest).as_str()
+        format!("{}/busybox@{}", h.registry_addr, h.manifest_digest).as_str()
     );
     let container_id = cs["containerID"].as_str().unwrap().to_owned();
     assert!(container_id.starts_with("youki://"), "{container_id}");
@@ -506,13 +601,13 @@ async fn node_runs_pods_end_to_end() {
     assert_eq!(web["status"]["podIP"], "127.0.0.1");
 
     // kubectl sees it all.
-    let wide = kubectl(&server, &["get", "pods", "-o", "wide"]).await;
+    let wide = kubectl(&h.server, &["get", "pods", "-o", "wide"]).await;
     let ticker_line = wide.lines().find(|l| l.starts_with("ticker")).unwrap();
     assert!(
         ticker_line.contains("Running") && ticker_line.contains(&node_name),
         "{wide}"
     );
-    let nodes_out = kubectl(&server, &["get", "nodes"]).await;
+    let nodes_out = kubectl(&h.server, &["get", "nodes"]).await;
     let node_line = nodes_out
         .lines()
         .find(|l| l.starts_with(&node_name))
@@ -554,15 +649,167 @@ async fn node_runs_pods_end_to_end() {
     .await;
 
     // Shutdown stops every pod and leaves no container behind.
-    let _ = stop_tx.send(());
-    agent.await.unwrap().unwrap();
-    let left: Vec<_> = std::fs::read_dir(run_dir.join("containers"))
-        .unwrap()
-        .flatten()
-        .collect();
-    assert!(left.is_empty(), "containers left: {left:?}");
+    h.stop().await;
     assert!(
         http_get(port).is_none(),
         "the web pod still answers after shutdown"
     );
+}
+
+/// The first CRI record's timestamp of a log file.
+fn first_timestamp(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.split(' ').next().unwrap().to_owned()
+}
+
+async fn terminal(h: &Harness, name: &str) -> Value {
+    let pods = h.pods();
+    eventually(&format!("{name} to finish"), || async {
+        let p = pod_json(&pods, name).await?;
+        let phase = p["status"]["phase"].as_str()?;
+        (phase == "Succeeded" || phase == "Failed").then_some(p)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_containers_env_exit_codes_and_errors() {
+    let Some(h) = harness("b").await else {
+        return;
+    };
+    let image = h.image.clone();
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(h.client.clone(), "default");
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(
+            json!({"metadata": {"name": "settings"}, "data": {"color": "blue"}}),
+        )
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(h.client.clone(), "default");
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": "creds"}, "stringData": {"password": "s3cret"}}),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+
+    // Init containers run in order, each to completion, then the container with its environment.
+    let batch = h
+        .create(
+            "batch",
+            json!({
+                "restartPolicy": "Never",
+                "initContainers": [
+                    {"name": "first", "image": image, "command": ["sh", "-c", "echo first; sleep 1"]},
+                    {"name": "second", "image": image, "command": ["sh", "-c", "echo second"]},
+                ],
+                "containers": [{
+                    "name": "main",
+                    "image": image,
+                    "command": ["sh", "-c", "echo \"color=$COLOR password=$PASSWORD pod=$POD greeting=$GREETING mem=$MEM_MI\""],
+                    "resources": {"limits": {"memory": "32Mi"}},
+                    "env": [
+                        {"name": "COLOR", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "color"}}},
+                        {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}},
+                        {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                        {"name": "GREETING", "value": "hello-$(POD)"},
+                        {"name": "MEM_MI", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}},
+                    ],
+                }],
+            }),
+        )
+        .await;
+    let done = terminal(&h, "batch").await;
+    assert_eq!(done["status"]["phase"], "Succeeded", "{done:#}");
+    let inits = done["status"]["initContainerStatuses"].as_array().unwrap();
+    assert_eq!(inits.len(), 2);
+    for s in inits {
+        assert_eq!(s["state"]["terminated"]["reason"], "Completed", "{s}");
+    }
+    let main = &done["status"]["containerStatuses"][0];
+    assert_eq!(main["state"]["terminated"]["exitCode"], 0);
+    assert_eq!(main["state"]["terminated"]["reason"], "Completed");
+    let out = std::fs::read_to_string(h.log(&batch, "main", 0)).unwrap();
+    assert!(
+        out.contains("stdout F color=blue password=s3cret pod=batch greeting=hello-batch mem=32"),
+        "{out}"
+    );
+    // "second" started only after "first" had finished.
+    let first = std::fs::read_to_string(h.log(&batch, "first", 0)).unwrap();
+    assert!(first.contains("stdout F first"), "{first}");
+    assert!(
+        first_timestamp(&h.log(&batch, "first", 0)) < first_timestamp(&h.log(&batch, "second", 0))
+    );
+    assert!(
+        first_timestamp(&h.log(&batch, "second", 0)) < first_timestamp(&h.log(&batch, "main", 0))
+    );
+
+    // A non-zero exit with restartPolicy Never fails the pod with the exit code.
+    h.create(
+        "failing",
+        json!({"restartPolicy": "Never", "containers": [{"name": "c", "image": image, "command": ["sh", "-c", "exit 7"]}]}),
+    )
+    .await;
+    let failed = terminal(&h, "failing").await;
+    assert_eq!(failed["status"]["phase"], "Failed");
+    let t = &failed["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(
+        (t["exitCode"].as_i64(), t["reason"].as_str()),
+        (Some(7), Some("Error"))
+    );
+
+    // Over its memory limit, a container is OOM-killed and reported so.
+    h.create(
+        "hog",
+        json!({
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "c", "image": image,
+                "command": ["sh", "-c", "a=0123456789; while true; do a=\"$a$a\"; done"],
+                "resources": {"limits": {"memory": "16Mi"}},
+            }],
+        }),
+    )
+    .await;
+    let hog = terminal(&h, "hog").await;
+    let t = &hog["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(t["reason"], "OOMKilled", "{hog:#}");
+    assert_eq!(t["exitCode"], 137);
+
+    // Errors a user must see in the status: a missing configMap, an image that may not be pulled.
+    h.create(
+        "misconfigured",
+        json!({"containers": [{"name": "c", "image": image, "command": ["true"],
+            "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "nope", "key": "k"}}}]}]}),
+    )
+    .await;
+    h.create(
+        "never-pull",
+        json!({"containers": [{"name": "c", "image": format!("{}/absent:1", h.registry_addr), "imagePullPolicy": "Never"}]}),
+    )
+    .await;
+    let pods = h.pods();
+    for (name, reason) in [
+        ("misconfigured", "CreateContainerConfigError"),
+        ("never-pull", "ErrImageNeverPull"),
+    ] {
+        let p = eventually(reason, || async {
+            let p = pod_json(&pods, name).await?;
+            (p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == reason)
+                .then_some(p)
+        })
+        .await;
+        assert_eq!(p["status"]["phase"], "Pending");
+    }
+
+    h.stop().await;
 }
