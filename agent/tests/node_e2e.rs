@@ -107,11 +107,14 @@ struct AgentGuard {
     run_dir: PathBuf,
     data_dir: PathBuf,
     cgroup_root: PathBuf,
+    /// A pod bridge the agent made on the host.
+    bridge: Option<String>,
 }
 
 impl Drop for AgentGuard {
     fn drop(&mut self) {
         let run_dir = self.run_dir.clone();
+        let bridge = self.bridge.clone();
         // A fresh runtime on its own thread: Drop may run inside the test's runtime.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -119,7 +122,14 @@ impl Drop for AgentGuard {
                 .build()
                 .unwrap();
             let runtime = r3s_agent::runtime::Runtime::new(run_dir.join("containers"));
-            rt.block_on(r3s_agent::runtime::cleanup::delete_all(&runtime));
+            rt.block_on(async {
+                r3s_agent::runtime::cleanup::delete_all(&runtime).await;
+                if let Some(bridge) = &bridge
+                    && let Ok(h) = r3s_cni::netns::connect(None)
+                {
+                    let _ = r3s_cni::nl::delete_link(&h, bridge).await;
+                }
+            });
         })
         .join();
         r3s_agent::runtime::cleanup::unmount_below(&self.data_dir);
@@ -229,7 +239,7 @@ struct Harness {
 
 /// Starts everything, or returns `None` (after `skipped:`; panics under CI=true) when a
 /// prerequisite is missing. `suffix` keeps names unique between tests of this process.
-async fn harness(suffix: &str) -> Option<Harness> {
+async fn harness(suffix: &str, pod_cidr: Option<&str>) -> Option<Harness> {
     if !require("root", support::is_root())
         || !support::have_registry()
         || !support::have_busybox()
@@ -284,10 +294,12 @@ async fn harness(suffix: &str) -> Option<Harness> {
     let data_dir = tmp.path().join("data");
     let run_dir = tmp.path().join("run");
     let cgroup_root = PathBuf::from(format!("/{uniq}"));
+    let bridge = format!("r3sb{}{suffix}", std::process::id());
     let guard = AgentGuard {
         run_dir: run_dir.clone(),
         data_dir: data_dir.clone(),
         cgroup_root: cgroup_root.clone(),
+        bridge: pod_cidr.map(|_| bridge.clone()),
     };
     let node_name = format!("{uniq}-node");
     let mut opts = NodeOptions::new(&node_name, &data_dir);
@@ -305,6 +317,18 @@ async fn harness(suffix: &str) -> Option<Harness> {
     .unwrap();
     registries.disable_default_endpoint = true;
     opts.registries = registries;
+    if let Some(cidr) = pod_cidr {
+        // As the server's IPAM controller would: the Node exists with its podCIDR already.
+        let nodes: Api<Node> = Api::all(client.clone());
+        let node: Node = serde_json::from_value(
+            json!({"metadata": {"name": node_name}, "spec": {"podCIDR": cidr, "podCIDRs": [cidr]}}),
+        )
+        .unwrap();
+        nodes.create(&PostParams::default(), &node).await.unwrap();
+        opts.bridge = bridge;
+        // No masquerade table on the test machine's own namespace.
+        opts.cluster_cidr = None;
+    }
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let agent = tokio::spawn(r3s_agent::run_node(client.clone(), opts, async {
         let _ = stop_rx.await;
@@ -378,7 +402,7 @@ impl Harness {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_runs_pods_end_to_end() {
-    let Some(h) = harness("a").await else {
+    let Some(h) = harness("a", None).await else {
         return;
     };
     let (client, node_name, image) = (h.client.clone(), h.node_name.clone(), h.image.clone());
@@ -674,7 +698,7 @@ async fn terminal(h: &Harness, name: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_containers_env_exit_codes_and_errors() {
-    let Some(h) = harness("b").await else {
+    let Some(h) = harness("b", None).await else {
         return;
     };
     let image = h.image.clone();
@@ -812,4 +836,96 @@ async fn init_containers_env_exit_codes_and_errors() {
     }
 
     h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_network_through_cni_when_the_node_has_a_pod_cidr() {
+    // A /24 of 10.42.0.0/16 unlikely to be used by another test on this machine.
+    let cidr = format!("10.42.{}.0/24", 200 + std::process::id() % 50);
+    let Some(h) = harness("c", Some(&cidr)).await else {
+        return;
+    };
+    let pod = h
+        .create(
+            "netpod",
+            json!({"containers": [{"name": "web", "image": h.image,
+                "command": ["sh", "-c", "mkdir -p /tmp/www && echo pod-network-ok > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"]}],
+                "terminationGracePeriodSeconds": 2}),
+        )
+        .await;
+    let pods = h.pods();
+    let ip = eventually("netpod Running with an IP", || async {
+        let p = pod_json(&pods, "netpod").await?;
+        (p["status"]["phase"] == "Running").then_some(())?;
+        Some(p["status"]["podIP"].as_str()?.to_owned())
+    })
+    .await;
+    let addr: std::net::Ipv4Addr = ip.parse().unwrap();
+    let net: ipnet::Ipv4Net = cidr.parse().unwrap();
+    assert!(
+        net.contains(&addr) && addr != net.network(),
+        "{ip} in {cidr}"
+    );
+    // The host reaches the pod through the bridge.
+    let body = eventually("HTTP from the pod's address", || {
+        let ip = ip.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let mut s = std::net::TcpStream::connect((ip.as_str(), 8080)).ok()?;
+                s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+                let mut b = String::new();
+                s.read_to_string(&mut b).ok()?;
+                Some(b)
+            })
+            .await
+            .unwrap()
+            .filter(|b| b.contains("pod-network-ok"))
+        }
+    })
+    .await;
+    assert!(body.starts_with("HTTP/1."));
+    // /etc/hosts in the pod names its address.
+    let hosts = std::fs::read_to_string(
+        h.run_dir
+            .join("sandboxes")
+            .join(pod.metadata.uid.as_deref().unwrap())
+            .join("hosts"),
+    )
+    .unwrap();
+    assert!(hosts.contains(&format!("{ip}\tnetpod")), "{hosts}");
+
+    let leases = h.data_dir.join("agent/cni");
+    let leased = |ip: &str| {
+        walk_files(&leases)
+            .into_iter()
+            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy() == ip))
+            .count()
+    };
+    assert_eq!(leased(&ip), 1, "no IPAM lease for {ip}");
+
+    // Deleting the pod releases its address (CNI DEL) and removes its namespaces.
+    pods.delete("netpod", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("netpod gone", || async {
+        pod_json(&pods, "netpod").await.is_none().then_some(())
+    })
+    .await;
+    assert_eq!(leased(&ip), 0, "the address {ip} is still leased");
+    h.stop().await;
+}
+
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk_files(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
 }

@@ -99,6 +99,8 @@ pub struct NodeOptions {
     pub cluster_cidr: Option<ipnet::Ipv4Net>,
     /// Absolute cgroup under which pods live (`/r3s`).
     pub cgroup_root: PathBuf,
+    /// The pod bridge (`r3s0`), made when the Node has a podCIDR.
+    pub bridge: String,
     pub max_pods: u32,
 }
 
@@ -119,6 +121,7 @@ impl NodeOptions {
             cluster_domain: "cluster.local".into(),
             cluster_cidr: "10.42.0.0/16".parse().ok(),
             cgroup_root: PathBuf::from("/r3s"),
+            bridge: r3s_cni::bridge::DEFAULT_BRIDGE.into(),
             max_pods: 110,
         }
     }
@@ -272,7 +275,7 @@ async fn start_network(
     let cfg = r3s_cni::node::NodeConfig {
         pods: r3s_cni::network::BridgeNetwork {
             name: "r3s".into(),
-            bridge: r3s_cni::bridge::DEFAULT_BRIDGE.into(),
+            bridge: opts.bridge.clone(),
             subnet,
             mtu: 1500,
             ipam_dir: layout.cni(),
