@@ -589,6 +589,38 @@ async fn node_runs_pods_end_to_end() {
     })
     .await;
 
+    // Events as kubelet posts them (what `kubectl describe pod` lists).
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "default");
+    let reasons = |pod: &'static str| {
+        let events = events.clone();
+        async move {
+            events
+                .list(&Default::default())
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .filter(|e| e.involved_object.name.as_deref() == Some(pod))
+                .filter_map(|e| e.reason)
+                .collect::<Vec<String>>()
+        }
+    };
+    let ticker_events = reasons("ticker").await;
+    for r in ["Pulling", "Pulled", "Created", "Started"] {
+        assert!(
+            ticker_events.iter().any(|e| e == r),
+            "{r} missing: {ticker_events:?}"
+        );
+    }
+    eventually("a BackOff event", || async {
+        reasons("crasher")
+            .await
+            .iter()
+            .any(|e| e == "BackOff")
+            .then_some(())
+    })
+    .await;
+
     // 3. A hostNetwork pod serving HTTP on 127.0.0.1.
     let port = free_port();
     create(

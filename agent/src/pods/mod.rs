@@ -10,6 +10,7 @@
 
 pub mod container;
 pub mod env;
+pub mod events;
 pub mod quantity;
 pub mod sandbox;
 pub mod status;

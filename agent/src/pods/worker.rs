@@ -38,6 +38,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::events::{self, Kind};
 use super::sandbox::{self, Isolation, Sandbox};
 use super::status::{self, ContainerView, PodView, State, Terminated};
 use super::{Ctx, container, env};
@@ -49,6 +50,8 @@ pub const BACKOFF_INITIAL: Duration = Duration::from_secs(10);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// A container running this long has its back-off reset.
 pub const BACKOFF_RESET: Duration = Duration::from_secs(600);
+/// How long to wait before writing a status again after a failed write.
+const STATUS_RETRY: Duration = Duration::from_secs(2);
 /// How long to wait for exits after SIGKILL before deleting anyway.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
@@ -191,6 +194,8 @@ pub struct Worker {
     start_time: String,
     /// The pod reached a terminal phase before this worker (or the agent) started it.
     finished: bool,
+    /// When to retry a status write that failed (API server unreachable).
+    status_retry: Option<Instant>,
 }
 
 pub fn now() -> String {
@@ -242,6 +247,7 @@ impl Worker {
             last_status,
             start_time,
             finished: phase == "Succeeded" || phase == "Failed",
+            status_retry: None,
         }
     }
 
@@ -324,6 +330,18 @@ impl Worker {
         info!(pod = %self.key(), "pod worker finished");
     }
 
+    fn event(&self, container: Option<&str>, kind: Kind, reason: &str, message: String) {
+        events::record(
+            &self.ctx.client,
+            &self.ctx.node_name,
+            &self.pod,
+            container,
+            kind,
+            reason,
+            message,
+        );
+    }
+
     fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
@@ -334,6 +352,7 @@ impl Worker {
             .filter(|s| s.running.is_none() && !s.done)
             .filter_map(|s| s.not_before)
             .chain(self.sandbox_retry)
+            .chain(self.status_retry)
             .min()
     }
 
@@ -550,6 +569,12 @@ impl Worker {
         let pull = match policy.as_str() {
             "Always" => true,
             "Never" if !present => {
+                self.event(
+                    Some(&c.name),
+                    Kind::Warning,
+                    "ErrImageNeverPull",
+                    format!("Container image \"{image}\" is not present with pull policy of Never"),
+                );
                 return Err((
                     "ErrImageNeverPull".into(),
                     format!("Container image \"{image}\" is not present with pull policy of Never"),
@@ -563,9 +588,38 @@ impl Worker {
                 ..Default::default()
             };
             info!(pod = %self.key(), %image, "pulling image");
+            self.event(
+                Some(&c.name),
+                Kind::Normal,
+                "Pulling",
+                format!("Pulling image \"{image}\""),
+            );
+            let t0 = std::time::Instant::now();
             if let Err(e) = images.pull(&image, &opts).await {
+                self.event(
+                    Some(&c.name),
+                    Kind::Warning,
+                    "Failed",
+                    format!("Failed to pull image \"{image}\": {e}"),
+                );
                 return Err(("ErrImagePull".into(), e.to_string()));
             }
+            self.event(
+                Some(&c.name),
+                Kind::Normal,
+                "Pulled",
+                format!(
+                    "Successfully pulled image \"{image}\" in {:.3}s",
+                    t0.elapsed().as_secs_f64()
+                ),
+            );
+        } else {
+            self.event(
+                Some(&c.name),
+                Kind::Normal,
+                "Pulled",
+                format!("Container image \"{image}\" already present on machine"),
+            );
         }
         images
             .inspect(&image)
@@ -595,6 +649,12 @@ impl Worker {
         self.slots[i].image_id = Some(image_id(&info.record));
         if let Err((reason, message)) = self.create_and_start(i, &c, &info).await {
             warn!(pod = %self.key(), container = %c.name, "{reason}: {message}");
+            self.event(
+                Some(&c.name),
+                Kind::Warning,
+                "Failed",
+                format!("Error: {message}"),
+            );
             let slot = &mut self.slots[i];
             slot.waiting = (reason, Some(message));
             slot.back_off(None);
@@ -695,6 +755,18 @@ impl Worker {
             }
         };
         info!(pod = %self.key(), container = %c.name, id = %id, pid = started.pid, "container started");
+        self.event(
+            Some(&c.name),
+            Kind::Normal,
+            "Created",
+            format!("Created container {}", c.name),
+        );
+        self.event(
+            Some(&c.name),
+            Kind::Normal,
+            "Started",
+            format!("Started container {}", c.name),
+        );
         let tx = self.exits.clone();
         let cgroup = cfg.cgroups_path.clone();
         let wid = id.clone();
@@ -786,6 +858,16 @@ impl Worker {
                     self.uid
                 );
                 slot.waiting = ("CrashLoopBackOff".into(), Some(msg));
+                let name = slot.spec.name.clone();
+                self.event(
+                    Some(&name),
+                    Kind::Warning,
+                    "BackOff",
+                    format!(
+                        "Back-off restarting failed container {name} in pod {}_{}({})",
+                        self.name, self.namespace, self.uid
+                    ),
+                );
             }
         } else {
             slot.done = true;
@@ -816,6 +898,16 @@ impl Worker {
             return;
         }
         info!(pod = %self.key(), containers = ids.len(), grace = grace.as_secs(), "killing containers");
+        for s in &self.slots {
+            if s.running.is_some() {
+                self.event(
+                    Some(&s.spec.name),
+                    Kind::Normal,
+                    "Killing",
+                    format!("Stopping container {}", s.spec.name),
+                );
+            }
+        }
         for id in &ids {
             if let Err(e) = self.ctx.runtime.kill(id, Signal::SIGTERM, false).await {
                 debug!(pod = %self.key(), "SIGTERM {id}: {e}");
@@ -963,8 +1055,12 @@ impl Worker {
             Ok(_) => {
                 debug!(pod = %self.key(), phase = %st["phase"], "status written");
                 self.last_status = st;
+                self.status_retry = None;
             }
-            Err(e) => warn!(pod = %self.key(), "writing status: {e}"),
+            Err(e) => {
+                warn!(pod = %self.key(), "writing status: {e}");
+                self.status_retry = Some(Instant::now() + STATUS_RETRY);
+            }
         }
     }
 }
