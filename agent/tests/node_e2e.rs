@@ -841,6 +841,71 @@ async fn init_containers_env_exit_codes_and_errors() {
     assert_eq!(t["reason"], "OOMKilled", "{hog:#}");
     assert_eq!(t["exitCode"], 137);
 
+    // A readiness probe (httpGet, inside a loopback-only pod) gates Ready.
+    h.create(
+        "slow-web",
+        json!({
+            "containers": [{
+                "name": "web", "image": image,
+                "command": ["sh", "-c", "sleep 3; mkdir -p /tmp/www && echo ok > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"],
+                "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1},
+            }],
+            "terminationGracePeriodSeconds": 2,
+        }),
+    )
+    .await;
+    let pods = h.pods();
+    let not_ready = eventually("slow-web Running but not ready", || async {
+        let p = pod_json(&pods, "slow-web").await?;
+        (p["status"]["phase"] == "Running").then_some(p)
+    })
+    .await;
+    let ready_flag = not_ready["status"]["containerStatuses"][0]["ready"].clone();
+    assert_eq!(
+        ready_flag, false,
+        "ready before its probe passed: {not_ready:#}"
+    );
+    eventually("slow-web Ready", || async {
+        let p = pod_json(&pods, "slow-web").await?;
+        let ready = p["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        (ready && p["status"]["containerStatuses"][0]["ready"] == true).then_some(())
+    })
+    .await;
+
+    // A failing liveness probe (tcpSocket) restarts the container.
+    h.create(
+        "unhealthy",
+        json!({
+            "containers": [{
+                "name": "c", "image": image,
+                "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"],
+                "livenessProbe": {"tcpSocket": {"port": 9999}, "periodSeconds": 1, "failureThreshold": 1},
+            }],
+            "terminationGracePeriodSeconds": 2,
+        }),
+    )
+    .await;
+    eventually("unhealthy restarted", || async {
+        let p = pod_json(&pods, "unhealthy").await?;
+        (p["status"]["containerStatuses"][0]["restartCount"].as_u64()? >= 1).then_some(())
+    })
+    .await;
+    let events: Api<k8s_openapi::api::core::v1::Event> =
+        Api::namespaced(h.client.clone(), "default");
+    let unhealthy = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some("unhealthy"))
+        .filter(|e| e.reason.as_deref() == Some("Unhealthy"))
+        .count();
+    assert!(unhealthy >= 1, "no Unhealthy event");
+
     // Errors a user must see in the status: a missing configMap, an image that may not be pulled.
     h.create(
         "misconfigured",

@@ -11,6 +11,7 @@
 pub mod container;
 pub mod env;
 pub mod events;
+pub mod probe;
 pub mod quantity;
 pub mod sandbox;
 pub mod status;

@@ -45,12 +45,10 @@ pub struct ContainerView {
     pub restart_count: u32,
     pub state: State,
     pub last: Option<Terminated>,
-}
-
-impl ContainerView {
-    fn running(&self) -> bool {
-        matches!(self.state, State::Running { .. })
-    }
+    /// Running, past its startup probe, and passing its readiness probe (if any).
+    pub ready: bool,
+    /// Running and past its startup probe (if any).
+    pub started: bool,
 }
 
 /// The pod as the status shows it.
@@ -155,16 +153,15 @@ fn container_json(c: &ContainerView, init: bool) -> Value {
             t.container_id.clone(),
         ),
     };
-    // Without readiness probes a running container is ready; a finished init container is too.
-    let ready =
-        c.running() || (init && matches!(&c.state, State::Terminated(t) if t.exit_code == 0));
+    // A finished init container counts as ready.
+    let ready = c.ready || (init && matches!(&c.state, State::Terminated(t) if t.exit_code == 0));
     let mut v = json!({
         "name": c.name,
         "image": c.image,
         "imageID": c.image_id.clone().unwrap_or_default(),
         "restartCount": c.restart_count,
         "ready": ready,
-        "started": c.running(),
+        "started": c.started,
         "state": state,
         "lastState": c.last.as_ref().map(|t| json!({"terminated": terminated_json(t)})).unwrap_or(json!({})),
     });
@@ -194,7 +191,7 @@ fn condition(prev: &Value, typ: &str, ok: bool, reason: Option<&str>, now: &str)
 /// The full status object; `prev` is the status last written (for transition times).
 pub fn status(v: &PodView, prev: &Value, now: &str) -> Value {
     let phase = phase(v);
-    let containers_ready = v.initialized && v.containers.iter().all(ContainerView::running);
+    let containers_ready = v.initialized && v.containers.iter().all(|c| c.ready);
     let not_ready_reason = if phase == "Succeeded" || phase == "Failed" {
         "PodCompleted"
     } else {
@@ -309,6 +306,8 @@ mod tests {
             image: "img".into(),
             image_id: None,
             restart_count: 0,
+            ready: matches!(state, State::Running { .. }),
+            started: matches!(state, State::Running { .. }),
             state,
             last,
         }

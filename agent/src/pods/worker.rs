@@ -39,6 +39,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::events::{self, Kind};
+use super::probe::{self, ProbeEvent, Which};
 use super::sandbox::{self, Isolation, Sandbox};
 use super::status::{self, ContainerView, PodView, State, Terminated};
 use super::{Ctx, container, env};
@@ -68,6 +69,26 @@ struct Running {
     started_at: String,
     since: Instant,
     copiers: Vec<tokio::task::JoinHandle<()>>,
+    probers: Vec<tokio::task::JoinHandle<()>>,
+    /// Past the startup probe (true at once without one); gates the other probes.
+    started: watch::Sender<bool>,
+    /// The readiness probe's last verdict (false until its first success).
+    ready: bool,
+}
+
+impl Running {
+    fn stop_probers(&mut self) {
+        for p in self.probers.drain(..) {
+            p.abort();
+        }
+    }
+}
+
+impl Drop for Running {
+    // A prober must never outlive its container instance.
+    fn drop(&mut self) {
+        self.stop_probers();
+    }
 }
 
 struct Slot {
@@ -131,7 +152,15 @@ impl Slot {
         } else {
             self.last.clone()
         };
+        let started = self.running.as_ref().is_some_and(|r| *r.started.borrow());
+        let ready = started
+            && self
+                .running
+                .as_ref()
+                .is_some_and(|r| r.ready || self.spec.readiness_probe.is_none());
         ContainerView {
+            ready,
+            started,
             name: self.spec.name.clone(),
             image: self
                 .image
@@ -190,6 +219,8 @@ pub struct Worker {
     sandbox_retry: Option<Instant>,
     exits: mpsc::UnboundedSender<ExitEvent>,
     exits_rx: mpsc::UnboundedReceiver<ExitEvent>,
+    probes: mpsc::UnboundedSender<ProbeEvent>,
+    probes_rx: mpsc::UnboundedReceiver<ProbeEvent>,
     last_status: Value,
     start_time: String,
     /// The pod reached a terminal phase before this worker (or the agent) started it.
@@ -214,6 +245,7 @@ impl Worker {
             .collect();
         slots.extend(spec.containers.iter().cloned().map(|c| Slot::new(c, false)));
         let (exits, exits_rx) = mpsc::unbounded_channel();
+        let (probes, probes_rx) = mpsc::unbounded_channel();
         let phase = pod
             .status
             .as_ref()
@@ -244,6 +276,8 @@ impl Worker {
             sandbox_retry: None,
             exits,
             exits_rx,
+            probes,
+            probes_rx,
             last_status,
             start_time,
             finished: phase == "Succeeded" || phase == "Failed",
@@ -324,6 +358,7 @@ impl Worker {
                         self.teardown_sandbox().await;
                     }
                 }
+                Some(ev) = self.probes_rx.recv() => self.on_probe(ev),
                 _ = sleep_until(deadline) => {}
             }
         }
@@ -688,6 +723,9 @@ impl Worker {
             .as_ref()
             .and_then(|c| c.env().clone())
             .unwrap_or_default();
+        if let Some(why) = probe::unsupported(c) {
+            return Err(("CreateContainerConfigError".into(), why));
+        }
         let envs = env::resolve(&ctx.client, &self.pod, c, &image_env, &facts)
             .await
             .map_err(|e| ("CreateContainerConfigError".to_string(), e.to_string()))?;
@@ -780,6 +818,33 @@ impl Worker {
                 finished_at: now(),
             });
         });
+        let (started_tx, started_rx) = watch::channel(c.startup_probe.is_none());
+        let target = probe::Target {
+            ip: sb.pod_ip.unwrap_or(IpAddr::from([127, 0, 0, 1])),
+            netns: if sb.pod_ip.is_none() {
+                sb.net.clone()
+            } else {
+                None
+            },
+        };
+        let mut probers = Vec::new();
+        for (which, p) in [
+            (Which::Startup, &c.startup_probe),
+            (Which::Liveness, &c.liveness_probe),
+            (Which::Readiness, &c.readiness_probe),
+        ] {
+            if let Some(p) = p {
+                probers.push(tokio::spawn(probe::prober(
+                    c.clone(),
+                    p.clone(),
+                    which,
+                    id.clone(),
+                    target.clone(),
+                    started_rx.clone(),
+                    self.probes.clone(),
+                )));
+            }
+        }
         let slot = &mut self.slots[i];
         slot.starts += 1;
         slot.running = Some(Running {
@@ -787,6 +852,9 @@ impl Worker {
             started_at: now(),
             since: Instant::now(),
             copiers: pipes.copiers,
+            probers,
+            started: started_tx,
+            ready: false,
         });
         slot.waiting = ("ContainerCreating".into(), None);
         Ok(())
@@ -806,8 +874,10 @@ impl Worker {
         let Some(run) = self.slots[i].running.take() else {
             return false;
         };
+        let mut run = run;
+        run.stop_probers();
         self.remove_container(&run.id).await;
-        for c in run.copiers {
+        for c in std::mem::take(&mut run.copiers) {
             let _ = c.await;
         }
         let (code, signal) = match &ev.exit {
@@ -832,9 +902,9 @@ impl Worker {
             exit_code: code,
             signal,
             reason: reason.into(),
-            started_at: Some(run.started_at),
+            started_at: Some(run.started_at.clone()),
             finished_at: ev.finished_at,
-            container_id: Some(run.id),
+            container_id: Some(run.id.clone()),
         });
         let restart = may_restart
             && match (slot.init, policy.as_str()) {
@@ -874,6 +944,60 @@ impl Worker {
         }
         may_restart
             && (self.slots.iter().all(|s| s.done && s.running.is_none()) || self.init_failed())
+    }
+
+    /// A probe result changed: readiness goes into the status; a failed liveness or startup
+    /// probe kills the container, whose exit then follows the restart policy.
+    fn on_probe(&mut self, ev: ProbeEvent) {
+        let Some(i) = self
+            .slots
+            .iter()
+            .position(|s| s.running.as_ref().is_some_and(|r| r.id == ev.container_id))
+        else {
+            return;
+        };
+        let name = self.slots[i].spec.name.clone();
+        let Some(run) = self.slots[i].running.as_mut() else {
+            return;
+        };
+        match (ev.which, ev.ok) {
+            (Which::Readiness, ok) => run.ready = ok,
+            (Which::Startup, true) => {
+                let _ = run.started.send(true);
+            }
+            (which, false) => {
+                let what = if which == Which::Startup {
+                    "startup"
+                } else {
+                    "liveness"
+                };
+                let msg = format!("{} probe failed: {}", capitalize(what), ev.message);
+                self.event(Some(&name), Kind::Warning, "Unhealthy", msg);
+                self.event(
+                    Some(&name),
+                    Kind::Normal,
+                    "Killing",
+                    format!("Container {name} failed {what} probe, will be restarted"),
+                );
+                let runtime = self.ctx.runtime.clone();
+                let id = ev.container_id.clone();
+                let grace = Self::grace(&self.pod, false);
+                tokio::spawn(async move {
+                    let _ = runtime.kill(&id, Signal::SIGTERM, false).await;
+                    tokio::time::sleep(grace).await;
+                    let _ = runtime.kill(&id, Signal::SIGKILL, true).await;
+                });
+            }
+            (Which::Liveness, true) => {}
+        }
+        if ev.which == Which::Readiness && !ev.ok {
+            self.event(
+                Some(&name),
+                Kind::Warning,
+                "Unhealthy",
+                format!("Readiness probe failed: {}", ev.message),
+            );
+        }
     }
 
     async fn remove_container(&self, id: &str) {
@@ -926,7 +1050,7 @@ impl Worker {
                 _ = tokio::time::sleep_until(deadline) => {
                     if killed {
                         warn!(pod = %self.key(), "containers did not exit after SIGKILL; deleting them");
-                        let left: Vec<String> = self.slots.iter_mut().filter_map(|s| s.running.take().map(|r| r.id)).collect();
+                        let left: Vec<String> = self.slots.iter_mut().filter_map(|s| s.running.take().map(|r| r.id.clone())).collect();
                         for id in left {
                             self.remove_container(&id).await;
                         }
@@ -1070,6 +1194,13 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
+}
+
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+        .unwrap_or_default()
 }
 
 /// kubelet's default: `Always` for `:latest` or untagged images, else `IfNotPresent`.
