@@ -875,6 +875,25 @@ async fn init_containers_env_exit_codes_and_errors() {
     })
     .await;
 
+    // An exec readiness probe runs inside the container.
+    h.create(
+        "exec-ready",
+        json!({
+            "containers": [{
+                "name": "c", "image": image,
+                "command": ["sh", "-c", "sleep 2; echo yes > /tmp/ready; while true; do sleep 1; done"],
+                "readinessProbe": {"exec": {"command": ["cat", "/tmp/ready"]}, "periodSeconds": 1},
+            }],
+            "terminationGracePeriodSeconds": 2,
+        }),
+    )
+    .await;
+    eventually("exec-ready Ready", || async {
+        let p = pod_json(&pods, "exec-ready").await?;
+        (p["status"]["containerStatuses"][0]["ready"] == true).then_some(())
+    })
+    .await;
+
     // A failing liveness probe (tcpSocket) restarts the container.
     h.create(
         "unhealthy",

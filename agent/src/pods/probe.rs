@@ -5,8 +5,9 @@
 //! result to the pod worker, which owns every decision (readiness in the status, restarting on
 //! liveness or startup failure). `tcpSocket` and `httpGet` probes connect to the pod IP, as
 //! kubelet does; a pod with a loopback-only network namespace has no IP reachable from the host,
-//! so its probes connect to 127.0.0.1 from inside that namespace. `exec` and `grpc` probes are
-//! refused when the container is configured (see [`unsupported`]), never silently skipped.
+//! so its probes connect to 127.0.0.1 from inside that namespace. `exec` probes run the command
+//! in the container through libcontainer (exit 0 is success). `grpc` probes are refused when the
+//! container is configured (see [`unsupported`]), never silently skipped.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -34,12 +35,14 @@ pub struct ProbeEvent {
     pub message: String,
 }
 
-/// Where probes connect.
+/// Where probes connect, and the container exec probes run in.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub ip: IpAddr,
     /// Connect from inside this network namespace (loopback-only pods).
     pub netns: Option<PathBuf>,
+    /// For exec probes: the runtime and container id.
+    pub exec: Option<(crate::runtime::Runtime, String)>,
 }
 
 /// The first probe of `c` this agent cannot run, if any.
@@ -50,11 +53,6 @@ pub fn unsupported(c: &Container) -> Option<String> {
         ("startup", &c.startup_probe),
     ] {
         if let Some(p) = p {
-            if p.exec.is_some() {
-                return Some(format!(
-                    "{name} probe: exec probes are not supported by r3s yet"
-                ));
-            }
             if p.grpc.is_some() {
                 return Some(format!(
                     "{name} probe: grpc probes are not supported by r3s yet"
@@ -91,6 +89,22 @@ fn connect(target: &Target, port: u16, timeout: Duration) -> Result<TcpStream, S
 /// Runs the probe once (blocking): Ok on success, Err with kubelet's kind of message.
 pub fn run_once(c: &Container, p: &Probe, target: &Target) -> Result<(), String> {
     let timeout = Duration::from_secs(p.timeout_seconds.unwrap_or(1).max(1) as u64);
+    if let Some(e) = &p.exec {
+        let (runtime, id) = target
+            .exec
+            .as_ref()
+            .ok_or_else(|| "no container to run the exec probe in".to_string())?;
+        let args = e.command.clone().unwrap_or_default();
+        if args.is_empty() {
+            return Err("exec probe without a command".into());
+        }
+        return match runtime.exec_blocking(id, args, timeout) {
+            Ok(Some(0)) => Ok(()),
+            Ok(Some(code)) => Err(format!("command exited with {code}")),
+            Ok(None) => Err(format!("command timed out after {}s", timeout.as_secs())),
+            Err(e) => Err(e.to_string()),
+        };
+    }
     if let Some(t) = &p.tcp_socket {
         connect(target, port(c, &t.port)?, timeout)?;
         return Ok(());
@@ -234,6 +248,7 @@ mod tests {
         let target = Target {
             ip: "127.0.0.1".parse().unwrap(),
             netns: None,
+            exec: None,
         };
         let http: Probe = serde_json::from_value(
             serde_json::json!({"httpGet": {"path": "/healthz", "port": "web"}}),
@@ -253,12 +268,12 @@ mod tests {
         let tcp: Probe =
             serde_json::from_value(serde_json::json!({"tcpSocket": {"port": closed}})).unwrap();
         assert!(run_once(&c, &tcp, &target).is_err());
-        let exec: Probe =
-            serde_json::from_value(serde_json::json!({"exec": {"command": ["true"]}})).unwrap();
+        let grpc: Probe =
+            serde_json::from_value(serde_json::json!({"grpc": {"port": 9000}})).unwrap();
         let c2 = Container {
-            readiness_probe: Some(exec),
+            readiness_probe: Some(grpc),
             ..c
         };
-        assert!(unsupported(&c2).unwrap().contains("exec"));
+        assert!(unsupported(&c2).unwrap().contains("grpc"));
     }
 }

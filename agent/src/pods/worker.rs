@@ -826,6 +826,7 @@ impl Worker {
             } else {
                 None
             },
+            exec: Some((ctx.runtime.clone(), id.clone())),
         };
         let mut probers = Vec::new();
         for (which, p) in [

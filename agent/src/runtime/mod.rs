@@ -189,6 +189,61 @@ impl Runtime {
             })?
     }
 
+    /// Runs `args` inside the running container `id` (a tenant process in its namespaces and
+    /// cgroup, with the container's environment), output discarded; returns its exit code, or
+    /// `None` after `timeout` (the process is then killed). Blocking: call from the blocking pool.
+    pub fn exec_blocking(
+        &self,
+        id: &str,
+        args: Vec<String>,
+        timeout: std::time::Duration,
+    ) -> Result<Option<i32>, RuntimeError> {
+        let io = |op: &'static str| {
+            move |source| RuntimeError::Io {
+                id: id.to_owned(),
+                op,
+                source,
+            }
+        };
+        let null = || std::fs::OpenOptions::new().write(true).open("/dev/null");
+        let out = null().map_err(io("open /dev/null"))?;
+        let err = null().map_err(io("open /dev/null"))?;
+        let pid = ContainerBuilder::new(id.to_owned(), SyscallType::default())
+            .with_root_path(&self.root)
+            .map_err(|source| RuntimeError::Libcontainer {
+                id: id.to_owned(),
+                op: "state root",
+                source: Box::new(source),
+            })?
+            .with_executor(DefaultExecutor {})
+            .with_stdout(out)
+            .with_stderr(err)
+            .as_tenant()
+            .with_container_args(args)
+            .with_detach(true)
+            .build()
+            .map_err(|source| RuntimeError::Libcontainer {
+                id: id.to_owned(),
+                op: "exec",
+                source: Box::new(source),
+            })?;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => return Ok(Some(code)),
+                Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(Some(128 + sig as i32)),
+                Ok(_) => {}
+                Err(e) => return Err(io("wait for exec")(e.into())),
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                let _ = waitpid(pid, None);
+                return Ok(None);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Ids of every container with state under the root.
     pub fn list(&self) -> Vec<String> {
         let Ok(entries) = std::fs::read_dir(&self.root) else {
