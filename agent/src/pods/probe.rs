@@ -52,12 +52,10 @@ pub fn unsupported(c: &Container) -> Option<String> {
         ("readiness", &c.readiness_probe),
         ("startup", &c.startup_probe),
     ] {
-        if let Some(p) = p {
-            if p.grpc.is_some() {
-                return Some(format!(
-                    "{name} probe: grpc probes are not supported by r3s yet"
-                ));
-            }
+        if p.as_ref().is_some_and(|p| p.grpc.is_some()) {
+            return Some(format!(
+                "{name} probe: grpc probes are not supported by r3s yet"
+            ));
         }
     }
     None
