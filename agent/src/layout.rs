@@ -8,6 +8,7 @@
 //! <data-dir>/agent/containers/<id>/          bundle: config.json, rootfs (overlay), upper, work
 //! <data-dir>/agent/pods/<ns>_<name>_<uid>/<container>/<restart>.log   CRI logs
 //! <data-dir>/agent/cni/                      IPAM leases
+//! <data-dir>/agent/volumes/<uid>/<volume>/   emptyDir, configMap and secret volumes
 //! <run-dir>/containers/<id>/state.json       libcontainer state (runc's --root)
 //! <run-dir>/sandboxes/<uid>/{net,ipc,uts}    namespace bind mounts
 //! <run-dir>/sandboxes/<uid>/{hosts,resolv.conf,hostname}
@@ -63,6 +64,11 @@ impl Layout {
         self.pod_logs(namespace, name, uid)
             .join(container)
             .join(format!("{restart}.log"))
+    }
+
+    /// One pod's volumes (emptyDir, configMap and secret files).
+    pub fn volumes(&self, uid: &str) -> PathBuf {
+        self.agent_dir.join("volumes").join(uid)
     }
 
     pub fn cni(&self) -> PathBuf {

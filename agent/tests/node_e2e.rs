@@ -764,14 +764,26 @@ async fn init_containers_env_exit_codes_and_errors() {
             "batch",
             json!({
                 "restartPolicy": "Never",
+                "volumes": [
+                    {"name": "shared", "emptyDir": {}},
+                    {"name": "cfg", "configMap": {"name": "settings"}},
+                    {"name": "sec", "secret": {"secretName": "creds"}},
+                ],
                 "initContainers": [
-                    {"name": "first", "image": image, "command": ["sh", "-c", "echo first; sleep 1"]},
-                    {"name": "second", "image": image, "command": ["sh", "-c", "echo second"]},
+                    {"name": "first", "image": image, "command": ["sh", "-c", "echo first; echo first > /shared/order; sleep 1"],
+                     "volumeMounts": [{"name": "shared", "mountPath": "/shared"}]},
+                    {"name": "second", "image": image, "command": ["sh", "-c", "echo second; echo second >> /shared/order"],
+                     "volumeMounts": [{"name": "shared", "mountPath": "/shared"}]},
                 ],
                 "containers": [{
                     "name": "main",
                     "image": image,
-                    "command": ["sh", "-c", "echo \"color=$COLOR password=$PASSWORD pod=$POD greeting=$GREETING mem=$MEM_MI\""],
+                    "command": ["sh", "-c", "echo \"color=$COLOR password=$PASSWORD pod=$POD greeting=$GREETING mem=$MEM_MI\"; echo order $(cat /shared/order); echo file-color $(cat /etc/cfg/color) file-password $(cat /etc/sec/password); echo x > /etc/cfg/new || echo cfg-read-only"],
+                    "volumeMounts": [
+                        {"name": "shared", "mountPath": "/shared"},
+                        {"name": "cfg", "mountPath": "/etc/cfg"},
+                        {"name": "sec", "mountPath": "/etc/sec"},
+                    ],
                     "resources": {"limits": {"memory": "32Mi"}},
                     "env": [
                         {"name": "COLOR", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "color"}}},
@@ -799,6 +811,14 @@ async fn init_containers_env_exit_codes_and_errors() {
         out.contains("stdout F color=blue password=s3cret pod=batch greeting=hello-batch mem=32"),
         "{out}"
     );
+    // Volumes: an emptyDir shared by the init containers and the container, configMap and secret
+    // files, the configMap mounted read-only.
+    assert!(out.contains("stdout F order first second"), "{out}");
+    assert!(
+        out.contains("stdout F file-color blue file-password s3cret"),
+        "{out}"
+    );
+    assert!(out.contains("stdout F cfg-read-only"), "{out}");
     // "second" started only after "first" had finished.
     let first = std::fs::read_to_string(h.log(&batch, "first", 0)).unwrap();
     assert!(first.contains("stdout F first"), "{first}");
@@ -938,6 +958,21 @@ async fn init_containers_env_exit_codes_and_errors() {
     )
     .await;
     let pods = h.pods();
+    h.create(
+        "unsupported-volume",
+        json!({"volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "c"}}],
+            "containers": [{"name": "c", "image": image, "command": ["true"]}]}),
+    )
+    .await;
+    let p = eventually("the unsupported volume message", || async {
+        let p = pod_json(&pods, "unsupported-volume").await?;
+        p["status"]["message"].as_str().map(str::to_owned)
+    })
+    .await;
+    assert!(
+        p.contains("persistentVolumeClaim volumes are not supported"),
+        "{p}"
+    );
     for (name, reason) in [
         ("misconfigured", "CreateContainerConfigError"),
         ("never-pull", "ErrImageNeverPull"),

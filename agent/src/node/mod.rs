@@ -169,6 +169,8 @@ pub async fn run_node(
     }
     cleanup::unmount_below(&layout.containers());
     cleanup::unmount_below(&layout.sandboxes());
+    cleanup::unmount_below(&layout.agent_dir.join("volumes"));
+    let _ = std::fs::remove_dir_all(layout.agent_dir.join("volumes"));
     let _ = std::fs::remove_dir_all(layout.sandboxes());
     mkdir(&layout.sandboxes())?;
 

@@ -32,6 +32,10 @@ pub enum ConfigError {
     Quantity(#[from] quantity::QuantityError),
     #[error("unknown capability {0}")]
     Capability(String),
+    #[error("volumeMount {0:?} names no volume of the pod")]
+    UnknownVolume(String),
+    #[error("volumeMount {name:?}: invalid subPath {sub_path:?}")]
+    SubPath { name: String, sub_path: String },
 }
 
 /// The process arguments: `command` replaces ENTRYPOINT (and drops CMD), `args` replaces CMD.
@@ -141,6 +145,7 @@ pub struct Inputs<'a> {
     pub sandbox: &'a Sandbox,
     pub cgroups_path: PathBuf,
     pub host_pid: bool,
+    pub volumes: &'a super::volumes::Prepared,
 }
 
 pub fn config(i: Inputs<'_>) -> Result<ContainerConfig, ConfigError> {
@@ -261,6 +266,31 @@ pub fn config(i: Inputs<'_>) -> Result<ContainerConfig, ConfigError> {
             readonly: false,
         },
     ];
+    let mut mounts = mounts;
+    for vm in c.volume_mounts.iter().flatten() {
+        let (source, forced_ro) = i
+            .volumes
+            .get(&vm.name)
+            .ok_or_else(|| ConfigError::UnknownVolume(vm.name.clone()))?;
+        let mut source = source.clone();
+        if let Some(sub) = vm.sub_path.as_deref().filter(|s| !s.is_empty()) {
+            if sub.starts_with('/') || sub.split('/').any(|c| c == "..") {
+                return Err(ConfigError::SubPath {
+                    name: vm.name.clone(),
+                    sub_path: sub.into(),
+                });
+            }
+            source = source.join(sub);
+            if !source.exists() {
+                let _ = std::fs::create_dir_all(&source);
+            }
+        }
+        mounts.push(BindMount {
+            source,
+            destination: vm.mount_path.clone().into(),
+            readonly: *forced_ro || vm.read_only.unwrap_or(false),
+        });
+    }
     let ns = |p: &Option<PathBuf>| p.clone().map(Ns::Path).unwrap_or(Ns::Host);
     Ok(ContainerConfig {
         args,

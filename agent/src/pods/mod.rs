@@ -15,6 +15,7 @@ pub mod probe;
 pub mod quantity;
 pub mod sandbox;
 pub mod status;
+pub mod volumes;
 pub mod worker;
 
 use std::collections::{HashMap, HashSet};

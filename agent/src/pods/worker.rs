@@ -217,6 +217,7 @@ pub struct Worker {
     sandbox: Option<Sandbox>,
     sandbox_error: Option<String>,
     sandbox_retry: Option<Instant>,
+    volumes: super::volumes::Prepared,
     exits: mpsc::UnboundedSender<ExitEvent>,
     exits_rx: mpsc::UnboundedReceiver<ExitEvent>,
     probes: mpsc::UnboundedSender<ProbeEvent>,
@@ -274,6 +275,7 @@ impl Worker {
             sandbox: None,
             sandbox_error: None,
             sandbox_retry: None,
+            volumes: Default::default(),
             exits,
             exits_rx,
             probes,
@@ -519,6 +521,14 @@ impl Worker {
                 return Err(fail(format!("writing {}: {e}", path.display()), &dir));
             }
         }
+        let vdir = self.ctx.layout.volumes(&self.uid);
+        match super::volumes::prepare(&self.ctx.client, &self.pod, &vdir).await {
+            Ok(v) => self.volumes = v,
+            Err(e) => {
+                super::volumes::remove(&vdir);
+                return Err(fail(e, &dir));
+            }
+        }
         info!(pod = %self.key(), ip = ?sb.pod_ip, "sandbox ready");
         Ok(sb)
     }
@@ -756,6 +766,7 @@ impl Worker {
             sandbox: &sb,
             cgroups_path: self.cgroup_parent().join(&c.name),
             host_pid,
+            volumes: &self.volumes,
         }) {
             Ok(cfg) => cfg,
             Err(e) => {
@@ -1082,6 +1093,7 @@ impl Worker {
             }
             sandbox::remove(&sb.dir);
         }
+        super::volumes::remove(&self.ctx.layout.volumes(&self.uid));
         let parent = self.cgroup_parent();
         tokio::task::spawn_blocking(move || crate::runtime::cleanup::remove_cgroup(&parent))
             .await
