@@ -84,13 +84,11 @@ async fn prepare_one(
                     p.display()
                 ));
             }
-            "FileOrCreate" => {
-                if !p.exists() {
-                    if let Some(parent) = p.parent() {
-                        std::fs::create_dir_all(parent).map_err(|e| io("creating", parent, e))?;
-                    }
-                    std::fs::File::create(&p).map_err(|e| io("creating", &p, e))?;
+            "FileOrCreate" if !p.exists() => {
+                if let Some(parent) = p.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| io("creating", parent, e))?;
                 }
+                std::fs::File::create(&p).map_err(|e| io("creating", &p, e))?;
             }
             "File" if !p.is_file() => {
                 return Err(format!(
