@@ -317,6 +317,23 @@ async fn kubectl_drives_the_server() {
         "{stderr}"
     );
 
+    // An invalid manifest is refused with the field path.
+    let bad = s.write(
+        "bad.yaml",
+        &DEPLOY_V1.replace("name: web\n", "name: bad\n").replace(
+            "    metadata:\n      labels: {app: web}",
+            "    metadata:\n      labels: {app: other}",
+        ),
+    );
+    let (ok, _, stderr) = s.kubectl(&["apply", "-f", &bad]).await;
+    assert!(!ok);
+    assert!(
+        stderr.contains(
+            "The Deployment \"bad\" is invalid: spec.template.metadata.labels: Invalid value"
+        ),
+        "{stderr}"
+    );
+
     // Everyday mutations: scale (needs the Scale subresource), label, annotate, patch (3 types).
     assert_eq!(
         s.ok(&["scale", "deployment", "web", "--replicas=5"])
@@ -756,6 +773,68 @@ async fn python_kubernetes_client() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert_eq!(stdout.trim(), "python client ok");
+}
+
+const CRD: &str = "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget, shortNames: [wd]}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources: {status: {}}
+    schema:
+      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_crd_and_custom_resource() {
+    if !kubectl_available() {
+        return;
+    }
+    let s = start().await;
+    let crd = s.write("crd.yaml", CRD);
+    assert_eq!(
+        s.ok(&["apply", "-f", &crd]).await.trim(),
+        "customresourcedefinition.apiextensions.k8s.io/widgets.example.com created"
+    );
+    s.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/widgets.example.com",
+        "--timeout=20s",
+    ])
+    .await;
+    let widget = s.write(
+        "widget.yaml",
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w1\nspec:\n  size: 3\n",
+    );
+    assert_eq!(
+        s.ok(&["apply", "-f", &widget]).await.trim(),
+        "widget.example.com/w1 created"
+    );
+    s.write(
+        "widget.yaml",
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w1\nspec:\n  size: 5\n",
+    );
+    assert_eq!(
+        s.ok(&["apply", "-f", &widget]).await.trim(),
+        "widget.example.com/w1 configured"
+    );
+    let listed = s.ok(&["get", "wd"]).await;
+    assert!(listed.lines().any(|l| l.starts_with("w1 ")), "{listed}");
+    let size = s
+        .ok(&["get", "widget", "w1", "-o", "jsonpath={.spec.size}"])
+        .await;
+    assert_eq!(size, "5");
+    s.ok(&["delete", "-f", &crd]).await;
+    let (ok, _, stderr) = s.kubectl(&["get", "widgets.example.com", "w1"]).await;
+    assert!(!ok, "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -65,7 +65,7 @@ pub async fn core(
     let path = request.uri().path().to_string();
     let segments: Vec<&str> = path.trim_start_matches("/api/").split('/').collect();
     match segments.as_slice() {
-        [version] => discovery::resource_list("", version),
+        [version] => discovery::resource_list(&state.custom.snapshot(), "", version),
         [version, rest @ ..] => resource(state, user, "", version, rest, request).await,
         [] => Err(ApiError::NoRoute),
     }
@@ -80,8 +80,8 @@ pub async fn named(
     let path = request.uri().path().to_string();
     let segments: Vec<&str> = path.trim_start_matches("/apis/").split('/').collect();
     match segments.as_slice() {
-        [group] => discovery::group(axum::extract::Path(group.to_string())).await,
-        [group, version] => discovery::resource_list(group, version),
+        [group] => discovery::group(&state.custom.snapshot(), group),
+        [group, version] => discovery::resource_list(&state.custom.snapshot(), group, version),
         [group, version, rest @ ..] => resource(state, user, group, version, rest, request).await,
         [] => Err(ApiError::NoRoute),
     }
@@ -97,7 +97,7 @@ async fn resource(
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
     let metrics = state.metrics.clone();
-    let target = target::parse(group, version, segments)?;
+    let target = target::parse(&state.custom.snapshot(), group, version, segments)?;
     let Query(query) = Query::<HashMap<String, String>>::try_from_uri(request.uri())
         .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))?;
     let method = request.method().clone();
@@ -158,24 +158,38 @@ async fn run(
         headers: parts.headers,
         body,
     };
+    let response = dispatch(&ctx, &user, verb).await;
+    if let (Ok(_), Some(hook)) = (&response, ctx.target.resource.after_write)
+        && !matches!(verb, "get" | "list" | "watch")
+        && !ctx.dry_run()
+    {
+        // The write is durable; a failing hook is logged and retried by the next write or start.
+        if let Err(error) = hook(&ctx.state).await {
+            tracing::error!(%error, "after-write hook failed");
+        }
+    }
+    response
+}
+
+async fn dispatch(ctx: &Ctx, user: &UserInfo, verb: &str) -> Result<Response, ApiError> {
     match verb {
-        "get" => read::get(&ctx),
-        "list" => read::list(&ctx),
-        "watch" => watch::watch(&ctx),
+        "get" => read::get(ctx),
+        "list" => read::list(ctx),
+        "watch" => watch::watch(ctx),
         "create" => match (
             ctx.target.resource.review,
             ctx.target.subresource.as_deref(),
         ) {
-            (Some(review), _) => write::review(&ctx, &user, review),
-            (None, Some("binding")) => write::bind(&ctx).await,
-            (None, Some("eviction")) => delete::evict(&ctx).await,
-            (None, Some("token")) => write::token_request(&ctx),
-            (None, _) => write::create(&ctx).await,
+            (Some(review), _) => write::review(ctx, user, review),
+            (None, Some("binding")) => write::bind(ctx).await,
+            (None, Some("eviction")) => delete::evict(ctx).await,
+            (None, Some("token")) => write::token_request(ctx),
+            (None, _) => write::create(ctx).await,
         },
-        "update" => write::update(&ctx).await,
-        "patch" => write::patch(&ctx).await,
-        "delete" => delete::delete(&ctx).await,
-        "deletecollection" => delete::delete_collection(&ctx).await,
+        "update" => write::update(ctx).await,
+        "patch" => write::patch(ctx).await,
+        "delete" => delete::delete(ctx).await,
+        "deletecollection" => delete::delete_collection(ctx).await,
         other => Err(ApiError::MethodNotAllowed(format!(
             "verb {other} is not supported"
         ))),
