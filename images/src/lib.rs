@@ -3,10 +3,8 @@
 //!
 //! Entry point: [`ImageService`] (open a root directory, then `pull`, `list`, `inspect`, `remove`,
 //! `gc`, `prune`, `disk_usage`, `prepare_rootfs` (or `prepare_rootfs_copy` without overlayfs) /
-//! `release_rootfs`, `import_dir`). Pull progress arrives as
-//! [`PullEvent`]s on a channel, so a CLI or the agent's event recorder stays a thin layer.
-//!
-//! A CLI or the agent stays a thin layer over this API, e.g. a pull with a progress display:
+//! `release_rootfs`, `import_dir`). Pull progress arrives as [`PullEvent`]s on a channel, so the
+//! operator CLI or the agent's event recorder stays a thin layer, e.g. a pull with a progress display:
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), r3s_images::ImageError> {
@@ -48,7 +46,7 @@
 //! - [`import`]: air-gap import of OCI-layout and `docker save` tarballs.
 //!
 //! On-disk layout under the root: `blobs/sha256/<hex>`, `ingest/` (temporary), `snapshots/<diff-id
-//! hex>/`, `images/<sha256(name)>.json`, `leases/`, `imports/`.
+//! hex>/`, `images/<sha256(name)>.json`, `leases/`, `imports/`, `lock` (cross-process flock).
 
 pub mod auth;
 pub mod content;

@@ -279,7 +279,6 @@ impl SnapshotStore {
         if uid != 0 {
             return Err(SnapshotError::NotRoot(uid));
         }
-        overlay_available()?;
         let target = container_dir.join("rootfs");
         let upperdir = container_dir.join("upper");
         let workdir = container_dir.join("work");
@@ -324,10 +323,19 @@ impl SnapshotStore {
             nix::mount::MsFlags::empty(),
             Some(opts.as_str()),
         )
-        .map_err(|e| SnapshotError::Mount {
-            target: m.target.clone(),
-            options: opts.len(),
-            source: e.into(),
+        .map_err(|e| match e {
+            // The kernel loads the module on demand, so only a failed mount says it is missing.
+            nix::errno::Errno::ENODEV => match overlay_available() {
+                Err(no) => no,
+                Ok(()) => {
+                    SnapshotError::NoOverlay("the kernel refused the overlay type (ENODEV)".into())
+                }
+            },
+            e => SnapshotError::Mount {
+                target: m.target.clone(),
+                options: opts.len(),
+                source: e.into(),
+            },
         })?;
         Ok(m)
     }
@@ -370,7 +378,7 @@ impl SnapshotStore {
     }
 }
 
-/// Checks /proc/filesystems for overlay.
+/// Checks /proc/filesystems for overlay (after a failed mount: the module may load on demand).
 #[cfg(target_os = "linux")]
 pub fn overlay_available() -> Result<(), SnapshotError> {
     let fss = fs::read_to_string("/proc/filesystems")
