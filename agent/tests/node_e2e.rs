@@ -138,13 +138,13 @@ impl Drop for AgentGuard {
     }
 }
 
-/// Polls `f` until it returns `Some`, up to two minutes (a bound on a hang, not a timing check).
+/// Polls `f` until it returns `Some`, up to five minutes (a bound on a hang, not a timing check).
 async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    for _ in 0..600 {
+    for _ in 0..1500 {
         if let Some(v) = f().await {
             return v;
         }
