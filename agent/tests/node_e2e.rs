@@ -240,6 +240,8 @@ struct Harness {
 /// Starts everything, or returns `None` (after `skipped:`; panics under CI=true) when a
 /// prerequisite is missing. `suffix` keeps names unique between tests of this process.
 async fn harness(suffix: &str, pod_cidr: Option<&str>) -> Option<Harness> {
+    // With a podCIDR the test assigns it to the Node itself (as the server's IPAM controller
+    // will); here it only picks a unique bridge and skips the host masquerade table.
     if !require("root", support::is_root())
         || !support::have_registry()
         || !support::have_busybox()
@@ -317,14 +319,7 @@ async fn harness(suffix: &str, pod_cidr: Option<&str>) -> Option<Harness> {
     .unwrap();
     registries.disable_default_endpoint = true;
     opts.registries = registries;
-    if let Some(cidr) = pod_cidr {
-        // As the server's IPAM controller would: the Node exists with its podCIDR already.
-        let nodes: Api<Node> = Api::all(client.clone());
-        let node: Node = serde_json::from_value(
-            json!({"metadata": {"name": node_name}, "spec": {"podCIDR": cidr, "podCIDRs": [cidr]}}),
-        )
-        .unwrap();
-        nodes.create(&PostParams::default(), &node).await.unwrap();
+    if pod_cidr.is_some() {
         opts.bridge = bridge;
         // No masquerade table on the test machine's own namespace.
         opts.cluster_cidr = None;
@@ -996,6 +991,25 @@ async fn pod_network_through_cni_when_the_node_has_a_pod_cidr() {
     let Some(h) = harness("c", Some(&cidr)).await else {
         return;
     };
+    // The Node registers without a podCIDR; once it gets one, the agent sets up the bridge.
+    let nodes: Api<Node> = Api::all(h.client.clone());
+    eventually("the node registered", || async {
+        nodes.get_opt(&h.node_name).await.ok().flatten()
+    })
+    .await;
+    nodes
+        .patch(
+            &h.node_name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"podCIDR": cidr, "podCIDRs": [cidr]}})),
+        )
+        .await
+        .unwrap();
+    let bridge = format!("/sys/class/net/r3sb{}c", std::process::id());
+    eventually("the pod bridge", || async {
+        Path::new(&bridge).exists().then_some(())
+    })
+    .await;
     let pod = h
         .create(
             "netpod",

@@ -203,18 +203,20 @@ pub async fn run_node(
     let node = register::write_status(&nodes, &opts.node_name, &st).await?;
     prev_status = st;
 
-    let network = match node.spec.as_ref().and_then(|s| s.pod_cidr.clone()) {
-        Some(cidr) => Some(start_network(&opts, &layout, &cidr).await?),
-        None => {
-            info!("node has no spec.podCIDR: pods get a loopback-only network namespace");
-            None
+    let network = std::sync::OnceLock::new();
+    match node.spec.as_ref().and_then(|s| s.pod_cidr.clone()) {
+        Some(cidr) => {
+            let _ = network.set(start_network(&opts, &layout, &cidr).await?);
         }
-    };
+        None => info!(
+            "node has no spec.podCIDR yet: pods get a loopback-only network namespace until it has"
+        ),
+    }
 
     let lease_api: Api<Lease> = Api::namespaced(client.clone(), lease::NAMESPACE);
     lease::renew(&lease_api, &opts.node_name, &node_uid).await?;
 
-    let ctx = Arc::new(Ctx {
+    let ctx: Arc<Ctx> = Arc::new(Ctx {
         client: client.clone(),
         node_name: opts.node_name.clone(),
         host_ip,
@@ -229,7 +231,9 @@ pub async fn run_node(
         node_memory_bytes: (capacity.memory_kib * 1024) as i64,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
-    let manager = tokio::spawn(pods::manage(ctx, stop_rx));
+    let manager = tokio::spawn(pods::manage(ctx.clone(), stop_rx));
+    // Until the Node has a podCIDR (allocated by the server), look for it every 2 s.
+    let mut cidr_tick = tokio::time::interval(Duration::from_secs(2));
 
     let mut lease_tick = tokio::time::interval(lease::RENEW_INTERVAL);
     let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
@@ -242,6 +246,22 @@ pub async fn run_node(
             _ = lease_tick.tick() => {
                 if let Err(e) = lease::renew(&lease_api, &opts.node_name, &node_uid).await {
                     warn!("{e}");
+                }
+            }
+            _ = cidr_tick.tick(), if ctx.network.get().is_none() => {
+                let cidr = nodes
+                    .get_opt(&opts.node_name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|n| n.spec.and_then(|s| s.pod_cidr));
+                if let Some(cidr) = cidr {
+                    match start_network(&opts, &ctx.layout, &cidr).await {
+                        Ok(net) => {
+                            let _ = ctx.network.set(net);
+                        }
+                        Err(e) => warn!("{e}"),
+                    }
                 }
             }
             _ = status_tick.tick() => {

@@ -42,8 +42,9 @@ pub struct Ctx {
     pub layout: Layout,
     pub runtime: Runtime,
     pub images: r3s_images::ImageService,
-    /// Pod networking (CNI ADD/DEL) when the node has a podCIDR; else loopback-only pods.
-    pub network: Option<r3s_cni::node::KernelNetwork>,
+    /// Pod networking (CNI ADD/DEL), set once the Node has a podCIDR; until then new pods get a
+    /// loopback-only network namespace (and keep it: they are not re-attached later).
+    pub network: std::sync::OnceLock<r3s_cni::node::KernelNetwork>,
     pub cluster_dns: Option<IpAddr>,
     pub cluster_domain: String,
     /// Absolute cgroup directory under which pods get `pod<uid>/<container>`.

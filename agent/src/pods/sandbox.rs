@@ -48,6 +48,8 @@ pub struct Sandbox {
     pub ipc: Option<PathBuf>,
     pub uts: Option<PathBuf>,
     pub pod_ip: Option<IpAddr>,
+    /// Attached to the pod network by CNI ADD (so teardown runs CNI DEL).
+    pub cni: bool,
 }
 
 impl Sandbox {
@@ -97,6 +99,7 @@ pub fn create_namespaces(
         ipc: None,
         uts: None,
         pod_ip: None,
+        cni: false,
     };
     if wanted.is_empty() {
         return Ok(sb);

@@ -479,10 +479,13 @@ impl Worker {
             if let Err(e) = sandbox::loopback_up(&net).await {
                 return Err(fail(e.to_string(), &dir));
             }
-            if let Some(network) = &self.ctx.network {
+            if let Some(network) = self.ctx.network.get() {
                 use r3s_cni::node::NodeNetwork;
                 match network.add_pod(&self.uid, &net, "eth0").await {
-                    Ok(link) => sb.pod_ip = Some(IpAddr::V4(link.address.addr())),
+                    Ok(link) => {
+                        sb.pod_ip = Some(IpAddr::V4(link.address.addr()));
+                        sb.cni = true;
+                    }
                     Err(e) => return Err(fail(format!("CNI ADD: {e}"), &dir)),
                 }
             }
@@ -1083,8 +1086,8 @@ impl Worker {
 
     async fn teardown_sandbox(&mut self) {
         if let Some(sb) = self.sandbox.take() {
-            if sb.net.is_some()
-                && let Some(network) = &self.ctx.network
+            if sb.cni
+                && let Some(network) = self.ctx.network.get()
             {
                 use r3s_cni::node::NodeNetwork;
                 if let Err(e) = network.del_pod(&self.uid, "eth0").await {
