@@ -773,7 +773,7 @@ async fn init_containers_env_exit_codes_and_errors() {
                 "containers": [{
                     "name": "main",
                     "image": image,
-                    "command": ["sh", "-c", "echo \"color=$COLOR password=$PASSWORD pod=$POD greeting=$GREETING mem=$MEM_MI\"; echo order $(cat /shared/order); echo file-color $(cat /etc/cfg/color) file-password $(cat /etc/sec/password); echo x > /etc/cfg/new || echo cfg-read-only"],
+                    "command": ["sh", "-c", "echo \"color=$COLOR password=$PASSWORD pod=$POD greeting=$GREETING mem=$MEM_MI\"; echo order $(cat /shared/order); echo file-color $(cat /etc/cfg/color) file-password $(cat /etc/sec/password); echo x > /etc/cfg/new || echo cfg-read-only; echo k8s=$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT"],
                     "volumeMounts": [
                         {"name": "shared", "mountPath": "/shared"},
                         {"name": "cfg", "mountPath": "/etc/cfg"},
@@ -814,6 +814,18 @@ async fn init_containers_env_exit_codes_and_errors() {
         "{out}"
     );
     assert!(out.contains("stdout F cfg-read-only"), "{out}");
+    // Service variables: what in-cluster clients read to find the API.
+    let k8s: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(h.client.clone(), "default");
+    let ip = k8s
+        .get("kubernetes")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .cluster_ip
+        .unwrap();
+    assert!(out.contains(&format!("stdout F k8s={ip}:443")), "{out}");
     // "second" started only after "first" had finished.
     let first = std::fs::read_to_string(h.log(&batch, "first", 0)).unwrap();
     assert!(first.contains("stdout F first"), "{first}");

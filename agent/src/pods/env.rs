@@ -4,13 +4,15 @@
 //!
 //! ConfigMaps and Secrets are read from the API when the container starts (no cache yet). A
 //! missing object or key is an error unless the reference is `optional`, which kubelet reports
-//! as `CreateContainerConfigError`. Service environment variables (`<SVC>_SERVICE_HOST`) are not
-//! added yet.
+//! as `CreateContainerConfigError`. Service environment variables (`<SVC>_SERVICE_HOST`,
+//! Docker-link style `<SVC>_PORT_*`) come first, for the pod's namespace's Services when
+//! `enableServiceLinks` is not false and always for `default/kubernetes` (what in-cluster clients
+//! read), as kubelet does.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Service};
 use kube::Api;
 
 use super::quantity;
@@ -73,6 +75,16 @@ pub async fn resolve(
         defined.retain(|(n, _)| *n != k);
         defined.push((k, v));
     };
+    let links = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.enable_service_links)
+        .unwrap_or(true);
+    for svc in services(client, &ns, links).await {
+        for (k, v) in service_env(&svc) {
+            set(&mut defined, k, v);
+        }
+    }
     for from in c.env_from.iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();
         if let Some(r) = &from.config_map_ref {
@@ -159,6 +171,87 @@ pub async fn resolve(
         .collect();
     out.extend(defined.into_iter().map(|(k, v)| format!("{k}={v}")));
     Ok(out)
+}
+
+/// The Services whose variables a container gets (a failed list only loses the variables: the
+/// API being briefly unreachable must not stop a restart).
+async fn services(client: &kube::Client, ns: &str, links: bool) -> Vec<Service> {
+    let mut out = Vec::new();
+    if links {
+        let api: Api<Service> = Api::namespaced(client.clone(), ns);
+        if let Ok(list) = api.list(&Default::default()).await {
+            out.extend(list.items);
+        }
+    }
+    if !(links && ns == "default") {
+        let api: Api<Service> = Api::namespaced(client.clone(), "default");
+        if let Ok(Some(k)) = api.get_opt("kubernetes").await {
+            out.push(k);
+        }
+    }
+    out
+}
+
+/// One Service's variables: `<NAME>_SERVICE_HOST`, `<NAME>_SERVICE_PORT[_<PORTNAME>]`, and the
+/// Docker-link `<NAME>_PORT[_<port>_<PROTO>[_PROTO|_PORT|_ADDR]]`. Headless and portless Services
+/// get none.
+pub fn service_env(svc: &Service) -> Vec<(String, String)> {
+    let Some(spec) = &svc.spec else {
+        return Vec::new();
+    };
+    let ip = match spec.cluster_ip.as_deref() {
+        Some(ip) if !ip.is_empty() && ip != "None" => ip.to_owned(),
+        _ => return Vec::new(),
+    };
+    let ports = spec.ports.clone().unwrap_or_default();
+    let Some(first) = ports.first() else {
+        return Vec::new();
+    };
+    let name = svc
+        .metadata
+        .name
+        .clone()
+        .unwrap_or_default()
+        .to_ascii_uppercase()
+        .replace('-', "_");
+    let mut out = vec![
+        (format!("{name}_SERVICE_HOST"), ip.clone()),
+        (format!("{name}_SERVICE_PORT"), first.port.to_string()),
+    ];
+    for p in &ports {
+        if let Some(pn) = p.name.as_deref().filter(|n| !n.is_empty()) {
+            out.push((
+                format!(
+                    "{name}_SERVICE_PORT_{}",
+                    pn.to_ascii_uppercase().replace('-', "_")
+                ),
+                p.port.to_string(),
+            ));
+        }
+    }
+    let proto = |p: &k8s_openapi::api::core::v1::ServicePort| {
+        p.protocol.clone().unwrap_or_else(|| "TCP".into())
+    };
+    out.push((
+        format!("{name}_PORT"),
+        format!(
+            "{}://{ip}:{}",
+            proto(first).to_ascii_lowercase(),
+            first.port
+        ),
+    ));
+    for p in &ports {
+        let pr = proto(p);
+        let prefix = format!("{name}_PORT_{}_{}", p.port, pr.to_ascii_uppercase());
+        out.push((
+            prefix.clone(),
+            format!("{}://{ip}:{}", pr.to_ascii_lowercase(), p.port),
+        ));
+        out.push((format!("{prefix}_PROTO"), pr.to_ascii_lowercase()));
+        out.push((format!("{prefix}_PORT"), p.port.to_string()));
+        out.push((format!("{prefix}_ADDR"), ip.clone()));
+    }
+    out
 }
 
 async fn config_map(
@@ -344,6 +437,28 @@ mod tests {
         let d = vec![("A".to_string(), "1".to_string()), ("B".into(), "x".into())];
         assert_eq!(expand("$(A)-$(B)-$(C)", &d), "1-x-$(C)");
         assert_eq!(expand("$$(A) $ $(", &d), "$(A) $ $(");
+    }
+
+    #[test]
+    fn service_variables() {
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "my-db"},
+            "spec": {"clusterIP": "10.43.0.20", "ports": [{"name": "sql", "port": 5432}, {"port": 53, "protocol": "UDP"}]}
+        }))
+        .unwrap();
+        let env: std::collections::HashMap<String, String> =
+            service_env(&svc).into_iter().collect();
+        assert_eq!(env["MY_DB_SERVICE_HOST"], "10.43.0.20");
+        assert_eq!(env["MY_DB_SERVICE_PORT"], "5432");
+        assert_eq!(env["MY_DB_SERVICE_PORT_SQL"], "5432");
+        assert_eq!(env["MY_DB_PORT"], "tcp://10.43.0.20:5432");
+        assert_eq!(env["MY_DB_PORT_53_UDP"], "udp://10.43.0.20:53");
+        assert_eq!(env["MY_DB_PORT_53_UDP_ADDR"], "10.43.0.20");
+        let headless: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "h"}, "spec": {"clusterIP": "None", "ports": [{"port": 80}]}
+        }))
+        .unwrap();
+        assert!(service_env(&headless).is_empty());
     }
 
     #[test]
