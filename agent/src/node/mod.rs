@@ -134,7 +134,19 @@ fn mkdir(path: &Path) -> Result<(), AgentError> {
     })
 }
 
-/// Runs the node agent until `shutdown` completes. Stops every pod it runs before returning.
+/// Aborts the pod manager (and so every pod worker, without stopping containers) when
+/// `run_node`'s future is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<Result<(), kube::Error>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs the node agent until `shutdown` completes, then stops every pod it runs and returns.
+/// Dropping the future instead abandons the pods as a crash would: containers keep running and
+/// the next start removes them (see [`crate::restart`]).
 pub async fn run_node(
     client: kube::Client,
     opts: NodeOptions,
@@ -166,6 +178,15 @@ pub async fn run_node(
             containers = stale.len(),
             "removed containers left by a previous run"
         );
+    }
+    // Each old bundle: unmount its rootfs and drop its image lease, then remove it.
+    if let Ok(entries) = std::fs::read_dir(layout.containers()) {
+        for e in entries.flatten() {
+            if let Err(err) = images.release_rootfs(&e.path()).await {
+                warn!("releasing {}: {err}", e.path().display());
+            }
+            let _ = std::fs::remove_dir_all(e.path());
+        }
     }
     cleanup::unmount_below(&layout.containers());
     cleanup::unmount_below(&layout.sandboxes());
@@ -231,7 +252,7 @@ pub async fn run_node(
         node_memory_bytes: (capacity.memory_kib * 1024) as i64,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
-    let manager = tokio::spawn(pods::manage(ctx.clone(), stop_rx));
+    let mut manager = AbortOnDrop(tokio::spawn(pods::manage(ctx.clone(), stop_rx)));
     // Until the Node has a podCIDR (allocated by the server), look for it every 2 s.
     let mut cidr_tick = tokio::time::interval(Duration::from_secs(2));
 
@@ -275,7 +296,7 @@ pub async fn run_node(
     }
     info!("node agent stopping");
     let _ = stop_tx.send(true);
-    match manager.await {
+    match (&mut manager.0).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(AgentError::Watch(e)),
         Err(e) => {
@@ -309,6 +330,15 @@ async fn start_network(
     let (net, _vtep) = r3s_cni::node::KernelNetwork::start(cfg)
         .await
         .map_err(AgentError::Network)?;
+    // No pod is attached yet (pods of a previous run were removed): every lease is stale.
+    use r3s_cni::node::NodeNetwork;
+    match net.gc_pods(&std::collections::HashSet::new()).await {
+        Ok(freed) if !freed.is_empty() => {
+            info!(leases = freed.len(), "released stale pod addresses")
+        }
+        Ok(_) => {}
+        Err(e) => warn!("releasing stale pod addresses: {e}"),
+    }
     info!(%subnet, "pod network ready");
     Ok(net)
 }
