@@ -923,6 +923,28 @@ async fn init_containers_env_exit_codes_and_errors() {
     })
     .await;
 
+    // The pod's containers share /dev/shm (and the IPC namespace).
+    let shm = h
+        .create(
+            "shm",
+            json!({
+                "containers": [
+                    {"name": "writer", "image": image, "command": ["sh", "-c", "echo shared-note > /dev/shm/note; while true; do sleep 1; done"]},
+                    {"name": "reader", "image": image, "command": ["sh", "-c", "until cat /dev/shm/note; do sleep 1; done; while true; do sleep 1; done"]},
+                ],
+                "terminationGracePeriodSeconds": 2,
+            }),
+        )
+        .await;
+    let reader_log = h.log(&shm, "reader", 0);
+    eventually("the reader to see the writer's /dev/shm file", || async {
+        std::fs::read_to_string(&reader_log)
+            .ok()?
+            .contains("stdout F shared-note")
+            .then_some(())
+    })
+    .await;
+
     // An exec readiness probe runs inside the container.
     h.create(
         "exec-ready",

@@ -267,6 +267,14 @@ pub fn config(i: Inputs<'_>) -> Result<ContainerConfig, ConfigError> {
         },
     ];
     let mut mounts = mounts;
+    // The pod's shared /dev/shm (not with hostIPC: the default per-container tmpfs stays).
+    if sb.ipc.is_some() {
+        mounts.push(BindMount {
+            source: sb.shm(),
+            destination: "/dev/shm".into(),
+            readonly: false,
+        });
+    }
     for vm in c.volume_mounts.iter().flatten() {
         let (source, forced_ro) = i
             .volumes

@@ -62,6 +62,10 @@ impl Sandbox {
     pub fn hostname(&self) -> PathBuf {
         self.dir.join("hostname")
     }
+    /// The pod's `/dev/shm` (a tmpfs shared by its containers, as with kubelet's sandbox).
+    pub fn shm(&self) -> PathBuf {
+        self.dir.join("shm")
+    }
 }
 
 const KINDS: [(&str, CloneFlags); 3] = [
@@ -192,8 +196,32 @@ pub async fn loopback_up(net: &Path) -> Result<(), SandboxError> {
         .map_err(|e| err(e.to_string()))
 }
 
+/// Mounts the pod's shared `/dev/shm` tmpfs (64 MiB, Docker's and containerd's default size).
+pub fn mount_shm(dir: &Path) -> Result<PathBuf, SandboxError> {
+    let shm = dir.join("shm");
+    std::fs::create_dir_all(&shm).map_err(|source| SandboxError::Io {
+        dir: dir.to_path_buf(),
+        op: "create shm directory",
+        source,
+    })?;
+    nix::mount::mount(
+        Some("shm"),
+        &shm,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=1777,size=65536k"),
+    )
+    .map_err(|e| SandboxError::Io {
+        dir: dir.to_path_buf(),
+        op: "mount shm",
+        source: e.into(),
+    })?;
+    Ok(shm)
+}
+
 /// Unmounts and removes the namespace files and the directory (idempotent).
 pub fn unmount_namespaces(dir: &Path) {
+    let _ = nix::mount::umount2(&dir.join("shm"), MntFlags::MNT_DETACH);
     for (k, _) in KINDS {
         let f = dir.join(k);
         let _ = nix::mount::umount2(&f, MntFlags::MNT_DETACH);

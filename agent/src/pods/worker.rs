@@ -492,6 +492,11 @@ impl Worker {
         } else {
             sb.pod_ip = Some(self.ctx.host_ip);
         }
+        if iso.ipc
+            && let Err(e) = sandbox::mount_shm(&dir)
+        {
+            return Err(fail(e.to_string(), &dir));
+        }
         let hosts = if host_net {
             std::fs::read_to_string("/etc/hosts").unwrap_or_default()
         } else {

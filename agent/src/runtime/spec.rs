@@ -239,8 +239,7 @@ pub fn build(cfg: &ContainerConfig, rootfs: PathBuf) -> Result<Spec, OciSpecErro
         .build()?;
 
     let mut mounts: Vec<Mount> = def.mounts().clone().unwrap_or_default();
-    // The pod's IPC namespace is shared, but each container keeps its own /dev/shm tmpfs from the
-    // default mounts (kubelet shares the sandbox's); see the report of issue 6.
+    // A bind mount replaces a default mount at the same place (e.g. the pod's shared /dev/shm).
     for m in &cfg.mounts {
         mounts.retain(|d| d.destination() != &m.destination);
         let mut options = vec!["rbind".to_string(), "rprivate".to_string()];
