@@ -1,5 +1,24 @@
 //! r3s-agent: the node agent (kubelet's role, plus the service proxy and node-local DNS).
+//!
+//! Entry point for embedding: [`run_node`] with [`NodeOptions`] and a `kube::Client` (the server
+//! runs it in-process; the standalone binary will once joining exists).
+//!
+//! Module map: [`node`] (registration, heartbeats, preflight, `run_node`), [`pods`] (pod manager
+//! and per-pod workers), [`runtime`] (the only module linking libcontainer: containers, CRI logs,
+//! cgroup cleanup), [`layout`] (directories), [`restart`] (design for surviving agent restarts),
+//! [`cli`]/[`config`]/[`run`] (the standalone binary's configuration).
 
 pub mod cli;
 pub mod config;
+pub mod layout;
+#[cfg(target_os = "linux")]
+pub mod node;
+#[cfg(target_os = "linux")]
+pub mod pods;
+pub mod restart;
 pub mod run;
+#[cfg(target_os = "linux")]
+pub mod runtime;
+
+#[cfg(target_os = "linux")]
+pub use node::{AgentError, NodeOptions, run_node};

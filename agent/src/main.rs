@@ -1,6 +1,10 @@
 //! `r3s-agent`: parse the configuration, set up logging, run the agent on a small Tokio runtime.
 //!
 //! Every failure ends the same way: one line `r3s-agent: <what is wrong>` on stderr, exit status 1.
+//!
+//! `r3s-agent check-config` (k3s's preflight command) runs the host checks instead: one line per
+//! problem on stdout, exit status 1 if there is any. It is recognised before flag parsing, since
+//! the configuration resolver knows only the run command's flags.
 
 use std::process::ExitCode;
 
@@ -12,6 +16,12 @@ use r3s_config::exit::{config_failure, fail};
 const BIN: &str = "r3s-agent";
 
 fn main() -> ExitCode {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "check-config")
+    {
+        return check_config();
+    }
     let resolved = match r3s_config::resolve::<Cli, _, _>(std::env::args_os(), std::env::vars_os())
     {
         Ok(resolved) => resolved,
@@ -34,4 +44,21 @@ fn start(resolved: r3s_config::Resolved<Cli>) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(r3s_agent::run::run(cfg))?;
     Ok(())
+}
+
+fn check_config() -> ExitCode {
+    #[cfg(target_os = "linux")]
+    let findings = r3s_agent::node::preflight::check();
+    #[cfg(not(target_os = "linux"))]
+    let findings = vec!["r3s-agent runs pods on Linux only".to_string()];
+    if findings.is_empty() {
+        println!(
+            "r3s-agent: this host can run pods (memory cgroup, cgroups, overlayfs, vxlan: ok)"
+        );
+        return ExitCode::SUCCESS;
+    }
+    for line in &findings {
+        println!("{line}");
+    }
+    ExitCode::FAILURE
 }

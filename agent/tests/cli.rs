@@ -327,3 +327,22 @@ fn precedence_end_to_end() {
         )
     );
 }
+
+#[test]
+fn check_config_reports_the_host() {
+    let out = Command::new(BIN).arg("check-config").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // Whatever this host lacks, each finding is one line and the status says whether any exist.
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(!lines.is_empty());
+    if out.status.success() {
+        assert_eq!(lines.len(), 1, "{stdout}");
+        assert!(lines[0].contains("can run pods"), "{stdout}");
+    } else {
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            lines.iter().all(|l| !l.contains("can run pods")),
+            "{stdout}"
+        );
+    }
+}

@@ -1,0 +1,89 @@
+//! Where the agent keeps things. Invariant: everything persistent lives under
+//! `<data-dir>/agent/`, everything that must vanish with a reboot (namespace bind mounts,
+//! libcontainer state) under the run directory, so two agents with different directories never
+//! touch each other's files.
+//!
+//! ```text
+//! <data-dir>/agent/images/                   image store (r3s-images)
+//! <data-dir>/agent/containers/<id>/          bundle: config.json, rootfs (overlay), upper, work
+//! <data-dir>/agent/pods/<ns>_<name>_<uid>/<container>/<restart>.log   CRI logs
+//! <data-dir>/agent/cni/                      IPAM leases
+//! <data-dir>/agent/volumes/<uid>/<volume>/   emptyDir, configMap and secret volumes
+//! <run-dir>/containers/<id>/state.json       libcontainer state (runc's --root)
+//! <run-dir>/sandboxes/<uid>/{net,ipc,uts}    namespace bind mounts
+//! <run-dir>/sandboxes/<uid>/{hosts,resolv.conf,hostname}
+//! ```
+
+use std::path::{Path, PathBuf};
+
+/// The agent's directories.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub agent_dir: PathBuf,
+    pub run_dir: PathBuf,
+}
+
+impl Layout {
+    pub fn new(data_dir: &Path, run_dir: &Path) -> Self {
+        Self {
+            agent_dir: data_dir.join("agent"),
+            run_dir: run_dir.to_path_buf(),
+        }
+    }
+
+    pub fn images(&self) -> PathBuf {
+        self.agent_dir.join("images")
+    }
+
+    pub fn containers(&self) -> PathBuf {
+        self.agent_dir.join("containers")
+    }
+
+    pub fn bundle(&self, id: &str) -> PathBuf {
+        self.containers().join(id)
+    }
+
+    pub fn pods(&self) -> PathBuf {
+        self.agent_dir.join("pods")
+    }
+
+    /// The directory of one pod's logs, named as kubelet names `/var/log/pods` entries.
+    pub fn pod_logs(&self, namespace: &str, name: &str, uid: &str) -> PathBuf {
+        self.pods().join(format!("{namespace}_{name}_{uid}"))
+    }
+
+    /// The log file of one run of a container.
+    pub fn container_log(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        container: &str,
+        restart: u32,
+    ) -> PathBuf {
+        self.pod_logs(namespace, name, uid)
+            .join(container)
+            .join(format!("{restart}.log"))
+    }
+
+    /// One pod's volumes (emptyDir, configMap and secret files).
+    pub fn volumes(&self, uid: &str) -> PathBuf {
+        self.agent_dir.join("volumes").join(uid)
+    }
+
+    pub fn cni(&self) -> PathBuf {
+        self.agent_dir.join("cni")
+    }
+
+    pub fn runtime_state(&self) -> PathBuf {
+        self.run_dir.join("containers")
+    }
+
+    pub fn sandboxes(&self) -> PathBuf {
+        self.run_dir.join("sandboxes")
+    }
+
+    pub fn sandbox(&self, uid: &str) -> PathBuf {
+        self.sandboxes().join(uid)
+    }
+}

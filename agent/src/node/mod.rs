@@ -1,0 +1,344 @@
+//! The node agent's entry point, [`run_node`]: registers this machine as a Node, keeps its Lease
+//! and status fresh, and runs the pods bound to it, until told to stop.
+//!
+//! Start-up reads as a script (each step wraps its error): preflight (warnings) → directories →
+//! image store → leftovers of a previous run removed → Node registered → pod network (when the
+//! Node has a podCIDR) → heartbeats → pod manager. Shutdown order: stop the pod manager (which
+//! stops every pod; see [`crate::restart`] for why) → stop heartbeats.
+//!
+//! Module map: [`info`] (host facts), [`preflight`] (host checks), [`register`] (Node object and
+//! status), [`lease`] (the heartbeat Lease).
+
+pub mod info;
+pub mod lease;
+pub mod preflight;
+pub mod register;
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+use r3s_config::{Label, Taint};
+use serde_json::Value;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::layout::Layout;
+use crate::pods::{self, Ctx};
+use crate::runtime::{Runtime, cleanup};
+
+/// How often the Node status (conditions' heartbeat) is written.
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Why the agent stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("registering node {node}: {source}")]
+    Register {
+        node: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("writing the status of node {node}: {source}")]
+    NodeStatus {
+        node: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("renewing the lease of node {node}: {source}")]
+    Lease {
+        node: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("building an API object: {0}")]
+    Json(#[source] serde_json::Error),
+    #[error("creating {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("opening the image store: {0}")]
+    Images(#[source] r3s_images::ImageError),
+    #[error("node {node} has an invalid spec.podCIDR {cidr:?}")]
+    PodCidr { node: String, cidr: String },
+    #[error("starting pod networking: {0}")]
+    Network(#[source] r3s_cni::node::NodeError),
+    #[error("cannot determine the node IP; give --node-ip")]
+    NoNodeIp,
+    #[error("watching pods: {0}")]
+    Watch(#[source] kube::Error),
+}
+
+/// Everything [`run_node`] needs besides the API client.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    pub node_name: String,
+    /// `--data-dir`; the agent uses `<data-dir>/agent/`.
+    pub data_dir: PathBuf,
+    /// Runtime state and namespace mounts (default `/run/r3s/agent`).
+    pub run_dir: PathBuf,
+    pub node_ip: Option<IpAddr>,
+    pub node_external_ip: Option<IpAddr>,
+    pub labels: Vec<Label>,
+    pub taints: Vec<Taint>,
+    /// The server's own node: adds the control-plane role labels.
+    pub control_plane: bool,
+    /// Parsed `--private-registry` file.
+    pub registries: r3s_images::RegistriesConfig,
+    /// Cluster DNS for ClusterFirst pods (k3s: 10.43.0.10); `None` gives pods the host's resolv.conf.
+    pub cluster_dns: Option<IpAddr>,
+    pub cluster_domain: String,
+    /// The cluster CIDR masqueraded on egress when pod networking is on (10.42.0.0/16).
+    pub cluster_cidr: Option<ipnet::Ipv4Net>,
+    /// Absolute cgroup under which pods live (`/r3s`).
+    pub cgroup_root: PathBuf,
+    /// The pod bridge (`r3s0`), made when the Node has a podCIDR.
+    pub bridge: String,
+    pub max_pods: u32,
+}
+
+impl NodeOptions {
+    /// k3s's defaults for everything but the name and data directory.
+    pub fn new(node_name: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            node_name: node_name.into(),
+            data_dir: data_dir.into(),
+            run_dir: PathBuf::from("/run/r3s/agent"),
+            node_ip: None,
+            node_external_ip: None,
+            labels: Vec::new(),
+            taints: Vec::new(),
+            control_plane: false,
+            registries: r3s_images::RegistriesConfig::default(),
+            cluster_dns: Some(IpAddr::from([10, 43, 0, 10])),
+            cluster_domain: "cluster.local".into(),
+            cluster_cidr: "10.42.0.0/16".parse().ok(),
+            cgroup_root: PathBuf::from("/r3s"),
+            bridge: r3s_cni::bridge::DEFAULT_BRIDGE.into(),
+            max_pods: 110,
+        }
+    }
+}
+
+fn mkdir(path: &Path) -> Result<(), AgentError> {
+    std::fs::create_dir_all(path).map_err(|source| AgentError::Dir {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Aborts the pod manager (and so every pod worker, without stopping containers) when
+/// `run_node`'s future is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<Result<(), kube::Error>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs the node agent until `shutdown` completes, then stops every pod it runs and returns.
+/// Dropping the future instead abandons the pods as a crash would: containers keep running and
+/// the next start removes them (see [`crate::restart`]).
+pub async fn run_node(
+    client: kube::Client,
+    opts: NodeOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), AgentError> {
+    for line in preflight::check() {
+        warn!("preflight: {line}");
+    }
+    let layout = Layout::new(&opts.data_dir, &opts.run_dir);
+    for dir in [
+        layout.agent_dir.clone(),
+        layout.pods(),
+        layout.containers(),
+        layout.runtime_state(),
+        layout.sandboxes(),
+    ] {
+        mkdir(&dir)?;
+    }
+    let mut images_cfg = r3s_images::ImageServiceConfig::new(layout.images());
+    images_cfg.registries = opts.registries.clone();
+    let images = r3s_images::ImageService::open(images_cfg).map_err(AgentError::Images)?;
+
+    // No re-adoption yet (see crate::restart): whatever a previous run left is removed, and its
+    // pods start afresh.
+    let runtime = Runtime::new(layout.runtime_state());
+    let stale = cleanup::delete_all(&runtime).await;
+    if !stale.is_empty() {
+        warn!(
+            containers = stale.len(),
+            "removed containers left by a previous run"
+        );
+    }
+    // Each old bundle: unmount its rootfs and drop its image lease, then remove it.
+    if let Ok(entries) = std::fs::read_dir(layout.containers()) {
+        for e in entries.flatten() {
+            if let Err(err) = images.release_rootfs(&e.path()).await {
+                warn!("releasing {}: {err}", e.path().display());
+            }
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    cleanup::unmount_below(&layout.containers());
+    cleanup::unmount_below(&layout.sandboxes());
+    cleanup::unmount_below(&layout.agent_dir.join("volumes"));
+    let _ = std::fs::remove_dir_all(layout.agent_dir.join("volumes"));
+    let _ = std::fs::remove_dir_all(layout.sandboxes());
+    mkdir(&layout.sandboxes())?;
+
+    let host_ip = opts
+        .node_ip
+        .or_else(info::detect_node_ip)
+        .ok_or(AgentError::NoNodeIp)?;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node = register::register(&nodes, &opts).await?;
+    let node_uid = node.metadata.uid.clone().unwrap_or_default();
+    info!(node = %opts.node_name, ip = %host_ip, "node registered");
+
+    let capacity = info::capacity(&opts.data_dir, opts.max_pods);
+    let system = info::system_info();
+    let hostname = info::hostname();
+    let mut prev_status: Value = serde_json::to_value(&node.status).unwrap_or(Value::Null);
+    let write_status = |prev: &Value| {
+        let input = register::StatusInput {
+            internal_ip: host_ip,
+            external_ip: opts.node_external_ip,
+            hostname: &hostname,
+            capacity: &capacity,
+            system: &system,
+            pressure: info::pressure(&opts.data_dir),
+            now: &crate::pods::worker::now(),
+        };
+        register::status(&input, prev)
+    };
+    let st = write_status(&prev_status);
+    let node = register::write_status(&nodes, &opts.node_name, &st).await?;
+    prev_status = st;
+
+    let network = std::sync::OnceLock::new();
+    match node.spec.as_ref().and_then(|s| s.pod_cidr.clone()) {
+        Some(cidr) => {
+            let _ = network.set(start_network(&opts, &layout, &cidr).await?);
+        }
+        None => info!(
+            "node has no spec.podCIDR yet: pods get a loopback-only network namespace until it has"
+        ),
+    }
+
+    let lease_api: Api<Lease> = Api::namespaced(client.clone(), lease::NAMESPACE);
+    lease::renew(&lease_api, &opts.node_name, &node_uid).await?;
+
+    let ctx: Arc<Ctx> = Arc::new(Ctx {
+        client: client.clone(),
+        node_name: opts.node_name.clone(),
+        host_ip,
+        layout,
+        runtime,
+        images,
+        network,
+        cluster_dns: opts.cluster_dns,
+        cluster_domain: opts.cluster_domain.clone(),
+        cgroup_root: opts.cgroup_root.clone(),
+        node_milli_cpu: (capacity.cpu * 1000) as i64,
+        node_memory_bytes: (capacity.memory_kib * 1024) as i64,
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut manager = AbortOnDrop(tokio::spawn(pods::manage(ctx.clone(), stop_rx)));
+    // Until the Node has a podCIDR (allocated by the server), look for it every 2 s.
+    let mut cidr_tick = tokio::time::interval(Duration::from_secs(2));
+
+    let mut lease_tick = tokio::time::interval(lease::RENEW_INTERVAL);
+    let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
+    lease_tick.tick().await;
+    status_tick.tick().await;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = lease_tick.tick() => {
+                if let Err(e) = lease::renew(&lease_api, &opts.node_name, &node_uid).await {
+                    warn!("{e}");
+                }
+            }
+            _ = cidr_tick.tick(), if ctx.network.get().is_none() => {
+                let cidr = nodes
+                    .get_opt(&opts.node_name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|n| n.spec.and_then(|s| s.pod_cidr));
+                if let Some(cidr) = cidr {
+                    match start_network(&opts, &ctx.layout, &cidr).await {
+                        Ok(net) => {
+                            let _ = ctx.network.set(net);
+                        }
+                        Err(e) => warn!("{e}"),
+                    }
+                }
+            }
+            _ = status_tick.tick() => {
+                let st = write_status(&prev_status);
+                match register::write_status(&nodes, &opts.node_name, &st).await {
+                    Ok(_) => prev_status = st,
+                    Err(e) => warn!("{e}"),
+                }
+            }
+        }
+    }
+    info!("node agent stopping");
+    let _ = stop_tx.send(true);
+    match (&mut manager.0).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(AgentError::Watch(e)),
+        Err(e) => {
+            warn!("pod manager task failed: {e}");
+            Ok(())
+        }
+    }
+}
+
+async fn start_network(
+    opts: &NodeOptions,
+    layout: &Layout,
+    cidr: &str,
+) -> Result<r3s_cni::node::KernelNetwork, AgentError> {
+    let subnet: ipnet::Ipv4Net = cidr.parse().map_err(|_| AgentError::PodCidr {
+        node: opts.node_name.clone(),
+        cidr: cidr.to_owned(),
+    })?;
+    let cfg = r3s_cni::node::NodeConfig {
+        pods: r3s_cni::network::BridgeNetwork {
+            name: "r3s".into(),
+            bridge: opts.bridge.clone(),
+            subnet,
+            mtu: 1500,
+            ipam_dir: layout.cni(),
+        },
+        // The VXLAN overlay (peers from Node annotations) is issue 7's part of the agent.
+        overlay: None,
+        masquerade: opts.cluster_cidr,
+    };
+    let (net, _vtep) = r3s_cni::node::KernelNetwork::start(cfg)
+        .await
+        .map_err(AgentError::Network)?;
+    // No pod is attached yet (pods of a previous run were removed): every lease is stale.
+    use r3s_cni::node::NodeNetwork;
+    match net.gc_pods(&std::collections::HashSet::new()).await {
+        Ok(freed) if !freed.is_empty() => {
+            info!(leases = freed.len(), "released stale pod addresses")
+        }
+        Ok(_) => {}
+        Err(e) => warn!("releasing stale pod addresses: {e}"),
+    }
+    info!(%subnet, "pod network ready");
+    Ok(net)
+}

@@ -1,0 +1,339 @@
+//! The container runtime: the only module that links libcontainer (youki). It creates, starts,
+//! signals, waits for and deletes containers from OCI bundles, and writes their output as CRI
+//! log files.
+//!
+//! Invariants:
+//! - Every container is created with `with_systemd(false)` and an absolute cgroups path (see
+//!   [`spec`]), so libcgroups uses plain cgroupfs on v1, hybrid and v2 alike.
+//! - libcontainer is blocking; every call into it runs on the blocking pool.
+//! - A container's init is cloned with `CLONE_PARENT`, so it is a child of *this* process and only
+//!   this process can reap it; [`Runtime::wait`] does so through a pidfd (no thread parked in
+//!   `waitpid` per container). Surviving an agent restart therefore needs a design of its own:
+//!   see [`crate::restart`].
+//! - No seccomp profile is ever put in a spec: the crate is built without libseccomp, and
+//!   libcontainer would silently skip the profile.
+
+pub mod cleanup;
+pub mod logs;
+pub mod spec;
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use libcontainer::container::Container;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use libcontainer::workload::default::DefaultExecutor;
+use nix::sys::signal::Signal;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use tokio::io::unix::AsyncFd;
+
+/// Runtime failures, each naming the container.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("container {id}: {op}: {source}")]
+    Libcontainer {
+        id: String,
+        op: &'static str,
+        #[source]
+        source: Box<libcontainer::error::LibcontainerError>,
+    },
+    #[error("container {id}: {op}: {source}")]
+    Io {
+        id: String,
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("container {id}: writing config.json: {source}")]
+    Spec {
+        id: String,
+        #[source]
+        source: oci_spec::OciSpecError,
+    },
+    #[error("container {id}: started but has no pid")]
+    NoPid { id: String },
+    #[error("container {id}: runtime task failed: {source}")]
+    Task {
+        id: String,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+/// How a container's init process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit {
+    /// The shell convention: the exit status, or 128 + signal number.
+    pub code: i32,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
+}
+
+/// A started container: its id and the pid of its init in the host's PID namespace.
+#[derive(Debug)]
+pub struct Started {
+    pub id: String,
+    pub pid: i32,
+    pidfd: OwnedFd,
+}
+
+/// A handle on libcontainer's state directory (`<root>/<id>/state.json`, like `runc --root`).
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    root: PathBuf,
+}
+
+impl Runtime {
+    /// A runtime keeping container state under `root` (created on first use).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Creates and starts the container of the bundle at `bundle` (which holds `config.json`),
+    /// with stdout and stderr going to the given descriptors.
+    pub async fn run(
+        &self,
+        id: &str,
+        bundle: &Path,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    ) -> Result<Started, RuntimeError> {
+        let root = self.root.clone();
+        let bundle = bundle.to_path_buf();
+        let id2 = id.to_owned();
+        tokio::task::spawn_blocking(move || run_blocking(&root, &id2, &bundle, stdout, stderr))
+            .await
+            .map_err(|source| RuntimeError::Task {
+                id: id.to_owned(),
+                source,
+            })?
+    }
+
+    /// Waits for the container's init to exit and reaps it.
+    pub async fn wait(started: Started) -> Result<Exit, RuntimeError> {
+        let id = started.id.clone();
+        let pid = started.pid;
+        let io = |source| RuntimeError::Io {
+            id: id.clone(),
+            op: "wait",
+            source,
+        };
+        // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor stays open and the same for
+        // the AsyncFd's whole lifetime.
+        let fd = unsafe { AsyncFd::register(started.pidfd) }.map_err(|e| io(e.into_parts().1))?;
+        loop {
+            match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => return Ok(Exit { code, signal: None }),
+                Ok(WaitStatus::Signaled(_, sig, _)) => {
+                    return Ok(Exit {
+                        code: 128 + sig as i32,
+                        signal: Some(sig as i32),
+                    });
+                }
+                Ok(_) => {}
+                // Already reaped elsewhere (should not happen): report it as unknown.
+                Err(nix::errno::Errno::ECHILD) => {
+                    return Ok(Exit {
+                        code: 255,
+                        signal: None,
+                    });
+                }
+                Err(e) => return Err(io(e.into())),
+            }
+            // The pidfd becomes readable when the process exits.
+            let mut guard = fd.readable().await.map_err(io)?;
+            guard.clear_ready();
+        }
+    }
+
+    /// Sends `signal` to the container's init (`all = false`) or to every process in its cgroup.
+    pub async fn kill(&self, id: &str, signal: Signal, all: bool) -> Result<(), RuntimeError> {
+        let dir = self.root.join(id);
+        let id2 = id.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut c = Container::load(dir).map_err(|source| RuntimeError::Libcontainer {
+                id: id2.clone(),
+                op: "load",
+                source: Box::new(source),
+            })?;
+            c.kill(signal, all)
+                .map_err(|source| RuntimeError::Libcontainer {
+                    id: id2,
+                    op: "kill",
+                    source: Box::new(source),
+                })
+        })
+        .await
+        .map_err(|source| RuntimeError::Task {
+            id: id.to_owned(),
+            source,
+        })?
+    }
+
+    /// Deletes the container (killing what is left in its cgroup) and its cgroups and state.
+    /// Deleting a container that does not exist is not an error.
+    pub async fn delete(&self, id: &str) -> Result<(), RuntimeError> {
+        let dir = self.root.join(id);
+        let id2 = id.to_owned();
+        tokio::task::spawn_blocking(move || delete_blocking(&dir, &id2))
+            .await
+            .map_err(|source| RuntimeError::Task {
+                id: id.to_owned(),
+                source,
+            })?
+    }
+
+    /// Runs `args` inside the running container `id` (a tenant process in its namespaces and
+    /// cgroup, with the container's environment), output discarded; returns its exit code, or
+    /// `None` after `timeout` (the process is then killed). Blocking: call from the blocking pool.
+    pub fn exec_blocking(
+        &self,
+        id: &str,
+        args: Vec<String>,
+        timeout: std::time::Duration,
+    ) -> Result<Option<i32>, RuntimeError> {
+        let io = |op: &'static str| {
+            move |source| RuntimeError::Io {
+                id: id.to_owned(),
+                op,
+                source,
+            }
+        };
+        let null = || std::fs::OpenOptions::new().write(true).open("/dev/null");
+        let out = null().map_err(io("open /dev/null"))?;
+        let err = null().map_err(io("open /dev/null"))?;
+        let pid = ContainerBuilder::new(id.to_owned(), SyscallType::default())
+            .with_root_path(&self.root)
+            .map_err(|source| RuntimeError::Libcontainer {
+                id: id.to_owned(),
+                op: "state root",
+                source: Box::new(source),
+            })?
+            .with_executor(DefaultExecutor {})
+            .with_stdout(out)
+            .with_stderr(err)
+            .as_tenant()
+            .with_container_args(args)
+            .with_detach(true)
+            .build()
+            .map_err(|source| RuntimeError::Libcontainer {
+                id: id.to_owned(),
+                op: "exec",
+                source: Box::new(source),
+            })?;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => return Ok(Some(code)),
+                Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(Some(128 + sig as i32)),
+                Ok(_) => {}
+                Err(e) => return Err(io("wait for exec")(e.into())),
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                let _ = waitpid(pid, None);
+                return Ok(None);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Ids of every container with state under the root.
+    pub fn list(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter(|e| e.path().join("state.json").exists())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect()
+    }
+}
+
+fn run_blocking(
+    root: &Path,
+    id: &str,
+    bundle: &Path,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+) -> Result<Started, RuntimeError> {
+    let lc = |op: &'static str| {
+        move |source| RuntimeError::Libcontainer {
+            id: id.to_owned(),
+            op,
+            source: Box::new(source),
+        }
+    };
+    std::fs::create_dir_all(root).map_err(|source| RuntimeError::Io {
+        id: id.to_owned(),
+        op: "create state root",
+        source,
+    })?;
+    let mut container = ContainerBuilder::new(id.to_owned(), SyscallType::default())
+        .with_root_path(root)
+        .map_err(lc("state root"))?
+        .with_executor(DefaultExecutor {})
+        .with_stdout(stdout)
+        .with_stderr(stderr)
+        .as_init(bundle)
+        // InitContainerBuilder defaults to systemd, which needs D-Bus and a systemd PID 1.
+        .with_systemd(false)
+        .with_detach(true)
+        .build()
+        .map_err(lc("create"))?;
+    let pid = container
+        .pid()
+        .ok_or_else(|| RuntimeError::NoPid { id: id.to_owned() })?;
+    // Open the pidfd before start: the init is our (unreaped) child, so the pid cannot be reused.
+    let pidfd = pidfd_open(pid.as_raw()).map_err(|source| RuntimeError::Io {
+        id: id.to_owned(),
+        op: "pidfd_open",
+        source,
+    })?;
+    if let Err(e) = container.start() {
+        let _ = container.delete(true);
+        let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+        return Err(lc("start")(e));
+    }
+    Ok(Started {
+        id: id.to_owned(),
+        pid: pid.as_raw(),
+        pidfd,
+    })
+}
+
+fn delete_blocking(dir: &Path, id: &str) -> Result<(), RuntimeError> {
+    if !dir.join("state.json").exists() {
+        let _ = std::fs::remove_dir_all(dir);
+        return Ok(());
+    }
+    let mut c =
+        Container::load(dir.to_path_buf()).map_err(|source| RuntimeError::Libcontainer {
+            id: id.to_owned(),
+            op: "load",
+            source: Box::new(source),
+        })?;
+    c.delete(true).map_err(|source| RuntimeError::Libcontainer {
+        id: id.to_owned(),
+        op: "delete",
+        source: Box::new(source),
+    })
+}
+
+fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(|_| std::io::Error::other("pidfd out of range"))?;
+    // SAFETY: the kernel just returned this descriptor to us and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
