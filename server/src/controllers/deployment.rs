@@ -15,12 +15,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::jiff::Timestamp;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::Store;
@@ -51,7 +51,9 @@ impl Context {
             return;
         };
         let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        w.entry(deployment.to_string()).or_default().insert(name, rv);
+        w.entry(deployment.to_string())
+            .or_default()
+            .insert(name, rv);
     }
 
     /// True once every ReplicaSet write is visible in `owned` (or the ReplicaSet is gone).
@@ -103,10 +105,18 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Cont
         .cloned();
     let old: Vec<Arc<ReplicaSet>> = owned
         .iter()
-        .filter(|rs| new_rs.as_ref().is_none_or(|n| n.metadata.uid != rs.metadata.uid))
+        .filter(|rs| {
+            new_rs
+                .as_ref()
+                .is_none_or(|n| n.metadata.uid != rs.metadata.uid)
+        })
         .cloned()
         .collect();
-    let max_revision = owned.iter().map(|rs| rollout::revision(rs)).max().unwrap_or(0);
+    let max_revision = owned
+        .iter()
+        .map(|rs| rollout::revision(rs))
+        .max()
+        .unwrap_or(0);
     let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &namespace);
     let mut created = false;
 
@@ -188,7 +198,10 @@ pub async fn run(
     let (rs_store, writer) = reflector::store();
     let rs_events = reflector(
         writer,
-        watcher(Api::<ReplicaSet>::all(client.clone()), watcher::Config::default()),
+        watcher(
+            Api::<ReplicaSet>::all(client.clone()),
+            watcher::Config::default(),
+        ),
     )
     .default_backoff()
     .touched_objects();
@@ -237,7 +250,10 @@ async fn create_new_rs(
     let s = rollout::settings(d);
     let mut annotations = BTreeMap::from([
         (rollout::REVISION.to_string(), revision.to_string()),
-        (rollout::DESIRED_REPLICAS.to_string(), s.replicas.to_string()),
+        (
+            rollout::DESIRED_REPLICAS.to_string(),
+            s.replicas.to_string(),
+        ),
         (
             rollout::MAX_REPLICAS.to_string(),
             (s.replicas + s.max_surge).to_string(),
@@ -288,18 +304,23 @@ async fn create_new_rs(
         }
         Err(kube::Error::Api(e)) if e.code == 409 => {
             // Either our own earlier creation (cache lag) or a hash collision.
-            let existing = api.get(&name).await.map_err(|source| ControllerError::Read {
-                what: format!("replicaset {name}"),
-                source,
-            })?;
+            let existing = api
+                .get(&name)
+                .await
+                .map_err(|source| ControllerError::Read {
+                    what: format!("replicaset {name}"),
+                    source,
+                })?;
             let ours = pods::controller_of(&existing.metadata)
                 .is_some_and(|r| Some(&r.uid) == d.metadata.uid.as_ref());
             if ours && rollout::same_template(&existing, &spec.template) {
                 ctx.expect(key, &existing);
                 return Ok(existing);
             }
-            let deployments: Api<Deployment> =
-                Api::namespaced(ctx.client.clone(), d.metadata.namespace.as_deref().unwrap_or(""));
+            let deployments: Api<Deployment> = Api::namespaced(
+                ctx.client.clone(),
+                d.metadata.namespace.as_deref().unwrap_or(""),
+            );
             let count = collisions.unwrap_or(0) + 1;
             deployments
                 .patch_status(
@@ -326,9 +347,8 @@ fn annotation<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
 
 fn annotations_stale(d: &Deployment, rs: &ReplicaSet, s: &Settings) -> bool {
     annotation(&rs.metadata, rollout::DESIRED_REPLICAS) != Some(&s.replicas.to_string())
-        || annotation(&d.metadata, rollout::CHANGE_CAUSE).is_some_and(|c| {
-            annotation(&rs.metadata, rollout::CHANGE_CAUSE) != Some(c)
-        })
+        || annotation(&d.metadata, rollout::CHANGE_CAUSE)
+            .is_some_and(|c| annotation(&rs.metadata, rollout::CHANGE_CAUSE) != Some(c))
 }
 
 /// Gives a reused ReplicaSet the next revision (remembering its old ones) and current annotations.
@@ -342,14 +362,20 @@ async fn sync_new_rs_annotations(
     let current = rollout::revision(rs);
     let mut annotations = serde_json::Map::new();
     if current < max_revision {
-        annotations.insert(rollout::REVISION.into(), json!((max_revision + 1).to_string()));
+        annotations.insert(
+            rollout::REVISION.into(),
+            json!((max_revision + 1).to_string()),
+        );
         let history = match annotation(&rs.metadata, rollout::REVISION_HISTORY) {
             Some(h) if !h.is_empty() => format!("{h},{current}"),
             _ => current.to_string(),
         };
         annotations.insert(rollout::REVISION_HISTORY.into(), json!(history));
     }
-    annotations.insert(rollout::DESIRED_REPLICAS.into(), json!(s.replicas.to_string()));
+    annotations.insert(
+        rollout::DESIRED_REPLICAS.into(),
+        json!(s.replicas.to_string()),
+    );
     annotations.insert(
         rollout::MAX_REPLICAS.into(),
         json!((s.replicas + s.max_surge).to_string()),
@@ -376,8 +402,10 @@ async fn set_deployment_revision(
     if annotation(&d.metadata, rollout::REVISION) == Some(revision) {
         return Ok(());
     }
-    let api: Api<Deployment> =
-        Api::namespaced(ctx.client.clone(), d.metadata.namespace.as_deref().unwrap_or(""));
+    let api: Api<Deployment> = Api::namespaced(
+        ctx.client.clone(),
+        d.metadata.namespace.as_deref().unwrap_or(""),
+    );
     let name = d.metadata.name.as_deref().unwrap_or("");
     api.patch(
         name,
@@ -442,9 +470,10 @@ async fn recreate(
         scale(d, ctx, api, key, rs, 0).await?;
     }
     let old_pods_gone = old.iter().all(|rs| {
-        rs.status.as_ref().is_none_or(|st| {
-            st.replicas == 0 && st.observed_generation >= rs.metadata.generation
-        }) && rollout::spec_replicas(rs) == 0
+        rs.status
+            .as_ref()
+            .is_none_or(|st| st.replicas == 0 && st.observed_generation >= rs.metadata.generation)
+            && rollout::spec_replicas(rs) == 0
     });
     if old_pods_gone {
         scale(d, ctx, api, key, new, s.replicas).await?;
@@ -538,7 +567,11 @@ async fn cleanup(ctx: &Context, api: &Api<ReplicaSet>, s: &Settings, old: &[Arc<
 }
 
 fn condition<'a>(status: &'a DeploymentStatus, type_: &str) -> Option<&'a DeploymentCondition> {
-    status.conditions.as_ref()?.iter().find(|c| c.type_.as_deref() == Some(type_))
+    status
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_.as_deref() == Some(type_))
 }
 
 /// Updated, current and available: what `rollout status` waits for.
@@ -590,7 +623,12 @@ fn compute_status(
 ) -> DeploymentStatus {
     let sum = |f: &dyn Fn(&ReplicaSet) -> i32| owned.iter().map(|rs| f(rs)).sum::<i32>();
     let replicas = sum(&|rs| rs.status.as_ref().map_or(0, |st| st.replicas));
-    let ready = sum(&|rs| rs.status.as_ref().and_then(|st| st.ready_replicas).unwrap_or(0));
+    let ready = sum(&|rs| {
+        rs.status
+            .as_ref()
+            .and_then(|st| st.ready_replicas)
+            .unwrap_or(0)
+    });
     let available = sum(&|rs| rollout::available(rs));
     let updated = new
         .and_then(|rs| rs.status.as_ref())

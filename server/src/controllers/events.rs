@@ -105,10 +105,13 @@ impl Recorder {
                 .await
             {
                 Ok(_) => {
-                    self.remember(id, Seen {
-                        count: seen.count + 1,
-                        ..seen
-                    });
+                    self.remember(
+                        id,
+                        Seen {
+                            count: seen.count + 1,
+                            ..seen
+                        },
+                    );
                     return Ok(());
                 }
                 // Deleted (namespace cleanup, TTL): start a new one.
@@ -121,11 +124,7 @@ impl Recorder {
             .clone()
             .unwrap_or_else(|| "default".to_string());
         let nanos = now.0.as_nanosecond();
-        let name = format!(
-            "{}.{:x}",
-            object.name.as_deref().unwrap_or("object"),
-            nanos
-        );
+        let name = format!("{}.{:x}", object.name.as_deref().unwrap_or("object"), nanos);
         let event = Event {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
@@ -149,11 +148,14 @@ impl Recorder {
         };
         let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
         api.create(&PostParams::default(), &event).await?;
-        self.remember(id, Seen {
-            name,
-            namespace,
-            count: 1,
-        });
+        self.remember(
+            id,
+            Seen {
+                name,
+                namespace,
+                count: 1,
+            },
+        );
         Ok(())
     }
 

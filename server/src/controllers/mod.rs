@@ -84,9 +84,7 @@ impl ControllerError {
     /// invalid object only after it had time to change, anything else soon.
     pub fn backoff(&self) -> Duration {
         match self {
-            ControllerError::Write { source, .. } | ControllerError::Read { source, .. }
-                if matches!(source, kube::Error::Api(e) if e.code == 409) =>
-            {
+            ControllerError::Write { source, .. } | ControllerError::Read { source, .. } if matches!(source, kube::Error::Api(e) if e.code == 409) => {
                 Duration::from_millis(200)
             }
             ControllerError::Invalid(_) => Duration::from_secs(30),

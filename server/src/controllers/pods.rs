@@ -1,8 +1,8 @@
 //! Pod facts the control loops share: readiness, availability, activity, controller ownership.
 
-use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::jiff::Timestamp;
 
 /// True unless the pod finished or is being deleted: it still counts towards replicas.
 pub fn is_active(pod: &Pod) -> bool {
@@ -36,7 +36,11 @@ pub fn is_available(pod: &Pod, min_ready_seconds: i32, now: Timestamp) -> bool {
 }
 
 pub fn node_name(pod: &Pod) -> Option<&str> {
-    pod.spec.as_ref()?.node_name.as_deref().filter(|n| !n.is_empty())
+    pod.spec
+        .as_ref()?
+        .node_name
+        .as_deref()
+        .filter(|n| !n.is_empty())
 }
 
 /// The owner reference with `controller: true`, if any.

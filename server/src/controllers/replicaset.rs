@@ -14,11 +14,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::jiff::Timestamp;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::Store;
@@ -55,14 +55,22 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Con
 
     // Pods are only added or removed while the cache reflects our earlier writes, and never for a
     // ReplicaSet that is itself being deleted (the garbage collector owns that).
-    let names: HashSet<String> = owned.iter().filter_map(|p| p.metadata.name.clone()).collect();
-    let uids: HashSet<String> = active.iter().filter_map(|p| p.metadata.uid.clone()).collect();
+    let names: HashSet<String> = owned
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    let uids: HashSet<String> = active
+        .iter()
+        .filter_map(|p| p.metadata.uid.clone())
+        .collect();
     let settled = ctx.expectations.satisfied(&key, &names, &uids);
     let mut failure = None;
     if settled && rs.metadata.deletion_timestamp.is_none() {
         let want = usize::try_from(spec.replicas.unwrap_or(1).max(0)).unwrap_or(0);
         if active.len() < want {
-            failure = create_pods(&rs, &ctx, &key, want - active.len()).await.err();
+            failure = create_pods(&rs, &ctx, &key, want - active.len())
+                .await
+                .err();
         } else if active.len() > want {
             delete_pods(&rs, &ctx, &key, &active, active.len() - want).await?;
         }
@@ -147,8 +155,7 @@ async fn create_pods(
     while remaining > 0 {
         let size = batch.min(remaining);
         let results =
-            futures::future::join_all((0..size).map(|_| api.create(&params, &template)))
-                .await;
+            futures::future::join_all((0..size).map(|_| api.create(&params, &template))).await;
         for result in results {
             match result {
                 Ok(pod) => {
@@ -165,7 +172,12 @@ async fn create_pods(
                 }
                 Err(source) => {
                     ctx.recorder
-                        .record(&rs_ref, EventType::Warning, "FailedCreate", &format!("Error creating: {source}"))
+                        .record(
+                            &rs_ref,
+                            EventType::Warning,
+                            "FailedCreate",
+                            &format!("Error creating: {source}"),
+                        )
                         .await;
                     return Err(ControllerError::Write {
                         what: format!("pod for replicaset {key}"),
@@ -207,7 +219,12 @@ async fn delete_pods(
         match api.delete(&name, &params).await {
             Ok(_) => {
                 ctx.recorder
-                    .record(&rs_ref, EventType::Normal, "SuccessfulDelete", &format!("Deleted pod: {name}"))
+                    .record(
+                        &rs_ref,
+                        EventType::Normal,
+                        "SuccessfulDelete",
+                        &format!("Deleted pod: {name}"),
+                    )
                     .await;
             }
             // Already gone (or replaced by a namesake): nothing left to wait for.
@@ -253,10 +270,7 @@ fn pod_from_template(rs: &ReplicaSet) -> Pod {
     let meta = template.metadata.unwrap_or_default();
     Pod {
         metadata: ObjectMeta {
-            generate_name: Some(format!(
-                "{}-",
-                rs.metadata.name.as_deref().unwrap_or("pod")
-            )),
+            generate_name: Some(format!("{}-", rs.metadata.name.as_deref().unwrap_or("pod"))),
             namespace: rs.metadata.namespace.clone(),
             labels: meta.labels,
             annotations: meta.annotations,
@@ -292,7 +306,9 @@ fn compute_status(
     };
     let fully_labeled = count(&|p: &Pod| {
         let labels = p.metadata.labels.clone().unwrap_or_default();
-        template_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+        template_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
     });
     let min_ready = spec.min_ready_seconds.unwrap_or(0);
     let previous = rs.status.clone().unwrap_or_default();
@@ -315,9 +331,9 @@ fn compute_status(
             status: Some("True".into()),
             reason: Some("FailedCreate".into()),
             message: Some(error.to_string()),
-            last_transition_time: old
-                .and_then(|c| c.last_transition_time)
-                .or(Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now))),
+            last_transition_time: old.and_then(|c| c.last_transition_time).or(Some(
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now),
+            )),
         });
     }
     ReplicaSetStatus {

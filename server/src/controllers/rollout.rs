@@ -95,13 +95,24 @@ pub fn settings(d: &Deployment) -> Settings {
     }
 }
 
-/// Sorts object keys recursively so the hash does not depend on how a client ordered its JSON.
+/// Sorts object keys recursively and drops empty values (`null`, `{}`, `[]`), so neither a
+/// client's key order nor Go's habit of writing `resources: {}` and `creationTimestamp: null`
+/// (kubectl's `rollout undo` sends those) changes what a template is.
 fn canonical(value: Value) -> Value {
+    let empty = |v: &Value| {
+        v.is_null()
+            || v.as_object().is_some_and(|o| o.is_empty())
+            || v.as_array().is_some_and(|a| a.is_empty())
+    };
     match value {
         Value::Object(map) => {
-            let mut entries: Vec<(String, Value)> = map.into_iter().collect();
+            let mut entries: Vec<(String, Value)> = map
+                .into_iter()
+                .map(|(k, v)| (k, canonical(v)))
+                .filter(|(_, v)| !empty(v))
+                .collect();
             entries.sort_by(|a, b| a.0.cmp(&b.0));
-            Value::Object(entries.into_iter().map(|(k, v)| (k, canonical(v))).collect())
+            Value::Object(entries.into_iter().collect())
         }
         Value::Array(items) => Value::Array(items.into_iter().map(canonical).collect()),
         other => other,
@@ -162,11 +173,14 @@ pub fn spec_replicas(rs: &ReplicaSet) -> i32 {
     rs.spec.replicas.unwrap_or(0)
 }
 
+/// Available replicas, never more than the ReplicaSet asks for: right after a scale-down its
+/// status still counts the pods being removed, and those must not fund further scale-downs.
 pub fn available(rs: &ReplicaSet) -> i32 {
     rs.status
         .as_ref()
         .and_then(|s| s.available_replicas)
         .unwrap_or(0)
+        .min(spec_replicas(rs))
 }
 
 /// RollingUpdate: the new ReplicaSet's next replica count, given the replicas every ReplicaSet

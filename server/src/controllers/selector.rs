@@ -54,7 +54,11 @@ pub fn requirement(
             ) else {
                 return false;
             };
-            if operator == "Gt" { have > want } else { have < want }
+            if operator == "Gt" {
+                have > want
+            } else {
+                have < want
+            }
         }
         _ => false,
     }
@@ -118,8 +122,14 @@ mod tests {
             }]),
         };
         assert!(matches(&sel, Some(&labels(&[("app", "web")]))));
-        assert!(matches(&sel, Some(&labels(&[("app", "web"), ("tier", "fe")]))));
-        assert!(!matches(&sel, Some(&labels(&[("app", "web"), ("tier", "db")]))));
+        assert!(matches(
+            &sel,
+            Some(&labels(&[("app", "web"), ("tier", "fe")]))
+        ));
+        assert!(!matches(
+            &sel,
+            Some(&labels(&[("app", "web"), ("tier", "db")]))
+        ));
         assert!(!matches(&sel, None));
         assert_eq!(to_query(&sel), "app=web,tier notin (db)");
     }

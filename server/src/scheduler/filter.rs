@@ -82,7 +82,8 @@ pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
         return exists;
     }
     key == taint.key
-        && (exists || toleration.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""))
+        && (exists
+            || toleration.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""))
 }
 
 /// The node's taints, plus the not-ready taint for a node whose Ready condition is not True but
@@ -127,7 +128,10 @@ fn node_affinity_fits(pod: &Pod, node: &Node) -> bool {
         .affinity
         .as_ref()
         .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|n| n.required_during_scheduling_ignored_during_execution.as_ref());
+        .and_then(|n| {
+            n.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        });
     let by_affinity = required.is_none_or(|req| {
         req.node_selector_terms.iter().any(|term| {
             let exprs = term.match_expressions.as_deref().unwrap_or(&[]);
@@ -153,16 +157,23 @@ pub fn filter(pod: &Pod, info: &NodeInfo) -> Vec<String> {
     let spec = pod.spec.clone().unwrap_or_default();
     if node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true)
         && !spec.tolerations.iter().flatten().any(|t| {
-            tolerates(t, &Taint {
-                key: "node.kubernetes.io/unschedulable".into(),
-                effect: "NoSchedule".into(),
-                ..Taint::default()
-            })
+            tolerates(
+                t,
+                &Taint {
+                    key: "node.kubernetes.io/unschedulable".into(),
+                    effect: "NoSchedule".into(),
+                    ..Taint::default()
+                },
+            )
         })
     {
         return vec!["node(s) were unschedulable".into()];
     }
-    if spec.node_name.as_deref().is_some_and(|n| !n.is_empty() && n != info.name()) {
+    if spec
+        .node_name
+        .as_deref()
+        .is_some_and(|n| !n.is_empty() && n != info.name())
+    {
         return vec!["node(s) didn't match the requested node name".into()];
     }
     let tolerations = spec.tolerations.clone().unwrap_or_default();
@@ -219,7 +230,10 @@ pub fn score(pod: &Pod, info: &NodeInfo) -> i64 {
             f.min(1.0)
         }
     };
-    let cpu = fraction(info.scoring_requested.milli_cpu + want.milli_cpu, alloc.milli_cpu);
+    let cpu = fraction(
+        info.scoring_requested.milli_cpu + want.milli_cpu,
+        alloc.milli_cpu,
+    );
     let mem = fraction(info.scoring_requested.memory + want.memory, alloc.memory);
     let least = ((1.0 - cpu) + (1.0 - mem)) / 2.0 * 100.0;
     let balanced = (1.0 - (cpu - mem).abs()) * 100.0;
@@ -326,7 +340,11 @@ mod tests {
             }]),
             ..NodeSpec::default()
         });
-        check(&pod("1"), &tainted, &["node(s) had untolerated taint {dedicated: gpu}"]);
+        check(
+            &pod("1"),
+            &tainted,
+            &["node(s) had untolerated taint {dedicated: gpu}"],
+        );
         let mut tolerant = pod("1");
         tolerant.spec.as_mut().map(|s| {
             s.tolerations = Some(vec![Toleration {
@@ -339,10 +357,15 @@ mod tests {
         check(&tolerant, &tainted, &[]);
 
         let mut picky = pod("1");
-        picky.spec.as_mut().map(|s| {
-            s.node_selector = Some([("disk".to_string(), "hdd".to_string())].into())
-        });
-        check(&picky, &node("n3", "4"), &["node(s) didn't match Pod's node affinity/selector"]);
+        picky
+            .spec
+            .as_mut()
+            .map(|s| s.node_selector = Some([("disk".to_string(), "hdd".to_string())].into()));
+        check(
+            &picky,
+            &node("n3", "4"),
+            &["node(s) didn't match Pod's node affinity/selector"],
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! after a node or a bound pod changed (or after [`RETRY`]), never in a hot loop.
 //!
 //! Binding: the API has no `pods/binding` subresource yet, so the bind is an interim patch of
-//! `spec.nodeName` (plus `PodScheduled=True` through `pods/status`); switch [`bind`] to a Binding
+//! `spec.nodeName` (plus `PodScheduled=True` through `pods/status`, a strategic merge so the condition list merges by type); switch [`bind`] to a Binding
 //! POST once the subresource exists.
 
 pub mod filter;
@@ -272,12 +272,12 @@ async fn bind(state: &State, pod: &Pod, node: &str) -> Result<(), SchedulerError
     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map_err(err)?;
-    let status = json!({"status": {"conditions": conditions_with(pod, json!({
+    let status = json!({"status": {"conditions": [json!({
         "type": "PodScheduled", "status": "True",
         "lastTransitionTime": k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
-    }))}});
+    })]}});
     if let Err(error) = api
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .patch_status(name, &PatchParams::default(), &Patch::Strategic(&status))
         .await
     {
         tracing::debug!(%error, "could not set PodScheduled");
@@ -294,21 +294,6 @@ async fn bind(state: &State, pod: &Pod, node: &str) -> Result<(), SchedulerError
     Ok(())
 }
 
-/// The pod's conditions with `condition` replacing any of the same type.
-fn conditions_with(pod: &Pod, condition: serde_json::Value) -> Vec<serde_json::Value> {
-    let mut out: Vec<serde_json::Value> = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .into_iter()
-        .flatten()
-        .filter(|c| json!(c.type_) != condition["type"])
-        .filter_map(|c| serde_json::to_value(c).ok())
-        .collect();
-    out.push(condition);
-    out
-}
-
 /// Writes `PodScheduled=False` (only when the message changed) and a FailedScheduling event.
 async fn mark_unschedulable(state: &State, pod: &Pod, message: &str) {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
@@ -318,18 +303,17 @@ async fn mark_unschedulable(state: &State, pod: &Pod, message: &str) {
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .and_then(|c| c.iter().find(|c| c.type_ == "PodScheduled"));
-    let unchanged = current.is_some_and(|c| {
-        c.status == "False" && c.message.as_deref() == Some(message)
-    });
+    let unchanged =
+        current.is_some_and(|c| c.status == "False" && c.message.as_deref() == Some(message));
     if !unchanged {
         let api: Api<Pod> = Api::namespaced(state.client.clone(), namespace);
-        let status = json!({"status": {"conditions": conditions_with(pod, json!({
+        let status = json!({"status": {"conditions": [json!({
             "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
             "message": message,
             "lastTransitionTime": k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
-        }))}});
+        })]}});
         if let Err(error) = api
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .patch_status(name, &PatchParams::default(), &Patch::Strategic(&status))
             .await
         {
             tracing::debug!(%error, "could not set PodScheduled=False");

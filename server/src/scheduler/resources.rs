@@ -119,8 +119,16 @@ pub fn pod_requests_for_scoring(pod: &Pod) -> Resources {
     let mut total = Resources::default();
     for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
         let r = container_requests(c);
-        total.milli_cpu += if r.milli_cpu == 0 { DEFAULT_MILLI_CPU } else { r.milli_cpu };
-        total.memory += if r.memory == 0 { DEFAULT_MEMORY } else { r.memory };
+        total.milli_cpu += if r.milli_cpu == 0 {
+            DEFAULT_MILLI_CPU
+        } else {
+            r.milli_cpu
+        };
+        total.memory += if r.memory == 0 {
+            DEFAULT_MEMORY
+        } else {
+            r.memory
+        };
     }
     total
 }
