@@ -41,6 +41,9 @@ pub fn reference(api_version: &str, kind: &str, meta: &ObjectMeta) -> ObjectRefe
     }
 }
 
+/// (involved object uid, reason, message): what makes two events the same.
+type EventId = (String, String, String);
+
 #[derive(Clone)]
 struct Seen {
     name: String,
@@ -53,7 +56,7 @@ struct Seen {
 pub struct Recorder {
     client: kube::Client,
     component: String,
-    seen: Arc<Mutex<HashMap<(String, String, String), Seen>>>,
+    seen: Arc<Mutex<HashMap<EventId, Seen>>>,
 }
 
 impl Recorder {
@@ -159,7 +162,7 @@ impl Recorder {
         Ok(())
     }
 
-    fn remember(&self, id: (String, String, String), seen: Seen) {
+    fn remember(&self, id: EventId, seen: Seen) {
         let mut map = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         // Bounded memory: aggregation only needs recent events.
         if map.len() > 4096 {

@@ -346,21 +346,20 @@ mod tests {
             &["node(s) had untolerated taint {dedicated: gpu}"],
         );
         let mut tolerant = pod("1");
-        tolerant.spec.as_mut().map(|s| {
+        if let Some(s) = tolerant.spec.as_mut() {
             s.tolerations = Some(vec![Toleration {
                 key: Some("dedicated".into()),
                 operator: Some("Equal".into()),
                 value: Some("gpu".into()),
                 ..Toleration::default()
-            }])
-        });
+            }]);
+        }
         check(&tolerant, &tainted, &[]);
 
         let mut picky = pod("1");
-        picky
-            .spec
-            .as_mut()
-            .map(|s| s.node_selector = Some([("disk".to_string(), "hdd".to_string())].into()));
+        if let Some(s) = picky.spec.as_mut() {
+            s.node_selector = Some([("disk".to_string(), "hdd".to_string())].into());
+        }
         check(
             &picky,
             &node("n3", "4"),

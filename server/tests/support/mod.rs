@@ -43,6 +43,8 @@ impl Drop for Cluster {
     }
 }
 
+// Spelled out so the `Sync` bound the shutdown parameters need is part of the signature.
+#[allow(clippy::manual_async_fn)]
 fn stopped(mut rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + Sync + 'static {
     async move {
         let _ = rx.wait_for(|s| *s).await;
