@@ -15,8 +15,7 @@ fn pod(name: &str, cpu: &str, tolerate: bool, node_selector: Option<&str>) -> Po
     let mut spec = json!({"containers": [{"name": "c", "image": "registry.example/app:1",
         "resources": {"requests": {"cpu": cpu}}}]});
     if tolerate {
-        spec["tolerations"] =
-            json!([{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]);
+        spec["tolerations"] = json!([{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]);
     }
     if let Some(host) = node_selector {
         spec["nodeSelector"] = json!({"kubernetes.io/hostname": host});
@@ -34,9 +33,11 @@ async fn node_of(pods: &Api<Pod>, name: &str) -> Option<String> {
 }
 
 async fn wait_bound(pods: &Api<Pod>, name: &str) -> String {
-    support::wait_for(&format!("pod {name} to be bound"), Duration::from_secs(20), || async {
-        node_of(pods, name).await.is_some()
-    })
+    support::wait_for(
+        &format!("pod {name} to be bound"),
+        Duration::from_secs(20),
+        || async { node_of(pods, name).await.is_some() },
+    )
     .await;
     node_of(pods, name).await.unwrap_or_default()
 }
@@ -76,29 +77,55 @@ async fn requests_taints_selectors_and_explanations() {
     assert_eq!(wait_bound(&pods, "pinned").await, "sim-c");
 
     // Without a toleration only sim-a is left; 3 of its 4 CPUs go to the first pod.
-    pods.create(&pp, &pod("big-1", "3", false, None)).await.expect("create");
+    pods.create(&pp, &pod("big-1", "3", false, None))
+        .await
+        .expect("create");
     assert_eq!(wait_bound(&pods, "big-1").await, "sim-a");
 
     // The next one fits nowhere, and says why in upstream's words.
-    pods.create(&pp, &pod("big-2", "3", false, None)).await.expect("create");
+    pods.create(&pp, &pod("big-2", "3", false, None))
+        .await
+        .expect("create");
     let want = "0/3 nodes are available: 1 Insufficient cpu, 2 node(s) had untolerated taint {dedicated: gpu}. preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling.";
-    support::wait_for("PodScheduled=False on big-2", Duration::from_secs(20), || async {
-        pods.get("big-2").await.ok().as_ref().and_then(scheduled_condition)
-            == Some(("False".into(), Some("Unschedulable".into()), Some(want.into())))
-    })
+    support::wait_for(
+        "PodScheduled=False on big-2",
+        Duration::from_secs(20),
+        || async {
+            pods.get("big-2")
+                .await
+                .ok()
+                .as_ref()
+                .and_then(scheduled_condition)
+                == Some((
+                    "False".into(),
+                    Some("Unschedulable".into()),
+                    Some(want.into()),
+                ))
+        },
+    )
     .await;
     let describe = cluster.ok(&["describe", "pod", "big-2"]).await;
     assert!(describe.contains("FailedScheduling"), "{describe}");
-    assert!(describe.contains("1 Insufficient cpu, 2 node(s) had untolerated taint {dedicated: gpu}"), "{describe}");
+    assert!(
+        describe.contains("1 Insufficient cpu, 2 node(s) had untolerated taint {dedicated: gpu}"),
+        "{describe}"
+    );
     assert_eq!(node_of(&pods, "big-2").await, None);
 
     // A tolerating pod may use the tainted nodes' CPU (sim-c has 3 free, sim-b 4).
-    pods.create(&pp, &pod("tolerant", "3500m", true, None)).await.expect("create");
+    pods.create(&pp, &pod("tolerant", "3500m", true, None))
+        .await
+        .expect("create");
     assert_eq!(wait_bound(&pods, "tolerant").await, "sim-b");
 
     // Freeing sim-a lets the waiting pod in without anyone touching it.
-    pods.delete("big-1", &DeleteParams::default()).await.expect("delete");
+    pods.delete("big-1", &DeleteParams::default())
+        .await
+        .expect("delete");
     assert_eq!(wait_bound(&pods, "big-2").await, "sim-a");
     let describe = cluster.ok(&["describe", "pod", "big-2"]).await;
-    assert!(describe.contains("Successfully assigned default/big-2 to sim-a"), "{describe}");
+    assert!(
+        describe.contains("Successfully assigned default/big-2 to sim-a"),
+        "{describe}"
+    );
 }

@@ -17,6 +17,8 @@
 pub mod deployment;
 pub mod events;
 pub mod expectations;
+pub mod gc;
+pub mod namespace;
 pub mod pods;
 pub mod replicaset;
 pub mod rollout;
@@ -101,8 +103,10 @@ pub async fn run(
 ) {
     let shutdown = shutdown.shared();
     let rs = replicaset::run(client.clone(), shutdown.clone());
-    let deploy = deployment::run(client, shutdown);
+    let deploy = deployment::run(client.clone(), shutdown.clone());
+    let gc = gc::run(client.clone(), shutdown.clone());
+    let ns = namespace::run(client, shutdown);
     let _ = opts;
-    tokio::join!(rs, deploy);
+    tokio::join!(rs, deploy, gc, ns);
     tracing::info!("control loops stopped");
 }
