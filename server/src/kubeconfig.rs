@@ -27,6 +27,16 @@ pub enum KubeconfigError {
 
 /// Renders the admin kubeconfig for `server` (e.g. `https://127.0.0.1:6443`).
 pub fn render(server: &str, certs: &Certificates) -> String {
+    render_with(
+        server,
+        &certs.server_ca_pem,
+        &certs.admin_cert_pem,
+        &certs.admin_key_pem,
+    )
+}
+
+/// Renders a kubeconfig for any client certificate (PEM) trusting the server CA (PEM).
+pub fn render_with(server: &str, ca_pem: &str, cert_pem: &str, key_pem: &str) -> String {
     let b64 = |pem: &str| STANDARD.encode(pem.as_bytes());
     format!(
         "apiVersion: v1
@@ -49,9 +59,9 @@ users:
     client-certificate-data: {cert}
     client-key-data: {key}
 ",
-        ca = b64(&certs.server_ca_pem),
-        cert = b64(&certs.admin_cert_pem),
-        key = b64(&certs.admin_key_pem),
+        ca = b64(ca_pem),
+        cert = b64(cert_pem),
+        key = b64(key_pem),
     )
 }
 

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
-use r3s_server::api::{ApiOptions, serve_listener};
+use r3s_server::api::{ApiOptions, ServiceNetwork, TokenIssuer, serve_listener};
 use r3s_server::store::{SqliteStore, Store, StoreOptions};
 use r3s_server::tls::{CertOptions, ensure_certificates, server_config};
 use serde_json::{Value, json};
@@ -72,6 +72,10 @@ async fn start() -> Server {
         listen: addr,
         tls,
         advertise_address: addr.to_string(),
+        services: Arc::new(ServiceNetwork::default()),
+        tokens: Some(Arc::new(
+            TokenIssuer::from_pem(&certs.service_account_key_pem).expect("token issuer"),
+        )),
     };
     let task = tokio::spawn(async move {
         serve_listener(listener, store, opts, async {
@@ -133,11 +137,19 @@ impl Server {
         stdout
     }
 
+    async fn ok_json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.ok(args).await).expect("kubectl printed JSON")
+    }
+
     fn write(&self, name: &str, body: &str) -> String {
         let path = self.dir.path().join(name);
         std::fs::write(&path, body).expect("write manifest");
         path.display().to_string()
     }
+}
+
+fn refs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
 }
 
 fn kubectl_available() -> bool {
@@ -265,10 +277,12 @@ async fn kubectl_drives_the_server() {
     let obj: Value =
         serde_json::from_str(&s.ok(&["get", "deploy", "web", "-o", "json"]).await).expect("json");
     let containers = &obj["spec"]["template"]["spec"]["containers"];
-    assert_eq!(
-        containers,
-        &json!([{"name":"nginx","image":"nginx:1.27","env":[{"name":"A","value":"1"}]}])
-    );
+    // One container left, its env merged by name, plus the server's defaults.
+    assert_eq!(containers.as_array().map(Vec::len), Some(1), "{containers}");
+    assert_eq!(containers[0]["name"], "nginx");
+    assert_eq!(containers[0]["image"], "nginx:1.27");
+    assert_eq!(containers[0]["env"], json!([{"name":"A","value":"1"}]));
+    assert_eq!(containers[0]["imagePullPolicy"], "IfNotPresent");
     assert_eq!(obj["metadata"]["generation"], 2);
     let yaml = s.ok(&["get", "configmap", "e2e-cm", "-o", "yaml"]).await;
     assert!(yaml.contains("a: \"2\""), "{yaml}");
@@ -356,6 +370,329 @@ async fn kubectl_drives_the_server() {
     );
     let (ok, _, stderr) = s.kubectl(&["delete", "configmap", "e2e-cm"]).await;
     assert!(!ok && stderr.contains("(NotFound)"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_create_sends_protobuf_bodies() {
+    if !kubectl_available() {
+        return;
+    }
+    let s = start().await;
+    assert_eq!(
+        s.ok(&["create", "namespace", "pb"]).await.trim(),
+        "namespace/pb created"
+    );
+    let create = |args: &'static [&'static str]| {
+        let mut full = vec!["-n", "pb", "create"];
+        full.extend_from_slice(args);
+        full
+    };
+    for (args, want) in [
+        (
+            create(&["configmap", "cfg", "--from-literal=a=b"]),
+            "configmap/cfg created",
+        ),
+        (
+            create(&["secret", "generic", "sec", "--from-literal=pw=s3cr3t"]),
+            "secret/sec created",
+        ),
+        (
+            create(&["serviceaccount", "robot"]),
+            "serviceaccount/robot created",
+        ),
+        (
+            create(&[
+                "deployment",
+                "web",
+                "--image=nginx:1.27",
+                "--port=80",
+                "--replicas=3",
+            ]),
+            "deployment.apps/web created",
+        ),
+        (
+            create(&["service", "clusterip", "web", "--tcp=80:8080"]),
+            "service/web created",
+        ),
+    ] {
+        assert_eq!(s.ok(&args).await.trim(), want, "{args:?}");
+    }
+    let get = async |what: &str| s.ok_json(&["-n", "pb", "get", what, "-o", "json"]).await;
+    assert_eq!(get("configmap/cfg").await["data"], json!({"a": "b"}));
+    // Secret data arrives as protobuf bytes and is served base64-encoded, as upstream.
+    assert_eq!(get("secret/sec").await["data"], json!({"pw": "czNjcjN0"}));
+    assert_eq!(get("secret/sec").await["type"], "Opaque");
+    let deploy = get("deployment/web").await;
+    assert_eq!(deploy["spec"]["replicas"], 3);
+    assert_eq!(
+        deploy["spec"]["selector"],
+        json!({"matchLabels": {"app": "web"}})
+    );
+    let container = &deploy["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "nginx:1.27");
+    assert_eq!(
+        container["ports"],
+        json!([{"containerPort": 80, "protocol": "TCP"}])
+    );
+    let svc = get("service/web").await;
+    assert_eq!(svc["spec"]["ports"][0]["port"], 80);
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8080);
+    assert_eq!(get("namespace/pb").await["status"]["phase"], "Active");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_auth_can_i_whoami_and_denial_for_other_users() {
+    if !kubectl_available() {
+        return;
+    }
+    let s = start().await;
+    assert_eq!(
+        s.ok(&["auth", "can-i", "create", "pods"]).await.trim(),
+        "yes"
+    );
+    let whoami = s.ok(&["auth", "whoami", "-o", "json"]).await;
+    let whoami: Value = serde_json::from_str(&whoami).expect("whoami JSON");
+    assert_eq!(whoami["status"]["userInfo"]["username"], "system:admin");
+    let list = s.ok(&["auth", "can-i", "--list"]).await;
+    assert!(list.lines().any(|l| l.starts_with("*.*")), "{list}");
+
+    // bob holds a certificate from the client CA but is no master: authenticated, then denied.
+    let (cert, key) =
+        r3s_server::tls::issue_client_certificate(s.dir.path(), "bob", &["dev"]).expect("bob");
+    let ca = std::fs::read_to_string(s.dir.path().join("server/tls/server-ca.crt")).expect("ca");
+    let admin = std::fs::read_to_string(&s.kubeconfig).expect("admin kubeconfig");
+    let server = admin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .expect("server line")
+        .to_string();
+    let bob = s.write(
+        "bob.yaml",
+        &r3s_server::kubeconfig::render_with(&server, &ca, &cert, &key),
+    );
+    let as_bob = |args: &[&'static str]| -> Vec<String> {
+        let mut full = vec!["--kubeconfig".to_string(), bob.clone()];
+        full.extend(args.iter().map(|a| a.to_string()));
+        full
+    };
+    let (ok, _, stderr) = s.kubectl(&refs(&as_bob(&["get", "configmaps"]))).await;
+    assert!(!ok);
+    assert!(
+        stderr.contains(
+            "Error from server (Forbidden): configmaps is forbidden: User \"bob\" cannot list resource \"configmaps\" in API group \"\" in the namespace \"default\""
+        ),
+        "{stderr}"
+    );
+    let (ok, stdout, _) = s
+        .kubectl(&refs(&as_bob(&["auth", "can-i", "create", "pods"])))
+        .await;
+    assert!(!ok, "can-i exits 1 for no");
+    assert_eq!(stdout.trim(), "no");
+
+    // RBAC: a RoleBinding (sent as protobuf by kubectl) to the default `view` ClusterRole.
+    let created = s
+        .ok(&[
+            "create",
+            "rolebinding",
+            "bob-view",
+            "--clusterrole=view",
+            "--user=bob",
+        ])
+        .await;
+    assert_eq!(
+        created.trim(),
+        "rolebinding.rbac.authorization.k8s.io/bob-view created"
+    );
+    let listed = s
+        .ok(&refs(&as_bob(&["get", "configmaps", "-o", "name"])))
+        .await;
+    assert!(listed.trim().is_empty(), "no configmaps yet: {listed}");
+    let yes = s
+        .ok(&refs(&as_bob(&["auth", "can-i", "list", "configmaps"])))
+        .await;
+    assert_eq!(yes.trim(), "yes");
+    let (ok, stdout, _) = s
+        .kubectl(&refs(&as_bob(&["auth", "can-i", "create", "configmaps"])))
+        .await;
+    assert!(!ok && stdout.trim() == "no", "{stdout}");
+    let (ok, _, stderr) = s
+        .kubectl(&refs(&as_bob(&["get", "pods", "-n", "kube-system"])))
+        .await;
+    assert!(!ok && stderr.contains("(Forbidden)"), "{stderr}");
+    let roles = s.ok(&["get", "clusterroles", "-o", "name"]).await;
+    for role in ["cluster-admin", "admin", "edit", "view"] {
+        assert!(
+            roles.contains(&format!("clusterrole.rbac.authorization.k8s.io/{role}\n")),
+            "{roles}"
+        );
+    }
+    let whoami = s
+        .ok(&refs(&as_bob(&["auth", "whoami", "-o", "json"])))
+        .await;
+    let whoami: Value = serde_json::from_str(&whoami).expect("whoami JSON");
+    assert_eq!(
+        whoami["status"]["userInfo"]["groups"],
+        json!(["dev", "system:authenticated"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_create_token_and_bearer_authentication() {
+    if !kubectl_available() {
+        return;
+    }
+    let s = start().await;
+    s.ok(&["create", "serviceaccount", "robot"]).await;
+    let token = s.ok(&["create", "token", "robot", "--duration=1h"]).await;
+    let token = token.trim().to_string();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+
+    // A kubeconfig that trusts the CA and carries only the bearer token.
+    let admin = std::fs::read_to_string(&s.kubeconfig).expect("admin kubeconfig");
+    let field = |name: &str| {
+        admin
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(name).map(str::to_string))
+            .expect("kubeconfig field")
+    };
+    let config = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: robot\n  user:\n    token: {token}\ncontexts:\n- name: c\n  context: {{cluster: c, user: robot, namespace: default}}\ncurrent-context: c\n",
+        field("server: "),
+        field("certificate-authority-data: ")
+    );
+    let robot = s.write("robot.yaml", &config);
+    let whoami = s
+        .ok(&[
+            "--kubeconfig",
+            &robot,
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ])
+        .await;
+    assert_eq!(whoami, "system:serviceaccount:default:robot");
+    let (ok, _, stderr) = s.kubectl(&["--kubeconfig", &robot, "get", "pods"]).await;
+    assert!(
+        !ok && stderr.contains("User \"system:serviceaccount:default:robot\" cannot list"),
+        "{stderr}"
+    );
+
+    // Deleting the ServiceAccount revokes its tokens.
+    s.ok(&["delete", "serviceaccount", "robot"]).await;
+    let (ok, _, stderr) = s.kubectl(&["--kubeconfig", &robot, "auth", "whoami"]).await;
+    assert!(!ok && stderr.contains("Unauthorized"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_describe_edit_restart_and_watch() {
+    if !kubectl_available() {
+        return;
+    }
+    let s = start().await;
+    let deploy = s.write("deploy.yaml", DEPLOY_V1);
+    s.ok(&["apply", "-f", &deploy]).await;
+    let cm = s.write("cm.yaml", CM_V1);
+    s.ok(&["apply", "-f", &cm]).await;
+
+    let described = s.ok(&["describe", "deployment", "web"]).await;
+    assert!(
+        described.contains("Name:") && described.contains("web"),
+        "{described}"
+    );
+    assert!(described.contains("nginx:1.25"), "{described}");
+    let all = s.ok(&["get", "all"]).await;
+    assert!(all.contains("deployment.apps/web"), "{all}");
+    assert!(all.contains("service/kubernetes"), "{all}");
+
+    assert_eq!(
+        s.ok(&["rollout", "restart", "deployment/web"]).await.trim(),
+        "deployment.apps/web restarted"
+    );
+    let restarted = s
+        .ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.spec.template.metadata.annotations}",
+        ])
+        .await;
+    assert!(
+        restarted.contains("kubectl.kubernetes.io/restartedAt"),
+        "{restarted}"
+    );
+
+    // `kubectl edit` with a scripted editor sends a strategic merge patch.
+    let home = s.dir.path().join("home");
+    let editor = s.write(
+        "editor.sh",
+        "#!/bin/sh\nsed -i 's/a: \"1\"/a: \"edited\"/' \"$1\"\n",
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::Permissions::from_mode(0o755);
+        std::fs::set_permissions(&editor, mode).expect("chmod editor");
+    }
+    let out = tokio::process::Command::new(KUBECTL)
+        .args(["edit", "configmap", "e2e-cm"])
+        .env("KUBECONFIG", &s.kubeconfig)
+        .env("HOME", &home)
+        .env("KUBE_EDITOR", &editor)
+        .output()
+        .await
+        .expect("kubectl edit");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), "configmap/e2e-cm edited");
+    let value = s
+        .ok(&["get", "cm", "e2e-cm", "-o", "jsonpath={.data.a}"])
+        .await;
+    assert_eq!(value, "edited");
+
+    // `kubectl get -w`: the listed rows, then a row per change, with the table columns.
+    let mut watch = tokio::process::Command::new(KUBECTL)
+        .args(["get", "configmaps", "-w"])
+        .env("KUBECONFIG", &s.kubeconfig)
+        .env("HOME", &home)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("kubectl get -w");
+    let stdout = watch.stdout.take().expect("stdout");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let mut seen = Vec::new();
+    let mut created = false;
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line.starts_with("e2e-cm ") && !created {
+            s.ok(&["create", "configmap", "late", "--from-literal=x=y"])
+                .await;
+            created = true;
+        }
+        let done = line.starts_with("late ");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    watch.kill().await.expect("stop kubectl get -w");
+    assert_eq!(
+        seen.first()
+            .map(|h| h.split_whitespace().collect::<Vec<_>>()),
+        Some(vec!["NAME", "DATA", "AGE"]),
+        "{seen:?}"
+    );
+    let late = seen.last().expect("late row");
+    assert_eq!(late.split_whitespace().nth(1), Some("1"), "{seen:?}");
+    assert_eq!(
+        seen.iter().filter(|l| l.starts_with("NAME")).count(),
+        1,
+        "one header: {seen:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,10 +28,7 @@ async fn fixture() -> Fixture {
         .expect("namespaces");
     Fixture {
         _dir: dir,
-        state: ApiState {
-            store,
-            advertise_address: "127.0.0.1:6443".into(),
-        },
+        state: ApiState::new(store, "127.0.0.1:6443"),
     }
 }
 
@@ -156,7 +153,7 @@ async fn non_masters_are_forbidden_with_upstream_wording() {
             ),
         )
         .await;
-    assert_eq!(r.code, StatusCode::FORBIDDEN);
+    assert_eq!(r.code, StatusCode::FORBIDDEN, "{}", r.body);
     assert_eq!(
         r.body["message"],
         "deployments.apps \"web\" is forbidden: User \"bob\" cannot get resource \"deployments\" in API group \"apps\" in the namespace \"default\""
@@ -194,7 +191,16 @@ async fn discovery_legacy_and_aggregated() {
         .iter()
         .filter_map(|g| g["name"].as_str())
         .collect();
-    assert_eq!(names, ["apps", "coordination.k8s.io"]);
+    assert_eq!(
+        names,
+        [
+            "apps",
+            "coordination.k8s.io",
+            "rbac.authorization.k8s.io",
+            "authorization.k8s.io",
+            "authentication.k8s.io"
+        ]
+    );
 
     let v1 = f.get("/api/v1").await;
     assert_eq!(v1.body["kind"], "APIResourceList");
@@ -354,8 +360,19 @@ async fn create_get_update_conflict_delete() {
             json!({}),
         )
         .await;
-    assert_eq!(proto.code, StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    assert_eq!(proto.body["reason"], "UnsupportedMediaType");
+    assert_eq!(proto.code, StatusCode::BAD_REQUEST, "no k8s protobuf magic");
+    let yaml = Request::builder()
+        .method("POST")
+        .uri(base)
+        .header(header::CONTENT_TYPE, "application/yaml")
+        .body(Body::from(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: from-yaml}\n",
+        ))
+        .expect("request");
+    let yaml = f.call(Some(admin()), yaml).await;
+    assert_eq!(yaml.code, StatusCode::CREATED, "{}", yaml.body);
+    let odd = f.admin("POST", base, "text/csv", json!({})).await;
+    assert_eq!(odd.code, StatusCode::UNSUPPORTED_MEDIA_TYPE);
 
     let deleted = f
         .admin(
@@ -512,10 +529,11 @@ async fn patches_generation_and_status_subresource() {
         .await;
     assert_eq!(smp.code, StatusCode::OK, "{}", smp.body);
     let containers = &smp.body["spec"]["template"]["spec"]["containers"];
-    assert_eq!(
-        containers,
-        &json!([{"name":"a","image":"nginx:2","env":[{"name":"X","value":"1"}]}])
-    );
+    assert_eq!(containers.as_array().map(Vec::len), Some(1), "{containers}");
+    assert_eq!(containers[0]["image"], "nginx:2");
+    assert_eq!(containers[0]["env"], json!([{"name":"X","value":"1"}]));
+    // Defaults from the create survive the patch.
+    assert_eq!(containers[0]["terminationMessagePolicy"], "File");
     assert_eq!(smp.body["metadata"]["generation"], 2);
 
     let label = f
@@ -757,5 +775,323 @@ async fn namespace_terminates_until_finalized() {
     assert_eq!(
         f.get("/api/v1/namespaces/doomed").await.code,
         StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn pod_binding_eviction_and_streaming_subresources() {
+    let f = fixture().await;
+    let base = "/api/v1/namespaces/default/pods";
+    let pod = json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":"p1"},
+                     "spec":{"containers":[{"name":"c","image":"busybox"}]}});
+    let created = f.admin("POST", base, "application/json", pod).await;
+    assert_eq!(created.code, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(created.body["spec"]["restartPolicy"], "Always", "defaulted");
+
+    let binding = json!({"apiVersion":"v1","kind":"Binding","metadata":{"name":"p1"},
+                         "target":{"apiVersion":"v1","kind":"Node","name":"node-a"}});
+    let bound = f
+        .admin(
+            "POST",
+            &format!("{base}/p1/binding"),
+            "application/json",
+            binding.clone(),
+        )
+        .await;
+    assert_eq!(bound.code, StatusCode::CREATED, "{}", bound.body);
+    assert_eq!(bound.body["status"], "Success");
+    let pod = f.get(&format!("{base}/p1")).await;
+    assert_eq!(pod.body["spec"]["nodeName"], "node-a");
+    assert_eq!(pod.body["status"]["conditions"][0]["type"], "PodScheduled");
+    let on_node = f
+        .get("/api/v1/pods?fieldSelector=spec.nodeName%3Dnode-a")
+        .await;
+    assert_eq!(on_node.body["items"][0]["metadata"]["name"], "p1");
+    let rebound = f
+        .admin(
+            "POST",
+            &format!("{base}/p1/binding"),
+            "application/json",
+            binding,
+        )
+        .await;
+    assert_eq!(rebound.code, StatusCode::CONFLICT);
+    assert_eq!(
+        rebound.body["message"],
+        "pod p1 is already assigned to node \"node-a\""
+    );
+
+    let logs = f.get(&format!("{base}/p1/log?container=c")).await;
+    assert_eq!(logs.code, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(logs.body["reason"], "ServiceUnavailable");
+    let exec = f
+        .admin(
+            "POST",
+            &format!("{base}/p1/exec?command=ls"),
+            "",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(exec.code, StatusCode::SERVICE_UNAVAILABLE);
+
+    let eviction = json!({"apiVersion":"policy/v1","kind":"Eviction","metadata":{"name":"p1"},
+                          "deleteOptions":{"gracePeriodSeconds":0}});
+    let evicted = f
+        .admin(
+            "POST",
+            &format!("{base}/p1/eviction"),
+            "application/json",
+            eviction,
+        )
+        .await;
+    assert_eq!(evicted.code, StatusCode::CREATED, "{}", evicted.body);
+    assert_eq!(
+        f.get(&format!("{base}/p1")).await.code,
+        StatusCode::NOT_FOUND
+    );
+
+    let v1 = f.get("/api/v1").await;
+    let eviction = v1.body["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .find(|r| r["name"] == "pods/eviction")
+        .cloned()
+        .expect("pods/eviction advertised");
+    assert_eq!(eviction["group"], "policy");
+    assert_eq!(eviction["verbs"], json!(["create"]));
+}
+
+#[tokio::test]
+async fn services_get_cluster_ips_and_node_ports() {
+    let f = fixture().await;
+    r3s_server::api::services::ensure_kubernetes_service(
+        f.state.store.as_ref(),
+        &f.state.services,
+        Some(("198.51.100.5".parse().expect("ip"), 6443)),
+    )
+    .await
+    .expect("kubernetes service");
+    let base = "/api/v1/namespaces/default/services";
+    let kubernetes = f.get(&format!("{base}/kubernetes")).await;
+    assert_eq!(kubernetes.body["spec"]["clusterIP"], "10.43.0.1");
+    let ep = f
+        .get("/api/v1/namespaces/default/endpoints/kubernetes")
+        .await;
+    assert_eq!(ep.body["subsets"][0]["addresses"][0]["ip"], "198.51.100.5");
+
+    let svc = |name: &str, spec: Value| json!({"apiVersion":"v1","kind":"Service","metadata":{"name":name},"spec":spec});
+    let port = json!([{"port": 80}]);
+    let a = f
+        .admin(
+            "POST",
+            base,
+            "application/json",
+            svc("a", json!({"ports": port})),
+        )
+        .await;
+    assert_eq!(a.code, StatusCode::CREATED, "{}", a.body);
+    assert_eq!(a.body["spec"]["clusterIP"], "10.43.1.0");
+    assert_eq!(a.body["spec"]["clusterIPs"], json!(["10.43.1.0"]));
+    let dns = f
+        .admin(
+            "POST",
+            base,
+            "application/json",
+            svc("dns", json!({"clusterIP": "10.43.0.10", "ports": port})),
+        )
+        .await;
+    assert_eq!(dns.body["spec"]["clusterIP"], "10.43.0.10");
+    let taken = f
+        .admin(
+            "POST",
+            base,
+            "application/json",
+            svc("dns2", json!({"clusterIP": "10.43.0.10", "ports": port})),
+        )
+        .await;
+    assert_eq!(taken.code, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        taken.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("provided IP is already allocated"))
+    );
+    let outside = f
+        .admin(
+            "POST",
+            base,
+            "application/json",
+            svc("far", json!({"clusterIP": "10.99.0.1", "ports": port})),
+        )
+        .await;
+    assert_eq!(outside.code, StatusCode::UNPROCESSABLE_ENTITY);
+
+    let np = f
+        .admin(
+            "POST",
+            base,
+            "application/json",
+            svc(
+                "np",
+                json!({"type": "NodePort", "ports": [{"port": 80}, {"port": 443}]}),
+            ),
+        )
+        .await;
+    assert_eq!(np.code, StatusCode::CREATED, "{}", np.body);
+    assert_eq!(np.body["spec"]["ports"][0]["nodePort"], 30000);
+    assert_eq!(np.body["spec"]["ports"][1]["nodePort"], 30001);
+    let clash = f
+        .admin(
+            "POST",
+            base,
+            "application/json",
+            svc(
+                "np2",
+                json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30001}]}),
+            ),
+        )
+        .await;
+    assert_eq!(clash.code, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        clash.body["details"]["causes"][0]["field"],
+        "spec.ports[0].nodePort"
+    );
+
+    // Updates keep the allocations; changing the address is refused.
+    let mut update = np.body.clone();
+    update["spec"]["clusterIP"] = json!("");
+    update["spec"]["ports"][0]["nodePort"] = Value::Null;
+    let kept = f
+        .admin("PUT", &format!("{base}/np"), "application/json", update)
+        .await;
+    assert_eq!(kept.code, StatusCode::OK, "{}", kept.body);
+    assert_eq!(kept.body["spec"]["clusterIP"], np.body["spec"]["clusterIP"]);
+    assert_eq!(kept.body["spec"]["ports"][0]["nodePort"], 30000);
+    let moved = f
+        .admin(
+            "PATCH",
+            &format!("{base}/a"),
+            "application/merge-patch+json",
+            json!({"spec": {"clusterIP": "10.43.0.77"}}),
+        )
+        .await;
+    assert_eq!(moved.code, StatusCode::UNPROCESSABLE_ENTITY);
+
+    // Deleting frees the address for the next Service.
+    f.admin("DELETE", &format!("{base}/a"), "", Value::Null)
+        .await;
+    let b = f
+        .admin(
+            "POST",
+            base,
+            "application/json",
+            svc("b", json!({"ports": port})),
+        )
+        .await;
+    assert_eq!(b.body["spec"]["clusterIP"], "10.43.1.0");
+}
+
+#[tokio::test]
+async fn rbac_grants_what_bindings_say_and_nothing_else() {
+    let f = fixture().await;
+    r3s_server::api::rbac_defaults::ensure(f.state.store.as_ref())
+        .await
+        .expect("default roles");
+    let bob = || {
+        Some(PeerIdentity {
+            common_name: "bob".into(),
+            organizations: vec!["dev".into()],
+        })
+    };
+    let cms = "/api/v1/namespaces/default/configmaps";
+    let denied = f.call(bob(), get_req(cms, "application/json")).await;
+    assert_eq!(denied.code, StatusCode::FORBIDDEN);
+
+    let binding = json!({"apiVersion":"rbac.authorization.k8s.io/v1","kind":"RoleBinding",
+        "metadata":{"name":"bob-view"},
+        "roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"view"},
+        "subjects":[{"apiGroup":"rbac.authorization.k8s.io","kind":"User","name":"bob"}]});
+    let created = f
+        .admin(
+            "POST",
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings",
+            "application/json",
+            binding,
+        )
+        .await;
+    assert_eq!(created.code, StatusCode::CREATED, "{}", created.body);
+
+    assert_eq!(
+        f.call(bob(), get_req(cms, "application/json")).await.code,
+        StatusCode::OK
+    );
+    let other_ns = "/api/v1/namespaces/kube-system/configmaps";
+    assert_eq!(
+        f.call(bob(), get_req(other_ns, "application/json"))
+            .await
+            .code,
+        StatusCode::FORBIDDEN
+    );
+    let create = Request::builder()
+        .method("POST")
+        .uri(cms)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(cm("bobs", json!({})).to_string()))
+        .expect("request");
+    let refused = f.call(bob(), create).await;
+    assert_eq!(refused.code, StatusCode::FORBIDDEN, "view cannot create");
+    let secrets = "/api/v1/namespaces/default/secrets";
+    assert_eq!(
+        f.call(bob(), get_req(secrets, "application/json"))
+            .await
+            .code,
+        StatusCode::FORBIDDEN
+    );
+
+    // A Role of its own, bound to one of bob's groups.
+    let role = json!({"apiVersion":"rbac.authorization.k8s.io/v1","kind":"Role",
+        "metadata":{"name":"secret-reader"},
+        "rules":[{"apiGroups":[""],"resources":["secrets"],"verbs":["get","list"]}]});
+    f.admin(
+        "POST",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/default/roles",
+        "application/json",
+        role,
+    )
+    .await;
+    let group_binding = json!({"apiVersion":"rbac.authorization.k8s.io/v1","kind":"RoleBinding",
+        "metadata":{"name":"devs-secrets"},
+        "roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"Role","name":"secret-reader"},
+        "subjects":[{"apiGroup":"rbac.authorization.k8s.io","kind":"Group","name":"dev"}]});
+    f.admin(
+        "POST",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings",
+        "application/json",
+        group_binding,
+    )
+    .await;
+    assert_eq!(
+        f.call(bob(), get_req(secrets, "application/json"))
+            .await
+            .code,
+        StatusCode::OK
+    );
+
+    let rules_review = Request::builder()
+        .method("POST")
+        .uri("/apis/authorization.k8s.io/v1/selfsubjectrulesreviews")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(
+            json!({"apiVersion":"authorization.k8s.io/v1","kind":"SelfSubjectRulesReview",
+            "spec":{"namespace":"default"}})
+            .to_string(),
+        ))
+        .expect("request");
+    let rules = f.call(bob(), rules_review).await;
+    assert_eq!(rules.code, StatusCode::CREATED, "{}", rules.body);
+    let granted = rules.body["status"]["resourceRules"].to_string();
+    assert!(
+        granted.contains("secrets") && granted.contains("configmaps"),
+        "{granted}"
     );
 }

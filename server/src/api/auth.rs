@@ -1,10 +1,12 @@
 //! Authentication and authorization.
 //!
-//! Authentication today: x509 client certificates verified by the TLS listener against the client CA
-//! (CN = user, O = groups), delivered as a [`PeerIdentity`] request extension. Bearer tokens are not
-//! accepted yet. Authorization today: members of `system:masters` may do everything; everyone else is
-//! denied with upstream's wording. RBAC replaces [`authorize`] in a later step.
+//! Authentication: x509 client certificates verified by the TLS listener against the client CA
+//! (CN = user, O = groups), delivered as a [`PeerIdentity`] request extension, else ServiceAccount
+//! bearer tokens ([`super::tokens`]). Authorization: members of `system:masters` may do everything, every authenticated
+//! user may create self reviews (`auth can-i`, `auth whoami`), everything else is decided by RBAC
+//! ([`super::rbac`]), and denials carry upstream's wording.
 
+use crate::store::Store;
 use crate::tls::PeerIdentity;
 
 use super::error::ApiError;
@@ -38,12 +40,76 @@ pub fn authenticate(identity: Option<&PeerIdentity>) -> Result<UserInfo, ApiErro
     })
 }
 
+/// True for members of `system:masters`, who may do everything.
+pub fn is_master(user: &UserInfo) -> bool {
+    user.groups.iter().any(|g| g == "system:masters")
+}
+
+/// The ServiceAccount behind an `Authorization: Bearer` token, or 401. The token must verify and
+/// its ServiceAccount must still exist with the uid the token was issued for.
+pub fn bearer(
+    state: &super::ApiState,
+    headers: &axum::http::HeaderMap,
+) -> Result<UserInfo, ApiError> {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or(ApiError::Unauthorized)?;
+    let issuer = state.tokens.as_ref().ok_or(ApiError::Unauthorized)?;
+    let subject = issuer.verify(token).ok_or(ApiError::Unauthorized)?;
+    let accounts = super::registry::find("", "v1", "serviceaccounts")
+        .ok_or_else(|| ApiError::Internal("serviceaccounts are not registered".into()))?;
+    let key = accounts.key(Some(&subject.namespace), &subject.name);
+    let current = state
+        .store
+        .get(&key)
+        .map_err(|e| ApiError::from_store(e, &accounts.name(), &subject.name))?
+        .map(|kv| super::object::from_store(&kv))
+        .transpose()?;
+    let uid_matches =
+        current.is_some_and(|sa| sa["metadata"]["uid"].as_str() == Some(subject.uid.as_str()));
+    if !uid_matches {
+        return Err(ApiError::Unauthorized);
+    }
+    Ok(UserInfo {
+        username: format!(
+            "system:serviceaccount:{}:{}",
+            subject.namespace, subject.name
+        ),
+        groups: vec![
+            "system:serviceaccounts".to_string(),
+            format!("system:serviceaccounts:{}", subject.namespace),
+            "system:authenticated".to_string(),
+        ],
+    })
+}
+
 /// Allows `user` to do `attrs`, or returns 403 with the apiserver's message.
-pub fn authorize(user: &UserInfo, attrs: &Attributes<'_>) -> Result<(), ApiError> {
-    if user.groups.iter().any(|g| g == "system:masters") {
+pub fn authorize(
+    store: &dyn Store,
+    user: &UserInfo,
+    attrs: &Attributes<'_>,
+) -> Result<(), ApiError> {
+    // Masters and self reviews never depend on stored policy, so a damaged RBAC setup can
+    // always be repaired with the admin kubeconfig.
+    if is_master(user) || self_review(attrs) || super::rbac::allows(store, user, attrs)? {
         return Ok(());
     }
     Err(ApiError::Forbidden(forbidden_message(user, attrs)))
+}
+
+/// Every authenticated user may ask about themselves (upstream's `system:basic-user` role).
+fn self_review(a: &Attributes<'_>) -> bool {
+    a.verb == "create"
+        && matches!(
+            (a.group, a.resource),
+            (
+                "authorization.k8s.io",
+                "selfsubjectaccessreviews" | "selfsubjectrulesreviews"
+            ) | ("authentication.k8s.io", "selfsubjectreviews")
+        )
 }
 
 fn forbidden_message(user: &UserInfo, a: &Attributes<'_>) -> String {
@@ -89,9 +155,9 @@ mod tests {
             namespace: Some("default"),
             name: None,
         };
-        let err = authorize(&bob, &attrs).expect_err("bob is not a master");
+        assert!(!is_master(&bob));
         assert_eq!(
-            err.to_string(),
+            forbidden_message(&bob, &attrs),
             "configmaps is forbidden: User \"bob\" cannot list resource \"configmaps\" in API group \"\" in the namespace \"default\""
         );
     }

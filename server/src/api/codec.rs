@@ -1,9 +1,8 @@
 //! Request body decoding and response encoding.
 //!
-//! Accepted request bodies: JSON and YAML. Protobuf (`application/vnd.kubernetes.protobuf`, which
-//! kubectl 1.32's typed clients send for `create namespace|configmap|secret`, `auth can-i`, ...) is
-//! answered with a clear 415 until the `k8s\0` envelope decoder exists. Responses are always JSON;
-//! every client's Accept header includes `application/json`.
+//! Accepted request bodies: JSON, YAML, and the Kubernetes protobuf envelope for the kinds
+//! [`super::protobuf`] knows (kubectl 1.32's typed clients send protobuf for `create namespace|
+//! configmap|secret|...`). Responses are always JSON; every client's Accept includes it.
 
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -31,17 +30,11 @@ pub fn decode(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
     match media_type(headers).as_str() {
         "application/json" | "" | "*/*" => parse_json(body),
         "application/yaml" | "application/x-yaml" | "text/yaml" => parse_yaml(body),
-        "application/vnd.kubernetes.protobuf" => Err(protobuf_unsupported()),
+        "application/vnd.kubernetes.protobuf" => super::protobuf::decode(body),
         other => Err(ApiError::UnsupportedMediaType(format!(
             "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {other})"
         ))),
     }
-}
-
-pub fn protobuf_unsupported() -> ApiError {
-    ApiError::UnsupportedMediaType(
-        "r3s does not decode application/vnd.kubernetes.protobuf request bodies yet; send JSON or YAML (for kubectl: use `kubectl apply -f`/`create -f` with a manifest)".into(),
-    )
 }
 
 pub fn parse_json(body: &[u8]) -> Result<Value, ApiError> {

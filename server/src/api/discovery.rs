@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::ApiState;
 use super::error::ApiError;
-use super::registry::{self, Resource, VERBS};
+use super::registry::{self, Resource};
 
 /// The content type of aggregated discovery responses.
 pub const AGGREGATED_CONTENT_TYPE: &str =
@@ -95,7 +95,7 @@ pub fn resource_list(group: &str, version: &str) -> Result<Response, ApiError> {
     for r in resources {
         list.push(json!({
             "name": r.plural, "singularName": r.singular, "namespaced": r.namespaced,
-            "kind": r.kind, "verbs": VERBS, "shortNames": r.short_names,
+            "kind": r.kind, "verbs": r.verbs, "shortNames": r.short_names,
             "categories": r.categories, "storageVersionHash": "",
         }));
         for sub in r.subresources {
@@ -137,7 +137,7 @@ fn group_discovery(group: &str, version: &str) -> Value {
             json!({
                 "resource": r.plural, "singularResource": r.singular,
                 "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
-                "responseKind": kind, "verbs": VERBS,
+                "responseKind": kind, "verbs": r.verbs,
                 "shortNames": r.short_names, "categories": r.categories,
                 "subresources": r.subresources.iter().map(|s| json!({
                     "subresource": s.name, "verbs": s.verbs,

@@ -77,6 +77,11 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Expired(String),
+    /// A Conflict whose message is not the optimistic-concurrency one (binding a bound pod).
+    #[error("{0}")]
+    AlreadyBound(String),
+    #[error("{0}")]
+    ServiceUnavailable(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -101,6 +106,8 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Expired(_) => StatusCode::GONE,
+            ApiError::AlreadyBound(_) => StatusCode::CONFLICT,
+            ApiError::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -117,6 +124,8 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => "MethodNotAllowed",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::Expired(_) => "Expired",
+            ApiError::AlreadyBound(_) => "Conflict",
+            ApiError::ServiceUnavailable(_) => "ServiceUnavailable",
             ApiError::Internal(_) => "InternalError",
         }
     }

@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod bootstrap;
 pub mod codec;
+pub mod defaults;
 pub mod discovery;
 pub mod error;
 mod handlers;
@@ -18,13 +19,20 @@ pub mod lifecycle;
 pub mod object;
 pub mod openapi;
 pub mod patch;
+pub mod podsub;
+pub mod protobuf;
+pub mod rbac;
+pub mod rbac_defaults;
 pub mod registry;
+pub mod reviews;
 mod router;
 pub mod scale;
 pub mod selector;
+pub mod services;
 pub mod smp;
 pub mod table;
 pub mod target;
+pub mod tokens;
 pub mod validate;
 
 use std::future::Future;
@@ -35,6 +43,8 @@ pub use error::ApiError;
 pub use router::app;
 
 use crate::store::Store;
+pub use services::ServiceNetwork;
+pub use tokens::TokenIssuer;
 
 /// Shared state of every request.
 #[derive(Clone)]
@@ -42,6 +52,22 @@ pub struct ApiState {
     pub store: Arc<dyn Store>,
     /// `host:port` clients should use, announced in `/api`'s `serverAddressByClientCIDRs`.
     pub advertise_address: String,
+    /// Service address and node-port ranges, and the lock allocations happen under.
+    pub services: Arc<ServiceNetwork>,
+    /// Signs and checks ServiceAccount tokens; `None` disables bearer tokens and TokenRequests.
+    pub tokens: Option<Arc<TokenIssuer>>,
+}
+
+impl ApiState {
+    /// State with k3s's default service ranges (10.43.0.0/16, 30000-32767) and no token issuer.
+    pub fn new(store: Arc<dyn Store>, advertise_address: impl Into<String>) -> ApiState {
+        ApiState {
+            store,
+            advertise_address: advertise_address.into(),
+            services: Arc::new(ServiceNetwork::default()),
+            tokens: None,
+        }
+    }
 }
 
 /// How to serve the API.
@@ -51,7 +77,12 @@ pub struct ApiOptions {
     pub listen: SocketAddr,
     /// Built by [`crate::tls::server_config`] from [`crate::tls::ensure_certificates`].
     pub tls: Arc<rustls::ServerConfig>,
+    /// `ip:port` of this server as pods reach it (the `default/kubernetes` Endpoints).
     pub advertise_address: String,
+    /// `--service-cidr` and `--service-node-port-range`.
+    pub services: Arc<ServiceNetwork>,
+    /// From `TokenIssuer::from_pem(&certs.service_account_key_pem)`.
+    pub tokens: Option<Arc<TokenIssuer>>,
 }
 
 /// Errors that stop the server.
@@ -63,11 +94,12 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
-    #[error("creating the built-in namespaces: {0}")]
+    #[error("creating the built-in objects: {0}")]
     Bootstrap(#[source] ApiError),
 }
 
-/// Creates the built-in namespaces, binds `opts.listen` and serves HTTPS until `shutdown`.
+/// Creates the built-in namespaces and the `default/kubernetes` Service, binds `opts.listen` and
+/// serves HTTPS until `shutdown`.
 pub async fn serve(
     store: Arc<dyn Store>,
     opts: ApiOptions,
@@ -92,9 +124,21 @@ pub async fn serve_listener(
     bootstrap::ensure_namespaces(store.as_ref())
         .await
         .map_err(ServeError::Bootstrap)?;
+    rbac_defaults::ensure(store.as_ref())
+        .await
+        .map_err(ServeError::Bootstrap)?;
+    let endpoint = match opts.advertise_address.parse::<SocketAddr>() {
+        Ok(SocketAddr::V4(addr)) => Some((*addr.ip(), addr.port())),
+        _ => None,
+    };
+    services::ensure_kubernetes_service(store.as_ref(), &opts.services, endpoint)
+        .await
+        .map_err(ServeError::Bootstrap)?;
     let state = ApiState {
         store,
         advertise_address: opts.advertise_address,
+        services: opts.services,
+        tokens: opts.tokens,
     };
     tracing::info!(addr = ?listener.local_addr().ok(), "serving the Kubernetes API over HTTPS");
     crate::tls::serve_tls(listener, opts.tls, app(state), shutdown).await;

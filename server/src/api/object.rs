@@ -178,6 +178,10 @@ pub fn prepare_update(
         new["metadata"]["resourceVersion"] = rv;
         return Ok(());
     }
+    if !matches!(subresource, None | Some("scale")) {
+        // Action subresources (binding) compute the whole new object from the stored one.
+        return Ok(());
+    }
     let meta = metadata_mut(new)?;
     for kept in [
         "uid",

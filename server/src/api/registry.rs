@@ -5,6 +5,7 @@
 //! handlers never name a kind. Invariant: a resource listed here is fully served by the generic
 //! handlers, so discovery never advertises something the server cannot answer.
 
+use super::reviews;
 use super::table::{self, Column};
 
 /// A subresource served for a resource (`status`, `scale`).
@@ -32,7 +33,18 @@ pub struct Resource {
     pub columns: &'static [Column],
     /// Whether `metadata.generation` is maintained (1 on create, +1 on each spec change).
     pub generation: bool,
+    /// The verbs served (and advertised).
+    pub verbs: &'static [&'static str],
+    /// For create-only review kinds that are computed, never stored (access reviews).
+    pub review: Option<Review>,
 }
+
+/// Computes the answer of a review kind from the requesting user and the request body.
+pub type Review = fn(
+    &dyn crate::store::Store,
+    &super::auth::UserInfo,
+    serde_json::Value,
+) -> Result<serde_json::Value, super::error::ApiError>;
 
 /// The verbs every resource answers.
 pub const VERBS: &[&str] = &[
@@ -57,6 +69,44 @@ const SCALE_ONLY: Subresource = Subresource {
     kind: Some(("autoscaling", "v1", "Scale")),
 };
 const STATUS: &[Subresource] = &[STATUS_ONLY];
+const SERVICEACCOUNT_SUBRESOURCES: &[Subresource] = &[Subresource {
+    name: "token",
+    verbs: &["create"],
+    kind: Some(("authentication.k8s.io", "v1", "TokenRequest")),
+}];
+const POD_SUBRESOURCES: &[Subresource] = &[
+    Subresource {
+        name: "attach",
+        verbs: &["create", "get"],
+        kind: Some(("", "v1", "PodAttachOptions")),
+    },
+    Subresource {
+        name: "binding",
+        verbs: &["create"],
+        kind: Some(("", "v1", "Binding")),
+    },
+    Subresource {
+        name: "eviction",
+        verbs: &["create"],
+        kind: Some(("policy", "v1", "Eviction")),
+    },
+    Subresource {
+        name: "exec",
+        verbs: &["create", "get"],
+        kind: Some(("", "v1", "PodExecOptions")),
+    },
+    Subresource {
+        name: "log",
+        verbs: &["get"],
+        kind: None,
+    },
+    Subresource {
+        name: "portforward",
+        verbs: &["create", "get"],
+        kind: Some(("", "v1", "PodPortForwardOptions")),
+    },
+    STATUS_ONLY,
+];
 const NAMESPACE_SUBRESOURCES: &[Subresource] = &[
     Subresource {
         name: "finalize",
@@ -126,8 +176,35 @@ macro_rules! resource {
             subresources: $sub,
             columns: $cols,
             generation: $generation,
+            verbs: VERBS,
+            review: None,
         }
     };
+}
+
+/// A cluster-scoped, create-only kind answered by `review` (nothing is stored).
+const fn review(
+    group: &'static str,
+    kind: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+    review: Review,
+) -> Resource {
+    Resource {
+        group,
+        version: "v1",
+        kind,
+        plural,
+        singular,
+        namespaced: false,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        columns: table::AGE_ONLY,
+        generation: false,
+        verbs: &["create"],
+        review: Some(review),
+    }
 }
 
 const ALL: &[&str] = &["all"];
@@ -142,27 +219,57 @@ pub static RESOURCES: &[Resource] = &[
     resource!("", "Secret", "secrets", "secret", namespaced: true,
         short: NONE, cat: NONE, sub: &[], cols: table::SECRET, gen: false),
     resource!("", "Pod", "pods", "pod", namespaced: true,
-        short: &["po"], cat: ALL, sub: STATUS, cols: table::POD, gen: true),
+        short: &["po"], cat: ALL, sub: POD_SUBRESOURCES, cols: table::POD, gen: true),
     resource!("", "Service", "services", "service", namespaced: true,
         short: &["svc"], cat: ALL, sub: STATUS, cols: table::SERVICE, gen: false),
     resource!("", "ServiceAccount", "serviceaccounts", "serviceaccount", namespaced: true,
-        short: &["sa"], cat: NONE, sub: &[], cols: table::SERVICEACCOUNT, gen: false),
+        short: &["sa"], cat: NONE, sub: SERVICEACCOUNT_SUBRESOURCES, cols: table::SERVICEACCOUNT, gen: false),
     resource!("", "Node", "nodes", "node", namespaced: false,
         short: &["no"], cat: NONE, sub: STATUS, cols: table::NODE, gen: false),
     resource!("", "Event", "events", "event", namespaced: true,
-        short: &["ev"], cat: NONE, sub: &[], cols: table::AGE_ONLY, gen: false),
+        short: &["ev"], cat: NONE, sub: &[], cols: table::EVENT, gen: false),
     resource!("", "Endpoints", "endpoints", "endpoints", namespaced: true,
-        short: &["ep"], cat: NONE, sub: &[], cols: table::AGE_ONLY, gen: false),
+        short: &["ep"], cat: NONE, sub: &[], cols: table::ENDPOINTS, gen: false),
     resource!("apps", "Deployment", "deployments", "deployment", namespaced: true,
         short: &["deploy"], cat: ALL, sub: STATUS_SCALE, cols: table::DEPLOYMENT, gen: true),
     resource!("apps", "ReplicaSet", "replicasets", "replicaset", namespaced: true,
         short: &["rs"], cat: ALL, sub: STATUS_SCALE, cols: table::REPLICASET, gen: true),
     resource!("apps", "DaemonSet", "daemonsets", "daemonset", namespaced: true,
-        short: &["ds"], cat: ALL, sub: STATUS, cols: table::AGE_ONLY, gen: true),
+        short: &["ds"], cat: ALL, sub: STATUS, cols: table::DAEMONSET, gen: true),
     resource!("apps", "StatefulSet", "statefulsets", "statefulset", namespaced: true,
-        short: &["sts"], cat: ALL, sub: STATUS_SCALE, cols: table::AGE_ONLY, gen: true),
+        short: &["sts"], cat: ALL, sub: STATUS_SCALE, cols: table::STATEFULSET, gen: true),
     resource!("coordination.k8s.io", "Lease", "leases", "lease", namespaced: true,
-        short: NONE, cat: NONE, sub: &[], cols: table::AGE_ONLY, gen: false),
+        short: NONE, cat: NONE, sub: &[], cols: table::LEASE, gen: false),
+    resource!("rbac.authorization.k8s.io", "ClusterRole", "clusterroles", "clusterrole",
+        namespaced: false, short: NONE, cat: NONE, sub: &[], cols: table::ROLE, gen: false),
+    resource!("rbac.authorization.k8s.io", "ClusterRoleBinding", "clusterrolebindings",
+        "clusterrolebinding", namespaced: false, short: NONE, cat: NONE, sub: &[],
+        cols: table::ROLE_BINDING, gen: false),
+    resource!("rbac.authorization.k8s.io", "Role", "roles", "role", namespaced: true,
+        short: NONE, cat: NONE, sub: &[], cols: table::ROLE, gen: false),
+    resource!("rbac.authorization.k8s.io", "RoleBinding", "rolebindings", "rolebinding",
+        namespaced: true, short: NONE, cat: NONE, sub: &[], cols: table::ROLE_BINDING, gen: false),
+    review(
+        "authorization.k8s.io",
+        "SelfSubjectAccessReview",
+        "selfsubjectaccessreviews",
+        "selfsubjectaccessreview",
+        reviews::self_subject_access_review,
+    ),
+    review(
+        "authorization.k8s.io",
+        "SelfSubjectRulesReview",
+        "selfsubjectrulesreviews",
+        "selfsubjectrulesreview",
+        reviews::self_subject_rules_review,
+    ),
+    review(
+        "authentication.k8s.io",
+        "SelfSubjectReview",
+        "selfsubjectreviews",
+        "selfsubjectreview",
+        reviews::self_subject_review,
+    ),
 ];
 
 /// Looks a resource up by group, version and plural.

@@ -1,12 +1,13 @@
 //! Every route and every layer of the API on one screen.
 //!
 //! Public (no credentials needed): `/version`, `/healthz`, `/livez`, `/readyz`. Everything else goes
-//! through [`authenticate`] first, so an anonymous request gets 401 before routing decides anything.
+//! through [`authenticate`] first (client certificate, else bearer token), so an anonymous request
+//! gets 401 before routing decides anything.
 //! Each request runs in a `tracing` span (method, path); resource requests open a nested span with
 //! verb, resource, namespace, name and user.
 
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{any, get};
@@ -30,7 +31,7 @@ pub fn app(state: ApiState) -> Router {
         .route("/openapi/v3/api/v1", get(openapi::core))
         .route("/openapi/v3/apis/{group}/{version}", get(openapi::named))
         .fallback(not_found)
-        .layer(middleware::from_fn(authenticate));
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/version", get(discovery::version))
         .route("/healthz", get(discovery::health))
@@ -45,8 +46,15 @@ async fn not_found() -> ApiError {
     ApiError::NoRoute
 }
 
-async fn authenticate(mut request: Request, next: Next) -> Result<Response, ApiError> {
-    let user = auth::authenticate(request.extensions().get::<PeerIdentity>())?;
+async fn authenticate(
+    State(state): State<ApiState>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let user = match request.extensions().get::<PeerIdentity>() {
+        Some(identity) => auth::authenticate(Some(identity))?,
+        None => auth::bearer(&state, request.headers())?,
+    };
     request.extensions_mut().insert(user);
     Ok(next.run(request).await)
 }

@@ -1,6 +1,6 @@
-//! Defaulting and validation. Generic rules (names) apply to every kind; per-kind rules are small
-//! functions selected by kind here and nowhere else. Every failure is a 422 `Invalid` with field
-//! paths and upstream's messages.
+//! Validation (and the create-only initial state). Generic rules (names) apply to every kind;
+//! per-kind rules are small functions selected by kind here and nowhere else. Every failure is a
+//! 422 `Invalid` with field paths and upstream's messages.
 
 use serde_json::{Value, json};
 
@@ -10,14 +10,12 @@ use super::registry::Resource;
 const SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
 const LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
 
-/// Fills in per-kind defaults on create.
+/// Fills in what a new object starts with beyond the defaults of [`super::defaults`].
 pub fn default_on_create(res: &Resource, obj: &mut Value) {
     if res.group.is_empty() && res.kind == "Namespace" {
         obj["status"] = json!({"phase": "Active"});
-        if obj["spec"]["finalizers"].is_null() {
-            obj["spec"]["finalizers"] = json!(["kubernetes"]);
-        }
     }
+    super::defaults::apply(res, obj);
 }
 
 /// Validates an object about to be stored.

@@ -114,6 +114,31 @@ pub fn ensure_certificates(data_dir: &Path, opts: &CertOptions) -> Result<Certif
     })
 }
 
+/// Issues a new client certificate (CN = user, O = groups) signed by the client CA under
+/// `<data_dir>/server/tls/`, returning `(certificate PEM, key PEM)`. Nothing is written.
+pub fn issue_client_certificate(
+    data_dir: &Path,
+    user: &str,
+    groups: &[&str],
+) -> Result<(String, String), TlsError> {
+    let dir = data_dir.join("server").join("tls");
+    let ca_pem = read(&dir.join("client-ca.crt"))?;
+    let ca_key = read(&dir.join("client-ca.key"))?;
+    let issuer = load_issuer(&dir, "client-ca", &ca_pem, &ca_key)?;
+    let params = leaf_params(user, groups, ExtendedKeyUsagePurpose::ClientAuth);
+    let key_pair = KeyPair::generate().map_err(|source| TlsError::Generate {
+        what: "client key",
+        source,
+    })?;
+    let cert = params
+        .signed_by(&key_pair, &issuer)
+        .map_err(|source| TlsError::Generate {
+            what: "client certificate",
+            source,
+        })?;
+    Ok((cert.pem(), key_pair.serialize_pem()))
+}
+
 /// Loads `<name>.crt`/`<name>.key`, creating a self-signed CA first if either is missing.
 fn ensure_ca(dir: &Path, name: &str, common_name: &str) -> Result<(String, String), TlsError> {
     let crt = dir.join(format!("{name}.crt"));

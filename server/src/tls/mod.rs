@@ -8,7 +8,7 @@
 pub mod certs;
 pub mod listener;
 
-pub use certs::{CertOptions, Certificates, ensure_certificates};
+pub use certs::{CertOptions, Certificates, ensure_certificates, issue_client_certificate};
 pub use listener::{PeerIdentity, serve_tls, server_config};
 
 /// Errors while creating, loading or using TLS material.

@@ -12,7 +12,7 @@ use super::Ctx;
 use super::read::{list_page, load};
 use crate::api::codec;
 use crate::api::error::ApiError;
-use crate::api::{lifecycle, object};
+use crate::api::{lifecycle, object, podsub};
 use crate::store::{Revision, StoreError};
 
 const RETRIES: usize = 5;
@@ -27,6 +27,18 @@ fn options(ctx: &Ctx) -> Result<Value, ApiError> {
 
 pub async fn delete(ctx: &Ctx) -> Result<Response, ApiError> {
     let opts = options(ctx)?;
+    let obj = delete_with(ctx, &opts).await?;
+    Ok(codec::respond(StatusCode::OK, &obj))
+}
+
+/// `pods/<name>/eviction`: a delete with the Eviction's `deleteOptions` (no disruption budgets yet).
+pub async fn evict(ctx: &Ctx) -> Result<Response, ApiError> {
+    let eviction = options(ctx)?;
+    delete_with(ctx, &eviction["deleteOptions"]).await?;
+    Ok(codec::respond(StatusCode::CREATED, &podsub::success()))
+}
+
+async fn delete_with(ctx: &Ctx, opts: &Value) -> Result<Value, ApiError> {
     let res = ctx.target.resource;
     let conflict = || ApiError::Conflict {
         resource: res.name(),
@@ -45,12 +57,12 @@ pub async fn delete(ctx: &Ctx) -> Result<Response, ApiError> {
             return Err(conflict());
         }
         if ctx.dry_run() {
-            return Ok(codec::respond(StatusCode::OK, &current));
+            return Ok(current);
         }
         match delete_one(ctx, revision, current).await {
             Err(StoreError::Conflict { .. }) => continue,
             Err(e) => return Err(ApiError::from_store(e, &res.name(), ctx.name())),
-            Ok(obj) => return Ok(codec::respond(StatusCode::OK, &obj)),
+            Ok(obj) => return Ok(obj),
         }
     }
     Err(conflict())

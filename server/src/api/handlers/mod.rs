@@ -20,6 +20,7 @@ use super::ApiState;
 use super::auth::{self, Attributes, UserInfo};
 use super::discovery;
 use super::error::ApiError;
+use super::podsub;
 use super::target::{self, Target};
 
 /// The largest request body accepted (the apiserver's limit is 3 MiB).
@@ -107,6 +108,7 @@ async fn resource(
     );
     async move {
         auth::authorize(
+            state.store.as_ref(),
             &user,
             &Attributes {
                 verb,
@@ -128,11 +130,25 @@ async fn resource(
             headers: parts.headers,
             body,
         };
+        if let Some(sub) = ctx.target.subresource.as_deref()
+            && podsub::STREAMING.contains(&sub)
+        {
+            return Err(podsub::streaming_unavailable(sub));
+        }
         let response = match verb {
             "get" => read::get(&ctx),
             "list" => read::list(&ctx),
             "watch" => watch::watch(&ctx),
-            "create" => write::create(&ctx).await,
+            "create" => match (
+                ctx.target.resource.review,
+                ctx.target.subresource.as_deref(),
+            ) {
+                (Some(review), _) => write::review(&ctx, &user, review),
+                (None, Some("binding")) => write::bind(&ctx).await,
+                (None, Some("eviction")) => delete::evict(&ctx).await,
+                (None, Some("token")) => write::token_request(&ctx),
+                (None, _) => write::create(&ctx).await,
+            },
             "update" => write::update(&ctx).await,
             "patch" => write::patch(&ctx).await,
             "delete" => delete::delete(&ctx).await,
@@ -163,6 +179,7 @@ fn verb_of(
         ("GET", false) if watch => "watch",
         ("GET", false) => "list",
         ("POST", false) => "create",
+        ("POST", true) if target.subresource.is_some() => "create",
         ("PUT", true) => "update",
         ("PATCH", true) => "patch",
         ("DELETE", true) => "delete",
@@ -180,11 +197,11 @@ fn verb_of(
             .iter()
             .any(|s| s.name == name && s.verbs.contains(&verb))
     };
-    if target
-        .subresource
-        .as_deref()
-        .is_some_and(|sub| !sub_allows(sub))
-    {
+    let allowed = match target.subresource.as_deref() {
+        Some(sub) => sub_allows(sub),
+        None => target.resource.verbs.contains(&verb),
+    };
+    if !allowed {
         return Err(ApiError::MethodNotAllowed(format!(
             "the server does not allow this method on the requested resource ({method})"
         )));

@@ -10,10 +10,16 @@ use serde_json::Value;
 
 use super::Ctx;
 use super::read::load;
+use crate::api::auth::UserInfo;
 use crate::api::codec;
+use crate::api::defaults;
 use crate::api::error::ApiError;
 use crate::api::patch;
+use crate::api::podsub;
+use crate::api::registry::Review;
 use crate::api::scale;
+use crate::api::services;
+use crate::api::tokens;
 use crate::api::validate;
 use crate::api::{lifecycle, object, registry};
 use crate::store::{Revision, StoreError};
@@ -29,6 +35,9 @@ pub async fn create(ctx: &Ctx) -> Result<Response, ApiError> {
     validate::default_on_create(res, &mut obj);
     validate::validate(res, &obj)?;
     admit_namespace(ctx)?;
+    let state = &ctx.state;
+    let _allocation =
+        services::admit(&state.services, state.store.as_ref(), res, None, &mut obj).await?;
     let name = object::name(&obj).to_string();
     if ctx.dry_run() {
         return Ok(codec::respond(StatusCode::CREATED, &obj));
@@ -41,6 +50,15 @@ pub async fn create(ctx: &Ctx) -> Result<Response, ApiError> {
         .map_err(|e| ApiError::from_store(e, &res.name(), &name))?;
     object::set_resource_version(&mut obj, kv.mod_revision);
     Ok(codec::respond(StatusCode::CREATED, &obj))
+}
+
+/// A review kind: computed from the user and the body, answered 201, never stored.
+pub fn review(ctx: &Ctx, user: &UserInfo, review: Review) -> Result<Response, ApiError> {
+    let res = ctx.target.resource;
+    let mut obj = codec::decode(&ctx.headers, &ctx.body)?;
+    object::check_type_and_namespace(res, &mut obj, None)?;
+    let answer = review(ctx.state.store.as_ref(), user, obj)?;
+    Ok(codec::respond(StatusCode::CREATED, &answer))
 }
 
 /// Namespaced objects can only be created in a namespace that exists and is not terminating.
@@ -123,13 +141,70 @@ pub async fn patch(ctx: &Ctx) -> Result<Response, ApiError> {
     .await
 }
 
-/// Reads the current object, computes the new one with `compute`, and stores it with a
-/// compare-and-swap: on `precondition` if given, else on the revision just read (retrying races).
+/// `pods/<name>/binding`: assigns the pod to the node named in the Binding.
+pub async fn bind(ctx: &Ctx) -> Result<Response, ApiError> {
+    let binding = codec::decode(&ctx.headers, &ctx.body)?;
+    replace_object(ctx, None, |current| podsub::bind(current, &binding)).await?;
+    Ok(codec::respond(StatusCode::CREATED, &podsub::success()))
+}
+
+/// `serviceaccounts/<name>/token` (TokenRequest): a signed token for an existing ServiceAccount.
+pub fn token_request(ctx: &Ctx) -> Result<Response, ApiError> {
+    let issuer = ctx.state.tokens.as_ref().ok_or_else(|| {
+        ApiError::ServiceUnavailable("this server has no service-account signing key".into())
+    })?;
+    let mut request = codec::decode(&ctx.headers, &ctx.body)?;
+    let (_, sa) = load(ctx)?;
+    let spec = &request["spec"];
+    // Upstream's bounds: at least 10 minutes, at most a day unless configured otherwise.
+    let seconds = spec["expirationSeconds"]
+        .as_i64()
+        .unwrap_or(3600)
+        .clamp(600, 86400);
+    let audiences: Vec<String> = match spec["audiences"].as_array().filter(|a| !a.is_empty()) {
+        Some(list) => list
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_string))
+            .collect(),
+        None => vec![tokens::ISSUER.to_string()],
+    };
+    let subject = tokens::TokenSubject {
+        namespace: ctx.namespace().unwrap_or("").to_string(),
+        name: ctx.name().to_string(),
+        uid: sa["metadata"]["uid"].as_str().unwrap_or("").to_string(),
+    };
+    let (token, exp) = issuer.issue(&subject, &audiences, seconds)?;
+    let expires = chrono::DateTime::from_timestamp(exp, 0)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_default();
+    request["apiVersion"] = serde_json::json!("authentication.k8s.io/v1");
+    request["kind"] = serde_json::json!("TokenRequest");
+    request["metadata"]["name"] = serde_json::json!(ctx.name());
+    request["metadata"]["namespace"] = serde_json::json!(subject.namespace);
+    request["spec"]["audiences"] = serde_json::json!(audiences);
+    request["spec"]["expirationSeconds"] = serde_json::json!(seconds);
+    request["status"] = serde_json::json!({"token": token, "expirationTimestamp": expires});
+    Ok(codec::respond(StatusCode::CREATED, &request))
+}
+
 async fn replace(
     ctx: &Ctx,
     precondition: Option<Revision>,
     compute: impl Fn(&Value) -> Result<Value, ApiError>,
 ) -> Result<Response, ApiError> {
+    Ok(present(
+        ctx,
+        &replace_object(ctx, precondition, compute).await?,
+    ))
+}
+
+/// Reads the current object, computes the new one with `compute`, and stores it with a
+/// compare-and-swap: on `precondition` if given, else on the revision just read (retrying races).
+async fn replace_object(
+    ctx: &Ctx,
+    precondition: Option<Revision>,
+    compute: impl Fn(&Value) -> Result<Value, ApiError>,
+) -> Result<Value, ApiError> {
     let res = ctx.target.resource;
     let conflict = || ApiError::Conflict {
         resource: res.name(),
@@ -142,12 +217,24 @@ async fn replace(
         }
         let mut new = compute(&current)?;
         object::prepare_update(res, &mut new, &current, ctx.target.subresource.as_deref())?;
+        if ctx.target.subresource.is_none() {
+            defaults::apply(res, &mut new);
+        }
+        let state = &ctx.state;
+        let _allocation = services::admit(
+            &state.services,
+            state.store.as_ref(),
+            res,
+            Some(&current),
+            &mut new,
+        )
+        .await?;
         lifecycle::check_update(res, &current, &new)?;
         validate::validate(res, &new)?;
         object::set_resource_version(&mut new, revision);
         if new == current || ctx.dry_run() {
             // Nothing changed: no write, no event, same resourceVersion (as upstream).
-            return Ok(present(ctx, &new));
+            return Ok(new);
         }
         let key = res.key(ctx.namespace(), ctx.name());
         let store = &ctx.state.store;
@@ -160,7 +247,7 @@ async fn replace(
         match outcome {
             Ok(kv) => {
                 object::set_resource_version(&mut new, kv.mod_revision);
-                return Ok(present(ctx, &new));
+                return Ok(new);
             }
             Err(StoreError::Conflict { .. }) if precondition.is_none() => continue,
             Err(e) => return Err(ApiError::from_store(e, &res.name(), ctx.name())),

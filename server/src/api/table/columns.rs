@@ -1,44 +1,10 @@
-//! Server-side `Table` output (`Accept: application/json;as=Table;v=v1;g=meta.k8s.io`): column
-//! definitions per kind, mimicking the apiserver's printers, and the conversion of objects to rows.
-//!
-//! A column's cell is a pure function of the object. `Name` is always first; priority-1 columns are
-//! shown by kubectl only with `-o wide`. Rows carry the object as `PartialObjectMetadata` by default
-//! (kubectl needs namespace and labels from it), the full object with `includeObject=Object`.
+//! The per-kind column sets, in upstream's order (the apiserver's printers), and their cells.
+//! Each cell is a pure function of the object; missing fields render as upstream renders them
+//! (`<none>`, `0`, empty).
 
-use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-/// One table column.
-#[derive(Debug)]
-pub struct Column {
-    pub name: &'static str,
-    pub kind: &'static str,
-    pub priority: u8,
-    pub description: &'static str,
-    pub cell: fn(&Value) -> Value,
-}
-
-const fn col(name: &'static str, priority: u8, cell: fn(&Value) -> Value) -> Column {
-    Column {
-        name,
-        kind: "string",
-        priority,
-        description: "",
-        cell,
-    }
-}
-
-const fn int(name: &'static str, cell: fn(&Value) -> Value) -> Column {
-    Column {
-        name,
-        kind: "integer",
-        priority: 0,
-        description: "",
-        cell,
-    }
-}
-
-const AGE: Column = col("Age", 0, age);
+use super::{AGE, Column, col, int, int_wide, since};
 
 pub const AGE_ONLY: &[Column] = &[AGE];
 pub const NAMESPACE: &[Column] = &[col("Status", 0, |o| s(&o["status"]["phase"])), AGE];
@@ -113,70 +79,102 @@ pub const NODE: &[Column] = &[
     }),
 ];
 
-/// What each row's `object` holds (`includeObject`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IncludeObject {
-    None,
-    Metadata,
-    Object,
-}
-
-impl IncludeObject {
-    pub fn parse(value: Option<&str>) -> IncludeObject {
-        match value {
-            Some("None") => IncludeObject::None,
-            Some("Object") => IncludeObject::Object,
-            _ => IncludeObject::Metadata,
+pub const EVENT: &[Column] = &[
+    col("Last Seen", 0, event_last_seen),
+    col("Type", 0, |o| s(&o["type"])),
+    col("Reason", 0, |o| s(&o["reason"])),
+    col("Object", 0, |o| {
+        let io = &o["involvedObject"];
+        json!(format!(
+            "{}/{}",
+            io["kind"].as_str().unwrap_or("").to_lowercase(),
+            io["name"].as_str().unwrap_or("")
+        ))
+    }),
+    col("Subobject", 1, |o| s(&o["involvedObject"]["fieldPath"])),
+    col("Source", 1, |o| {
+        let src = &o["source"];
+        let component = src["component"]
+            .as_str()
+            .or(o["reportingComponent"].as_str())
+            .unwrap_or("");
+        match src["host"].as_str() {
+            Some(host) if !host.is_empty() => json!(format!("{component}, {host}")),
+            _ => json!(component),
         }
-    }
-}
+    }),
+    col("Message", 0, |o| s(&o["message"])),
+    col("First Seen", 1, |o| since(&o["firstTimestamp"])),
+    int_wide("Count", |o| json!(o["count"].as_i64().unwrap_or(1))),
+    col("Name", 1, |o| s(&o["metadata"]["name"])),
+];
+pub const ENDPOINTS: &[Column] = &[col("Endpoints", 0, endpoints), AGE];
+pub const DAEMONSET: &[Column] = &[
+    int("Desired", |o| {
+        json!(n(&o["status"]["desiredNumberScheduled"]))
+    }),
+    int("Current", |o| {
+        json!(n(&o["status"]["currentNumberScheduled"]))
+    }),
+    int("Ready", |o| json!(n(&o["status"]["numberReady"]))),
+    int("Up-to-date", |o| {
+        json!(n(&o["status"]["updatedNumberScheduled"]))
+    }),
+    int("Available", |o| json!(n(&o["status"]["numberAvailable"]))),
+    col("Node Selector", 0, |o| {
+        labels_text(&o["spec"]["template"]["spec"]["nodeSelector"])
+    }),
+    AGE,
+    col("Containers", 1, |o| template_containers(o, "name")),
+    col("Images", 1, |o| template_containers(o, "image")),
+    col("Selector", 1, selector),
+];
+pub const STATEFULSET: &[Column] = &[
+    col("Ready", 0, |o| {
+        json!(format!(
+            "{}/{}",
+            n(&o["status"]["readyReplicas"]),
+            n(&o["spec"]["replicas"])
+        ))
+    }),
+    AGE,
+    col("Containers", 1, |o| template_containers(o, "name")),
+    col("Images", 1, |o| template_containers(o, "image")),
+];
+pub const LEASE: &[Column] = &[col("Holder", 0, |o| s(&o["spec"]["holderIdentity"])), AGE];
 
-/// The column definitions of a table of `columns` (with the leading `Name`).
-pub fn column_definitions(columns: &[Column]) -> Value {
-    let mut defs = vec![json!({
-        "name": "Name", "type": "string", "format": "name", "priority": 0,
-        "description": "Name must be unique within a namespace.",
-    })];
-    defs.extend(columns.iter().map(|c| {
-        json!({"name": c.name, "type": c.kind, "format": "", "priority": c.priority,
-               "description": c.description})
-    }));
-    Value::Array(defs)
-}
+pub const ROLE: &[Column] = &[col("Created At", 0, |o| {
+    s(&o["metadata"]["creationTimestamp"])
+})];
+pub const ROLE_BINDING: &[Column] = &[
+    col("Role", 0, |o| {
+        let r = &o["roleRef"];
+        json!(format!(
+            "{}/{}",
+            r["kind"].as_str().unwrap_or(""),
+            r["name"].as_str().unwrap_or("")
+        ))
+    }),
+    AGE,
+    col("Users", 1, |o| subjects(o, "User")),
+    col("Groups", 1, |o| subjects(o, "Group")),
+    col("ServiceAccounts", 1, |o| subjects(o, "ServiceAccount")),
+];
 
-/// One row for `obj`.
-pub fn row(columns: &[Column], obj: &Value, include: IncludeObject) -> Value {
-    let mut cells = vec![obj["metadata"]["name"].clone()];
-    cells.extend(columns.iter().map(|c| (c.cell)(obj)));
-    let mut row = json!({ "cells": cells });
-    match include {
-        IncludeObject::None => {}
-        IncludeObject::Object => row["object"] = obj.clone(),
-        IncludeObject::Metadata => {
-            row["object"] = json!({
-                "kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
-                "metadata": obj["metadata"].clone(),
-            })
-        }
-    }
-    row
-}
-
-/// A whole Table; `list_metadata` is the list's `{resourceVersion, continue}`.
-pub fn table(
-    columns: &[Column],
-    objects: &[Value],
-    include: IncludeObject,
-    list_metadata: Value,
-    with_definitions: bool,
-) -> Value {
-    json!({
-        "kind": "Table",
-        "apiVersion": "meta.k8s.io/v1",
-        "metadata": list_metadata,
-        "columnDefinitions": if with_definitions { column_definitions(columns) } else { json!([]) },
-        "rows": objects.iter().map(|o| row(columns, o, include)).collect::<Vec<_>>(),
-    })
+fn subjects(o: &Value, kind: &str) -> Value {
+    let names: Vec<String> = o["subjects"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["kind"] == json!(kind))
+        .map(|s| match s["namespace"].as_str() {
+            Some(ns) if kind == "ServiceAccount" => {
+                format!("{ns}/{}", s["name"].as_str().unwrap_or(""))
+            }
+            _ => s["name"].as_str().unwrap_or("").to_string(),
+        })
+        .collect();
+    json!(names.join(", "))
 }
 
 fn s(v: &Value) -> Value {
@@ -203,51 +201,39 @@ fn data_count(o: &Value) -> Value {
     json!(count(&o["data"]) + count(&o["binaryData"]))
 }
 
-fn age(o: &Value) -> Value {
-    let created = o["metadata"]["creationTimestamp"]
-        .as_str()
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok());
-    match created {
-        Some(t) => json!(human_duration(
-            (Utc::now() - t.with_timezone(&Utc)).num_seconds()
-        )),
-        None => json!("<unknown>"),
-    }
+fn event_last_seen(o: &Value) -> Value {
+    let last = ["lastTimestamp", "eventTime", "firstTimestamp"]
+        .iter()
+        .map(|k| &o[*k])
+        .find(|v| v.is_string())
+        .unwrap_or(&o["metadata"]["creationTimestamp"]);
+    since(last)
 }
 
-/// kubectl's short human-readable durations (`45s`, `3m20s`, `5h`, `12d`, `2y30d`).
-pub fn human_duration(secs: i64) -> String {
-    if secs < -1 {
-        return "<invalid>".into();
-    }
-    let secs = secs.max(0);
-    let (m, h, d) = (secs / 60, secs / 3600, secs / 86400);
-    let with = |big: i64, bu: &str, small: i64, su: &str| {
-        if small == 0 {
-            format!("{big}{bu}")
-        } else {
-            format!("{big}{bu}{small}{su}")
+fn endpoints(o: &Value) -> Value {
+    let mut list = Vec::new();
+    for subset in o["subsets"].as_array().into_iter().flatten() {
+        for addr in subset["addresses"].as_array().into_iter().flatten() {
+            let ip = addr["ip"].as_str().unwrap_or("");
+            match subset["ports"].as_array().filter(|p| !p.is_empty()) {
+                Some(ports) => {
+                    for port in ports {
+                        list.push(format!("{ip}:{}", n(&port["port"])));
+                    }
+                }
+                None => list.push(ip.to_string()),
+            }
         }
-    };
-    if secs < 120 {
-        format!("{secs}s")
-    } else if m < 10 {
-        with(m, "m", secs % 60, "s")
-    } else if m < 180 {
-        format!("{m}m")
-    } else if h < 8 {
-        with(h, "h", m % 60, "m")
-    } else if h < 48 {
-        format!("{h}h")
-    } else if h < 24 * 8 {
-        with(d, "d", h % 24, "h")
-    } else if d < 365 * 2 {
-        format!("{d}d")
-    } else if d < 365 * 8 {
-        with(d / 365, "y", d % 365, "d")
-    } else {
-        format!("{}y", d / 365)
     }
+    if list.is_empty() {
+        return json!("<none>");
+    }
+    let shown = list.len().min(3);
+    let mut text = list[..shown].join(",");
+    if list.len() > shown {
+        text.push_str(&format!(" + {} more...", list.len() - shown));
+    }
+    json!(text)
 }
 
 fn pod_ready(o: &Value) -> Value {
@@ -379,24 +365,8 @@ fn node_address(o: &Value, kind: &str) -> Value {
 
 #[cfg(test)]
 mod tests {
+    use super::super::{IncludeObject, row};
     use super::*;
-
-    #[test]
-    fn human_durations_match_kubectl() {
-        for (secs, want) in [
-            (5, "5s"),
-            (119, "119s"),
-            (200, "3m20s"),
-            (600, "10m"),
-            (3 * 3600 + 60, "3h1m"),
-            (30 * 3600, "30h"),
-            (3 * 86400 + 3600, "3d1h"),
-            (40 * 86400, "40d"),
-            (3 * 365 * 86400 + 86400, "3y1d"),
-        ] {
-            assert_eq!(human_duration(secs), want, "{secs}");
-        }
-    }
 
     #[test]
     fn pod_row_has_upstream_cells() {
@@ -410,5 +380,26 @@ mod tests {
         assert_eq!(r["cells"][2], "Running");
         assert_eq!(r["cells"][3], 3);
         assert_eq!(r["cells"][5], "<none>");
+    }
+
+    #[test]
+    fn event_and_endpoints_rows() {
+        let ev = json!({"metadata":{"name":"web.1"},"type":"Normal","reason":"Scheduled",
+            "involvedObject":{"kind":"Pod","name":"web"},"message":"assigned","count":2,
+            "source":{"component":"default-scheduler"}});
+        let r = row(EVENT, &ev, IncludeObject::None);
+        let cells: Vec<&Value> = r["cells"].as_array().expect("cells").iter().collect();
+        assert_eq!(cells[2], "Normal");
+        assert_eq!(cells[3], "Scheduled");
+        assert_eq!(cells[4], "pod/web");
+        assert_eq!(cells[6], "default-scheduler");
+        assert_eq!(cells[7], "assigned");
+        let ep = json!({"metadata":{"name":"svc"},"subsets":[{"addresses":[
+            {"ip":"10.42.0.5"},{"ip":"10.42.0.6"},{"ip":"10.42.1.2"},{"ip":"10.42.1.3"}],
+            "ports":[{"port":80}]}]});
+        assert_eq!(
+            row(ENDPOINTS, &ep, IncludeObject::None)["cells"][1],
+            "10.42.0.5:80,10.42.0.6:80,10.42.1.2:80 + 1 more..."
+        );
     }
 }

@@ -1,0 +1,176 @@
+//! The default ClusterRoles and ClusterRoleBindings every cluster starts with, as upstream
+//! bootstraps them: `cluster-admin` (bound to `system:masters`), the user-facing `admin`, `edit`
+//! and `view`, and `system:basic-user` (self reviews for every authenticated user).
+//!
+//! Upstream builds `admin`/`edit`/`view` by aggregation; r3s writes their rules out for the
+//! resources it serves, since it has no aggregation controller. Existing objects are never
+//! overwritten, so an administrator's changes survive restarts.
+
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use super::object;
+use super::rbac::GROUP;
+use super::registry;
+use crate::store::{Store, StoreError};
+
+const READ: &[&str] = &["get", "list", "watch"];
+const WRITE: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
+
+fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> Value {
+    json!({"apiGroups": groups, "resources": resources, "verbs": verbs})
+}
+
+const CORE_READABLE: &[&str] = &[
+    "configmaps",
+    "endpoints",
+    "events",
+    "pods",
+    "pods/log",
+    "pods/status",
+    "services",
+    "services/status",
+    "serviceaccounts",
+    "namespaces",
+    "namespaces/status",
+];
+const APPS: &[&str] = &[
+    "deployments",
+    "deployments/scale",
+    "deployments/status",
+    "replicasets",
+    "replicasets/scale",
+    "replicasets/status",
+    "daemonsets",
+    "daemonsets/status",
+    "statefulsets",
+    "statefulsets/scale",
+    "statefulsets/status",
+];
+
+fn view_rules() -> Vec<Value> {
+    vec![
+        rule(&[""], CORE_READABLE, READ),
+        rule(&["apps"], APPS, READ),
+        rule(&["coordination.k8s.io"], &["leases"], READ),
+    ]
+}
+
+fn edit_rules() -> Vec<Value> {
+    let core_writable = &[
+        "configmaps",
+        "endpoints",
+        "pods",
+        "secrets",
+        "services",
+        "serviceaccounts",
+    ];
+    vec![
+        rule(&[""], CORE_READABLE, READ),
+        rule(&[""], core_writable, WRITE),
+        rule(
+            &[""],
+            &[
+                "pods/exec",
+                "pods/attach",
+                "pods/portforward",
+                "pods/eviction",
+            ],
+            &["create", "get"],
+        ),
+        rule(&[""], &["serviceaccounts/token"], &["create"]),
+        rule(&["apps"], APPS, WRITE),
+        rule(&["coordination.k8s.io"], &["leases"], WRITE),
+    ]
+}
+
+fn admin_rules() -> Vec<Value> {
+    let mut rules = edit_rules();
+    rules.push(rule(&[GROUP], &["roles", "rolebindings"], WRITE));
+    rules
+}
+
+fn cluster_role(name: &str, rules: Vec<Value>) -> Value {
+    json!({"apiVersion": format!("{GROUP}/v1"), "kind": "ClusterRole",
+           "metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
+           "rules": rules})
+}
+
+fn cluster_role_binding(name: &str, role: &str, group: &str) -> Value {
+    json!({"apiVersion": format!("{GROUP}/v1"), "kind": "ClusterRoleBinding",
+           "metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
+           "roleRef": {"apiGroup": GROUP, "kind": "ClusterRole", "name": role},
+           "subjects": [{"apiGroup": GROUP, "kind": "Group", "name": group}]})
+}
+
+/// Creates the default roles and bindings that do not exist yet. Idempotent.
+pub async fn ensure(store: &dyn Store) -> Result<(), ApiError> {
+    let roles = [
+        cluster_role(
+            "cluster-admin",
+            vec![
+                rule(&["*"], &["*"], &["*"]),
+                json!({"nonResourceURLs": ["*"], "verbs": ["*"]}),
+            ],
+        ),
+        cluster_role("admin", admin_rules()),
+        cluster_role("edit", edit_rules()),
+        cluster_role("view", view_rules()),
+        cluster_role(
+            "system:basic-user",
+            vec![
+                rule(
+                    &["authorization.k8s.io"],
+                    &["selfsubjectaccessreviews", "selfsubjectrulesreviews"],
+                    &["create"],
+                ),
+                rule(
+                    &["authentication.k8s.io"],
+                    &["selfsubjectreviews"],
+                    &["create"],
+                ),
+            ],
+        ),
+    ];
+    let bindings = [
+        cluster_role_binding("cluster-admin", "cluster-admin", "system:masters"),
+        cluster_role_binding(
+            "system:basic-user",
+            "system:basic-user",
+            "system:authenticated",
+        ),
+    ];
+    for (plural, objects) in [
+        ("clusterroles", &roles[..]),
+        ("clusterrolebindings", &bindings[..]),
+    ] {
+        let res = registry::find(GROUP, "v1", plural)
+            .ok_or_else(|| ApiError::Internal(format!("{plural} are not registered")))?;
+        for obj in objects {
+            let mut obj = obj.clone();
+            let key = res.key(None, object::name(&obj));
+            if store
+                .get(&key)
+                .map_err(|e| ApiError::from_store(e, &res.name(), ""))?
+                .is_some()
+            {
+                continue;
+            }
+            object::prepare_create(res, &mut obj)?;
+            match store.create(&key, object::to_store(&obj)?).await {
+                Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(ApiError::from_store(e, &res.name(), object::name(&obj))),
+            }
+        }
+    }
+    Ok(())
+}
