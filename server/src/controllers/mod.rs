@@ -19,6 +19,7 @@ pub mod events;
 pub mod expectations;
 pub mod gc;
 pub mod namespace;
+pub mod nodelifecycle;
 pub mod pods;
 pub mod replicaset;
 pub mod rollout;
@@ -105,8 +106,8 @@ pub async fn run(
     let rs = replicaset::run(client.clone(), shutdown.clone());
     let deploy = deployment::run(client.clone(), shutdown.clone());
     let gc = gc::run(client.clone(), shutdown.clone());
-    let ns = namespace::run(client, shutdown);
-    let _ = opts;
-    tokio::join!(rs, deploy, gc, ns);
+    let ns = namespace::run(client.clone(), shutdown.clone());
+    let nodes = nodelifecycle::run(client, opts, shutdown);
+    tokio::join!(rs, deploy, gc, ns, nodes);
     tracing::info!("control loops stopped");
 }

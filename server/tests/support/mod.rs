@@ -91,15 +91,15 @@ pub async fn start(nodes: &[&str], opts: ControllerOptions) -> Cluster {
     r3s_server::kubeconfig::write(&kubeconfig, 0o600, &format!("https://{addr}"), &certs)
         .expect("kubeconfig");
     let (stop, rx) = watch::channel(false);
-    let state = ApiState {
-        store: store.clone(),
-        advertise_address: addr.to_string(),
-    };
+    // The in-process clients and the HTTPS listener share one state (store, service allocator).
+    let state = ApiState::new(store.clone(), addr.to_string());
     let mut tasks = Vec::new();
     let api_opts = ApiOptions {
         listen: addr,
         tls,
         advertise_address: addr.to_string(),
+        services: state.services.clone(),
+        tokens: state.tokens.clone(),
     };
     let shutdown = stopped(rx.clone());
     tasks.push(tokio::spawn(async move {

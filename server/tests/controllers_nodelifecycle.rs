@@ -1,0 +1,123 @@
+//! A node that stops renewing its Lease: after the (shortened) grace period it is Ready=Unknown
+//! and tainted unreachable, its pods are evicted after the (shortened) default toleration, and
+//! the Deployment's pods come back on the remaining nodes.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, ListParams};
+use r3s_server::controllers::ControllerOptions;
+
+const DEPLOYMENT: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: default}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: web, image: registry.example/web:1}]
+"#;
+
+fn ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn node_of(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_node_is_tainted_and_its_pods_move() {
+    if !support::have_kubectl() {
+        return;
+    }
+    let opts = ControllerOptions {
+        node_monitor_grace_period: Duration::from_secs(2),
+        node_monitor_period: Duration::from_millis(200),
+        default_toleration_seconds: 1,
+        ..ControllerOptions::default()
+    };
+    let cluster = support::start(&["sim-a", "sim-b", "sim-c"], opts).await;
+    let manifest = cluster.write("web.yaml", DEPLOYMENT);
+    cluster.ok(&["apply", "-f", &manifest]).await;
+    cluster
+        .ok(&["rollout", "status", "deployment/web", "--timeout=60s"])
+        .await;
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "default");
+    let before = pods
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .expect("pods");
+    assert!(
+        before.items.iter().any(|p| node_of(p) == "sim-b"),
+        "one pod per node"
+    );
+
+    cluster.sim().unplug("sim-b");
+    let nodes: Api<Node> = Api::all(cluster.client.clone());
+    let t = Duration::from_secs(30);
+    support::wait_for(
+        "sim-b Ready=Unknown with the unreachable NoExecute taint",
+        t,
+        || async {
+            let Ok(node) = nodes.get("sim-b").await else {
+                return false;
+            };
+            let unknown = node
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| {
+                    c.iter().any(|c| {
+                        c.type_ == "Ready"
+                            && c.status == "Unknown"
+                            && c.reason.as_deref() == Some("NodeStatusUnknown")
+                    })
+                });
+            let tainted = node
+                .spec
+                .as_ref()
+                .and_then(|s| s.taints.as_ref())
+                .is_some_and(|t| {
+                    t.iter().any(|t| {
+                        t.key == "node.kubernetes.io/unreachable" && t.effect == "NoExecute"
+                    })
+                });
+            unknown && tainted
+        },
+    )
+    .await;
+    let out = cluster.ok(&["get", "node", "sim-b"]).await;
+    assert!(out.contains("NotReady"), "{out}");
+
+    support::wait_for("three ready pods, none on sim-b", t, || async {
+        pods.list(&ListParams::default().labels("app=web"))
+            .await
+            .is_ok_and(|l| {
+                l.items.len() == 3
+                    && l.items.iter().all(ready)
+                    && l.items.iter().all(|p| node_of(p) != "sim-b")
+            })
+    })
+    .await;
+    let healthy = nodes.get("sim-a").await.expect("sim-a");
+    assert!(
+        healthy
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.as_ref())
+            .is_none_or(|t| t.is_empty()),
+        "a renewing node stays untainted"
+    );
+}
