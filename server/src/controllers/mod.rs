@@ -19,11 +19,13 @@ pub mod events;
 pub mod expectations;
 pub mod gc;
 pub mod namespace;
+pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod pods;
 pub mod replicaset;
 pub mod rollout;
 pub mod selector;
+pub mod serviceaccount;
 
 use std::future::Future;
 use std::time::Duration;
@@ -107,7 +109,9 @@ pub async fn run(
     let deploy = deployment::run(client.clone(), shutdown.clone());
     let gc = gc::run(client.clone(), shutdown.clone());
     let ns = namespace::run(client.clone(), shutdown.clone());
-    let nodes = nodelifecycle::run(client, opts, shutdown);
-    tokio::join!(rs, deploy, gc, ns, nodes);
+    let nodes = nodelifecycle::run(client.clone(), opts.clone(), shutdown.clone());
+    let ipam = nodeipam::run(client.clone(), opts.clone(), shutdown.clone());
+    let sa = serviceaccount::run(client, opts, shutdown);
+    tokio::join!(rs, deploy, gc, ns, nodes, ipam, sa);
     tracing::info!("control loops stopped");
 }
