@@ -12,9 +12,11 @@
 //! | `namespace.rs` | Namespaces | contents of terminating namespaces, `finalize` |
 //! | `nodelifecycle.rs` | Nodes, Leases, Pods | node conditions and taints, evictions |
 //! | `nodeipam.rs` | Nodes | `spec.podCIDR(s)` |
+//! | `endpoints.rs` | Services, Pods | Endpoints |
 //! | `serviceaccount.rs` | Namespaces | `default` ServiceAccount, `kube-root-ca.crt` |
 
 pub mod deployment;
+pub mod endpoints;
 pub mod events;
 pub mod expectations;
 pub mod gc;
@@ -111,7 +113,8 @@ pub async fn run(
     let ns = namespace::run(client.clone(), shutdown.clone());
     let nodes = nodelifecycle::run(client.clone(), opts.clone(), shutdown.clone());
     let ipam = nodeipam::run(client.clone(), opts.clone(), shutdown.clone());
+    let eps = endpoints::run(client.clone(), shutdown.clone());
     let sa = serviceaccount::run(client, opts, shutdown);
-    tokio::join!(rs, deploy, gc, ns, nodes, ipam, sa);
+    tokio::join!(rs, deploy, gc, ns, nodes, ipam, eps, sa);
     tracing::info!("control loops stopped");
 }
