@@ -7,6 +7,7 @@
 //! | file | watches | writes |
 //! |---|---|---|
 //! | `replicaset.rs` | ReplicaSets, Pods | Pods, ReplicaSet status |
+//! | `daemonset.rs` | DaemonSets, Pods, Nodes | Pods, DaemonSet status |
 //! | `deployment.rs` | Deployments, ReplicaSets | ReplicaSets, Deployment status |
 //! | `gc.rs` | every owned kind | dependents of deleted owners, owner finalizers |
 //! | `namespace.rs` | Namespaces | contents of terminating namespaces, `finalize` |
@@ -15,6 +16,7 @@
 //! | `endpoints.rs` | Services, Pods | Endpoints |
 //! | `serviceaccount.rs` | Namespaces | `default` ServiceAccount, `kube-root-ca.crt` |
 
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod events;
@@ -114,7 +116,8 @@ pub async fn run(
     let nodes = nodelifecycle::run(client.clone(), opts.clone(), shutdown.clone());
     let ipam = nodeipam::run(client.clone(), opts.clone(), shutdown.clone());
     let eps = endpoints::run(client.clone(), shutdown.clone());
+    let ds = daemonset::run(client.clone(), shutdown.clone());
     let sa = serviceaccount::run(client, opts, shutdown);
-    tokio::join!(rs, deploy, gc, ns, nodes, ipam, eps, sa);
+    tokio::join!(rs, deploy, ds, gc, ns, nodes, ipam, eps, sa);
     tracing::info!("control loops stopped");
 }

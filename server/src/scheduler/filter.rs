@@ -113,7 +113,8 @@ fn effective_taints(node: &Node) -> Vec<Taint> {
     taints
 }
 
-fn node_affinity_fits(pod: &Pod, node: &Node) -> bool {
+/// True if the node satisfies the pod's nodeSelector and required node affinity.
+pub fn node_affinity_fits(pod: &Pod, node: &Node) -> bool {
     let empty = BTreeMap::new();
     let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
     let Some(spec) = pod.spec.as_ref() else {
