@@ -9,6 +9,7 @@
 //! | `replicaset.rs` | ReplicaSets, Pods | Pods, ReplicaSet status |
 //! | `daemonset.rs` | DaemonSets, Pods, Nodes | Pods, DaemonSet status |
 //! | `deployment.rs` | Deployments, ReplicaSets | ReplicaSets, Deployment status |
+//! | `statefulset.rs` | StatefulSets, Pods | Pods, StatefulSet status |
 //! | `gc.rs` | every owned kind | dependents of deleted owners, owner finalizers |
 //! | `namespace.rs` | Namespaces | contents of terminating namespaces, `finalize` |
 //! | `nodelifecycle.rs` | Nodes, Leases, Pods | node conditions and taints, evictions |
@@ -30,6 +31,7 @@ pub mod replicaset;
 pub mod rollout;
 pub mod selector;
 pub mod serviceaccount;
+pub mod statefulset;
 
 use std::future::Future;
 use std::time::Duration;
@@ -117,7 +119,8 @@ pub async fn run(
     let ipam = nodeipam::run(client.clone(), opts.clone(), shutdown.clone());
     let eps = endpoints::run(client.clone(), shutdown.clone());
     let ds = daemonset::run(client.clone(), shutdown.clone());
+    let sts = statefulset::run(client.clone(), shutdown.clone());
     let sa = serviceaccount::run(client, opts, shutdown);
-    tokio::join!(rs, deploy, ds, gc, ns, nodes, ipam, eps, sa);
+    tokio::join!(rs, deploy, ds, sts, gc, ns, nodes, ipam, eps, sa);
     tracing::info!("control loops stopped");
 }
