@@ -113,23 +113,20 @@ fn plan(
                 .iter()
                 .map(|p| p.metadata.name.clone().unwrap_or_default())
                 .collect();
-        } else if all_ready || extra.len() == 1 {
-            if let Some(last) = extra.last() {
-                plan.delete
-                    .push(last.metadata.name.clone().unwrap_or_default());
-            }
+        } else if all_ready && let Some(last) = extra.last() {
+            plan.delete
+                .push(last.metadata.name.clone().unwrap_or_default());
         }
         return plan;
     }
-    if all_ready {
-        if let Some((_, p)) = pods
+    if all_ready
+        && let Some((_, p)) = pods
             .range(partition.max(0)..replicas)
             .rev()
             .find(|(_, p)| revision_of(p) != Some(update_revision))
-        {
-            plan.delete
-                .push(p.metadata.name.clone().unwrap_or_default());
-        }
+    {
+        plan.delete
+            .push(p.metadata.name.clone().unwrap_or_default());
     }
     plan
 }
