@@ -121,3 +121,77 @@ async fn silent_node_is_tainted_and_its_pods_move() {
         "a renewing node stays untainted"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_gc_removes_pods_of_deleted_nodes_and_old_terminated_pods() {
+    if !support::have_kubectl() {
+        return;
+    }
+    let opts = ControllerOptions {
+        pod_gc_period: Duration::from_millis(200),
+        terminated_pod_gc_threshold: 1,
+        ..ControllerOptions::default()
+    };
+    let cluster = support::start(&["sim-a", "sim-b"], opts).await;
+    let manifest = cluster.write("web.yaml", DEPLOYMENT);
+    cluster.ok(&["apply", "-f", &manifest]).await;
+    cluster
+        .ok(&["rollout", "status", "deployment/web", "--timeout=60s"])
+        .await;
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "default");
+    let nodes: Api<Node> = Api::all(cluster.client.clone());
+    cluster.sim().unplug("sim-b");
+    nodes
+        .delete("sim-b", &kube::api::DeleteParams::default())
+        .await
+        .expect("delete node");
+    let t = Duration::from_secs(30);
+    support::wait_for("three ready pods, all on sim-a", t, || async {
+        pods.list(&ListParams::default().labels("app=web"))
+            .await
+            .is_ok_and(|l| {
+                l.items.len() == 3
+                    && l.items.iter().all(ready)
+                    && l.items.iter().all(|p| node_of(p) == "sim-a")
+            })
+    })
+    .await;
+
+    // Two finished pods with a threshold of one: the older goes.
+    for name in ["done-1", "done-2"] {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {"job": "x"}},
+            "spec": {"schedulerName": "nobody", "containers": [{"name": "c", "image": "x"}]}
+        }))
+        .expect("pod");
+        pods.create(&kube::api::PostParams::default(), &pod)
+            .await
+            .expect("create");
+        pods.patch_status(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&serde_json::json!({"status": {"phase": "Succeeded"}})),
+        )
+        .await
+        .expect("status");
+        // Distinct creation timestamps (second resolution) so "older" is well defined.
+        if name == "done-1" {
+            support::wait_for("a new second", t, || async {
+                let created = pods
+                    .get("done-1")
+                    .await
+                    .ok()
+                    .and_then(|p| p.metadata.creation_timestamp);
+                created.is_some_and(|c| {
+                    k8s_openapi::jiff::Timestamp::now().as_second() > c.0.as_second()
+                })
+            })
+            .await;
+        }
+    }
+    support::wait_for("done-1 collected, done-2 kept", t, || async {
+        pods.get_opt("done-1").await.ok().flatten().is_none()
+            && pods.get_opt("done-2").await.ok().flatten().is_some()
+    })
+    .await;
+}

@@ -13,6 +13,7 @@
 //! | `gc.rs` | every owned kind | dependents of deleted owners, owner finalizers |
 //! | `namespace.rs` | Namespaces | contents of terminating namespaces, `finalize` |
 //! | `nodelifecycle.rs` | Nodes, Leases, Pods | node conditions and taints, evictions |
+//! | `podgc.rs` | Pods, Nodes | deletes pods of deleted nodes, old terminated pods |
 //! | `nodeipam.rs` | Nodes | `spec.podCIDR(s)` |
 //! | `endpoints.rs` | Services, Pods | Endpoints |
 //! | `serviceaccount.rs` | Namespaces | `default` ServiceAccount, `kube-root-ca.crt` |
@@ -26,6 +27,7 @@ pub mod gc;
 pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
+pub mod podgc;
 pub mod pods;
 pub mod replicaset;
 pub mod rollout;
@@ -54,6 +56,11 @@ pub struct ControllerOptions {
     pub cluster_cidr: String,
     /// `--node-cidr-mask-size` (24).
     pub node_cidr_mask_size: u8,
+    /// How often pod GC sweeps (upstream: 20 s).
+    pub pod_gc_period: Duration,
+    /// `--terminated-pod-gc-threshold`: terminated pods kept before the oldest are deleted
+    /// (upstream 12500; 0 disables).
+    pub terminated_pod_gc_threshold: usize,
     /// PEM of the cluster CA, published as `kube-root-ca.crt` in every namespace (none: skipped).
     pub root_ca_pem: Option<String>,
 }
@@ -66,6 +73,8 @@ impl Default for ControllerOptions {
             default_toleration_seconds: 300,
             cluster_cidr: "10.42.0.0/16".into(),
             node_cidr_mask_size: 24,
+            pod_gc_period: Duration::from_secs(20),
+            terminated_pod_gc_threshold: 12500,
             root_ca_pem: None,
         }
     }
@@ -117,10 +126,11 @@ pub async fn run(
     let ns = namespace::run(client.clone(), shutdown.clone());
     let nodes = nodelifecycle::run(client.clone(), opts.clone(), shutdown.clone());
     let ipam = nodeipam::run(client.clone(), opts.clone(), shutdown.clone());
+    let podgc = podgc::run(client.clone(), opts.clone(), shutdown.clone());
     let eps = endpoints::run(client.clone(), shutdown.clone());
     let ds = daemonset::run(client.clone(), shutdown.clone());
     let sts = statefulset::run(client.clone(), shutdown.clone());
     let sa = serviceaccount::run(client, opts, shutdown);
-    tokio::join!(rs, deploy, ds, sts, gc, ns, nodes, ipam, eps, sa);
+    tokio::join!(rs, deploy, ds, sts, gc, ns, nodes, ipam, podgc, eps, sa);
     tracing::info!("control loops stopped");
 }
