@@ -317,6 +317,23 @@ async fn kubectl_drives_the_server() {
         "{stderr}"
     );
 
+    // An invalid manifest is refused with the field path.
+    let bad = s.write(
+        "bad.yaml",
+        &DEPLOY_V1.replace("name: web\n", "name: bad\n").replace(
+            "    metadata:\n      labels: {app: web}",
+            "    metadata:\n      labels: {app: other}",
+        ),
+    );
+    let (ok, _, stderr) = s.kubectl(&["apply", "-f", &bad]).await;
+    assert!(!ok);
+    assert!(
+        stderr.contains(
+            "The Deployment \"bad\" is invalid: spec.template.metadata.labels: Invalid value"
+        ),
+        "{stderr}"
+    );
+
     // Everyday mutations: scale (needs the Scale subresource), label, annotate, patch (3 types).
     assert_eq!(
         s.ok(&["scale", "deployment", "web", "--replicas=5"])
@@ -693,6 +710,131 @@ async fn kubectl_describe_edit_restart_and_watch() {
         1,
         "one header: {seen:?}"
     );
+}
+
+/// Drives the server with the Python `kubernetes` client (PyPI): create, list by label, patch,
+/// watch from a list's resourceVersion, delete.
+const PYTHON_CLIENT: &str = r#"
+import sys
+from kubernetes import client, config, watch
+from kubernetes.client.rest import ApiException
+
+config.load_kube_config(config_file=sys.argv[1])
+v1 = client.CoreV1Api()
+listed = v1.list_namespaced_config_map("default")
+rv = listed.metadata.resource_version
+cm = client.V1ConfigMap(metadata=client.V1ObjectMeta(name="py-cm", labels={"app": "py"}), data={"a": "1"})
+created = v1.create_namespaced_config_map("default", cm)
+assert created.metadata.uid, "uid"
+v1.patch_namespaced_config_map("py-cm", "default", {"data": {"b": "2"}})
+items = v1.list_namespaced_config_map("default", label_selector="app=py").items
+assert [i.metadata.name for i in items] == ["py-cm"], items
+assert items[0].data == {"a": "1", "b": "2"}, items[0].data
+v1.delete_namespaced_config_map("py-cm", "default")
+seen = []
+w = watch.Watch()
+for event in w.stream(v1.list_namespaced_config_map, "default", resource_version=rv, timeout_seconds=10):
+    seen.append((event["type"], event["object"].metadata.name))
+    if event["type"] == "DELETED":
+        w.stop()
+assert seen == [("ADDED", "py-cm"), ("MODIFIED", "py-cm"), ("DELETED", "py-cm")], seen
+try:
+    v1.read_namespaced_config_map("py-cm", "default")
+    raise SystemExit("still there")
+except ApiException as e:
+    assert e.status == 404, e.status
+print("python client ok")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_kubernetes_client() {
+    let has_client = std::process::Command::new("python3")
+        .args(["-c", "import kubernetes"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_client {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!(
+                "missing prerequisite: the Python `kubernetes` package (pip install kubernetes)"
+            );
+        }
+        eprintln!("skipped: the Python `kubernetes` package is not installed");
+        return;
+    }
+    let s = start().await;
+    let script = s.write("client.py", PYTHON_CLIENT);
+    let out = tokio::process::Command::new("python3")
+        .arg(&script)
+        .arg(&s.kubeconfig)
+        .output()
+        .await
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(stdout.trim(), "python client ok");
+}
+
+const CRD: &str = "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget, shortNames: [wd]}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources: {status: {}}
+    schema:
+      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_crd_and_custom_resource() {
+    if !kubectl_available() {
+        return;
+    }
+    let s = start().await;
+    let crd = s.write("crd.yaml", CRD);
+    assert_eq!(
+        s.ok(&["apply", "-f", &crd]).await.trim(),
+        "customresourcedefinition.apiextensions.k8s.io/widgets.example.com created"
+    );
+    s.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/widgets.example.com",
+        "--timeout=20s",
+    ])
+    .await;
+    let widget = s.write(
+        "widget.yaml",
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w1\nspec:\n  size: 3\n",
+    );
+    assert_eq!(
+        s.ok(&["apply", "-f", &widget]).await.trim(),
+        "widget.example.com/w1 created"
+    );
+    s.write(
+        "widget.yaml",
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w1\nspec:\n  size: 5\n",
+    );
+    assert_eq!(
+        s.ok(&["apply", "-f", &widget]).await.trim(),
+        "widget.example.com/w1 configured"
+    );
+    let listed = s.ok(&["get", "wd"]).await;
+    assert!(listed.lines().any(|l| l.starts_with("w1 ")), "{listed}");
+    let size = s
+        .ok(&["get", "widget", "w1", "-o", "jsonpath={.spec.size}"])
+        .await;
+    assert_eq!(size, "5");
+    s.ok(&["delete", "-f", &crd]).await;
+    let (ok, _, stderr) = s.kubectl(&["get", "widgets.example.com", "w1"]).await;
+    assert!(!ok, "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

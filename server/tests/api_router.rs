@@ -197,6 +197,7 @@ async fn discovery_legacy_and_aggregated() {
             "apps",
             "coordination.k8s.io",
             "rbac.authorization.k8s.io",
+            "apiextensions.k8s.io",
             "authorization.k8s.io",
             "authentication.k8s.io"
         ]
@@ -1094,4 +1095,232 @@ async fn rbac_grants_what_bindings_say_and_nothing_else() {
         granted.contains("secrets") && granted.contains("configmaps"),
         "{granted}"
     );
+}
+
+#[tokio::test]
+async fn bound_pods_terminate_gracefully_until_the_agent_confirms() {
+    let f = fixture().await;
+    let base = "/api/v1/namespaces/default/pods";
+    let pod = json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":"g1"},
+                     "spec":{"nodeName":"node-a","containers":[{"name":"c","image":"busybox"}]}});
+    assert_eq!(
+        f.admin("POST", base, "application/json", pod).await.code,
+        StatusCode::CREATED
+    );
+
+    let deleting = f
+        .admin("DELETE", &format!("{base}/g1"), "", Value::Null)
+        .await;
+    assert_eq!(deleting.code, StatusCode::OK);
+    assert_eq!(deleting.body["metadata"]["deletionGracePeriodSeconds"], 30);
+    let status = f
+        .admin(
+            "PATCH",
+            &format!("{base}/g1/status"),
+            "application/merge-patch+json",
+            json!({"status":{"phase":"Running"}}),
+        )
+        .await;
+    assert_eq!(status.code, StatusCode::OK, "{}", status.body);
+    assert_eq!(
+        f.get(&format!("{base}/g1")).await.code,
+        StatusCode::OK,
+        "still terminating"
+    );
+
+    let confirmed = f
+        .admin(
+            "DELETE",
+            &format!("{base}/g1"),
+            "application/json",
+            json!({"gracePeriodSeconds": 0}),
+        )
+        .await;
+    assert_eq!(confirmed.code, StatusCode::OK);
+    assert_eq!(
+        f.get(&format!("{base}/g1")).await.code,
+        StatusCode::NOT_FOUND
+    );
+
+    let cms = "/api/v1/namespaces/default/configmaps";
+    f.admin("POST", cms, "application/json", cm("fg", json!({})))
+        .await;
+    let fg = f
+        .admin(
+            "DELETE",
+            &format!("{cms}/fg"),
+            "application/json",
+            json!({"propagationPolicy": "Foreground"}),
+        )
+        .await;
+    assert_eq!(
+        fg.body["metadata"]["finalizers"],
+        json!(["foregroundDeletion"])
+    );
+    assert_eq!(
+        f.get(&format!("{cms}/fg")).await.code,
+        StatusCode::OK,
+        "left to the GC"
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_verb_resource_and_code() {
+    let f = fixture().await;
+    f.get("/api/v1/namespaces/default/configmaps").await;
+    f.get("/api/v1/namespaces/default/configmaps/missing").await;
+    let anonymous = f.call(None, get_req("/metrics", "text/plain")).await;
+    assert_eq!(anonymous.code, StatusCode::UNAUTHORIZED);
+    let text = f.get("/metrics").await.body;
+    let text = text.as_str().expect("text exposition");
+    assert!(
+        text.contains(
+            "apiserver_request_total{verb=\"LIST\",resource=\"configmaps\",code=\"200\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "apiserver_request_total{verb=\"GET\",resource=\"configmaps\",code=\"404\"} 1"
+        )
+    );
+    assert!(text.contains("apiserver_request_duration_seconds_count{verb=\"LIST\"} 1"));
+    assert!(text.contains("apiserver_longrunning_requests{verb=\"WATCH\"} 0"));
+}
+
+#[tokio::test]
+async fn node_agents_get_the_system_node_role() {
+    let f = fixture().await;
+    r3s_server::api::rbac_defaults::ensure(f.state.store.as_ref())
+        .await
+        .expect("default roles");
+    let node = || {
+        Some(PeerIdentity {
+            common_name: "system:node:n1".into(),
+            organizations: vec!["system:nodes".into()],
+        })
+    };
+    let register = Request::builder()
+        .method("POST")
+        .uri("/api/v1/nodes")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(
+            json!({"apiVersion":"v1","kind":"Node","metadata":{"name":"n1"}}).to_string(),
+        ))
+        .expect("request");
+    let registered = f.call(node(), register).await;
+    assert_eq!(registered.code, StatusCode::CREATED, "{}", registered.body);
+    let pods = f
+        .call(
+            node(),
+            get_req(
+                "/api/v1/pods?fieldSelector=spec.nodeName%3Dn1",
+                "application/json",
+            ),
+        )
+        .await;
+    assert_eq!(pods.code, StatusCode::OK);
+    let deploys = f
+        .call(
+            node(),
+            get_req(
+                "/apis/apps/v1/namespaces/default/deployments",
+                "application/json",
+            ),
+        )
+        .await;
+    assert_eq!(
+        deploys.code,
+        StatusCode::FORBIDDEN,
+        "nodes do not read deployments"
+    );
+}
+
+fn widget_crd() -> Value {
+    json!({"apiVersion":"apiextensions.k8s.io/v1","kind":"CustomResourceDefinition",
+        "metadata":{"name":"widgets.example.com"},
+        "spec":{"group":"example.com","scope":"Namespaced",
+            "names":{"plural":"widgets","singular":"widget","kind":"Widget","shortNames":["wd"]},
+            "versions":[{"name":"v1","served":true,"storage":true,
+                         "subresources":{"status":{}},
+                         "schema":{"openAPIV3Schema":{"type":"object","x-kubernetes-preserve-unknown-fields":true}}}]}})
+}
+
+#[tokio::test]
+async fn crds_serve_their_custom_resources_at_once() {
+    let f = fixture().await;
+    let crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
+    let created = f
+        .admin("POST", crds, "application/json", widget_crd())
+        .await;
+    assert_eq!(created.code, StatusCode::CREATED, "{}", created.body);
+    let crd = f.get(&format!("{crds}/widgets.example.com")).await;
+    assert_eq!(crd.body["status"]["conditions"][1]["type"], "Established");
+
+    let list = f.get("/apis/example.com/v1").await;
+    assert_eq!(list.body["resources"][0]["name"], "widgets");
+    assert_eq!(list.body["resources"][1]["name"], "widgets/status");
+    let groups = f.get("/apis").await;
+    assert!(groups.body["groups"].to_string().contains("example.com/v1"));
+
+    let base = "/apis/example.com/v1/namespaces/default/widgets";
+    let w = json!({"apiVersion":"example.com/v1","kind":"Widget","metadata":{"name":"w1"},
+                   "spec":{"size":3},"status":{"ignored":true}});
+    let made = f.admin("POST", base, "application/json", w).await;
+    assert_eq!(made.code, StatusCode::CREATED, "{}", made.body);
+    assert_eq!(made.body["metadata"]["generation"], 1);
+    assert!(
+        made.body.get("status").is_none(),
+        "status only through /status"
+    );
+    let status = f
+        .admin(
+            "PATCH",
+            &format!("{base}/w1/status"),
+            "application/merge-patch+json",
+            json!({"status":{"ready":true}}),
+        )
+        .await;
+    assert_eq!(status.body["status"]["ready"], true, "{}", status.body);
+    let patched = f
+        .admin(
+            "PATCH",
+            &format!("{base}/w1"),
+            "application/merge-patch+json",
+            json!({"spec":{"size":4}}),
+        )
+        .await;
+    assert_eq!(patched.body["metadata"]["generation"], 2);
+    assert_eq!(f.get(base).await.body["kind"], "WidgetList");
+
+    let bad = f
+        .admin(
+            "POST",
+            crds,
+            "application/json",
+            json!({"apiVersion":"apiextensions.k8s.io/v1","kind":"CustomResourceDefinition",
+                   "metadata":{"name":"wrong"},"spec":{"group":"example.com","scope":"Namespaced",
+                   "names":{"plural":"gadgets","kind":"Gadget"},"versions":[]}}),
+        )
+        .await;
+    assert_eq!(bad.code, StatusCode::UNPROCESSABLE_ENTITY);
+
+    let deleted = f
+        .admin(
+            "DELETE",
+            &format!("{crds}/widgets.example.com"),
+            "",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(deleted.code, StatusCode::OK);
+    assert_eq!(f.get(base).await.code, StatusCode::NOT_FOUND);
+    assert_eq!(
+        f.get("/apis/example.com/v1").await.code,
+        StatusCode::NOT_FOUND
+    );
+    // Recreating the CRD does not bring the old objects back.
+    f.admin("POST", crds, "application/json", widget_crd())
+        .await;
+    assert_eq!(f.get(base).await.body["items"], json!([]));
 }

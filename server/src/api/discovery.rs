@@ -5,7 +5,7 @@
 //! legacy (`APIVersions`, `APIGroupList`, `APIGroup`, `APIResourceList`), which kube-rs and the
 //! Python client use.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -48,7 +48,7 @@ pub async fn health() -> Response {
 /// `GET /api`.
 pub async fn core_versions(State(state): State<ApiState>, headers: HeaderMap) -> Response {
     if wants_aggregated(&headers) {
-        let item = group_discovery("", "v1");
+        let item = group_discovery(&[], "", &["v1"]);
         return aggregated(vec![item]);
     }
     json_response(json!({
@@ -61,33 +61,36 @@ pub async fn core_versions(State(state): State<ApiState>, headers: HeaderMap) ->
 }
 
 /// `GET /apis`.
-pub async fn group_list(headers: HeaderMap) -> Response {
+pub async fn group_list(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    let custom = state.custom.snapshot();
+    let groups = registry::groups(&custom);
     if wants_aggregated(&headers) {
-        let items = registry::groups()
-            .into_iter()
-            .map(|(g, v)| group_discovery(g, v))
+        let items = groups
+            .iter()
+            .map(|(g, versions)| group_discovery(&custom, g, versions))
             .collect();
         return aggregated(items);
     }
-    let groups: Vec<Value> = registry::groups()
-        .into_iter()
-        .map(|(g, v)| api_group(g, v))
-        .collect();
+    let groups: Vec<Value> = groups.iter().map(|(g, v)| api_group(g, v)).collect();
     json_response(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
 }
 
 /// `GET /apis/<group>`.
-pub async fn group(Path(group): Path<String>) -> Result<Response, ApiError> {
-    let (g, v) = registry::groups()
+pub fn group(custom: &[&'static Resource], group: &str) -> Result<Response, ApiError> {
+    let (g, versions) = registry::groups(custom)
         .into_iter()
         .find(|(g, _)| *g == group)
         .ok_or(ApiError::NoRoute)?;
-    Ok(json_response(api_group(g, v)))
+    Ok(json_response(api_group(g, &versions)))
 }
 
 /// `GET /api/v1` and `GET /apis/<group>/<version>`: the legacy resource list.
-pub fn resource_list(group: &str, version: &str) -> Result<Response, ApiError> {
-    let resources: Vec<&Resource> = registry::in_group_version(group, version).collect();
+pub fn resource_list(
+    custom: &[&'static Resource],
+    group: &str,
+    version: &str,
+) -> Result<Response, ApiError> {
+    let resources = registry::in_group_version(custom, group, version);
     if resources.is_empty() {
         return Err(ApiError::NoRoute);
     }
@@ -122,16 +125,31 @@ pub fn resource_list(group: &str, version: &str) -> Result<Response, ApiError> {
     })))
 }
 
-fn api_group(group: &str, version: &str) -> Value {
-    let gv = json!({"groupVersion": format!("{group}/{version}"), "version": version});
+fn api_group(group: &str, versions: &[&str]) -> Value {
+    let gvs: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
+        .collect();
     json!({
         "kind": "APIGroup", "apiVersion": "v1", "name": group,
-        "versions": [gv.clone()], "preferredVersion": gv,
+        "preferredVersion": gvs.first().cloned().unwrap_or(Value::Null), "versions": gvs,
     })
 }
 
-fn group_discovery(group: &str, version: &str) -> Value {
-    let resources: Vec<Value> = registry::in_group_version(group, version)
+fn group_discovery(custom: &[&'static Resource], group: &str, versions: &[&str]) -> Value {
+    let versions: Vec<Value> = versions
+        .iter()
+        .map(|v| {
+            json!({"version": v, "freshness": "Current",
+                        "resources": version_discovery(custom, group, v)})
+        })
+        .collect();
+    json!({"metadata": {"name": group, "creationTimestamp": null}, "versions": versions})
+}
+
+fn version_discovery(custom: &[&'static Resource], group: &str, version: &str) -> Vec<Value> {
+    registry::in_group_version(custom, group, version)
+        .into_iter()
         .map(|r| {
             let kind = json!({"group": r.group, "version": r.version, "kind": r.kind});
             json!({
@@ -147,11 +165,7 @@ fn group_discovery(group: &str, version: &str) -> Value {
                 })).collect::<Vec<_>>(),
             })
         })
-        .collect();
-    json!({
-        "metadata": {"name": group, "creationTimestamp": null},
-        "versions": [{"version": version, "freshness": "Current", "resources": resources}],
-    })
+        .collect()
 }
 
 fn aggregated(items: Vec<Value>) -> Response {

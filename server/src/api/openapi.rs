@@ -4,27 +4,27 @@
 //! client-side schema validation and sends `fieldValidation=Strict`. No schemas are published
 //! (`kubectl explain` would need them); `/openapi/v2` is absent, which kubectl tolerates.
 
-use axum::extract::Path;
+use axum::extract::{Path, State};
 use axum::response::Response;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
+use super::ApiState;
 use super::discovery::json_response;
 use super::error::ApiError;
 use super::registry;
 
 /// `GET /openapi/v3`.
-pub async fn index() -> Response {
+pub async fn index(State(state): State<ApiState>) -> Response {
+    let custom = state.custom.snapshot();
     let mut paths = Map::new();
     let mut gvs = vec![(String::new(), "v1".to_string())];
-    gvs.extend(
-        registry::groups()
-            .into_iter()
-            .map(|(g, v)| (g.to_string(), v.to_string())),
-    );
+    for (g, versions) in registry::groups(&custom) {
+        gvs.extend(versions.iter().map(|v| (g.to_string(), v.to_string())));
+    }
     for (group, version) in gvs {
         let path = doc_path(&group, &version);
-        let hash = hash(&document(&group, &version));
+        let hash = hash(&document(&custom, &group, &version));
         paths.insert(
             path.clone(),
             json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={hash}")}),
@@ -35,18 +35,19 @@ pub async fn index() -> Response {
 
 /// `GET /openapi/v3/api/v1`.
 pub async fn core() -> Response {
-    json_response(document("", "v1"))
+    json_response(document(&[], "", "v1"))
 }
 
 /// `GET /openapi/v3/apis/<group>/<version>`.
-pub async fn named(Path((group, version)): Path<(String, String)>) -> Result<Response, ApiError> {
-    if registry::in_group_version(&group, &version)
-        .next()
-        .is_none()
-    {
+pub async fn named(
+    State(state): State<ApiState>,
+    Path((group, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let custom = state.custom.snapshot();
+    if registry::in_group_version(&custom, &group, &version).is_empty() {
         return Err(ApiError::NoRoute);
     }
-    Ok(json_response(document(&group, &version)))
+    Ok(json_response(document(&custom, &group, &version)))
 }
 
 fn doc_path(group: &str, version: &str) -> String {
@@ -57,9 +58,9 @@ fn doc_path(group: &str, version: &str) -> String {
     }
 }
 
-fn document(group: &str, version: &str) -> Value {
+fn document(custom: &[&'static registry::Resource], group: &str, version: &str) -> Value {
     let mut paths = Map::new();
-    for r in registry::in_group_version(group, version) {
+    for r in registry::in_group_version(custom, group, version) {
         let scope = if r.namespaced {
             "namespaces/{namespace}/"
         } else {

@@ -1,6 +1,8 @@
 //! The default ClusterRoles and ClusterRoleBindings every cluster starts with, as upstream
 //! bootstraps them: `cluster-admin` (bound to `system:masters`), the user-facing `admin`, `edit`
-//! and `view`, and `system:basic-user` (self reviews for every authenticated user).
+//! and `view`, `system:basic-user` (self reviews for every authenticated user), and
+//! `system:node`/`system:node-proxier` bound to the `system:nodes` group (node agents
+//! authenticate with client certificates `CN=system:node:<name>, O=system:nodes`).
 //!
 //! Upstream builds `admin`/`edit`/`view` by aggregation; r3s writes their rules out for the
 //! resources it serves, since it has no aggregation controller. Existing objects are never
@@ -99,6 +101,43 @@ fn admin_rules() -> Vec<Value> {
     rules
 }
 
+/// What a node agent (kubelet's role) needs: its Node and Lease, the pods bound to nodes and their
+/// status, the configuration its pods mount, and events. Upstream narrows this per node with the
+/// Node authorizer; r3s grants it to the `system:nodes` group as a whole for now.
+fn node_rules() -> Vec<Value> {
+    vec![
+        rule(
+            &[""],
+            &["nodes"],
+            &[
+                "create", "get", "list", "watch", "update", "patch", "delete",
+            ],
+        ),
+        rule(&[""], &["nodes/status"], &["patch", "update"]),
+        rule(
+            &[""],
+            &["pods"],
+            &["get", "list", "watch", "create", "delete"],
+        ),
+        rule(&[""], &["pods/status"], &["patch", "update"]),
+        rule(&[""], &["pods/eviction"], &["create"]),
+        rule(
+            &[""],
+            &["configmaps", "secrets", "services", "endpoints"],
+            READ,
+        ),
+        rule(&[""], &["serviceaccounts/token"], &["create"]),
+        rule(&[""], &["events"], &["create", "patch", "update"]),
+        rule(&["coordination.k8s.io"], &["leases"], WRITE),
+        rule(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
+        rule(
+            &["authorization.k8s.io"],
+            &["subjectaccessreviews"],
+            &["create"],
+        ),
+    ]
+}
+
 fn cluster_role(name: &str, rules: Vec<Value>) -> Value {
     json!({"apiVersion": format!("{GROUP}/v1"), "kind": "ClusterRole",
            "metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
@@ -125,6 +164,15 @@ pub async fn ensure(store: &dyn Store) -> Result<(), ApiError> {
         cluster_role("admin", admin_rules()),
         cluster_role("edit", edit_rules()),
         cluster_role("view", view_rules()),
+        cluster_role("system:node", node_rules()),
+        cluster_role(
+            "system:node-proxier",
+            vec![
+                rule(&[""], &["endpoints", "services", "nodes"], READ),
+                rule(&["discovery.k8s.io"], &["endpointslices"], READ),
+                rule(&[""], &["events"], &["create", "patch", "update"]),
+            ],
+        ),
         cluster_role(
             "system:basic-user",
             vec![
@@ -148,6 +196,8 @@ pub async fn ensure(store: &dyn Store) -> Result<(), ApiError> {
             "system:basic-user",
             "system:authenticated",
         ),
+        cluster_role_binding("system:node", "system:node", "system:nodes"),
+        cluster_role_binding("system:node-proxier", "system:node-proxier", "system:nodes"),
     ];
     for (plural, objects) in [
         ("clusterroles", &roles[..]),

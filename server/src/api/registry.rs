@@ -37,7 +37,15 @@ pub struct Resource {
     pub verbs: &'static [&'static str],
     /// For create-only review kinds that are computed, never stored (access reviews).
     pub review: Option<Review>,
+    /// Runs after every successful write (CRDs re-sync the custom resources).
+    pub after_write: Option<AfterWrite>,
 }
+
+/// A hook run after a successful write to a resource.
+pub type AfterWrite =
+    for<'a> fn(
+        &'a super::ApiState,
+    ) -> futures::future::BoxFuture<'a, Result<(), super::error::ApiError>>;
 
 /// Computes the answer of a review kind from the requesting user and the request body.
 pub type Review = fn(
@@ -68,7 +76,7 @@ const SCALE_ONLY: Subresource = Subresource {
     verbs: &["get", "patch", "update"],
     kind: Some(("autoscaling", "v1", "Scale")),
 };
-const STATUS: &[Subresource] = &[STATUS_ONLY];
+pub(crate) const STATUS: &[Subresource] = &[STATUS_ONLY];
 const SERVICEACCOUNT_SUBRESOURCES: &[Subresource] = &[Subresource {
     name: "token",
     verbs: &["create"],
@@ -178,6 +186,7 @@ macro_rules! resource {
             generation: $generation,
             verbs: VERBS,
             review: None,
+            after_write: None,
         }
     };
 }
@@ -204,6 +213,7 @@ const fn review(
         generation: false,
         verbs: &["create"],
         review: Some(review),
+        after_write: None,
     }
 }
 
@@ -249,6 +259,12 @@ pub static RESOURCES: &[Resource] = &[
         short: NONE, cat: NONE, sub: &[], cols: table::ROLE, gen: false),
     resource!("rbac.authorization.k8s.io", "RoleBinding", "rolebindings", "rolebinding",
         namespaced: true, short: NONE, cat: NONE, sub: &[], cols: table::ROLE_BINDING, gen: false),
+    Resource {
+        after_write: Some(super::crd::after_write),
+        ..resource!("apiextensions.k8s.io", "CustomResourceDefinition",
+            "customresourcedefinitions", "customresourcedefinition", namespaced: false,
+            short: &["crd", "crds"], cat: NONE, sub: STATUS, cols: table::AGE_ONLY, gen: true)
+    },
     review(
         "authorization.k8s.io",
         "SelfSubjectAccessReview",
@@ -272,32 +288,70 @@ pub static RESOURCES: &[Resource] = &[
     ),
 ];
 
-/// Looks a resource up by group, version and plural.
+/// Looks a built-in resource up by group, version and plural.
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
     RESOURCES
         .iter()
         .find(|r| r.group == group && r.version == version && r.plural == plural)
 }
 
-/// The named groups in discovery order, each with its (single, preferred) version.
-pub fn groups() -> Vec<(&'static str, &'static str)> {
-    let mut out: Vec<(&str, &str)> = Vec::new();
-    for r in RESOURCES.iter().filter(|r| !r.group.is_empty()) {
-        if !out.iter().any(|(g, v)| *g == r.group && *v == r.version) {
-            out.push((r.group, r.version));
+/// Resources defined at run time (custom resources from CRDs), shared by every request of one
+/// server. Entries are `'static` (leaked once per distinct definition, see `crd`), so requests
+/// can hold them without locking.
+#[derive(Clone, Debug, Default)]
+pub struct Custom(std::sync::Arc<std::sync::RwLock<Vec<&'static Resource>>>);
+
+impl Custom {
+    pub fn snapshot(&self) -> Vec<&'static Resource> {
+        // A poisoned lock only means a writer panicked; the last list is still coherent.
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn replace(&self, resources: Vec<&'static Resource>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = resources;
+    }
+}
+
+/// Built-in and custom resources, built-ins first.
+pub fn all(custom: &[&'static Resource]) -> Vec<&'static Resource> {
+    RESOURCES.iter().chain(custom.iter().copied()).collect()
+}
+
+/// Looks a built-in or custom resource up.
+pub fn find_any(
+    custom: &[&'static Resource],
+    group: &str,
+    version: &str,
+    plural: &str,
+) -> Option<&'static Resource> {
+    all(custom)
+        .into_iter()
+        .find(|r| r.group == group && r.version == version && r.plural == plural)
+}
+
+/// The named groups in discovery order, each with its versions (the first is preferred).
+pub fn groups(custom: &[&'static Resource]) -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut out: Vec<(&str, Vec<&str>)> = Vec::new();
+    for r in all(custom).into_iter().filter(|r| !r.group.is_empty()) {
+        match out.iter_mut().find(|(g, _)| *g == r.group) {
+            Some((_, versions)) if !versions.contains(&r.version) => versions.push(r.version),
+            Some(_) => {}
+            None => out.push((r.group, vec![r.version])),
         }
     }
     out
 }
 
 /// Resources of one group-version.
-pub fn in_group_version<'a>(
-    group: &'a str,
-    version: &'a str,
-) -> impl Iterator<Item = &'static Resource> + 'a {
-    RESOURCES
-        .iter()
-        .filter(move |r| r.group == group && r.version == version)
+pub fn in_group_version(
+    custom: &[&'static Resource],
+    group: &str,
+    version: &str,
+) -> Vec<&'static Resource> {
+    all(custom)
+        .into_iter()
+        .filter(|r| r.group == group && r.version == version)
+        .collect()
 }
 
 #[cfg(test)]

@@ -8,8 +8,9 @@
 
 use axum::Router;
 use axum::extract::{Request, State};
+use axum::http::header;
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use tracing::Instrument;
 
@@ -30,6 +31,7 @@ pub fn app(state: ApiState) -> Router {
         .route("/openapi/v3", get(openapi::index))
         .route("/openapi/v3/api/v1", get(openapi::core))
         .route("/openapi/v3/apis/{group}/{version}", get(openapi::named))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
@@ -40,6 +42,14 @@ pub fn app(state: ApiState) -> Router {
         .merge(protected)
         .layer(middleware::from_fn(trace))
         .with_state(state)
+}
+
+async fn metrics(State(state): State<ApiState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn not_found() -> ApiError {

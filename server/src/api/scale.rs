@@ -46,7 +46,7 @@ pub fn apply(obj: &Value, scale: &Value) -> Result<Value, ApiError> {
 }
 
 /// A LabelSelector in its string form (`a=b,c in (d,e)`).
-fn selector_string(sel: &Value) -> String {
+pub fn selector_string(sel: &Value) -> String {
     let mut parts: Vec<String> = Vec::new();
     if let Some(labels) = sel["matchLabels"].as_object() {
         for (k, v) in labels {

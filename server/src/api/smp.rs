@@ -4,7 +4,8 @@
 //! Maps merge recursively and `null` deletes a key. Lists merge by their *merge key* where the
 //! built-in types declare one (containers, env, volumes... by `name`; container ports by
 //! `containerPort`; Service ports by `port`; volumeMounts by `mountPath`; ownerReferences by `uid`;
-//! conditions by `type`), primitive lists with the merge strategy (finalizers) are sets, and every
+//! conditions and node addresses by `type`; podIPs by `ip`), primitive lists with the merge
+//! strategy (finalizers, podCIDRs) are sets, and every
 //! other list is replaced. Directives: `$patch: replace|delete|merge` (maps and list elements),
 //! `$retainKeys`, `$setElementOrder/<list>`, `$deleteFromPrimitiveList/<list>`. The merge-key table
 //! is keyed by field name (and, for `ports`, by whether the list sits in a container), which
@@ -48,10 +49,11 @@ fn strategy(parent: Option<&str>, field: &str) -> Strategy {
         "ownerReferences" => Strategy::Key("uid"),
         "conditions" => Strategy::Key("type"),
         "addresses" if parent == Some("status") => Strategy::Key("type"),
-        "hostAliases" => Strategy::Key("ip"),
+        "hostAliases" | "podIPs" | "hostIPs" => Strategy::Key("ip"),
         "topologySpreadConstraints" => Strategy::Key("topologyKey"),
         "taints" => Strategy::Key("key"),
         "finalizers" if parent == Some("metadata") => Strategy::Set,
+        "podCIDRs" => Strategy::Set,
         _ => Strategy::Replace,
     }
 }
@@ -311,6 +313,21 @@ mod tests {
             json!({"spec":{"containers":[{"name":"a"},{"name":"b"}]}}),
             json!({"spec":{"containers":[{"$patch":"replace"},{"name":"c"}]}}),
             json!({"spec":{"containers":[{"name":"c"}]}}),
+        );
+    }
+
+    #[test]
+    fn kubelet_style_status_patches() {
+        check(
+            json!({"status":{"conditions":[{"type":"Ready","status":"False"},{"type":"MemoryPressure","status":"False"}],
+                             "addresses":[{"type":"InternalIP","address":"198.51.100.2"}],
+                             "podIPs":[{"ip":"10.42.0.5"}]}}),
+            json!({"status":{"conditions":[{"type":"Ready","status":"True"}],
+                             "addresses":[{"type":"Hostname","address":"n1"}],
+                             "podIPs":[{"ip":"10.42.0.6"}]}}),
+            json!({"status":{"conditions":[{"type":"Ready","status":"True"},{"type":"MemoryPressure","status":"False"}],
+                             "addresses":[{"type":"InternalIP","address":"198.51.100.2"},{"type":"Hostname","address":"n1"}],
+                             "podIPs":[{"ip":"10.42.0.5"},{"ip":"10.42.0.6"}]}}),
         );
     }
 }

@@ -16,7 +16,12 @@ pub struct Target {
 }
 
 /// Parses the segments after `/api/<version>` or `/apis/<group>/<version>`.
-pub fn parse(group: &str, version: &str, segments: &[&str]) -> Result<Target, ApiError> {
+pub fn parse(
+    custom: &[&'static Resource],
+    group: &str,
+    version: &str,
+    segments: &[&str],
+) -> Result<Target, ApiError> {
     let mut parts = segments;
     let mut namespace = None;
     if parts.first() == Some(&"namespaces") && parts.len() > 1 {
@@ -27,7 +32,7 @@ pub fn parse(group: &str, version: &str, segments: &[&str]) -> Result<Target, Ap
         }
     }
     let (plural, rest) = parts.split_first().ok_or(ApiError::NoRoute)?;
-    let resource = registry::find(group, version, plural).ok_or(ApiError::NoRoute)?;
+    let resource = registry::find_any(custom, group, version, plural).ok_or(ApiError::NoRoute)?;
     if resource.namespaced != namespace.is_some() && !(resource.namespaced && rest.is_empty()) {
         // A namespaced object addressed without its namespace, or a cluster-scoped one with one.
         return Err(ApiError::NoRoute);
@@ -59,7 +64,7 @@ mod tests {
 
     fn t(group: &str, path: &str) -> Option<Parsed> {
         let segs: Vec<&str> = path.split('/').collect();
-        parse(group, "v1", &segs).ok().map(|t| {
+        parse(&[], group, "v1", &segs).ok().map(|t| {
             (
                 t.resource.plural.to_string(),
                 t.namespace,

@@ -59,7 +59,7 @@ async fn delete_with(ctx: &Ctx, opts: &Value) -> Result<Value, ApiError> {
         if ctx.dry_run() {
             return Ok(current);
         }
-        match delete_one(ctx, revision, current).await {
+        match delete_one(ctx, revision, current, opts).await {
             Err(StoreError::Conflict { .. }) => continue,
             Err(e) => return Err(ApiError::from_store(e, &res.name(), ctx.name())),
             Ok(obj) => return Ok(obj),
@@ -69,7 +69,12 @@ async fn delete_with(ctx: &Ctx, opts: &Value) -> Result<Value, ApiError> {
 }
 
 /// Deletes (or starts deleting) one object read at `revision`; returns what the client sees.
-async fn delete_one(ctx: &Ctx, revision: Revision, mut obj: Value) -> Result<Value, StoreError> {
+async fn delete_one(
+    ctx: &Ctx,
+    revision: Revision,
+    obj: Value,
+    opts: &Value,
+) -> Result<Value, StoreError> {
     let res = ctx.target.resource;
     let name = object::name(&obj).to_string();
     let key = res.key(
@@ -77,29 +82,36 @@ async fn delete_one(ctx: &Ctx, revision: Revision, mut obj: Value) -> Result<Val
         &name,
     );
     let store = &ctx.state.store;
-    if !lifecycle::held(res, &obj) {
-        store.delete(&key, Some(revision)).await?;
-        return Ok(obj);
+    match lifecycle::plan_deletion(res, &obj, opts, chrono::Utc::now()) {
+        lifecycle::Deletion::Now => {
+            store.delete(&key, Some(revision)).await?;
+            Ok(obj)
+        }
+        lifecycle::Deletion::Unchanged => Ok(obj),
+        lifecycle::Deletion::Mark(mut marked) => {
+            let bytes =
+                object::to_store(&marked).map_err(|e| StoreError::Backend(e.to_string()))?;
+            let kv = store.update(&key, bytes, revision).await?;
+            object::set_resource_version(&mut marked, kv.mod_revision);
+            Ok(marked)
+        }
     }
-    if lifecycle::deleting(&obj) {
-        return Ok(obj);
-    }
-    lifecycle::start_deletion(res, &mut obj, &object::now());
-    let bytes = object::to_store(&obj).map_err(|e| StoreError::Backend(e.to_string()))?;
-    let kv = store.update(&key, bytes, revision).await?;
-    object::set_resource_version(&mut obj, kv.mod_revision);
-    Ok(obj)
 }
 
 pub async fn delete_collection(ctx: &Ctx) -> Result<Response, ApiError> {
-    options(ctx)?;
+    let opts = options(ctx)?;
     let res = ctx.target.resource;
     let page = list_page(ctx)?;
-    let mut deleted = Vec::new();
-    for obj in page.items {
+    // A dry run reports what would be deleted and touches nothing.
+    let (mut deleted, items) = if ctx.dry_run() {
+        (page.items, Vec::new())
+    } else {
+        (Vec::new(), page.items)
+    };
+    for obj in items {
         let revision = object::resource_version(&obj)?.unwrap_or_default();
         let name = object::name(&obj).to_string();
-        match delete_one(ctx, revision, obj).await {
+        match delete_one(ctx, revision, obj, &opts).await {
             Ok(obj) => deleted.push(obj),
             // Changed or removed since the list: leave it to the next call, as upstream does.
             Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => {}

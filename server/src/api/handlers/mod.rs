@@ -1,6 +1,8 @@
 //! The generic resource handlers. Every resource request goes through [`resource`]: resolve the URL
-//! against the registry, pick the verb, open a span, authorize, then run the verb's handler, which
-//! decodes, defaults, validates, stores and encodes. Nothing here names a kind.
+//! against the registry, pick the verb, open a span, then [`run`]: authorize, read the body and run
+//! the verb's handler, which decodes, defaults, validates, admits, stores and encodes; the outcome is
+//! counted in the metrics. Nothing here names a kind; the action subresources (`binding`,
+//! `eviction`, `token`) are dispatched by their name.
 
 mod delete;
 mod read;
@@ -63,7 +65,7 @@ pub async fn core(
     let path = request.uri().path().to_string();
     let segments: Vec<&str> = path.trim_start_matches("/api/").split('/').collect();
     match segments.as_slice() {
-        [version] => discovery::resource_list("", version),
+        [version] => discovery::resource_list(&state.custom.snapshot(), "", version),
         [version, rest @ ..] => resource(state, user, "", version, rest, request).await,
         [] => Err(ApiError::NoRoute),
     }
@@ -78,8 +80,8 @@ pub async fn named(
     let path = request.uri().path().to_string();
     let segments: Vec<&str> = path.trim_start_matches("/apis/").split('/').collect();
     match segments.as_slice() {
-        [group] => discovery::group(axum::extract::Path(group.to_string())).await,
-        [group, version] => discovery::resource_list(group, version),
+        [group] => discovery::group(&state.custom.snapshot(), group),
+        [group, version] => discovery::resource_list(&state.custom.snapshot(), group, version),
         [group, version, rest @ ..] => resource(state, user, group, version, rest, request).await,
         [] => Err(ApiError::NoRoute),
     }
@@ -93,11 +95,14 @@ async fn resource(
     segments: &[&str],
     request: Request,
 ) -> Result<Response, ApiError> {
-    let target = target::parse(group, version, segments)?;
+    let started = std::time::Instant::now();
+    let metrics = state.metrics.clone();
+    let target = target::parse(&state.custom.snapshot(), group, version, segments)?;
     let Query(query) = Query::<HashMap<String, String>>::try_from_uri(request.uri())
         .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))?;
     let method = request.method().clone();
     let verb = verb_of(&method, &target, &query)?;
+    let plural = target.resource.plural;
     let span = tracing::info_span!(
         "api",
         verb,
@@ -107,63 +112,88 @@ async fn resource(
         user = user.username.as_str(),
     );
     async move {
-        auth::authorize(
-            state.store.as_ref(),
-            &user,
-            &Attributes {
-                verb,
-                group: target.resource.group,
-                resource: target.resource.plural,
-                subresource: target.subresource.as_deref(),
-                namespace: target.namespace.as_deref(),
-                name: target.name.as_deref(),
-            },
-        )?;
-        let (parts, body) = request.into_parts();
-        let body = body::to_bytes(body, MAX_BODY)
-            .await
-            .map_err(|e| ApiError::BadRequest(format!("reading the request body: {e}")))?;
-        let ctx = Ctx {
-            state,
-            target,
-            query,
-            headers: parts.headers,
-            body,
+        let response = run(state, user, target, query, verb, request).await;
+        let code = match &response {
+            Ok(ok) => ok.status(),
+            Err(error) => error.code(),
         };
-        if let Some(sub) = ctx.target.subresource.as_deref()
-            && podsub::STREAMING.contains(&sub)
-        {
-            return Err(podsub::streaming_unavailable(sub));
-        }
-        let response = match verb {
-            "get" => read::get(&ctx),
-            "list" => read::list(&ctx),
-            "watch" => watch::watch(&ctx),
-            "create" => match (
-                ctx.target.resource.review,
-                ctx.target.subresource.as_deref(),
-            ) {
-                (Some(review), _) => write::review(&ctx, &user, review),
-                (None, Some("binding")) => write::bind(&ctx).await,
-                (None, Some("eviction")) => delete::evict(&ctx).await,
-                (None, Some("token")) => write::token_request(&ctx),
-                (None, _) => write::create(&ctx).await,
-            },
-            "update" => write::update(&ctx).await,
-            "patch" => write::patch(&ctx).await,
-            "delete" => delete::delete(&ctx).await,
-            "deletecollection" => delete::delete_collection(&ctx).await,
-            other => Err(ApiError::MethodNotAllowed(format!(
-                "verb {other} is not supported"
-            ))),
-        };
-        if let Err(error) = &response {
-            tracing::info!(code = error.code().as_u16(), %error, "request failed");
-        }
+        metrics.observe(verb, plural, code.as_u16(), started.elapsed());
         response
     }
     .instrument(span)
     .await
+}
+
+/// authorize → read the body → the verb's handler.
+async fn run(
+    state: ApiState,
+    user: UserInfo,
+    target: Target,
+    query: HashMap<String, String>,
+    verb: &'static str,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let attrs = Attributes {
+        verb,
+        group: target.resource.group,
+        resource: target.resource.plural,
+        subresource: target.subresource.as_deref(),
+        namespace: target.namespace.as_deref(),
+        name: target.name.as_deref(),
+    };
+    auth::authorize(state.store.as_ref(), &user, &attrs)?;
+    if let Some(sub) = target.subresource.as_deref()
+        && podsub::STREAMING.contains(&sub)
+    {
+        return Err(podsub::streaming_unavailable(sub));
+    }
+    let (parts, body) = request.into_parts();
+    let body = body::to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|e| ApiError::BadRequest(format!("reading the request body: {e}")))?;
+    let ctx = Ctx {
+        state,
+        target,
+        query,
+        headers: parts.headers,
+        body,
+    };
+    let response = dispatch(&ctx, &user, verb).await;
+    if let (Ok(_), Some(hook)) = (&response, ctx.target.resource.after_write)
+        && !matches!(verb, "get" | "list" | "watch")
+        && !ctx.dry_run()
+    {
+        // The write is durable; a failing hook is logged and retried by the next write or start.
+        if let Err(error) = hook(&ctx.state).await {
+            tracing::error!(%error, "after-write hook failed");
+        }
+    }
+    response
+}
+
+async fn dispatch(ctx: &Ctx, user: &UserInfo, verb: &str) -> Result<Response, ApiError> {
+    match verb {
+        "get" => read::get(ctx),
+        "list" => read::list(ctx),
+        "watch" => watch::watch(ctx),
+        "create" => match (
+            ctx.target.resource.review,
+            ctx.target.subresource.as_deref(),
+        ) {
+            (Some(review), _) => write::review(ctx, user, review),
+            (None, Some("binding")) => write::bind(ctx).await,
+            (None, Some("eviction")) => delete::evict(ctx).await,
+            (None, Some("token")) => write::token_request(ctx),
+            (None, _) => write::create(ctx).await,
+        },
+        "update" => write::update(ctx).await,
+        "patch" => write::patch(ctx).await,
+        "delete" => delete::delete(ctx).await,
+        "deletecollection" => delete::delete_collection(ctx).await,
+        other => Err(ApiError::MethodNotAllowed(format!(
+            "verb {other} is not supported"
+        ))),
+    }
 }
 
 /// The Kubernetes verb of a request, as authorization sees it.

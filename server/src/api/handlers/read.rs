@@ -17,7 +17,7 @@ use crate::api::object;
 use crate::api::scale;
 use crate::api::selector::{FieldSelector, LabelSelector};
 use crate::api::table::{self, IncludeObject};
-use crate::store::{ListOptions, Revision};
+use crate::store::{ListOptions, Revision, StoreError};
 
 pub fn get(ctx: &Ctx) -> Result<Response, ApiError> {
     let obj = load(ctx)?.1;
@@ -107,11 +107,12 @@ pub fn list_page(ctx: &Ctx) -> Result<Page, ApiError> {
             limit: (limit > 0).then_some(limit),
             start_after: start_after.clone(),
         };
-        let page = ctx
-            .state
-            .store
-            .list(&prefix, &opts)
-            .map_err(|e| ApiError::from_store(e, &res.name(), ""))?;
+        let page = ctx.state.store.list(&prefix, &opts).map_err(|e| match e {
+            StoreError::Expired { .. } if opts.start_after.is_some() => ApiError::Expired(
+                "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.".into(),
+            ),
+            other => ApiError::from_store(other, &res.name(), ""),
+        })?;
         revision = Some(page.revision);
         let total = page.items.len();
         for (i, kv) in page.items.iter().enumerate() {

@@ -33,7 +33,7 @@ pub async fn create(ctx: &Ctx) -> Result<Response, ApiError> {
     object::check_type_and_namespace(res, &mut obj, ctx.namespace())?;
     object::prepare_create(res, &mut obj)?;
     validate::default_on_create(res, &mut obj);
-    validate::validate(res, &obj)?;
+    validate::validate(res, &obj, None)?;
     admit_namespace(ctx)?;
     let state = &ctx.state;
     let _allocation =
@@ -230,7 +230,7 @@ async fn replace_object(
         )
         .await?;
         lifecycle::check_update(res, &current, &new)?;
-        validate::validate(res, &new)?;
+        validate::validate(res, &new, Some(&current))?;
         object::set_resource_version(&mut new, revision);
         if new == current || ctx.dry_run() {
             // Nothing changed: no write, no event, same resourceVersion (as upstream).

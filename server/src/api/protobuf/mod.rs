@@ -2,7 +2,7 @@
 //! kubectl 1.32's typed clients send for `create namespace|configmap|secret|serviceaccount|service|
 //! deployment` and `auth can-i|whoami`. The body is the magic `k8s\0` followed by a `runtime.Unknown` message
 //! (`typeMeta{apiVersion, kind}`, `raw`, `contentEncoding`, `contentType`); `raw` is the object,
-//! decoded with the field tables of [`schema`] into the same JSON the client would have sent.
+//! decoded with the field tables of `schema` into the same JSON the client would have sent.
 //!
 //! Nothing is dropped silently: a field r3s has no table entry for is accepted only with its zero
 //! value, otherwise the request fails with 415 naming the field, so the user can send JSON instead.

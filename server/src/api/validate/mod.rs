@@ -15,12 +15,22 @@ pub fn default_on_create(res: &Resource, obj: &mut Value) {
     if res.group.is_empty() && res.kind == "Namespace" {
         obj["status"] = json!({"phase": "Active"});
     }
+    if res.group == super::crd::GROUP && res.kind == "CustomResourceDefinition" {
+        super::crd::initial_status(obj);
+    }
     super::defaults::apply(res, obj);
 }
 
-/// Validates an object about to be stored.
-pub fn validate(res: &Resource, obj: &Value) -> Result<(), ApiError> {
+mod kinds;
+
+const LABEL_VALUE_MSG: &str = "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')";
+const LABEL_KEY_MSG: &str = "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')";
+
+/// Validates an object about to be stored (`old`: the stored version, for updates).
+pub fn validate(res: &Resource, obj: &Value, old: Option<&Value>) -> Result<(), ApiError> {
     let mut causes = Vec::new();
+    labels(&obj["metadata"]["labels"], &mut causes);
+    kinds::check(res, obj, old, &mut causes);
     let name = obj["metadata"]["name"].as_str().unwrap_or("");
     if name.is_empty() {
         causes.push(Cause {
@@ -56,6 +66,41 @@ pub fn validate(res: &Resource, obj: &Value) -> Result<(), ApiError> {
     }
 }
 
+/// `[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?`, at most 63 characters.
+fn is_qualified_name_part(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+fn labels(map: &Value, causes: &mut Vec<Cause>) {
+    for (key, value) in map.as_object().into_iter().flatten() {
+        let (prefix, name) = match key.split_once('/') {
+            Some((prefix, name)) => (Some(prefix), name),
+            None => (None, key.as_str()),
+        };
+        if !is_qualified_name_part(name) || prefix.is_some_and(|p| !is_dns_subdomain(p)) {
+            causes.push(Cause {
+                reason: "FieldValueInvalid",
+                field: "metadata.labels".into(),
+                message: format!("Invalid value: {}: {LABEL_KEY_MSG}", json!(key)),
+            });
+        }
+        let text = value.as_str().unwrap_or("");
+        if !value.is_string() || !(text.is_empty() || is_qualified_name_part(text)) {
+            causes.push(Cause {
+                reason: "FieldValueInvalid",
+                field: "metadata.labels".into(),
+                message: format!("Invalid value: {value}: {LABEL_VALUE_MSG}"),
+            });
+        }
+    }
+}
+
 pub fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
@@ -82,7 +127,7 @@ mod tests {
         assert!(!is_dns_subdomain("a..b"));
         assert!(!is_dns_label("a.b"));
         let cm = find("", "v1", "configmaps").expect("configmaps");
-        let err = validate(cm, &json!({"metadata":{"name":"X_"}})).expect_err("invalid");
+        let err = validate(cm, &json!({"metadata":{"name":"X_"}}), None).expect_err("invalid");
         assert!(err.to_string().starts_with(
             "ConfigMap \"X_\" is invalid: metadata.name: Invalid value: \"X_\": a lowercase RFC 1123 subdomain"
         ));

@@ -1,0 +1,308 @@
+//! Per-kind validation of the fields people get wrong: pod specs (containers, names, images,
+//! ports), workload selectors (required, matching the template, immutable), Service ports, and
+//! ConfigMap/Secret keys. Messages and field paths follow the apiserver's.
+
+use std::collections::HashSet;
+
+use serde_json::{Value, json};
+
+use super::{Cause, LABEL_MSG, is_dns_label};
+use crate::api::registry::Resource;
+use crate::api::selector::LabelSelector;
+
+fn required(field: String, causes: &mut Vec<Cause>) {
+    causes.push(Cause {
+        reason: "FieldValueRequired",
+        field,
+        message: "Required value".into(),
+    });
+}
+
+fn invalid(field: String, value: &Value, message: &str, causes: &mut Vec<Cause>) {
+    causes.push(Cause {
+        reason: "FieldValueInvalid",
+        field,
+        message: format!("Invalid value: {value}: {message}"),
+    });
+}
+
+/// Adds the causes of `obj` (an update of `old` when given) being invalid.
+pub fn check(res: &Resource, obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    match (res.group, res.kind) {
+        ("", "Pod") => pod_spec(&obj["spec"], "spec", causes),
+        ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet") => {
+            workload(res, obj, old, causes)
+        }
+        ("", "Service") => service(&obj["spec"], causes),
+        ("", "ConfigMap") => {
+            data_keys(&obj["data"], "data", causes);
+            data_keys(&obj["binaryData"], "binaryData", causes);
+        }
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => crd(obj, old, causes),
+        ("", "Secret") => {
+            data_keys(&obj["data"], "data", causes);
+            data_keys(&obj["stringData"], "stringData", causes);
+        }
+        _ => {}
+    }
+}
+
+fn port_ok(v: &Value) -> bool {
+    v.as_i64().is_some_and(|p| (1..=65535).contains(&p))
+}
+
+fn pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
+    let mut names = HashSet::new();
+    let containers = spec["containers"].as_array().filter(|c| !c.is_empty());
+    if containers.is_none() {
+        required(format!("{path}.containers"), causes);
+    }
+    for list in ["initContainers", "containers"] {
+        for (i, c) in spec[list].as_array().into_iter().flatten().enumerate() {
+            let at = format!("{path}.{list}[{i}]");
+            match c["name"].as_str() {
+                None | Some("") => required(format!("{at}.name"), causes),
+                Some(name) if !is_dns_label(name) => {
+                    invalid(format!("{at}.name"), &json!(name), LABEL_MSG, causes)
+                }
+                Some(name) if !names.insert(name.to_string()) => causes.push(Cause {
+                    reason: "FieldValueDuplicate",
+                    field: format!("{at}.name"),
+                    message: format!("Duplicate value: {}", json!(name)),
+                }),
+                Some(_) => {}
+            }
+            if c["image"].as_str().is_none_or(|i| i.trim().is_empty()) {
+                required(format!("{at}.image"), causes);
+            }
+            for (j, p) in c["ports"].as_array().into_iter().flatten().enumerate() {
+                if !port_ok(&p["containerPort"]) {
+                    let field = format!("{at}.ports[{j}].containerPort");
+                    let msg = "must be between 1 and 65535, inclusive";
+                    invalid(field, &p["containerPort"], msg, causes);
+                }
+            }
+        }
+    }
+}
+
+/// `LabelSelector` JSON as a selector expression.
+fn selector_text(sel: &Value) -> String {
+    crate::api::scale::selector_string(sel)
+}
+
+fn workload(res: &Resource, obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    let spec = &obj["spec"];
+    let selector = &spec["selector"];
+    let text = selector_text(selector);
+    if selector.is_null() {
+        required("spec.selector".into(), causes);
+    } else if text.is_empty() {
+        let msg = format!("empty selector is invalid for {}", res.singular);
+        invalid("spec.selector".into(), selector, &msg, causes);
+    } else {
+        let labels = &spec["template"]["metadata"]["labels"];
+        let template = json!({"metadata": {"labels": labels}});
+        match LabelSelector::parse(&text) {
+            Ok(sel) if sel.matches(&template) => {}
+            Ok(_) => invalid(
+                "spec.template.metadata.labels".into(),
+                labels,
+                "`selector` does not match template `labels`",
+                causes,
+            ),
+            Err(_) => invalid(
+                "spec.selector".into(),
+                selector,
+                "invalid label selector",
+                causes,
+            ),
+        }
+    }
+    if let Some(old) = old
+        && old["spec"]["selector"] != *selector
+    {
+        invalid(
+            "spec.selector".into(),
+            selector,
+            "field is immutable",
+            causes,
+        );
+    }
+    if spec["replicas"].as_i64().is_some_and(|r| r < 0) {
+        let msg = "must be greater than or equal to 0";
+        invalid("spec.replicas".into(), &spec["replicas"], msg, causes);
+    }
+    pod_spec(&spec["template"]["spec"], "spec.template.spec", causes);
+}
+
+fn crd(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    let spec = &obj["spec"];
+    let text = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_string);
+    let (group, plural) = (text(&spec["group"]), text(&spec["names"]["plural"]));
+    for (field, value) in [
+        ("spec.group", &spec["group"]),
+        ("spec.names.plural", &spec["names"]["plural"]),
+        ("spec.names.kind", &spec["names"]["kind"]),
+    ] {
+        if text(value).is_none() {
+            required(field.into(), causes);
+        }
+    }
+    if let (Some(group), Some(plural)) = (group, plural) {
+        let want = format!("{plural}.{group}");
+        if obj["metadata"]["name"].as_str() != Some(want.as_str()) {
+            let msg = format!("must be spec.names.plural+\".\"+spec.group: {want}");
+            invalid(
+                "metadata.name".into(),
+                &obj["metadata"]["name"],
+                &msg,
+                causes,
+            );
+        }
+    }
+    if !matches!(spec["scope"].as_str(), Some("Namespaced" | "Cluster")) {
+        let msg = "supported values: \"Cluster\", \"Namespaced\"";
+        invalid("spec.scope".into(), &spec["scope"], msg, causes);
+    }
+    let versions = spec["versions"].as_array().cloned().unwrap_or_default();
+    if versions.is_empty() {
+        required("spec.versions".into(), causes);
+    } else if versions
+        .iter()
+        .filter(|v| v["storage"] == json!(true))
+        .count()
+        != 1
+    {
+        let msg = "must have exactly one version marked as storage version";
+        invalid("spec.versions".into(), &spec["versions"], msg, causes);
+    }
+    if let Some(old) = old {
+        for field in ["group", "scope"] {
+            if old["spec"][field] != spec[field] {
+                invalid(
+                    format!("spec.{field}"),
+                    &spec[field],
+                    "field is immutable",
+                    causes,
+                );
+            }
+        }
+    }
+}
+
+fn service(spec: &Value, causes: &mut Vec<Cause>) {
+    if spec["type"] == json!("ExternalName") {
+        return;
+    }
+    for (i, p) in spec["ports"].as_array().into_iter().flatten().enumerate() {
+        if !port_ok(&p["port"]) {
+            let msg = "must be between 1 and 65535, inclusive";
+            invalid(format!("spec.ports[{i}].port"), &p["port"], msg, causes);
+        }
+        if p["targetPort"].is_number() && !port_ok(&p["targetPort"]) {
+            let msg = "must be between 1 and 65535, inclusive";
+            invalid(
+                format!("spec.ports[{i}].targetPort"),
+                &p["targetPort"],
+                msg,
+                causes,
+            );
+        }
+    }
+}
+
+fn data_keys(map: &Value, field: &str, causes: &mut Vec<Cause>) {
+    for key in map.as_object().into_iter().flat_map(|m| m.keys()) {
+        let ok = !key.is_empty()
+            && key.len() <= 253
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !ok {
+            let msg = "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')";
+            invalid(format!("{field}[{key}]"), &json!(key), msg, causes);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::registry::find;
+
+    fn causes(plural: &str, group: &str, obj: Value, old: Option<Value>) -> Vec<String> {
+        let res = find(group, "v1", plural).expect("registered");
+        let mut out = Vec::new();
+        check(res, &obj, old.as_ref(), &mut out);
+        out.into_iter()
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect()
+    }
+
+    #[test]
+    fn deployments_need_matching_selectors_and_valid_containers() {
+        let good = json!({"spec":{"selector":{"matchLabels":{"app":"web"}},
+            "template":{"metadata":{"labels":{"app":"web","tier":"x"}},
+                        "spec":{"containers":[{"name":"a","image":"nginx","ports":[{"containerPort":80}]}]}}}});
+        assert!(causes("deployments", "apps", good.clone(), None).is_empty());
+        let mut bad = good.clone();
+        bad["spec"]["template"]["metadata"]["labels"] = json!({"app":"other"});
+        bad["spec"]["template"]["spec"]["containers"] = json!([{"name":"A_","image":""},{"name":"b","image":"x","ports":[{"containerPort":0}]}]);
+        let got = causes("deployments", "apps", bad, None);
+        assert!(
+            got.iter()
+                .any(|c| c.starts_with("spec.template.metadata.labels: Invalid value")),
+            "{got:?}"
+        );
+        assert!(
+            got.iter()
+                .any(|c| c.starts_with("spec.template.spec.containers[0].name: Invalid value"))
+        );
+        assert!(
+            got.iter()
+                .any(|c| c == "spec.template.spec.containers[0].image: Required value")
+        );
+        assert!(
+            got.iter()
+                .any(|c| c.starts_with("spec.template.spec.containers[1].ports[0].containerPort"))
+        );
+        let mut moved = good.clone();
+        moved["spec"]["selector"] = json!({"matchLabels":{"app":"web","tier":"x"}});
+        let got = causes("deployments", "apps", moved, Some(good));
+        assert!(
+            got.iter().any(|c| c.ends_with("field is immutable")),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn pods_services_and_config_keys() {
+        let got = causes(
+            "pods",
+            "",
+            json!({"spec":{"containers":[{"name":"a","image":"x"},{"name":"a","image":"y"}]}}),
+            None,
+        );
+        assert_eq!(got, ["spec.containers[1].name: Duplicate value: \"a\""]);
+        assert_eq!(
+            causes("pods", "", json!({"spec":{}}), None),
+            ["spec.containers: Required value"]
+        );
+        let got = causes(
+            "services",
+            "",
+            json!({"spec":{"ports":[{"port":70000,"targetPort":"http"}]}}),
+            None,
+        );
+        assert_eq!(got.len(), 1);
+        let got = causes(
+            "configmaps",
+            "",
+            json!({"data":{"ok.key":"1","bad key":"2"}}),
+            None,
+        );
+        assert_eq!(got.len(), 1);
+        assert!(got[0].starts_with("data[bad key]"));
+    }
+}
