@@ -69,6 +69,9 @@ async fn pods_with_image(pods: &Api<Pod>, want: &str) -> (usize, usize) {
         .list(&ListParams::default().labels("app=web"))
         .await
         .expect("list pods");
+    let mut list = list;
+    list.items
+        .retain(|p| p.metadata.deletion_timestamp.is_none());
     let matching = list.items.iter().filter(|p| image(p) == want).count();
     let ready_matching = list
         .items
@@ -141,8 +144,14 @@ async fn deployment_rollout_history_undo_and_scale() {
             if !s.listed {
                 continue;
             }
-            let total = s.pods.len();
-            let ready_now = s.pods.values().filter(|p| ready(p)).count();
+            // Terminating pods no longer count, for the rollout as for upstream.
+            let live: Vec<&Pod> = s
+                .pods
+                .values()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .collect();
+            let total = live.len();
+            let ready_now = live.iter().filter(|p| ready(p)).count();
             s.max_total = s.max_total.max(total);
             s.min_ready = s.min_ready.min(ready_now);
             s.events += 1;

@@ -1,7 +1,6 @@
-//! Garbage collection and namespace deletion end to end with the real kubectl: a background
-//! cascade (`kubectl delete`), the garbage collector's half of foreground and orphan deletion
-//! (owners carrying the `foregroundDeletion` / `orphan` finalizers), and `kubectl delete namespace`
-//! emptying and finalizing a namespace.
+//! Garbage collection and namespace deletion end to end with the real kubectl: `kubectl delete`
+//! with `--cascade=background|foreground|orphan`, and `kubectl delete namespace` emptying and
+//! finalizing a namespace.
 
 mod support;
 
@@ -9,9 +8,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use r3s_server::controllers::ControllerOptions;
-use serde_json::json;
 
 fn deployment(name: &str, namespace: &str) -> String {
     format!(
@@ -72,17 +70,18 @@ async fn cascading_deletion_modes() {
     })
     .await;
 
-    // Foreground: the owner waits, with its finalizer, until its dependents are gone.
+    // Foreground: the owner waits, with its finalizer, until its dependents are gone; kubectl
+    // waits for the owner's DELETED event.
     running(&cluster, "fg").await;
-    let fin = json!({"metadata": {"finalizers": ["foregroundDeletion"]}});
-    deployments
-        .patch("fg", &PatchParams::default(), &Patch::Merge(&fin))
-        .await
-        .expect("finalizer");
-    deployments
-        .delete("fg", &DeleteParams::foreground())
-        .await
-        .expect("delete");
+    cluster
+        .ok(&[
+            "delete",
+            "deployment",
+            "fg",
+            "--cascade=foreground",
+            "--timeout=60s",
+        ])
+        .await;
     support::wait_for("fg and everything it owned to be gone", t, || async {
         deployments.get_opt("fg").await.ok().flatten().is_none()
             && count(&rss, "app=fg").await == 0
@@ -92,15 +91,15 @@ async fn cascading_deletion_modes() {
 
     // Orphan: the owner goes, its ReplicaSet and pods stay, without the owner reference.
     running(&cluster, "or").await;
-    let fin = json!({"metadata": {"finalizers": ["orphan"]}});
-    deployments
-        .patch("or", &PatchParams::default(), &Patch::Merge(&fin))
-        .await
-        .expect("finalizer");
-    deployments
-        .delete("or", &DeleteParams::orphan())
-        .await
-        .expect("delete");
+    cluster
+        .ok(&[
+            "delete",
+            "deployment",
+            "or",
+            "--cascade=orphan",
+            "--timeout=60s",
+        ])
+        .await;
     support::wait_for("or to be gone", t, || async {
         deployments.get_opt("or").await.ok().flatten().is_none()
     })

@@ -101,13 +101,19 @@ async fn silent_node_is_tainted_and_its_pods_move() {
     let out = cluster.ok(&["get", "node", "sim-b"]).await;
     assert!(out.contains("NotReady"), "{out}");
 
-    support::wait_for("three ready pods, none on sim-b", t, || async {
+    // The evicted pod stays Terminating (its node cannot confirm); three live ones run elsewhere.
+    support::wait_for("three ready pods elsewhere, sim-b's evicted", t, || async {
         pods.list(&ListParams::default().labels("app=web"))
             .await
             .is_ok_and(|l| {
-                l.items.len() == 3
-                    && l.items.iter().all(ready)
-                    && l.items.iter().all(|p| node_of(p) != "sim-b")
+                let (gone, live): (Vec<&Pod>, Vec<&Pod>) = l
+                    .items
+                    .iter()
+                    .partition(|p| p.metadata.deletion_timestamp.is_some());
+                live.len() == 3
+                    && live.iter().all(|p| ready(p) && node_of(p) != "sim-b")
+                    && gone.iter().all(|p| node_of(p) == "sim-b")
+                    && gone.len() == 1
             })
     })
     .await;

@@ -61,7 +61,9 @@ fn revision_of(pod: &Pod) -> Option<&str> {
 }
 
 fn running_and_ready(pod: &Pod) -> bool {
-    pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") && pods::is_ready(pod)
+    pod.metadata.deletion_timestamp.is_none()
+        && pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        && pods::is_ready(pod)
 }
 
 /// What one reconcile does: at most the pods this returns.
@@ -81,7 +83,10 @@ fn plan(
 ) -> Plan {
     let mut plan = Plan::default();
     // Failed pods are replaced: delete now, recreated on a later pass.
-    for p in pods.values() {
+    for p in pods
+        .values()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+    {
         if p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed") {
             plan.delete
                 .push(p.metadata.name.clone().unwrap_or_default());
@@ -107,6 +112,18 @@ fn plan(
     }
     let all_ready = pods.values().all(|p| running_and_ready(p));
     let extra: Vec<&&Pod> = pods.range(replicas..).map(|(_, p)| p).collect();
+    // A pod still terminating finishes before the next one is touched.
+    if !parallel
+        && extra
+            .iter()
+            .any(|p| p.metadata.deletion_timestamp.is_some())
+    {
+        return plan;
+    }
+    let extra: Vec<&&Pod> = extra
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
     if !extra.is_empty() {
         if parallel {
             plan.delete = extra
@@ -163,10 +180,15 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, C
         .filter(|p| p.metadata.namespace.as_deref() == Some(namespace.as_str()))
         .filter(|p| pods::controller_of(&p.metadata).is_some_and(|r| r.uid == uid))
         .collect();
-    let active: BTreeMap<i32, &Pod> = owned
+    // Terminating pods keep their ordinal taken: a name is only reused once the pod is gone.
+    let present: BTreeMap<i32, &Pod> = owned
         .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
         .filter_map(|p| Some((ordinal(&name, p)?, &**p)))
+        .collect();
+    let active: BTreeMap<i32, &Pod> = present
+        .iter()
+        .filter(|(_, p)| p.metadata.deletion_timestamp.is_none())
+        .map(|(i, p)| (*i, *p))
         .collect();
     let names: HashSet<String> = owned
         .iter()
@@ -197,7 +219,7 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, C
         rollout::template_hash(&sts.spec.template, None)
     );
     if settled {
-        let mut todo = plan(replicas, parallel, partition, &update_revision, &active);
+        let mut todo = plan(replicas, parallel, partition, &update_revision, &present);
         if on_delete {
             // OnDelete: outdated pods are replaced only when someone deletes them.
             todo.delete.retain(|n| {

@@ -9,9 +9,7 @@
 //! (`Unschedulable`, upstream's summary) and a `FailedScheduling` event, and is tried again only
 //! after a node or a bound pod changed (or after [`RETRY`]), never in a hot loop.
 //!
-//! Binding: the API has no `pods/binding` subresource yet, so the bind is an interim patch of
-//! `spec.nodeName` (plus `PodScheduled=True` through `pods/status`, a strategic merge so the condition list merges by type); switch [`bind`] to a Binding
-//! POST once the subresource exists.
+//! Binding: a `Binding` POSTed to `pods/<name>/binding`, as kube-scheduler does.
 
 pub mod filter;
 pub mod resources;
@@ -24,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use serde_json::json;
@@ -179,7 +177,14 @@ async fn cycle(state: &State, memory: &mut Memory) {
         .enumerate()
         .map(|(i, n)| (n.node.metadata.name.clone().unwrap_or_default(), i))
         .collect();
-    for pod in all_pods.iter().filter(|p| pods::is_active(p)) {
+    // Terminating pods still hold their node's resources until they are gone.
+    let holds_resources = |p: &Pod| {
+        !matches!(
+            p.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        )
+    };
+    for pod in all_pods.iter().filter(|p| holds_resources(p)) {
         if let Some(i) = pods::node_name(pod).and_then(|n| index.get(n)) {
             infos[*i].add_pod(pod);
         }
@@ -254,34 +259,29 @@ fn place(pod: &Pod, infos: &[NodeInfo]) -> Result<usize, String> {
         .ok_or_else(|| filter::unschedulable_message(infos.len(), &reasons))
 }
 
-/// INTERIM until `pods/binding` exists: sets `spec.nodeName`, then `PodScheduled=True`.
+/// Binds `pod` to `node` with a `Binding` through `pods/binding` (the API sets `spec.nodeName`
+/// and `PodScheduled=True`, and refuses a pod that is already bound or being deleted).
 async fn bind(state: &State, pod: &Pod, node: &str) -> Result<(), SchedulerError> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     let name = pod.metadata.name.as_deref().unwrap_or("");
     let api: Api<Pod> = Api::namespaced(state.client.clone(), namespace);
-    let err = |source| SchedulerError::Bind {
+    let binding = json!({
+        "apiVersion": "v1", "kind": "Binding",
+        "metadata": {"name": name, "namespace": namespace, "uid": pod.metadata.uid},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+    });
+    api.create_subresource::<_, serde_json::Value>(
+        "binding",
+        name,
+        &PostParams::default(),
+        &binding,
+    )
+    .await
+    .map_err(|source| SchedulerError::Bind {
         pod: format!("{namespace}/{name}"),
         node: node.to_string(),
         source,
-    };
-    // The uid and an empty nodeName as preconditions make this a compare-and-swap, as a Binding is.
-    let patch = json!({
-        "metadata": {"uid": pod.metadata.uid, "resourceVersion": pod.metadata.resource_version},
-        "spec": {"nodeName": node},
-    });
-    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(err)?;
-    let status = json!({"status": {"conditions": [json!({
-        "type": "PodScheduled", "status": "True",
-        "lastTransitionTime": k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
-    })]}});
-    if let Err(error) = api
-        .patch_status(name, &PatchParams::default(), &Patch::Strategic(&status))
-        .await
-    {
-        tracing::debug!(%error, "could not set PodScheduled");
-    }
+    })?;
     state
         .recorder
         .record(

@@ -1,7 +1,9 @@
 //! NODE SIMULATOR — tests only, no containers run. It plays the kubelet's API role for N fake
 //! nodes: registers each Node (4 CPU, 8 GiB, 110 pods, Ready), renews its Lease in
 //! `kube-node-lease` every 500 ms, and marks every pod bound to one of its nodes Running and Ready
-//! (with a pod IP from the node's range). A node can be "unplugged" to stop its heartbeats.
+//! (with a pod IP from the node's range), and completes graceful deletions of its pods (the final
+//! delete with grace 0, as a kubelet does once containers stopped). A node can be "unplugged": its
+//! heartbeats stop and its pods are left as they are (deleted ones stay Terminating).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -140,9 +142,26 @@ async fn run_pods(client: kube::Client, alive: Arc<HashMap<String, AtomicBool>>)
         let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
             continue;
         };
-        if !alive.get(&node).is_some_and(|up| up.load(Ordering::SeqCst))
-            || pod.metadata.deletion_timestamp.is_some()
-        {
+        if !alive.get(&node).is_some_and(|up| up.load(Ordering::SeqCst)) {
+            continue;
+        }
+        let api: Api<Pod> = Api::namespaced(
+            client.clone(),
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+        );
+        if pod.metadata.deletion_timestamp.is_some() {
+            // Graceful deletion: the "containers" stop at once, then the kubelet's final delete.
+            let params = kube::api::DeleteParams {
+                grace_period_seconds: Some(0),
+                preconditions: Some(kube::api::Preconditions {
+                    uid: pod.metadata.uid.clone(),
+                    resource_version: None,
+                }),
+                ..kube::api::DeleteParams::default()
+            };
+            let _ = api
+                .delete(pod.metadata.name.as_deref().unwrap_or(""), &params)
+                .await;
             continue;
         }
         let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
@@ -181,10 +200,6 @@ async fn run_pods(client: kube::Client, alive: Arc<HashMap<String, AtomicBool>>)
             ],
             "containerStatuses": containers,
         }});
-        let api: Api<Pod> = Api::namespaced(
-            client.clone(),
-            pod.metadata.namespace.as_deref().unwrap_or("default"),
-        );
         let _ = api
             .patch_status(
                 pod.metadata.name.as_deref().unwrap_or(""),
