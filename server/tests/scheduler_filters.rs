@@ -129,3 +129,104 @@ async fn requests_taints_selectors_and_explanations() {
         "{describe}"
     );
 }
+
+const SPREAD: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: solo, namespace: default}
+spec:
+  replicas: 4
+  selector: {matchLabels: {app: solo}}
+  template:
+    metadata: {labels: {app: solo}}
+    spec:
+      affinity:
+        podAntiAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+          - topologyKey: kubernetes.io/hostname
+            labelSelector: {matchLabels: {app: solo}}
+      containers: [{name: c, image: registry.example/app:1}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: spread, namespace: default}
+spec:
+  replicas: 4
+  selector: {matchLabels: {app: spread}}
+  template:
+    metadata: {labels: {app: spread}}
+    spec:
+      topologySpreadConstraints:
+      - maxSkew: 1
+        topologyKey: topology.kubernetes.io/zone
+        whenUnsatisfiable: DoNotSchedule
+        labelSelector: {matchLabels: {app: spread}}
+      containers: [{name: c, image: registry.example/app:1}]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anti_affinity_and_topology_spread() {
+    if !support::have_kubectl() {
+        return;
+    }
+    let cluster = support::start(&["sim-a", "sim-b", "sim-c"], ControllerOptions::default()).await;
+    let nodes: Api<Node> = Api::all(cluster.client.clone());
+    for (node, zone) in [("sim-a", "a"), ("sim-b", "b"), ("sim-c", "b")] {
+        let patch = json!({"metadata": {"labels": {"topology.kubernetes.io/zone": zone}}});
+        nodes
+            .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("label");
+    }
+    let manifest = cluster.write("spread.yaml", SPREAD);
+    cluster.ok(&["apply", "-f", &manifest]).await;
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "default");
+    let t = Duration::from_secs(30);
+    let placed = |app: &'static str| {
+        let pods = pods.clone();
+        async move {
+            let list = pods
+                .list(&kube::api::ListParams::default().labels(&format!("app={app}")))
+                .await
+                .expect("list");
+            list.items
+                .iter()
+                .map(|p| (p.spec.as_ref().and_then(|s| s.node_name.clone()), p.clone()))
+                .collect::<Vec<_>>()
+        }
+    };
+    // Anti-affinity: one per node, the fourth explains why it waits.
+    let want = "0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules. preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling.";
+    support::wait_for(
+        "three solo pods on three nodes, one unschedulable",
+        t,
+        || async {
+            let list = placed("solo").await;
+            let mut bound: Vec<String> = list.iter().filter_map(|(n, _)| n.clone()).collect();
+            bound.sort();
+            let waiting: Vec<&Pod> = list
+                .iter()
+                .filter(|(n, _)| n.is_none())
+                .map(|(_, p)| p)
+                .collect();
+            bound == ["sim-a", "sim-b", "sim-c"]
+                && waiting.len() == 1
+                && scheduled_condition(waiting[0]).and_then(|c| c.2).as_deref() == Some(want)
+        },
+    )
+    .await;
+    // Spread: zone a (one node) and zone b (two nodes) get two pods each.
+    support::wait_for("spread pods balanced across zones", t, || async {
+        let list = placed("spread").await;
+        let zone_a = list
+            .iter()
+            .filter(|(n, _)| n.as_deref() == Some("sim-a"))
+            .count();
+        let zone_b = list
+            .iter()
+            .filter(|(n, _)| matches!(n.as_deref(), Some("sim-b" | "sim-c")))
+            .count();
+        (zone_a, zone_b) == (2, 2)
+    })
+    .await;
+}

@@ -22,6 +22,8 @@ pub struct NodeInfo {
     pub pod_count: i64,
     /// (protocol, hostPort) pairs in use.
     pub host_ports: HashSet<(String, i32)>,
+    /// The pods placed here, for inter-pod affinity and topology spread.
+    pub pods: Vec<Pod>,
 }
 
 impl NodeInfo {
@@ -40,6 +42,7 @@ impl NodeInfo {
         );
         self.pod_count += 1;
         self.host_ports.extend(host_ports(pod));
+        self.pods.push(pod.clone());
     }
 
     fn name(&self) -> &str {

@@ -2,7 +2,8 @@
 //! `default-scheduler`) to a node that passes every [`filter`] and scores best.
 //!
 //! Watches Nodes and Pods into two caches; any change wakes one scheduling cycle, which walks the
-//! pending pods oldest first against a snapshot of the nodes and what is bound to them.
+//! pending pods oldest first against a snapshot of the nodes and what is bound to them. Filters:
+//! [`filter`] (per node) then [`interpod`] (pod affinity / anti-affinity, topology spread).
 //!
 //! Invariants: a pod just bound is *assumed* on its node until the cache shows the binding, so two
 //! cycles never place more on a node than fits; an unschedulable pod gets `PodScheduled=False`
@@ -12,6 +13,7 @@
 //! Binding: a `Binding` POSTed to `pods/<name>/binding`, as kube-scheduler does.
 
 pub mod filter;
+pub mod interpod;
 pub mod resources;
 
 use std::collections::{HashMap, HashSet};
@@ -245,7 +247,10 @@ fn place(pod: &Pod, infos: &[NodeInfo]) -> Result<usize, String> {
     let mut reasons = Vec::new();
     let mut best: Option<(i64, usize)> = None;
     for (i, info) in infos.iter().enumerate() {
-        let why = filter::filter(pod, info);
+        let mut why = filter::filter(pod, info);
+        if why.is_empty() {
+            why = interpod::filter(pod, info, infos);
+        }
         if why.is_empty() {
             let score = filter::score(pod, info);
             if best.is_none_or(|(s, _)| score > s) {
