@@ -24,6 +24,9 @@ pub struct NodeInfo {
     pub host_ports: HashSet<(String, i32)>,
     /// The pods placed here, for inter-pod affinity and topology spread.
     pub pods: Vec<Pod>,
+    /// Those of [`NodeInfo::pods`] with required anti-affinity terms (usually none), so the
+    /// symmetric anti-affinity check does not walk every pod for every candidate.
+    pub anti_affinity_pods: Vec<Pod>,
 }
 
 impl NodeInfo {
@@ -42,6 +45,19 @@ impl NodeInfo {
         );
         self.pod_count += 1;
         self.host_ports.extend(host_ports(pod));
+        let has_anti = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.affinity.as_ref())
+            .and_then(|a| a.pod_anti_affinity.as_ref())
+            .and_then(|a| {
+                a.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
+            .is_some_and(|t| !t.is_empty());
+        if has_anti {
+            self.anti_affinity_pods.push(pod.clone());
+        }
         self.pods.push(pod.clone());
     }
 

@@ -100,7 +100,7 @@ pub fn filter(pod: &Pod, info: &NodeInfo, all: &[NodeInfo]) -> Vec<String> {
     }
     // Then pods already placed whose anti-affinity rejects the newcomer in their domain.
     for other_info in all {
-        for other in &other_info.pods {
+        for other in &other_info.anti_affinity_pods {
             for term in required_terms(other, true) {
                 let same_domain = match (
                     label(&other_info.node, &term.topology_key),
