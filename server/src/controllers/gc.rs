@@ -11,6 +11,9 @@
 //!   (foreground, so the cascade recurses) and loses the finalizer once no dependent with
 //!   `blockOwnerDeletion` is left.
 //!
+//! Resources are discovered once, at start: custom resources defined later are not collected
+//! until the server restarts (re-running discovery when CRDs change is the fix).
+//!
 //! Invariants: an owner is only declared gone after a live GET (404 or another uid) confirms what
 //! the cache says, since caches of different resources lag independently; every write is
 //! conditional on the uid or resourceVersion the sweep saw.
