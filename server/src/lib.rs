@@ -3,8 +3,11 @@
 
 pub mod api;
 pub mod cli;
+pub mod client;
 pub mod config;
+pub mod controllers;
 pub mod kubeconfig;
 pub mod run;
+pub mod scheduler;
 pub mod store;
 pub mod tls;

@@ -1,0 +1,148 @@
+//! The control loops (kube-controller-manager's role). Each loop lives in its own file, talks to the
+//! API only through a `kube::Client` (in r3s-server, [`crate::client::in_process`]), reads from watch
+//! caches, and is level-triggered: it never depends on *why* it runs.
+//!
+//! Entry point: [`run`] starts every loop and returns when `shutdown` resolves.
+//!
+//! | file | watches | writes |
+//! |---|---|---|
+//! | `replicaset.rs` | ReplicaSets, Pods | Pods, ReplicaSet status |
+//! | `daemonset.rs` | DaemonSets, Pods, Nodes | Pods, DaemonSet status |
+//! | `deployment.rs` | Deployments, ReplicaSets | ReplicaSets, Deployment status |
+//! | `statefulset.rs` | StatefulSets, Pods | Pods, StatefulSet status |
+//! | `gc.rs` | every owned kind | dependents of deleted owners, owner finalizers |
+//! | `namespace.rs` | Namespaces | contents of terminating namespaces, `finalize` |
+//! | `nodelifecycle.rs` | Nodes, Leases, Pods | node conditions and taints, evictions |
+//! | `podgc.rs` | Pods, Nodes | deletes pods of deleted nodes, old terminated pods |
+//! | `nodeipam.rs` | Nodes | `spec.podCIDR(s)` |
+//! | `endpoints.rs` | Services, Pods | Endpoints |
+//! | `serviceaccount.rs` | Namespaces | `default` ServiceAccount, `kube-root-ca.crt` |
+//!
+//! Not served by the API yet, so not controlled: Jobs, CronJobs, EndpointSlices,
+//! ControllerRevisions, PersistentVolumeClaims (StatefulSet volumeClaimTemplates are refused).
+//!
+//! Leader election (designed, not built; one server needs none): when several servers share an
+//! etcd store, [`run`] would first take the Lease `kube-system/kube-controller-manager`
+//! (`holderIdentity` = server name, `leaseDurationSeconds` 15, renewed every 2 s as a
+//! compare-and-swap on its resourceVersion, taken over only once `renewTime + duration` has
+//! passed) and drop every loop the moment a renewal fails; the scheduler the same with
+//! `kube-system/kube-scheduler`. Every loop is level-triggered and keeps no state that a new
+//! leader could not rebuild from the API (expectations only ever delay work), so hand-over needs
+//! nothing more.
+
+pub mod daemonset;
+pub mod deployment;
+pub mod endpoints;
+pub mod events;
+pub mod expectations;
+pub mod gc;
+pub mod namespace;
+pub mod nodeipam;
+pub mod nodelifecycle;
+pub mod podgc;
+pub mod pods;
+pub mod replicaset;
+pub mod rollout;
+pub mod selector;
+pub mod serviceaccount;
+pub mod statefulset;
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures::FutureExt;
+
+/// Settings of the control loops (upstream's kube-controller-manager flags where one exists).
+#[derive(Clone, Debug)]
+pub struct ControllerOptions {
+    /// `--node-monitor-grace-period`: how long a node may go without renewing its Lease before it
+    /// is marked Ready=Unknown and tainted unreachable (upstream default 40 s).
+    pub node_monitor_grace_period: Duration,
+    /// How often node health is checked (`--node-monitor-period`, 5 s).
+    pub node_monitor_period: Duration,
+    /// The tolerationSeconds given to pods without their own toleration of the not-ready and
+    /// unreachable taints (`--default-unreachable-toleration-seconds`, 300 s): how long a pod
+    /// stays on an unreachable node before it is evicted.
+    pub default_toleration_seconds: i64,
+    /// `--cluster-cidr` (k3s: 10.42.0.0/16), carved into per-node `/node_cidr_mask_size` ranges.
+    pub cluster_cidr: String,
+    /// `--node-cidr-mask-size` (24).
+    pub node_cidr_mask_size: u8,
+    /// How often pod GC sweeps (upstream: 20 s).
+    pub pod_gc_period: Duration,
+    /// `--terminated-pod-gc-threshold`: terminated pods kept before the oldest are deleted
+    /// (upstream 12500; 0 disables).
+    pub terminated_pod_gc_threshold: usize,
+    /// PEM of the cluster CA, published as `kube-root-ca.crt` in every namespace (none: skipped).
+    pub root_ca_pem: Option<String>,
+}
+
+impl Default for ControllerOptions {
+    fn default() -> Self {
+        ControllerOptions {
+            node_monitor_grace_period: Duration::from_secs(40),
+            node_monitor_period: Duration::from_secs(5),
+            default_toleration_seconds: 300,
+            cluster_cidr: "10.42.0.0/16".into(),
+            node_cidr_mask_size: 24,
+            pod_gc_period: Duration::from_secs(20),
+            terminated_pod_gc_threshold: 12500,
+            root_ca_pem: None,
+        }
+    }
+}
+
+/// Why a reconcile failed; decides how soon it is retried.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("writing {what}: {source}")]
+    Write {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("reading {what}: {source}")]
+    Read {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ControllerError {
+    /// How long to wait before retrying: a lost compare-and-swap is retried almost at once, an
+    /// invalid object only after it had time to change, anything else soon.
+    pub fn backoff(&self) -> Duration {
+        match self {
+            ControllerError::Write { source, .. } | ControllerError::Read { source, .. } if matches!(source, kube::Error::Api(e) if e.code == 409) => {
+                Duration::from_millis(200)
+            }
+            ControllerError::Invalid(_) => Duration::from_secs(30),
+            _ => Duration::from_secs(2),
+        }
+    }
+}
+
+/// Runs every control loop until `shutdown` resolves.
+pub async fn run(
+    client: kube::Client,
+    opts: ControllerOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let shutdown = shutdown.shared();
+    let rs = replicaset::run(client.clone(), shutdown.clone());
+    let deploy = deployment::run(client.clone(), shutdown.clone());
+    let gc = gc::run(client.clone(), shutdown.clone());
+    let ns = namespace::run(client.clone(), shutdown.clone());
+    let nodes = nodelifecycle::run(client.clone(), opts.clone(), shutdown.clone());
+    let ipam = nodeipam::run(client.clone(), opts.clone(), shutdown.clone());
+    let podgc = podgc::run(client.clone(), opts.clone(), shutdown.clone());
+    let eps = endpoints::run(client.clone(), shutdown.clone());
+    let ds = daemonset::run(client.clone(), shutdown.clone());
+    let sts = statefulset::run(client.clone(), shutdown.clone());
+    let sa = serviceaccount::run(client, opts, shutdown);
+    tokio::join!(rs, deploy, ds, sts, gc, ns, nodes, ipam, podgc, eps, sa);
+    tracing::info!("control loops stopped");
+}

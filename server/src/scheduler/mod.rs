@@ -1,0 +1,336 @@
+//! The scheduler (kube-scheduler's role): assigns pods without a node (`schedulerName` unset or
+//! `default-scheduler`) to a node that passes every [`filter`] and scores best.
+//!
+//! Watches Nodes and Pods into two caches; any change wakes one scheduling cycle, which walks the
+//! pending pods oldest first against a snapshot of the nodes and what is bound to them. Filters:
+//! [`filter`] (per node) then [`interpod`] (pod affinity / anti-affinity, topology spread).
+//!
+//! Invariants: a pod just bound is *assumed* on its node until the cache shows the binding, so two
+//! cycles never place more on a node than fits; an unschedulable pod gets `PodScheduled=False`
+//! (`Unschedulable`, upstream's summary) and a `FailedScheduling` event, and is tried again only
+//! after a node or a bound pod changed (or after [`RETRY`]), never in a hot loop.
+//!
+//! Binding: a `Binding` POSTed to `pods/<name>/binding`, as kube-scheduler does.
+
+pub mod filter;
+pub mod interpod;
+pub mod resources;
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::Store;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use serde_json::json;
+use tokio::sync::Notify;
+
+use crate::controllers::events::{EventType, Recorder, reference};
+use crate::controllers::pods;
+use filter::NodeInfo;
+
+/// The name pods ask for to be scheduled by us.
+pub const SCHEDULER_NAME: &str = "default-scheduler";
+/// How often unschedulable pods are retried even if nothing seems to have changed.
+pub const RETRY: Duration = Duration::from_secs(30);
+
+/// Settings of the scheduler.
+#[derive(Clone, Debug, Default)]
+pub struct SchedulerOptions {}
+
+/// Errors of one bind.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("binding pod {pod} to {node}: {source}")]
+    Bind {
+        pod: String,
+        node: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+struct State {
+    client: kube::Client,
+    nodes: Store<Node>,
+    pods: Store<Pod>,
+    recorder: Recorder,
+    /// Bumped on every node change and every change of a bound pod: capacity may have changed.
+    cluster_changes: AtomicU64,
+    wake: Notify,
+}
+
+/// Runs the scheduler until `shutdown`.
+pub async fn run(
+    client: kube::Client,
+    _opts: SchedulerOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let (nodes, node_writer) = reflector::store();
+    let (pod_store, pod_writer) = reflector::store();
+    let state = Arc::new(State {
+        client: client.clone(),
+        nodes,
+        pods: pod_store,
+        recorder: Recorder::new(client.clone(), SCHEDULER_NAME),
+        cluster_changes: AtomicU64::new(0),
+        wake: Notify::new(),
+    });
+    let node_events = reflector(
+        node_writer,
+        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects();
+    let pod_events = reflector(
+        pod_writer,
+        watcher(Api::<Pod>::all(client), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects();
+    let s1 = state.clone();
+    let watch_nodes = node_events.for_each(move |_| {
+        s1.cluster_changes.fetch_add(1, Ordering::SeqCst);
+        s1.wake.notify_one();
+        async {}
+    });
+    let s2 = state.clone();
+    let watch_pods = pod_events.for_each(move |event| {
+        if let Ok(pod) = &event
+            && (pods::node_name(pod).is_some() || pod.metadata.deletion_timestamp.is_some())
+        {
+            s2.cluster_changes.fetch_add(1, Ordering::SeqCst);
+        }
+        s2.wake.notify_one();
+        async {}
+    });
+    tokio::select! {
+        _ = watch_nodes => {}
+        _ = watch_pods => {}
+        _ = schedule_loop(state) => {}
+        _ = shutdown => {}
+    }
+    tracing::info!("scheduler stopped");
+}
+
+/// What the loop remembers between cycles.
+#[derive(Default)]
+struct Memory {
+    /// Bound by us, not yet seen bound in the cache: pod uid → (node, pod as bound).
+    assumed: HashMap<String, (String, Pod)>,
+    /// Unschedulable pods: uid → (cluster_changes at the attempt, when).
+    unschedulable: HashMap<String, (u64, Instant)>,
+}
+
+async fn schedule_loop(state: Arc<State>) {
+    let mut memory = Memory::default();
+    loop {
+        // Wait for a change, or time out so unschedulable pods get their periodic retry.
+        let _ = tokio::time::timeout(RETRY, state.wake.notified()).await;
+        if state.nodes.wait_until_ready().await.is_err()
+            || state.pods.wait_until_ready().await.is_err()
+        {
+            return;
+        }
+        cycle(&state, &mut memory).await;
+    }
+}
+
+fn wants_us(pod: &Pod) -> bool {
+    let spec = pod.spec.as_ref();
+    spec.and_then(|s| s.scheduler_name.as_deref())
+        .is_none_or(|n| n.is_empty() || n == SCHEDULER_NAME)
+        && pods::node_name(pod).is_none()
+        && pod.metadata.deletion_timestamp.is_none()
+        && pods::is_active(pod)
+}
+
+/// One pass over every pending pod.
+async fn cycle(state: &State, memory: &mut Memory) {
+    let all_pods = state.pods.state();
+    let bound: HashSet<String> = all_pods
+        .iter()
+        .filter(|p| pods::node_name(p).is_some())
+        .filter_map(|p| p.metadata.uid.clone())
+        .collect();
+    let live: HashSet<String> = all_pods
+        .iter()
+        .filter_map(|p| p.metadata.uid.clone())
+        .collect();
+    memory
+        .assumed
+        .retain(|uid, _| live.contains(uid) && !bound.contains(uid));
+    memory.unschedulable.retain(|uid, _| live.contains(uid));
+
+    let mut infos: Vec<NodeInfo> = state
+        .nodes
+        .state()
+        .iter()
+        .map(|n| NodeInfo::new((**n).clone()))
+        .collect();
+    infos.sort_by(|a, b| a.node.metadata.name.cmp(&b.node.metadata.name));
+    let index: HashMap<String, usize> = infos
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.node.metadata.name.clone().unwrap_or_default(), i))
+        .collect();
+    // Terminating pods still hold their node's resources until they are gone.
+    let holds_resources = |p: &Pod| {
+        !matches!(
+            p.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        )
+    };
+    for pod in all_pods.iter().filter(|p| holds_resources(p)) {
+        if let Some(i) = pods::node_name(pod).and_then(|n| index.get(n)) {
+            infos[*i].add_pod(pod);
+        }
+    }
+    for (node, pod) in memory.assumed.values() {
+        if let Some(i) = index.get(node) {
+            infos[*i].add_pod(pod);
+        }
+    }
+
+    let changes = state.cluster_changes.load(Ordering::SeqCst);
+    let mut pending: Vec<Arc<Pod>> = all_pods
+        .into_iter()
+        .filter(|p| wants_us(p))
+        .filter(|p| {
+            p.metadata
+                .uid
+                .as_ref()
+                .is_none_or(|uid| !memory.assumed.contains_key(uid))
+        })
+        .collect();
+    pending.sort_by_key(|p| {
+        (
+            std::cmp::Reverse(p.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)),
+            p.metadata.creation_timestamp.clone(),
+        )
+    });
+    for pod in pending {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        if let Some((seen, when)) = memory.unschedulable.get(&uid)
+            && *seen == changes
+            && when.elapsed() < RETRY
+        {
+            continue;
+        }
+        match place(&pod, &infos) {
+            Ok(i) => {
+                let node = infos[i].node.metadata.name.clone().unwrap_or_default();
+                match bind(state, &pod, &node).await {
+                    Ok(()) => {
+                        infos[i].add_pod(&pod);
+                        memory.assumed.insert(uid.clone(), (node, (*pod).clone()));
+                        memory.unschedulable.remove(&uid);
+                    }
+                    Err(error) => tracing::info!(%error, "bind failed; will retry"),
+                }
+            }
+            Err(message) => {
+                memory.unschedulable.insert(uid, (changes, Instant::now()));
+                mark_unschedulable(state, &pod, &message).await;
+            }
+        }
+    }
+}
+
+/// The index of the best node for `pod`, or upstream's summary of why none fits.
+fn place(pod: &Pod, infos: &[NodeInfo]) -> Result<usize, String> {
+    let mut reasons = Vec::new();
+    let mut best: Option<(i64, usize)> = None;
+    for (i, info) in infos.iter().enumerate() {
+        let mut why = filter::filter(pod, info);
+        if why.is_empty() {
+            why = interpod::filter(pod, info, infos);
+        }
+        if why.is_empty() {
+            let score = filter::score(pod, info);
+            if best.is_none_or(|(s, _)| score > s) {
+                best = Some((score, i));
+            }
+        } else {
+            reasons.push(why);
+        }
+    }
+    best.map(|(_, i)| i)
+        .ok_or_else(|| filter::unschedulable_message(infos.len(), &reasons))
+}
+
+/// Binds `pod` to `node` with a `Binding` through `pods/binding` (the API sets `spec.nodeName`
+/// and `PodScheduled=True`, and refuses a pod that is already bound or being deleted).
+async fn bind(state: &State, pod: &Pod, node: &str) -> Result<(), SchedulerError> {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let name = pod.metadata.name.as_deref().unwrap_or("");
+    let api: Api<Pod> = Api::namespaced(state.client.clone(), namespace);
+    let binding = json!({
+        "apiVersion": "v1", "kind": "Binding",
+        "metadata": {"name": name, "namespace": namespace, "uid": pod.metadata.uid},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+    });
+    api.create_subresource::<_, serde_json::Value>(
+        "binding",
+        name,
+        &PostParams::default(),
+        &binding,
+    )
+    .await
+    .map_err(|source| SchedulerError::Bind {
+        pod: format!("{namespace}/{name}"),
+        node: node.to_string(),
+        source,
+    })?;
+    state
+        .recorder
+        .record(
+            &reference("v1", "Pod", &pod.metadata),
+            EventType::Normal,
+            "Scheduled",
+            &format!("Successfully assigned {namespace}/{name} to {node}"),
+        )
+        .await;
+    Ok(())
+}
+
+/// Writes `PodScheduled=False` (only when the message changed) and a FailedScheduling event.
+async fn mark_unschedulable(state: &State, pod: &Pod, message: &str) {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let name = pod.metadata.name.as_deref().unwrap_or("");
+    let current = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "PodScheduled"));
+    let unchanged =
+        current.is_some_and(|c| c.status == "False" && c.message.as_deref() == Some(message));
+    if !unchanged {
+        let api: Api<Pod> = Api::namespaced(state.client.clone(), namespace);
+        let status = json!({"status": {"conditions": [json!({
+            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": message,
+            "lastTransitionTime": k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        })]}});
+        if let Err(error) = api
+            .patch_status(name, &PatchParams::default(), &Patch::Strategic(&status))
+            .await
+        {
+            tracing::debug!(%error, "could not set PodScheduled=False");
+        }
+    }
+    state
+        .recorder
+        .record(
+            &reference("v1", "Pod", &pod.metadata),
+            EventType::Warning,
+            "FailedScheduling",
+            message,
+        )
+        .await;
+}
