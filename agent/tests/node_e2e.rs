@@ -320,10 +320,12 @@ async fn harness(suffix: &str, pod_cidr: Option<&str>) -> Option<Harness> {
     .unwrap();
     registries.disable_default_endpoint = true;
     opts.registries = registries;
+    // No cluster CIDR: no masquerade table in the test machine's own namespace, and the node is
+    // Ready without waiting for a podCIDR (this server runs no node IPAM; the network test sets
+    // the podCIDR itself).
+    opts.cluster_cidr = None;
     if pod_cidr.is_some() {
         opts.bridge = bridge;
-        // No masquerade table on the test machine's own namespace.
-        opts.cluster_cidr = None;
     }
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let saved_opts = opts.clone();

@@ -176,4 +176,13 @@ pub struct Cli {
         value_delimiter = ','
     )]
     pub node_taint: Vec<Taint>,
+
+    /// Private registry configuration file (mirrors and credentials) for the in-process agent
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "R3S_PRIVATE_REGISTRY",
+        default_value = "/etc/r3s/registries.yaml"
+    )]
+    pub private_registry: PathBuf,
 }

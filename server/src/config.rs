@@ -15,7 +15,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use r3s_config::{DnsName, FileMode, Host, Ipv4Cidr, Label, PortRange, Sources, Taint, TokenError};
+use r3s_config::{
+    DnsName, FileMode, Host, Ipv4Cidr, Label, PortRange, Source, Sources, Taint, TokenError,
+};
 
 use crate::cli::Cli;
 
@@ -142,6 +144,8 @@ pub enum ServerConfigError {
     Token(#[from] TokenError),
     #[error("cannot choose a node name: {0}")]
     NodeName(r3s_config::dns::DnsNameError),
+    #[error("{flag}: {} does not exist", path.display())]
+    RegistryMissing { flag: String, path: PathBuf },
 }
 
 /// Everything the server needs to start, checked.
@@ -169,6 +173,8 @@ pub struct ServerConfig {
     pub node_ip: Option<IpAddr>,
     pub node_labels: Vec<Label>,
     pub node_taints: Vec<Taint>,
+    /// `registries.yaml` for the in-process agent's image pulls.
+    pub private_registry: PathBuf,
     /// Where each setting came from, by flag name, for logs and error messages.
     pub sources: Sources,
 }
@@ -190,6 +196,14 @@ impl ServerConfig {
         };
         let data_dir = absolute("data-dir", &cli.data_dir)?;
         let write_kubeconfig = absolute("write-kubeconfig", &cli.write_kubeconfig)?;
+        let private_registry = absolute("private-registry", &cli.private_registry)?;
+        // The default file may be absent (no mirrors, no credentials); a file the user named may not.
+        if !private_registry.exists() && *sources.get("private-registry") != Source::Default {
+            return Err(ServerConfigError::RegistryMissing {
+                flag: sources.describe("private-registry"),
+                path: private_registry,
+            });
+        }
 
         if cli.cluster_cidr.overlaps(&cli.service_cidr) {
             return Err(ServerConfigError::NetworksOverlap {
@@ -248,6 +262,7 @@ impl ServerConfig {
             node_ip: cli.node_ip.map(|ip| ip.addr()),
             node_labels: cli.node_label,
             node_taints: cli.node_taint,
+            private_registry,
             sources,
         })
     }
@@ -305,6 +320,10 @@ impl ServerConfig {
             ("node-ip", opt(&self.node_ip)),
             ("node-label", list(&self.node_labels)),
             ("node-taint", list(&self.node_taints)),
+            (
+                "private-registry",
+                self.private_registry.display().to_string(),
+            ),
             ("debug", self.debug.to_string()),
         ]
     }

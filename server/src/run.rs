@@ -6,8 +6,11 @@
 //! than being ignored (an etcd datastore), or is warned about (the in-process agent).
 //!
 //! Order: directories → store → certificates → kubeconfig → API listener (READY=1 to systemd) →
-//! wait for a signal → stop the API (no new writes) → close the store (its last group commit is
-//! flushed when the writer thread ends).
+//! controllers and scheduler → the in-process node agent (unless `--disable-agent`) → wait for a
+//! signal → stop the agent (its pods get their grace period) → stop the control loops → stop the
+//! API (no new writes) → close the store (its last group commit is flushed when the writer thread
+//! ends). The control loops and the agent reach the API through in-process clients built on the
+//! same `ApiState` the HTTPS listener serves.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -15,8 +18,13 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use crate::api::{self, ApiOptions, ServiceNetwork, TokenIssuer};
+use tokio::sync::watch;
+
+use crate::api::{self, ApiState, ServiceNetwork, TokenIssuer};
+use crate::client::{self, CONTROLLER_MANAGER_USER, SCHEDULER_USER};
 use crate::config::{Datastore, ServerConfig};
+use crate::controllers::{self, ControllerOptions};
+use crate::scheduler::{self, SchedulerOptions};
 use crate::store::{SqliteStore, Store, StoreError, StoreOptions};
 use crate::tls::{self, CertOptions, TlsError};
 
@@ -56,6 +64,12 @@ pub enum RunError {
     ApiEnded,
     #[error("the API server task failed: {0}")]
     ApiTask(#[source] tokio::task::JoinError),
+    #[error("the in-process agent: {0}")]
+    Agent(#[source] r3s_agent::AgentError),
+    #[error("the in-process agent stopped unexpectedly")]
+    AgentEnded,
+    #[error("reading {path}: {reason}", path = path.display())]
+    Registries { path: PathBuf, reason: String },
 }
 
 /// Runs the server until SIGINT or SIGTERM.
@@ -138,29 +152,57 @@ pub async fn run(cfg: ServerConfig) -> Result<(), RunError> {
             addr: listen,
             source,
         })?;
-    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
-    let api_opts = ApiOptions {
-        listen,
-        tls: tls_config,
+    let state = ApiState {
+        store: store.clone(),
         advertise_address: SocketAddr::new(advertise_ip, cfg.https_listen_port).to_string(),
         services,
         tokens: Some(Arc::new(tokens)),
+        metrics: Arc::default(),
+        custom: Default::default(),
     };
-    let mut api_task = tokio::spawn(api::serve_listener(
+    api::prepare(&state).await.map_err(RunError::Api)?;
+    let (stop_api, api_stopped) = watch::channel(false);
+    let mut api_task = tokio::spawn(api::serve_state(
         listener,
-        store.clone(),
-        api_opts,
-        async move {
-            let _ = api_stopped.await;
-        },
+        state.clone(),
+        tls_config,
+        stopped(api_stopped),
     ));
     notify_ready();
 
-    if !cfg.disable_agent {
-        warn!(
-            "the in-process agent is not implemented yet, so this node runs no pods; pass --disable-agent to silence this warning"
-        );
-    }
+    let (stop_loops, loops_stopped) = watch::channel(false);
+    let controller_opts = ControllerOptions {
+        cluster_cidr: cfg.cluster_cidr.to_string(),
+        root_ca_pem: Some(certs.server_ca_pem.clone()),
+        ..ControllerOptions::default()
+    };
+    let controllers_task = tokio::spawn(controllers::run(
+        client::in_process(state.clone(), client::identity(CONTROLLER_MANAGER_USER)),
+        controller_opts,
+        stopped(loops_stopped.clone()),
+    ));
+    let scheduler_task = tokio::spawn(scheduler::run(
+        client::in_process(state.clone(), client::identity(SCHEDULER_USER)),
+        SchedulerOptions::default(),
+        stopped(loops_stopped),
+    ));
+
+    let (stop_agent, agent_stopped) = watch::channel(false);
+    let mut agent_task = if cfg.disable_agent {
+        info!("--disable-agent: this server runs no pods");
+        None
+    } else {
+        let opts = node_options(&cfg)?;
+        let identity = crate::tls::PeerIdentity {
+            common_name: format!("system:node:{}", cfg.node_name),
+            organizations: vec!["system:nodes".to_string()],
+        };
+        Some(tokio::spawn(r3s_agent::run_node(
+            client::in_process(state.clone(), identity),
+            opts,
+            stopped(agent_stopped),
+        )))
+    };
 
     info!("r3s-server started; waiting for SIGINT or SIGTERM");
     let signal = tokio::select! {
@@ -174,18 +216,75 @@ pub async fn run(cfg: ServerConfig) -> Result<(), RunError> {
                 Err(e) => Err(RunError::ApiTask(e)),
             };
         }
+        res = async { agent_task.as_mut()?.await.ok() }, if agent_task.is_some() => {
+            return match res {
+                Some(Err(e)) => Err(RunError::Agent(e)),
+                _ => Err(RunError::AgentEnded),
+            };
+        }
     };
     info!("received {signal}, shutting down");
-    let _ = stop_api.send(());
+    let _ = stop_agent.send(true);
+    if let Some(task) = agent_task {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!("the in-process agent stopped with an error: {e}"),
+            Err(e) => warn!("the in-process agent task failed: {e}"),
+        }
+    }
+    let _ = stop_loops.send(true);
+    for (name, task) in [
+        ("controllers", controllers_task),
+        ("scheduler", scheduler_task),
+    ] {
+        if let Err(e) = task.await {
+            warn!("the {name} task failed: {e}");
+        }
+    }
+    let _ = stop_api.send(true);
     match api_task.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => warn!("the API server stopped with an error: {e}"),
         Err(e) => warn!("the API server task failed: {e}"),
     }
-    // Last reference: the store's writer thread finishes its batch and closes the database.
+    // Last references: the store's writer thread finishes its batch and closes the database.
+    drop(state);
     drop(store);
     info!("r3s-server stopped");
     Ok(())
+}
+
+/// Resolves once `true` has been sent on the channel (or its sender is gone).
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// The in-process agent's settings, from the server's flags (k3s's server takes the agent's).
+fn node_options(cfg: &ServerConfig) -> Result<r3s_agent::NodeOptions, RunError> {
+    let mut opts = r3s_agent::NodeOptions::new(cfg.node_name.to_string(), cfg.data_dir.clone());
+    // Runtime state (sandbox namespaces, container state) also under the data dir, so that
+    // several servers can run side by side on one machine.
+    opts.run_dir = cfg.data_dir.join("agent").join("run");
+    opts.node_ip = cfg.node_ip;
+    opts.labels = cfg.node_labels.clone();
+    opts.taints = cfg.node_taints.clone();
+    opts.control_plane = true;
+    opts.cluster_dns = Some(IpAddr::V4(cfg.cluster_dns));
+    opts.cluster_domain = cfg.cluster_domain.to_string();
+    opts.cluster_cidr = format!(
+        "{}/{}",
+        cfg.cluster_cidr.network(),
+        cfg.cluster_cidr.prefix()
+    )
+    .parse()
+    .ok();
+    opts.registries = r3s_images::RegistriesConfig::load(&cfg.private_registry).map_err(|e| {
+        RunError::Registries {
+            path: cfg.private_registry.clone(),
+            reason: e.to_string(),
+        }
+    })?;
+    Ok(opts)
 }
 
 /// The address other nodes and pods reach this server at: `--advertise-address`, else `--node-ip`,

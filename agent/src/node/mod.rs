@@ -208,7 +208,7 @@ pub async fn run_node(
     let system = info::system_info();
     let hostname = info::hostname();
     let mut prev_status: Value = serde_json::to_value(&node.status).unwrap_or(Value::Null);
-    let write_status = |prev: &Value| {
+    let write_status = |prev: &Value, network_ready: bool| {
         let input = register::StatusInput {
             internal_ip: host_ip,
             external_ip: opts.node_external_ip,
@@ -216,11 +216,12 @@ pub async fn run_node(
             capacity: &capacity,
             system: &system,
             pressure: info::pressure(&opts.data_dir),
+            network_ready,
             now: &crate::pods::worker::now(),
         };
         register::status(&input, prev)
     };
-    let st = write_status(&prev_status);
+    let st = write_status(&prev_status, opts.cluster_cidr.is_none());
     let node = register::write_status(&nodes, &opts.node_name, &st).await?;
     prev_status = st;
 
@@ -280,13 +281,20 @@ pub async fn run_node(
                     match start_network(&opts, &ctx.layout, &cidr).await {
                         Ok(net) => {
                             let _ = ctx.network.set(net);
+                            // Ready at once, not at the next status tick.
+                            let st = write_status(&prev_status, true);
+                            match register::write_status(&nodes, &opts.node_name, &st).await {
+                                Ok(_) => prev_status = st,
+                                Err(e) => warn!("{e}"),
+                            }
                         }
                         Err(e) => warn!("{e}"),
                     }
                 }
             }
             _ = status_tick.tick() => {
-                let st = write_status(&prev_status);
+                let network_ready = ctx.network.get().is_some() || opts.cluster_cidr.is_none();
+                let st = write_status(&prev_status, network_ready);
                 match register::write_status(&nodes, &opts.node_name, &st).await {
                     Ok(_) => prev_status = st,
                     Err(e) => warn!("{e}"),

@@ -108,6 +108,9 @@ pub struct StatusInput<'a> {
     pub system: &'a SystemInfo,
     /// (memory, disk, pid) pressure.
     pub pressure: (bool, bool, bool),
+    /// Pod networking is up, or not needed (no cluster CIDR). Like kubelet, the node is not Ready
+    /// while its network plugin is not: pods started then would get no address.
+    pub network_ready: bool,
     pub now: &'a str,
 }
 
@@ -174,7 +177,12 @@ pub fn status(i: &StatusInput<'_>, prev: &Value) -> Value {
             condition(prev, "PIDPressure", pid,
                 if pid { "KubeletHasInsufficientPID" } else { "KubeletHasSufficientPID" },
                 if pid { "kubelet has insufficient PID available" } else { "kubelet has sufficient PID available" }, now),
-            condition(prev, "Ready", true, "KubeletReady", "kubelet is posting ready status", now),
+            if i.network_ready {
+                condition(prev, "Ready", true, "KubeletReady", "kubelet is posting ready status", now)
+            } else {
+                condition(prev, "Ready", false, "KubeletNotReady",
+                    "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:the node has no spec.podCIDR yet", now)
+            },
         ],
     })
 }
@@ -229,6 +237,7 @@ mod tests {
             capacity: &cap,
             system: &sys,
             pressure: (false, false, false),
+            network_ready: true,
             now: "t1",
         };
         let s1 = status(&i, &Value::Null);

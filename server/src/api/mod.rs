@@ -136,19 +136,6 @@ pub async fn serve_listener(
     opts: ApiOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    bootstrap::ensure_namespaces(store.as_ref())
-        .await
-        .map_err(ServeError::Bootstrap)?;
-    rbac_defaults::ensure(store.as_ref())
-        .await
-        .map_err(ServeError::Bootstrap)?;
-    let endpoint = match opts.advertise_address.parse::<SocketAddr>() {
-        Ok(SocketAddr::V4(addr)) => Some((*addr.ip(), addr.port())),
-        _ => None,
-    };
-    services::ensure_kubernetes_service(store.as_ref(), &opts.services, endpoint)
-        .await
-        .map_err(ServeError::Bootstrap)?;
     let state = ApiState {
         store,
         advertise_address: opts.advertise_address,
@@ -157,8 +144,41 @@ pub async fn serve_listener(
         metrics: Arc::default(),
         custom: registry::Custom::default(),
     };
-    crd::sync(&state).await.map_err(ServeError::Bootstrap)?;
+    prepare(&state).await?;
+    serve_state(listener, state, opts.tls, shutdown).await
+}
+
+/// Creates the built-in objects (namespaces, default RBAC, the `default/kubernetes` Service) and
+/// loads the custom resources. Run it before anything uses `state`: authorization of the
+/// server's own components depends on the default RBAC objects.
+pub async fn prepare(state: &ApiState) -> Result<(), ServeError> {
+    bootstrap::ensure_namespaces(state.store.as_ref())
+        .await
+        .map_err(ServeError::Bootstrap)?;
+    rbac_defaults::ensure(state.store.as_ref())
+        .await
+        .map_err(ServeError::Bootstrap)?;
+    let endpoint = match state.advertise_address.parse::<SocketAddr>() {
+        Ok(SocketAddr::V4(addr)) => Some((*addr.ip(), addr.port())),
+        _ => None,
+    };
+    services::ensure_kubernetes_service(state.store.as_ref(), &state.services, endpoint)
+        .await
+        .map_err(ServeError::Bootstrap)?;
+    crd::sync(state).await.map_err(ServeError::Bootstrap)?;
+    Ok(())
+}
+
+/// Serves `state` (already [`prepare`]d) over HTTPS on `listener`. The server's in-process
+/// clients (controllers, scheduler, agent) are built on clones of the same `state`, so they share
+/// its custom resources, service allocator and metrics with what kubectl reaches over the network.
+pub async fn serve_state(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
     tracing::info!(addr = ?listener.local_addr().ok(), "serving the Kubernetes API over HTTPS");
-    crate::tls::serve_tls(listener, opts.tls, app(state), shutdown).await;
+    crate::tls::serve_tls(listener, tls, app(state), shutdown).await;
     Ok(())
 }
