@@ -67,7 +67,8 @@ async fn run_updates(s: &Arc<SqliteStore>, from: usize, per_key: usize) {
 
 /// Waits (bounded) until background compaction has caught up to within `slack` of the head.
 async fn wait_compacted(s: &SqliteStore, slack: i64) {
-    for _ in 0..600 {
+    // Bounded at 2 minutes: on a loaded 2-core machine compaction competes with the writers.
+    for _ in 0..2400 {
         if s.current_revision() - s.compacted_revision() <= slack {
             return;
         }
@@ -127,12 +128,16 @@ async fn steady_updates_do_not_grow_the_file() {
 
     // 200,000 rows of ~300 bytes would be ~70 MB uncompacted (~35 MB per half); the live data is
     // ~30 KB plus ~1000-2000 retained revisions, and the WAL is checkpointed at each compaction.
-    // The size oscillates between vacuums, hence the slack; a leak would add tens of MB per half.
+    // The size oscillates between vacuums and with how far compaction lags the writers (more on a
+    // loaded machine), hence the slack; a leak would add ~35 MB per half.
     assert!(db1 <= 4 * MIB, "db after first half: {db1} B");
     assert!(db2 <= 4 * MIB, "db after second half: {db2} B");
-    assert!(peak1 <= 8 * MIB, "peak db+wal in the first half: {peak1} B");
     assert!(
-        peak2 <= peak1 + 2 * MIB,
+        peak1 <= 16 * MIB,
+        "peak db+wal in the first half: {peak1} B"
+    );
+    assert!(
+        peak2 <= peak1 + 8 * MIB,
         "file kept growing: peak {peak1} B in the first half, {peak2} B in the second"
     );
     assert!(

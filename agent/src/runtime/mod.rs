@@ -29,6 +29,23 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use tokio::io::unix::AsyncFd;
 
+/// Serializes every libcontainer call in this process.
+///
+/// libcontainer forks with a raw `clone3` from whichever thread calls it, and the child runs Rust
+/// code (libcgroups, pathrs) that initializes process-wide lazy statics. If another thread of the
+/// agent is in the middle of initializing one of those when the clone happens, the child inherits
+/// a cell marked "being initialized" by a thread that does not exist in it, and waits forever
+/// (seen here: an intermediate process parked in pathrs's procfs `Lazy`). With one libcontainer
+/// call at a time no other thread is inside that code at clone time. Container operations are
+/// short (tens of ms), so the lock costs little; a per-container shim process (see `restart`)
+/// would remove the need for it.
+static LIBCONTAINER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn libcontainer_lock() -> std::sync::MutexGuard<'static, ()> {
+    // A panic while holding the lock leaves nothing to repair: the guard protects no data.
+    LIBCONTAINER.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Runtime failures, each naming the container.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -157,6 +174,7 @@ impl Runtime {
         let dir = self.root.join(id);
         let id2 = id.to_owned();
         tokio::task::spawn_blocking(move || {
+            let _lock = libcontainer_lock();
             let mut c = Container::load(dir).map_err(|source| RuntimeError::Libcontainer {
                 id: id2.clone(),
                 op: "load",
@@ -208,6 +226,7 @@ impl Runtime {
         let null = || std::fs::OpenOptions::new().write(true).open("/dev/null");
         let out = null().map_err(io("open /dev/null"))?;
         let err = null().map_err(io("open /dev/null"))?;
+        let lock = libcontainer_lock();
         let pid = ContainerBuilder::new(id.to_owned(), SyscallType::default())
             .with_root_path(&self.root)
             .map_err(|source| RuntimeError::Libcontainer {
@@ -227,6 +246,8 @@ impl Runtime {
                 op: "exec",
                 source: Box::new(source),
             })?;
+        // Waiting for the probe's process needs no lock.
+        drop(lock);
         let deadline = std::time::Instant::now() + timeout;
         loop {
             match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
@@ -276,6 +297,7 @@ fn run_blocking(
         op: "create state root",
         source,
     })?;
+    let _lock = libcontainer_lock();
     let mut container = ContainerBuilder::new(id.to_owned(), SyscallType::default())
         .with_root_path(root)
         .map_err(lc("state root"))?
@@ -310,6 +332,7 @@ fn run_blocking(
 }
 
 fn delete_blocking(dir: &Path, id: &str) -> Result<(), RuntimeError> {
+    let _lock = libcontainer_lock();
     if !dir.join("state.json").exists() {
         let _ = std::fs::remove_dir_all(dir);
         return Ok(());
