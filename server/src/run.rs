@@ -226,10 +226,12 @@ pub async fn run(cfg: ServerConfig) -> Result<(), RunError> {
     info!("received {signal}, shutting down");
     let _ = stop_agent.send(true);
     if let Some(task) = agent_task {
-        match task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!("the in-process agent stopped with an error: {e}"),
-            Err(e) => warn!("the in-process agent task failed: {e}"),
+        // The agent stops its pods first, each within its grace period.
+        match bounded(AGENT_STOP, task).await {
+            Some(Ok(Ok(()))) => {}
+            Some(Ok(Err(e))) => warn!("the in-process agent stopped with an error: {e}"),
+            Some(Err(e)) => warn!("the in-process agent task failed: {e}"),
+            None => warn!("the in-process agent did not stop within {AGENT_STOP:?}; abandoned"),
         }
     }
     let _ = stop_loops.send(true);
@@ -237,21 +239,43 @@ pub async fn run(cfg: ServerConfig) -> Result<(), RunError> {
         ("controllers", controllers_task),
         ("scheduler", scheduler_task),
     ] {
-        if let Err(e) = task.await {
-            warn!("the {name} task failed: {e}");
+        match bounded(LOOPS_STOP, task).await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => warn!("the {name} task failed: {e}"),
+            None => warn!("the {name} did not stop within {LOOPS_STOP:?}; abandoned"),
         }
     }
     let _ = stop_api.send(true);
-    match api_task.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => warn!("the API server stopped with an error: {e}"),
-        Err(e) => warn!("the API server task failed: {e}"),
+    match bounded(LOOPS_STOP, api_task).await {
+        Some(Ok(Ok(()))) => {}
+        Some(Ok(Err(e))) => warn!("the API server stopped with an error: {e}"),
+        Some(Err(e)) => warn!("the API server task failed: {e}"),
+        None => warn!("the API server did not stop within {LOOPS_STOP:?}; abandoned"),
     }
     // Last references: the store's writer thread finishes its batch and closes the database.
     drop(state);
     drop(store);
     info!("r3s-server stopped");
     Ok(())
+}
+
+/// How long shutdown waits for the agent (its pods' grace periods) and for the other components.
+/// A stop must end: systemd and the tests wait on it, and the store must still be closed cleanly.
+const AGENT_STOP: std::time::Duration = std::time::Duration::from_secs(90);
+const LOOPS_STOP: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Awaits `task` for at most `limit`; aborts it and returns `None` when the time is up.
+async fn bounded<T>(
+    limit: std::time::Duration,
+    mut task: tokio::task::JoinHandle<T>,
+) -> Option<Result<T, tokio::task::JoinError>> {
+    match tokio::time::timeout(limit, &mut task).await {
+        Ok(res) => Some(res),
+        Err(_) => {
+            task.abort();
+            None
+        }
+    }
 }
 
 /// Resolves once `true` has been sent on the channel (or its sender is gone).
