@@ -43,8 +43,19 @@ impl ServerProcess {
 }
 
 impl Drop for ServerProcess {
+    /// On a failed test: SIGTERM first, so the agent stops the pods it started (a SIGKILLed
+    /// agent leaves its containers running), and SIGKILL only if that does not end it in time.
     fn drop(&mut self) {
         if let Some(mut child) = self.0.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
