@@ -3,7 +3,8 @@
 //!
 //! Module map:
 //! - [`ipam`]: host-local address store on disk (one file per lease), the podCIDR's `.1` is the gateway.
-//! - [`masq`]: masquerade of pod egress (not pod-to-pod) as one nftables table, over `NETLINK_NETFILTER`.
+//! - [`nft`]: nf_tables over `NETLINK_NETFILTER` (expressions, sets, verdict maps, atomic batches).
+//! - [`masq`]: masquerade of pod egress (not pod-to-pod) as one nftables table, built on [`nft`].
 //! - [`netns`]: running code in, and opening netlink sockets bound to, a network namespace.
 //! - [`nl`]: small rtnetlink helpers (link lookup, addresses, idempotent add/delete) and [`nl::NlError`].
 //! - [`bridge`]: the node bridge (`r3s0`) with the gateway address.
@@ -28,6 +29,7 @@ pub mod ipam;
 pub mod masq;
 pub mod netns;
 pub mod network;
+pub mod nft;
 pub mod nl;
 pub mod node;
 pub mod plugin;
