@@ -4,8 +4,8 @@
 //! runs it in-process; the standalone binary will once joining exists).
 //!
 //! Module map: [`node`] (registration, heartbeats, preflight, `run_node`), [`pods`] (pod manager
-//! and per-pod workers), [`runtime`] (the only module linking libcontainer: containers, CRI logs,
-//! cgroup cleanup), [`layout`] (directories), [`restart`] (design for surviving agent restarts),
+//! and per-pod workers), [`proxy`] (the service proxy: Services → one nftables table),
+//! [`runtime`] (the only module linking libcontainer: containers, CRI logs, cgroup cleanup), [`layout`] (directories), [`restart`] (design for surviving agent restarts),
 //! [`cli`]/[`config`]/[`run`] (the standalone binary's configuration).
 
 pub mod cli;
@@ -15,6 +15,8 @@ pub mod layout;
 pub mod node;
 #[cfg(target_os = "linux")]
 pub mod pods;
+#[cfg(target_os = "linux")]
+pub mod proxy;
 pub mod restart;
 pub mod run;
 #[cfg(target_os = "linux")]

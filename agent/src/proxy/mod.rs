@@ -1,0 +1,336 @@
+//! The service proxy (kube-proxy's role): Services and Endpoints in, one nftables table out.
+//!
+//! [`run`] watches Services, Endpoints and Nodes with kube-runtime reflectors, turns them into
+//! [`model::ServicePort`]s, computes the whole ruleset with the pure [`rules::desired`], and has
+//! [`apply::Applier`] install it as table `ip r3s-proxy` over netlink (no `nft`, no iptables).
+//! Changes are coalesced for [`MIN_SYNC`], then applied as one nf_tables transaction; the table
+//! is re-applied every [`RESYNC`] so a table someone deleted or edited comes back. With
+//! `load_balancer_status`, LoadBalancer Services get `status.loadBalancer.ingress` = the IPs of
+//! the Ready nodes (ExternalIP if set, else InternalIP), as k3s's ServiceLB reports them; every
+//! node writes the same value, so they agree.
+//!
+//! Invariants: nothing is installed before the first complete list of Services and Endpoints
+//! (no moment with half the Services); the table is deleted when [`run`] returns or its future
+//! is dropped. Not done: conntrack entries of removed UDP endpoints are not flushed (an ongoing
+//! UDP flow keeps its old backend until it goes idle); `externalIPs`, `loadBalancerSourceRanges`,
+//! `internalTrafficPolicy` and IPv6 are not served.
+
+pub mod apply;
+pub mod model;
+pub mod rules;
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use r3s_cni::nft::NftError;
+use serde_json::json;
+use tracing::{debug, info, warn};
+
+use apply::Applier;
+
+/// The table the proxy owns.
+pub const DEFAULT_TABLE: &str = "r3s-proxy";
+/// Changes arriving within this window are applied together.
+pub const MIN_SYNC: Duration = Duration::from_millis(300);
+/// Full re-apply period.
+pub const RESYNC: Duration = Duration::from_secs(60);
+const RETRY: Duration = Duration::from_secs(2);
+
+/// Errors that stop the proxy.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("service proxy: {0}")]
+    Nft(#[from] NftError),
+    #[error("service proxy: the {0} watch ended")]
+    WatchEnded(&'static str),
+}
+
+/// What [`run`] needs besides the API client.
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    pub node_name: String,
+    /// Addresses NodePort and LoadBalancer Services are served on.
+    pub node_ips: Vec<Ipv4Addr>,
+    /// The pod network: traffic from outside it to a ClusterIP is masqueraded.
+    pub cluster_cidr: Option<ipnet::Ipv4Net>,
+    pub table: String,
+    /// Network namespace to program (`None`: the caller's). Tests run the proxy for a
+    /// simulated node this way.
+    pub netns: Option<PathBuf>,
+    /// Write `status.loadBalancer.ingress` of LoadBalancer Services.
+    pub load_balancer_status: bool,
+}
+
+impl ProxyOptions {
+    pub fn new(node_name: impl Into<String>, node_ips: Vec<Ipv4Addr>) -> ProxyOptions {
+        ProxyOptions {
+            node_name: node_name.into(),
+            node_ips,
+            cluster_cidr: "10.42.0.0/16".parse().ok(),
+            table: DEFAULT_TABLE.to_string(),
+            netns: None,
+            load_balancer_status: true,
+        }
+    }
+
+    fn config(&self) -> rules::Config {
+        rules::Config {
+            cluster_cidr: self.cluster_cidr,
+            node_ips: self.node_ips.clone(),
+        }
+    }
+}
+
+/// The ruleset for these objects on this node (what [`run`] applies).
+pub fn compute(
+    services: &[Arc<Service>],
+    endpoints: &[Arc<Endpoints>],
+    opts: &ProxyOptions,
+) -> rules::Ruleset {
+    let ports = model::service_ports(services, endpoints, &opts.node_name);
+    rules::desired(&ports, &opts.config())
+}
+
+/// Deletes the table when dropped, whichever way [`run`] ends.
+struct RemoveOnDrop {
+    table: String,
+    netns: Option<PathBuf>,
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let removed =
+            Applier::open(&self.table, self.netns.as_deref()).and_then(|mut a| a.remove());
+        match removed {
+            Ok(()) => info!(table = %self.table, "service proxy table removed"),
+            Err(e) => warn!("removing the service proxy table: {e}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Services,
+    Endpoints,
+    Nodes,
+}
+
+fn events<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    kind: Kind,
+) -> impl Stream<Item = Result<(Kind, bool), watcher::Error>> + Send
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    reflector::reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .map(move |r| r.map(|e| (kind, matches!(e, watcher::Event::InitDone))))
+}
+
+/// Runs the proxy until `shutdown` completes, then deletes its table.
+pub async fn run(
+    client: kube::Client,
+    opts: ProxyOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ProxyError> {
+    let _remove = RemoveOnDrop {
+        table: opts.table.clone(),
+        netns: opts.netns.clone(),
+    };
+    let mut applier = Some(Applier::open(&opts.table, opts.netns.as_deref())?);
+    let (services, svc_w) = reflector::store::<Service>();
+    let (endpoints, ep_w) = reflector::store::<Endpoints>();
+    let (nodes, node_w) = reflector::store::<Node>();
+    let mut stream = futures::stream::select_all([
+        events(Api::all(client.clone()), svc_w, Kind::Services).boxed(),
+        events(Api::all(client.clone()), ep_w, Kind::Endpoints).boxed(),
+        events(Api::all(client.clone()), node_w, Kind::Nodes).boxed(),
+    ]);
+    let (mut svc_listed, mut ep_listed) = (false, false);
+    let mut due: Option<tokio::time::Instant> = None;
+    let mut force = false;
+    let mut resync = tokio::time::interval(RESYNC);
+    resync.tick().await;
+    tokio::pin!(shutdown);
+    info!(table = %opts.table, node = %opts.node_name, "service proxy starting");
+    loop {
+        let sleep = async {
+            match due {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut shutdown => break,
+            ev = stream.next() => match ev {
+                Some(Ok((kind, init_done))) => {
+                    if init_done {
+                        match kind {
+                            Kind::Services => svc_listed = true,
+                            Kind::Endpoints => ep_listed = true,
+                            Kind::Nodes => {}
+                        }
+                    }
+                    if due.is_none() {
+                        due = Some(tokio::time::Instant::now() + MIN_SYNC);
+                    }
+                }
+                Some(Err(e)) => warn!("service proxy watch: {e}"),
+                None => return Err(ProxyError::WatchEnded("services/endpoints")),
+            },
+            _ = resync.tick() => {
+                force = true;
+                due.get_or_insert_with(tokio::time::Instant::now);
+            }
+            _ = sleep => {
+                due = None;
+                if !(svc_listed && ep_listed) {
+                    continue;
+                }
+                let rs = compute(&services.state(), &endpoints.state(), &opts);
+                for c in &rs.conflicts {
+                    warn!("service proxy: {c}");
+                }
+                let Some(mut a) = applier.take() else { continue };
+                let f = std::mem::take(&mut force);
+                let (a, result) = match tokio::task::spawn_blocking(move || {
+                    let r = a.apply(&rs, f);
+                    (a, r)
+                })
+                .await
+                {
+                    Ok(v) => v,
+                    Err(e) => {
+                        warn!("service proxy apply task failed: {e}");
+                        applier = Some(Applier::open(&opts.table, opts.netns.as_deref())?);
+                        due = Some(tokio::time::Instant::now() + RETRY);
+                        continue;
+                    }
+                };
+                applier = Some(a);
+                match result {
+                    Ok(true) => debug!("service proxy rules applied"),
+                    Ok(false) => {}
+                    Err(e) => {
+                        warn!("{e}; retrying");
+                        due = Some(tokio::time::Instant::now() + RETRY);
+                    }
+                }
+                if opts.load_balancer_status {
+                    write_lb_status(&client, &services, &nodes, &opts).await;
+                }
+            }
+        }
+    }
+    info!("service proxy stopping");
+    Ok(())
+}
+
+/// The ingress IPs LoadBalancer Services get: every Ready node's ExternalIP, else InternalIP;
+/// this node's own IPs while no Node is known.
+fn ingress_ips(nodes: &[Arc<Node>], own: &[Ipv4Addr]) -> Vec<String> {
+    let mut ips = BTreeSet::new();
+    for n in nodes {
+        let status = n.status.as_ref();
+        let ready = status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        if !ready {
+            continue;
+        }
+        let addrs = status.and_then(|s| s.addresses.as_ref());
+        let pick = |ty: &str| {
+            addrs.and_then(|a| a.iter().find(|a| a.type_ == ty).map(|a| a.address.clone()))
+        };
+        if let Some(ip) = pick("ExternalIP").or_else(|| pick("InternalIP")) {
+            ips.insert(ip);
+        }
+    }
+    if ips.is_empty() {
+        ips.extend(own.iter().map(|ip| ip.to_string()));
+    }
+    ips.into_iter().collect()
+}
+
+async fn write_lb_status(
+    client: &kube::Client,
+    services: &Store<Service>,
+    nodes: &Store<Node>,
+    opts: &ProxyOptions,
+) {
+    let ips = ingress_ips(&nodes.state(), &opts.node_ips);
+    for svc in services.state() {
+        let is_lb = svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer");
+        let (Some(ns), Some(name)) = (&svc.metadata.namespace, &svc.metadata.name) else {
+            continue;
+        };
+        if !is_lb {
+            continue;
+        }
+        let current: Vec<String> = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .map(|i| i.iter().filter_map(|i| i.ip.clone()).collect())
+            .unwrap_or_default();
+        if current == ips {
+            continue;
+        }
+        let ingress: Vec<_> = ips.iter().map(|ip| json!({"ip": ip})).collect();
+        let patch = json!({"status": {"loadBalancer": {"ingress": ingress}}});
+        let api: Api<Service> = Api::namespaced(client.clone(), ns);
+        if let Err(e) = api
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            warn!("writing load balancer status of {ns}/{name}: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(v: serde_json::Value) -> Arc<Node> {
+        Arc::new(serde_json::from_value(v).unwrap())
+    }
+
+    #[test]
+    fn ingress_is_ready_nodes_external_else_internal() {
+        let a = node(json!({"metadata": {"name": "a"}, "status": {
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "addresses": [{"type": "InternalIP", "address": "198.51.100.1"}, {"type": "ExternalIP", "address": "203.0.113.9"}]}}));
+        let b = node(json!({"metadata": {"name": "b"}, "status": {
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "addresses": [{"type": "InternalIP", "address": "198.51.100.2"}]}}));
+        let c = node(json!({"metadata": {"name": "c"}, "status": {
+            "conditions": [{"type": "Ready", "status": "False"}],
+            "addresses": [{"type": "InternalIP", "address": "198.51.100.3"}]}}));
+        assert_eq!(
+            ingress_ips(&[a, b, c], &[]),
+            vec!["198.51.100.2".to_string(), "203.0.113.9".to_string()]
+        );
+        assert_eq!(
+            ingress_ips(&[], &["198.51.100.7".parse().unwrap()]),
+            vec!["198.51.100.7".to_string()]
+        );
+    }
+}
