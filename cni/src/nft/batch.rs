@@ -199,6 +199,8 @@ impl Batch {
     }
 
     pub fn add_set(&mut self, table: &str, set: &SetSpec) {
+        // The kernel requires an id unique within the transaction; this message's number is.
+        let id = self.seq.wrapping_add(1);
         self.nft(NFT_MSG_NEWSET, NLM_F_CREATE, |b| {
             put_str(b, 1, table);
             put_str(b, 2, &set.name);
@@ -216,12 +218,11 @@ impl Batch {
                 put_be32(b, 6, NFT_DATA_VERDICT);
                 put_be32(b, 7, 0);
             }
+            put_be32(b, 10, id);
             if let Some(ms) = set.dynamic_timeout_ms {
                 put_be64(b, 11, ms);
             }
         });
-        // No NFTA_SET_ID: rules and elements here refer to sets by name, which the kernel
-        // resolves against the transaction's pending state too.
     }
 
     pub fn del_set(&mut self, table: &str, name: &str) {
