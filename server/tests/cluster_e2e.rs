@@ -66,6 +66,7 @@ impl Drop for ServerProcess {
 struct HostNetworkGuard {
     bridge_existed: bool,
     table_existed: bool,
+    proxy_table_existed: bool,
 }
 
 impl HostNetworkGuard {
@@ -73,6 +74,7 @@ impl HostNetworkGuard {
         HostNetworkGuard {
             bridge_existed: Path::new("/sys/class/net/r3s0").exists(),
             table_existed: nft_table_exists(),
+            proxy_table_existed: nft_table_exists_named("r3s-proxy"),
         }
     }
 }
@@ -87,12 +89,22 @@ impl Drop for HostNetworkGuard {
                 .args(["delete", "table", "ip", "r3s-masq"])
                 .status();
         }
+        // The agent's service proxy table (it deletes it on shutdown; this covers a crash).
+        if !self.proxy_table_existed && nft_table_exists_named("r3s-proxy") {
+            let _ = Command::new("nft")
+                .args(["delete", "table", "ip", "r3s-proxy"])
+                .status();
+        }
     }
 }
 
 fn nft_table_exists() -> bool {
+    nft_table_exists_named("r3s-masq")
+}
+
+fn nft_table_exists_named(name: &str) -> bool {
     Command::new("nft")
-        .args(["list", "table", "ip", "r3s-masq"])
+        .args(["list", "table", "ip", name])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()

@@ -102,6 +102,8 @@ pub struct NodeOptions {
     /// The pod bridge (`r3s0`), made when the Node has a podCIDR.
     pub bridge: String,
     pub max_pods: u32,
+    /// Run the service proxy (kube-proxy's role; k3s `--disable-kube-proxy` turns it off).
+    pub service_proxy: bool,
 }
 
 impl NodeOptions {
@@ -123,6 +125,7 @@ impl NodeOptions {
             cgroup_root: PathBuf::from("/r3s"),
             bridge: r3s_cni::bridge::DEFAULT_BRIDGE.into(),
             max_pods: 110,
+            service_proxy: true,
         }
     }
 }
@@ -254,6 +257,11 @@ pub async fn run_node(
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut manager = AbortOnDrop(tokio::spawn(pods::manage(ctx.clone(), stop_rx)));
+    let ips = [Some(host_ip), opts.node_external_ip];
+    let proxy = (opts.service_proxy).then(|| {
+        let proxy_opts = crate::proxy::node_options(&opts.node_name, &ips, opts.cluster_cidr);
+        crate::proxy::spawn(client.clone(), proxy_opts)
+    });
     // Until the Node has a podCIDR (allocated by the server), look for it every 2 s.
     let mut cidr_tick = tokio::time::interval(Duration::from_secs(2));
 
@@ -303,6 +311,9 @@ pub async fn run_node(
         }
     }
     info!("node agent stopping");
+    if let Some(proxy) = proxy {
+        proxy.stop().await; // deletes its nftables table
+    }
     let _ = stop_tx.send(true);
     match (&mut manager.0).await {
         Ok(Ok(())) => Ok(()),

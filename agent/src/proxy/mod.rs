@@ -242,6 +242,70 @@ pub async fn run(
     Ok(())
 }
 
+/// A proxy running as a task; dropping the handle aborts it (and so removes its table).
+#[derive(Debug)]
+pub struct ProxyHandle {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), ProxyError>>>,
+}
+
+/// Starts [`run`] on the current runtime.
+pub fn spawn(client: kube::Client, opts: ProxyOptions) -> ProxyHandle {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run(client, opts, async {
+        let _ = rx.await;
+    }));
+    ProxyHandle {
+        stop: Some(tx),
+        task: Some(task),
+    }
+}
+
+impl ProxyHandle {
+    /// Stops the proxy and waits (at most 10 s) until its table is gone.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let abort = task.abort_handle();
+            match tokio::time::timeout(Duration::from_secs(10), task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => warn!("{e}"),
+                Ok(Err(e)) => warn!("service proxy task failed: {e}"),
+                Err(_) => abort.abort(),
+            }
+        }
+    }
+}
+
+impl Drop for ProxyHandle {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Options for the agent's own node: its InternalIP and ExternalIP (IPv4 ones) as node addresses.
+pub fn node_options(
+    node_name: &str,
+    ips: &[Option<std::net::IpAddr>],
+    cluster_cidr: Option<ipnet::Ipv4Net>,
+) -> ProxyOptions {
+    let mut v4 = Vec::new();
+    for ip in ips.iter().flatten() {
+        if let std::net::IpAddr::V4(ip) = ip
+            && !v4.contains(ip)
+        {
+            v4.push(*ip);
+        }
+    }
+    let mut opts = ProxyOptions::new(node_name, v4);
+    opts.cluster_cidr = cluster_cidr;
+    opts
+}
+
 /// The ingress IPs LoadBalancer Services get: every Ready node's ExternalIP, else InternalIP;
 /// this node's own IPs while no Node is known.
 fn ingress_ips(nodes: &[Arc<Node>], own: &[Ipv4Addr]) -> Vec<String> {

@@ -194,7 +194,7 @@ pub fn service_ports(
             });
         }
     }
-    out.sort_by(|a, b| (a.id(), a.port).cmp(&(b.id(), b.port)));
+    out.sort_by_key(|a| (a.id(), a.port));
     out
 }
 
