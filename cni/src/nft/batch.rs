@@ -77,7 +77,7 @@ pub struct SetSpec {
 }
 
 /// A set element: a key and, in a verdict map, its verdict.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Element {
     pub key: Vec<u8>,
     pub verdict: Option<Verdict>,
@@ -198,6 +198,14 @@ impl Batch {
         self.nft(NFT_MSG_DELRULE, 0, |b| put_str(b, 1, table));
     }
 
+    /// Deletes every rule of one chain.
+    pub fn flush_chain(&mut self, table: &str, chain: &str) {
+        self.nft(NFT_MSG_DELRULE, 0, |b| {
+            put_str(b, 1, table);
+            put_str(b, 2, chain);
+        });
+    }
+
     pub fn add_set(&mut self, table: &str, set: &SetSpec) {
         // The kernel requires an id unique within the transaction; this message's number is.
         let id = self.seq.wrapping_add(1);
@@ -234,6 +242,22 @@ impl Batch {
 
     /// Adds elements, over as many messages as their size needs.
     pub fn add_elements(&mut self, table: &str, set: &str, elements: &[Element]) {
+        self.elements(NFT_MSG_NEWSETELEM, NLM_F_CREATE, table, set, elements);
+    }
+
+    /// Deletes elements (by key; verdicts are ignored).
+    pub fn del_elements(&mut self, table: &str, set: &str, elements: &[Element]) {
+        let keys: Vec<Element> = elements
+            .iter()
+            .map(|e| Element {
+                key: e.key.clone(),
+                verdict: None,
+            })
+            .collect();
+        self.elements(NFT_MSG_DELSETELEM, 0, table, set, &keys);
+    }
+
+    fn elements(&mut self, msg: u16, flags: u16, table: &str, set: &str, elements: &[Element]) {
         let mut rest = elements;
         while !rest.is_empty() {
             let mut take = 0;
@@ -244,7 +268,7 @@ impl Batch {
             }
             let (chunk, tail) = rest.split_at(take);
             rest = tail;
-            self.nft(NFT_MSG_NEWSETELEM, NLM_F_CREATE, |b| {
+            self.nft(msg, flags, |b| {
                 put_str(b, 1, table);
                 put_str(b, 2, set);
                 put_nested(b, 3, |l| {

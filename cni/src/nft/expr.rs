@@ -45,7 +45,7 @@ pub enum CmpOp {
 }
 
 /// What a rule (or a verdict map element) decides.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Verdict {
     Accept,
     Drop,
