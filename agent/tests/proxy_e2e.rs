@@ -559,14 +559,10 @@ async fn proxy_serves_services_on_a_simulated_node() {
     assert!(err.is_err());
 
     // Session affinity: one client keeps its backend.
-    let seen = blocking(|| {
-        tcp_many(
-            &p1,
-            SocketAddrV4::new(Ipv4Addr::new(10, 43, 100, 14), 80),
-            20,
-        )
-    });
+    let sticky = SocketAddrV4::new(Ipv4Addr::new(10, 43, 100, 14), 80);
+    let seen = blocking(|| tcp_many(&p1, sticky, 20));
     assert_eq!(seen.len(), 1, "{seen:?}");
+    let seen_sticky = seen;
 
     // An endpoint goes: no connection reaches it any more, and its chain is gone.
     let mut two = eps.get("web").await.unwrap();
@@ -579,6 +575,13 @@ async fn proxy_serves_services_on_a_simulated_node() {
         })
     });
     let seen = blocking(|| tcp_many(&p1, web, 40));
+    // That update left other Services' affinity entries alone.
+    assert_eq!(
+        blocking(|| tcp_many(&p1, sticky, 10))
+            .keys()
+            .collect::<Vec<_>>(),
+        seen_sticky.keys().collect::<Vec<_>>()
+    );
     assert_eq!(
         seen.keys().cloned().collect::<Vec<_>>(),
         vec!["p1", "p2"],

@@ -7,7 +7,8 @@
 //! is re-applied every [`RESYNC`] so a table someone deleted or edited comes back. With
 //! `load_balancer_status`, LoadBalancer Services get `status.loadBalancer.ingress` = the IPs of
 //! the Ready nodes (ExternalIP if set, else InternalIP), as k3s's ServiceLB reports them; every
-//! node writes the same value, so they agree.
+//! node writes the same value, so they agree. An identity that may not patch `services/status`
+//! (the default `system:nodes` role) is told once and the proxy stops trying.
 //!
 //! Invariants: nothing is installed before the first complete list of Services and Endpoints
 //! (no moment with half the Services); the table is deleted when [`run`] returns or its future
@@ -165,6 +166,7 @@ pub async fn run(
     let (mut svc_listed, mut ep_listed) = (false, false);
     let mut due: Option<tokio::time::Instant> = None;
     let mut force = false;
+    let mut lb_status = opts.load_balancer_status;
     let mut resync = tokio::time::interval(RESYNC);
     resync.tick().await;
     tokio::pin!(shutdown);
@@ -232,8 +234,12 @@ pub async fn run(
                         due = Some(tokio::time::Instant::now() + RETRY);
                     }
                 }
-                if opts.load_balancer_status {
-                    write_lb_status(&client, &services, &nodes, &opts).await;
+                if lb_status && !write_lb_status(&client, &services, &nodes, &opts).await {
+                    lb_status = false;
+                    warn!(
+                        "this node may not patch services/status: LoadBalancer ingress is left \
+                         to a controller with that permission"
+                    );
                 }
             }
         }
@@ -332,12 +338,14 @@ fn ingress_ips(nodes: &[Arc<Node>], own: &[Ipv4Addr]) -> Vec<String> {
     ips.into_iter().collect()
 }
 
+/// Writes the ingress of every LoadBalancer Service that lacks it; false when the API forbids
+/// it (then there is no point trying again).
 async fn write_lb_status(
     client: &kube::Client,
     services: &Store<Service>,
     nodes: &Store<Node>,
     opts: &ProxyOptions,
-) {
+) -> bool {
     let ips = ingress_ips(&nodes.state(), &opts.node_ips);
     for svc in services.state() {
         let is_lb = svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer");
@@ -360,13 +368,16 @@ async fn write_lb_status(
         let ingress: Vec<_> = ips.iter().map(|ip| json!({"ip": ip})).collect();
         let patch = json!({"status": {"loadBalancer": {"ingress": ingress}}});
         let api: Api<Service> = Api::namespaced(client.clone(), ns);
-        if let Err(e) = api
+        match api
             .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            warn!("writing load balancer status of {ns}/{name}: {e}");
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.is_forbidden() => return false,
+            Err(e) => warn!("writing load balancer status of {ns}/{name}: {e}"),
         }
     }
+    true
 }
 
 #[cfg(test)]
