@@ -345,7 +345,9 @@ pub async fn run(
         }
         match net.sync_peers(&wanted).await {
             Ok(report) => {
-                if synced.as_ref() != Some(&wanted) || report != Default::default() {
+                let removed =
+                    report.removed_routes + report.removed_neighbours + report.removed_fdb;
+                if synced.as_ref() != Some(&wanted) || removed > 0 {
                     info!(
                         peers = report.peers,
                         removed_routes = report.removed_routes,
@@ -382,5 +384,90 @@ async fn republish_if_needed(
     info!("node's VTEP annotations are missing or changed; publishing them again");
     if let Err(e) = publish(nodes, node_name, published).await {
         warn!("{e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, cidr: Option<&str>, ann: &[(&str, &str)]) -> Node {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": name,
+                "annotations": ann.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+            },
+            "spec": {"podCIDR": cidr},
+        }))
+        .expect("valid node")
+    }
+
+    fn published(mac: &str, ip: &str) -> Vec<(&'static str, String)> {
+        vec![
+            (annotations::BACKEND_TYPE, "vxlan".into()),
+            (
+                annotations::BACKEND_DATA,
+                format!(r#"{{"VNI":1,"VtepMAC":"{mac}"}}"#),
+            ),
+            (annotations::PUBLIC_IP, ip.into()),
+        ]
+    }
+
+    fn with(cidr: &str, ann: &[(&'static str, String)], name: &str) -> Node {
+        let pairs: Vec<(&str, &str)> = ann.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        node(name, Some(cidr), &pairs)
+    }
+
+    #[test]
+    fn nodes_without_cidr_or_annotations_are_not_peers_yet() {
+        assert_eq!(peer_of(&node("x", None, &[]), 1), None);
+        assert_eq!(peer_of(&node("x", Some("10.42.1.0/24"), &[]), 1), None);
+        let ann = published("02:00:00:00:00:01", "198.51.100.1");
+        let p = peer_of(&with("10.42.1.0/24", &ann, "x"), 1).expect("a peer");
+        assert_eq!(p.node_ip, std::net::Ipv4Addr::new(198, 51, 100, 1));
+        assert_eq!(
+            peer_of(&with("10.42.1.0/24", &ann, "x"), 2),
+            None,
+            "other VNI"
+        );
+    }
+
+    #[test]
+    fn relist_replaces_peers_and_changes_apply_in_place() {
+        let mut view = View::default();
+        let a = published("02:00:00:00:00:0a", "198.51.100.1");
+        let b = published("02:00:00:00:00:0b", "198.51.100.2");
+        view.apply(&with("10.42.1.0/24", &a, "a"), 1);
+        view.apply(&with("10.42.2.0/24", &b, "b"), 1);
+        assert_eq!(view.wanted().len(), 2);
+        // A relist that no longer holds `b` drops it at its end.
+        view.relist = Some(BTreeMap::new());
+        view.apply(&with("10.42.1.0/24", &a, "a"), 1);
+        view.peers = view.relist.take().expect("relist in progress");
+        assert_eq!(view.wanted().len(), 1);
+        // Losing the annotations stops a node being a peer.
+        view.apply(&node("a", Some("10.42.1.0/24"), &[]), 1);
+        assert!(view.wanted().is_empty());
+    }
+
+    #[test]
+    fn overlay_only_for_a_cluster_network_on_a_routable_ipv4() {
+        let cidr: ipnet::Ipv4Net = "10.42.1.0/24".parse().expect("cidr");
+        let mac = Path::new("/nonexistent/vtep-mac");
+        let ip: IpAddr = "198.51.100.1".parse().expect("ip");
+        let vx = config(Backend::Vxlan, true, ip, cidr, mac).expect("overlay");
+        assert_eq!(
+            (vx.device.as_str(), vx.vni, vx.port),
+            (vxlan::DEFAULT_DEVICE, 1, 8472)
+        );
+        assert!(config(Backend::None, true, ip, cidr, mac).is_none());
+        assert!(config(Backend::Vxlan, false, ip, cidr, mac).is_none());
+        let lo: IpAddr = "127.0.0.1".parse().expect("ip");
+        assert!(config(Backend::Vxlan, true, lo, cidr, mac).is_none());
+        let v6: IpAddr = "2001:db8::1".parse().expect("ip");
+        assert!(config(Backend::Vxlan, true, v6, cidr, mac).is_none());
+        assert_eq!("vxlan".parse::<Backend>(), Ok(Backend::Vxlan));
+        assert_eq!("none".parse::<Backend>(), Ok(Backend::None));
+        assert!("host-gw".parse::<Backend>().is_err());
     }
 }
