@@ -71,6 +71,8 @@ pub enum AgentError {
     PodCidr { node: String, cidr: String },
     #[error("starting pod networking: {0}")]
     Network(#[source] overlay::OverlayError),
+    #[error("--flannel-iface {iface}: the interface has no IPv4 address")]
+    FlannelIface { iface: String },
     #[error("cannot determine the node IP; give --node-ip")]
     NoNodeIp,
     #[error("watching pods: {0}")]
@@ -106,6 +108,8 @@ pub struct NodeOptions {
     /// `--flannel-backend`: the VXLAN overlay between nodes (made with the pod network when there
     /// is a cluster CIDR and a non-loopback IPv4 node IP), or none.
     pub flannel_backend: overlay::Backend,
+    /// `--flannel-iface`: the interface whose IPv4 address the VTEP uses instead of the node IP.
+    pub flannel_iface: Option<String>,
 }
 
 impl NodeOptions {
@@ -128,6 +132,7 @@ impl NodeOptions {
             bridge: r3s_cni::bridge::DEFAULT_BRIDGE.into(),
             max_pods: 110,
             flannel_backend: overlay::Backend::Vxlan,
+            flannel_iface: None,
         }
     }
 }
@@ -338,6 +343,16 @@ async fn start_network(
         node: opts.node_name.clone(),
         cidr: cidr.to_owned(),
     })?;
+    let vtep_ip = match &opts.flannel_iface {
+        Some(iface) => {
+            IpAddr::V4(
+                overlay::iface_ipv4(iface).ok_or_else(|| AgentError::FlannelIface {
+                    iface: iface.clone(),
+                })?,
+            )
+        }
+        None => host_ip,
+    };
     let cfg = r3s_cni::node::NodeConfig {
         pods: r3s_cni::network::BridgeNetwork {
             name: "r3s".into(),
@@ -349,7 +364,7 @@ async fn start_network(
         overlay: overlay::config(
             opts.flannel_backend,
             opts.cluster_cidr.is_some(),
-            host_ip,
+            vtep_ip,
             subnet,
             &layout.agent_dir.join("vtep-mac"),
         ),

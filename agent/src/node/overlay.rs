@@ -119,6 +119,16 @@ pub fn config(
     }
 }
 
+/// The first IPv4 address of interface `iface` (`--flannel-iface`): the VTEP's address when the
+/// overlay should use another interface than the one holding the node IP.
+pub fn iface_ipv4(iface: &str) -> Option<std::net::Ipv4Addr> {
+    nix::ifaddrs::getifaddrs().ok()?.find_map(|a| {
+        (a.interface_name == iface)
+            .then(|| a.address?.as_sockaddr_in().map(|s| s.ip()))
+            .flatten()
+    })
+}
+
 /// Brings the node's networking up (`KernelNetwork::start`) and, with an overlay, publishes the
 /// VTEP as this Node's annotations. Returns the VTEP [`run`] keeps in sync.
 pub async fn start(
@@ -469,5 +479,7 @@ mod tests {
         assert_eq!("vxlan".parse::<Backend>(), Ok(Backend::Vxlan));
         assert_eq!("none".parse::<Backend>(), Ok(Backend::None));
         assert!("host-gw".parse::<Backend>().is_err());
+        assert_eq!(iface_ipv4("lo"), Some(std::net::Ipv4Addr::LOCALHOST));
+        assert_eq!(iface_ipv4("r3s-no-such-iface"), None);
     }
 }
