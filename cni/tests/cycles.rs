@@ -1,6 +1,7 @@
-//! 1,000 ADD/DEL cycles (issue 7's bar) through the real kernel path (veth, bridge port, netlink sockets in the pod
-//! namespace, IPAM files) leak nothing: no leases, no links, no file descriptors. Alone in its own
-//! test binary so the descriptor count is not disturbed by other tests.
+//! 1,000 ADD/DEL cycles (issue 7's bar) through the real kernel path (veth, bridge port, netlink
+//! sockets in the pod namespace, IPAM files) leak nothing: no leases, no links, no file
+//! descriptors. Alone in its own test binary so the descriptor count is not disturbed by other
+//! tests.
 #![cfg(target_os = "linux")]
 
 mod support;
