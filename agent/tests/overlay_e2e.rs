@@ -6,8 +6,9 @@
 //! namespace, with its own kube client, so its API traffic crosses the simulated underlay like a
 //! real agent's. Pods are network namespaces attached through `NodeNetwork::add_pod`.
 //!
-//! Checked: annotations published and a Node without them skipped; one route, permanent neighbour
-//! and FDB entry per peer; pods on every host ping each other and TCP crosses the VXLAN device
+//! Checked: annotations published (and again after someone strips them) and a Node without them
+//! skipped; one route, permanent neighbour and FDB entry per peer, following a peer's annotations
+//! as they appear, change and go; pods on every host ping each other and TCP crosses the VXLAN device
 //! (counters) with the pod IP as source (no masquerade) while egress to a host is masqueraded;
 //! deleting Node C removes its entries on A and B; deleting A's device gets it recreated with the
 //! same MAC and traffic resumes; a restarted loop whose MAC file is gone keeps the MAC.
@@ -28,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use r3s_agent::node::overlay::{self, Backend};
 use r3s_cni::netns;
 use r3s_cni::network::BridgeNetwork;
@@ -580,6 +581,66 @@ async fn scenario(world: &World, tmp: &Path) {
         rx_after_b >= rx_before_b + 2,
         "B's VXLAN rx {rx_before_b} -> {rx_after_b}"
     );
+
+    // Node D publishes a VTEP (by hand: it runs no agent), then moves to another IP, then goes:
+    // A and B follow each change.
+    let mac_d = [0x02, 0, 0, 0, 0, 0x0d];
+    let vtep_d = |ip: Ipv4Addr| Vtep {
+        index: 0,
+        mac: mac_d,
+        mtu: 1450,
+        node_ip: ip,
+    };
+    for ip in [
+        Ipv4Addr::new(198, 51, 100, 4),
+        Ipv4Addr::new(198, 51, 100, 5),
+    ] {
+        let patch = json!({"metadata": {"annotations": annotations::for_vtep(&vtep_d(ip), 1)}});
+        nodes
+            .patch(&name("d"), &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+        for host in [a, b] {
+            eventually(&format!("node D at {ip} on {}", host.name), || async {
+                (peer_entries(host, 4, &vtep_d(ip)) == [true; 3]).then_some(())
+            })
+            .await;
+        }
+    }
+    assert!(
+        !a.fdb().contains("dst 198.51.100.4"),
+        "D's old FDB entry is replaced, not kept"
+    );
+    nodes
+        .delete(&name("d"), &DeleteParams::default())
+        .await
+        .unwrap();
+    for host in [a, b] {
+        eventually(
+            &format!("node D's entries gone on {}", host.name),
+            || async {
+                (peer_entries(host, 4, &vtep_d(Ipv4Addr::new(198, 51, 100, 5))) == [false; 3])
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
+    // Someone strips A's annotations: its agent publishes them again.
+    let strip = json!({"metadata": {"annotations": {annotations::BACKEND_DATA: null}}});
+    nodes
+        .patch(&name("a"), &PatchParams::default(), &Patch::Merge(&strip))
+        .await
+        .unwrap();
+    eventually("A's annotations published again", || async {
+        let n = nodes.get(&name("a")).await.ok()?;
+        n.metadata
+            .annotations?
+            .get(annotations::BACKEND_DATA)?
+            .contains(&format_mac(&vteps[0].mac))
+            .then_some(())
+    })
+    .await;
 
     // Node C goes: its route, neighbour and FDB entry go on A and B, and C becomes unreachable.
     drop(agent_c);
