@@ -717,3 +717,146 @@ async fn scenario(world: &World, tmp: &Path) {
     drop(agent_a);
     drop(agent_b);
 }
+
+/// The whole agent (`run_node`) on a host thread: registration, then the pod network and the
+/// overlay once the Node gets a podCIDR. Stopped through its shutdown future and joined on drop.
+struct WholeAgent {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WholeAgent {
+    fn start(host: &Ns, kubeconfig: &Path, node: &str, index: u8, dir: &Path) -> WholeAgent {
+        let ns = host.path.clone();
+        let kubeconfig = kubeconfig.to_path_buf();
+        let mut opts = r3s_agent::NodeOptions::new(node, dir.join("data"));
+        opts.run_dir = dir.join("run");
+        opts.node_ip = Some(IpAddr::V4(Ipv4Addr::new(198, 51, 100, index)));
+        opts.cgroup_root = PathBuf::from(format!("/r3so{}{node}", std::process::id()));
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let res = netns::block_on_in(&ns, || async move {
+                let client = client(&kubeconfig).await;
+                r3s_agent::run_node(client, opts, async {
+                    let _ = stop_rx.await;
+                })
+                .await
+            });
+            match res {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => panic!("run_node in {}: {e}", ns.display()),
+                Err(e) => panic!("agent thread in {}: {e}", ns.display()),
+            }
+        });
+        WholeAgent {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the agent and reports whether it ended cleanly.
+    fn stop(mut self) -> bool {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.thread.take().is_some_and(|t| t.join().is_ok())
+    }
+}
+
+impl Drop for WholeAgent {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn run_node_brings_up_the_overlay() {
+    if !prerequisites() {
+        return;
+    }
+    let world = World::new();
+    let tmp = tempfile::tempdir().unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let sw = netns::open(&world.switch.path).unwrap();
+            nix::sched::setns(&sw, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(4)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(whole_agents(&world, tmp.path()));
+        });
+    });
+}
+
+async fn whole_agents(world: &World, tmp: &Path) {
+    let [a, b] = [&world.hosts[0], &world.hosts[1]];
+    let kubeconfig = start_server(&tmp.join("server")).await;
+    let nodes: Api<Node> = Api::all(client(&kubeconfig).await);
+    eventually("the API server", || async {
+        nodes.list(&Default::default()).await.ok()
+    })
+    .await;
+    let name = |n: &str| format!("r3sow{}-{n}", std::process::id());
+    let agent_a = WholeAgent::start(a, &kubeconfig, &name("a"), 1, &tmp.join("a"));
+    let agent_b = WholeAgent::start(b, &kubeconfig, &name("b"), 2, &tmp.join("b"));
+
+    // Registered without a podCIDR; the test plays the node IPAM controller.
+    for (n, i) in [("a", 1), ("b", 2)] {
+        eventually(&format!("node {n} registered"), || async {
+            nodes.get_opt(&name(n)).await.ok().flatten()
+        })
+        .await;
+        let cidr = format!("10.42.{i}.0/24");
+        let patch = json!({"spec": {"podCIDR": cidr, "podCIDRs": [cidr]}});
+        nodes
+            .patch(&name(n), &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+    }
+    // Each agent publishes its VTEP; each host gets the other as its one peer.
+    let mut vteps = Vec::new();
+    for n in ["a", "b"] {
+        let vtep = eventually(&format!("node {n}'s VTEP annotations"), || async {
+            let node = nodes.get(&name(n)).await.ok()?;
+            let cidr = node.spec.as_ref()?.pod_cidr.clone()?;
+            let ann = node.metadata.annotations?;
+            let peer = annotations::peer_from(&cidr, &ann, 1).ok()?;
+            Some(Vtep {
+                index: 0,
+                mac: peer.vtep_mac,
+                mtu: 1450,
+                node_ip: peer.node_ip,
+            })
+        })
+        .await;
+        vteps.push(vtep);
+    }
+    assert_eq!(vteps[0].node_ip, Ipv4Addr::new(198, 51, 100, 1));
+    eventually("A and B programmed with each other", || async {
+        (peer_entries(a, 2, &vteps[1]) == [true; 3] && peer_entries(b, 1, &vteps[0]) == [true; 3])
+            .then_some(())
+    })
+    .await;
+    let dev = b.ip(&["-d", "link", "show", DEV]);
+    assert!(
+        dev.contains("local 198.51.100.2") && dev.contains("mtu 1450"),
+        "{dev}"
+    );
+    // The hosts reach each other's pod networks (host → remote gateway) over the tunnel.
+    assert!(
+        a.ping(Ipv4Addr::new(10, 42, 2, 1)),
+        "A reaches B's bridge over VXLAN"
+    );
+    assert!(agent_a.stop(), "agent A stopped cleanly");
+    assert!(agent_b.stop(), "agent B stopped cleanly");
+    // The agent keeps its MAC in its data dir.
+    let kept = std::fs::read_to_string(tmp.join("a/data/agent/vtep-mac")).unwrap();
+    assert_eq!(kept.trim(), format_mac(&vteps[0].mac));
+}
