@@ -13,6 +13,9 @@
 //! deleting Node C removes its entries on A and B; deleting A's device gets it recreated with the
 //! same MAC and traffic resumes; a restarted loop whose MAC file is gone keeps the MAC.
 //!
+//! A second test runs the whole agent (`run_node`) on two such hosts: once the Nodes get their
+//! podCIDRs, each publishes its VTEP and programs the other, and host A reaches B's pod bridge.
+//!
 //! The test's own thread joins the switch namespace, so nothing is created in the machine's
 //! namespace; every namespace is deleted by a guard (with its links), on failure too.
 #![cfg(target_os = "linux")]
