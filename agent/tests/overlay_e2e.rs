@@ -11,7 +11,8 @@
 //! as they appear, change and go; pods on every host ping each other and TCP crosses the VXLAN device
 //! (counters) with the pod IP as source (no masquerade) while egress to a host is masqueraded;
 //! deleting Node C removes its entries on A and B; deleting A's device gets it recreated with the
-//! same MAC and traffic resumes; a restarted loop whose MAC file is gone keeps the MAC.
+//! same MAC and traffic resumes; a restarted loop whose MAC file is gone keeps the MAC, and a TCP
+//! connection open across the restart keeps working.
 //!
 //! A second test runs the whole agent (`run_node`) on two such hosts: once the Nodes get their
 //! podCIDRs, each publishes its VTEP and programs the other, and host A reaches B's pod bridge.
@@ -695,6 +696,21 @@ async fn scenario(world: &World, tmp: &Path) {
 
     // The loop stops (traffic keeps flowing without it) and restarts with its MAC file gone:
     // the MAC the Node publishes is reused, so B's entries stay valid.
+    // A connection across the overlay, open while A's loop restarts.
+    let _seen = echo_server(&pod_a, ip_a, 7003);
+    let sa = SocketAddr::from((ip_a, 7003));
+    let mut conn = netns::run_in(&pod_b.path, || {
+        std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(5))
+    })
+    .unwrap()
+    .unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut echo = |msg: &[u8]| {
+        let mut back = vec![0u8; msg.len()];
+        conn.write_all(msg).is_ok() && conn.read_exact(&mut back).is_ok() && back == msg
+    };
+    assert!(echo(b"before restart"));
     drop(agent_a);
     assert!(
         pod_a.ping(ip_b),
@@ -716,6 +732,10 @@ async fn scenario(world: &World, tmp: &Path) {
         .unwrap_or_default();
     assert!(ann[annotations::BACKEND_DATA].contains(&mac_a));
     assert!(pod_a.ping(ip_b), "traffic after the restart");
+    assert!(
+        echo(b"after restart"),
+        "the established connection survives the restart"
+    );
     assert_eq!(tcp_source(&pod_b, &pod_a, ip_a, 7002), IpAddr::V4(ip_b));
     drop(agent_a);
     drop(agent_b);
