@@ -2,9 +2,10 @@
 //! and status fresh, and runs the pods bound to it, until told to stop.
 //!
 //! Start-up reads as a script (each step wraps its error): preflight (warnings) → directories →
-//! image store → leftovers of a previous run removed → Node registered → pod network (when the
-//! Node has a podCIDR) → heartbeats → pod manager. Shutdown order: stop the pod manager (which
-//! stops every pod; see [`crate::restart`] for why) → stop heartbeats.
+//! image store → leftovers of a previous run removed → Node registered → pod network and VXLAN
+//! overlay loop (when the Node has a podCIDR) → heartbeats → pod manager. Shutdown order: stop the
+//! overlay loop (its kernel entries stay) → stop the pod manager (which stops every pod; see
+//! [`crate::restart`] for why) → stop heartbeats.
 //!
 //! Module map: [`info`] (host facts), [`preflight`] (host checks), [`register`] (Node object and
 //! status), [`lease`] (the heartbeat Lease), [`overlay`] (VTEP annotations and the VXLAN peer loop).
