@@ -5,15 +5,15 @@
 //! Endpoints and Pods current with watchers, and answers: names under the cluster domain by the
 //! rules of the Kubernetes DNS specification ([`zone`]), everything else through upstream
 //! resolvers with a small cache ([`forward`]); [`server`] is the protocol side. On shutdown the
-//! link is deleted.
+//! link is deleted. (Kernels without the dummy driver get the address on `lo`: see [`link`].)
 //!
 //! Why a local address on each node rather than a `kube-dns` Service with pods behind it: pods'
 //! resolv.conf already names 10.43.0.10, and making it local means each node answers its own
 //! pods with no DNAT rule, no DNS pod to schedule, and no cross-node hop; a node whose control
 //! plane link is down still answers from its last view. No Service object is needed for this.
 //!
-//! Invariants: a DNS failure never stops the node agent (it is logged); the link is removed only
-//! by the run that bound the address (another server already on it keeps it), on shutdown or, if
+//! Invariants: a DNS failure never stops the node agent (it is logged); the address is removed only
+//! by the run that bound it (another server already on it keeps it), on shutdown or, if
 //! the task is aborted, by a guard on its drop.
 
 pub mod forward;
@@ -96,15 +96,18 @@ impl DnsOptions {
     }
 }
 
-/// Deletes the DNS link if the run that created it ends without doing so (its task aborted).
+/// Takes the DNS address away if the run that placed it ends without doing so (task aborted).
 struct LinkGuard {
-    name: Option<String>,
+    placed: Option<link::Placement>,
 }
 
 impl Drop for LinkGuard {
     fn drop(&mut self) {
-        let Some(name) = self.name.take() else { return };
+        let Some(placed) = self.placed.take() else {
+            return;
+        };
         // A thread with its own runtime: this may run inside (and while) a runtime is dropping.
+        // It is spawned from the dropping thread, so it is in the same network namespace.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -112,7 +115,7 @@ impl Drop for LinkGuard {
                 .ok()?;
             rt.block_on(async {
                 let h = r3s_cni::netns::connect(None).ok()?;
-                link::remove(&h, &name).await.ok()
+                link::remove(&h, &placed).await.ok()
             })
         })
         .join();
@@ -130,13 +133,16 @@ pub async fn run(
     let netlink = match &opts.link {
         Some(name) => {
             let h = r3s_cni::netns::connect(None).map_err(DnsError::Netns)?;
-            link::ensure(&h, name, opts.listen.ip())
+            let placed = link::ensure(&h, name, opts.listen.ip())
                 .await
                 .map_err(|source| DnsError::Link {
                     name: name.clone(),
                     source,
                 })?;
-            Some((h, name.clone()))
+            if let link::Placement::Loopback(ip) = &placed {
+                warn!("this kernel has no dummy links: cluster DNS address {ip}/32 is on lo");
+            }
+            Some((h, placed))
         }
         None => None,
     };
@@ -147,7 +153,7 @@ pub async fn run(
             source,
         })?;
     let mut guard = LinkGuard {
-        name: netlink.as_ref().map(|(_, n)| n.clone()),
+        placed: netlink.as_ref().map(|(_, p)| p.clone()),
     };
     let upstreams = opts.upstreams.clone().unwrap_or_else(|| {
         forward::host_upstreams(
@@ -161,10 +167,10 @@ pub async fn run(
     }
     info!(listen = %opts.listen, domain = %opts.domain, ?upstreams, "cluster DNS serving");
     serve_on(client, sockets, zone, upstreams, shutdown).await;
-    if let Some((h, name)) = netlink {
-        guard.name = None;
-        if let Err(e) = link::remove(&h, &name).await {
-            warn!("removing the DNS link {name}: {e}");
+    if let Some((h, placed)) = netlink {
+        guard.placed = None;
+        if let Err(e) = link::remove(&h, &placed).await {
+            warn!("removing the cluster DNS address ({placed:?}): {e}");
         }
     }
     Ok(())
