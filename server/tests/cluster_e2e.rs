@@ -66,6 +66,9 @@ impl Drop for ServerProcess {
 struct HostNetworkGuard {
     bridge_existed: bool,
     table_existed: bool,
+    /// The agent's cluster DNS link, or its address on lo on kernels without dummy links.
+    dns_link_existed: bool,
+    dns_on_lo: bool,
 }
 
 impl HostNetworkGuard {
@@ -73,6 +76,8 @@ impl HostNetworkGuard {
         HostNetworkGuard {
             bridge_existed: Path::new("/sys/class/net/r3s0").exists(),
             table_existed: nft_table_exists(),
+            dns_link_existed: Path::new("/sys/class/net/r3s-dns").exists(),
+            dns_on_lo: dns_on_lo(),
         }
     }
 }
@@ -87,7 +92,22 @@ impl Drop for HostNetworkGuard {
                 .args(["delete", "table", "ip", "r3s-masq"])
                 .status();
         }
+        if !self.dns_link_existed && Path::new("/sys/class/net/r3s-dns").exists() {
+            let _ = Command::new("ip").args(["link", "del", "r3s-dns"]).status();
+        }
+        if !self.dns_on_lo && dns_on_lo() {
+            let _ = Command::new("ip")
+                .args(["addr", "del", "10.43.0.10/32", "dev", "lo"])
+                .status();
+        }
     }
+}
+
+fn dns_on_lo() -> bool {
+    Command::new("ip")
+        .args(["-o", "addr", "show", "dev", "lo"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(" 10.43.0.10/32 "))
 }
 
 fn nft_table_exists() -> bool {

@@ -287,3 +287,78 @@ fn matching(bytes: &[u8], id: u16, query: &Query) -> Option<Message> {
     (m.metadata.id == id && m.metadata.message_type == MessageType::Response && same_question)
         .then_some(m)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use hickory_proto::rr::rdata::{A, SOA};
+    use hickory_proto::rr::{Name, Record};
+
+    fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn resolv_conf_nameservers_in_order() {
+        let text = "# comment\nsearch lan\nnameserver 198.51.100.1\nnameserver  fe80::1%eth0\n\
+                    nameserver 2001:db8::53\noptions ndots:2\nnameserver bogus\n";
+        assert_eq!(
+            parse_resolv_conf(text),
+            vec![
+                "198.51.100.1".parse::<IpAddr>().unwrap(),
+                "2001:db8::53".parse().unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn host_upstreams_prefer_non_loopback_then_systemd_then_loopback() {
+        let d = tempfile::tempdir().unwrap();
+        let dns: IpAddr = "10.43.0.10".parse().unwrap();
+        let missing = d.path().join("missing");
+        let sa = |s: &str| SocketAddr::new(s.parse().unwrap(), 53);
+        // Loopback servers are skipped while real ones exist, and so is the cluster DNS itself.
+        let etc = write(
+            d.path(),
+            "a",
+            "nameserver 127.0.0.53\nnameserver 10.43.0.10\nnameserver 198.51.100.1\n",
+        );
+        assert_eq!(
+            host_upstreams(&etc, &missing, dns),
+            vec![sa("198.51.100.1")]
+        );
+        // systemd-resolved's stub only: its real upstreams.
+        let etc = write(d.path(), "b", "nameserver 127.0.0.53\n");
+        let sd = write(d.path(), "c", "nameserver 203.0.113.53\n");
+        assert_eq!(host_upstreams(&etc, &sd, dns), vec![sa("203.0.113.53")]);
+        // Nothing but loopback anywhere: the loopback server (reachable from the host netns).
+        assert_eq!(host_upstreams(&etc, &missing, dns), vec![sa("127.0.0.53")]);
+        assert!(host_upstreams(&missing, &missing, dns).is_empty());
+    }
+
+    #[test]
+    fn cache_ttl_is_the_smallest_and_capped() {
+        let name = Name::from_ascii("a.example.").unwrap();
+        let a = |ttl| Record::from_rdata(name.clone(), ttl, RData::A(A::new(203, 0, 113, 1)));
+        let mut m = Message::response(1, OpCode::Query);
+        m.answers = vec![a(300), a(12)];
+        assert_eq!(cache_ttl(&m), Some(12));
+        m.answers = vec![a(3600)];
+        assert_eq!(cache_ttl(&m), Some(MAX_CACHE_TTL));
+        // Negative: the SOA minimum rules.
+        m.answers.clear();
+        m.metadata.response_code = ResponseCode::NXDomain;
+        let soa = SOA::new(name.clone(), name.clone(), 1, 1, 1, 1, 7);
+        m.authorities = vec![Record::from_rdata(name.clone(), 60, RData::SOA(soa))];
+        assert_eq!(cache_ttl(&m), Some(7));
+        // Failures and truncated answers are never cached.
+        m.metadata.response_code = ResponseCode::ServFail;
+        assert_eq!(cache_ttl(&m), None);
+        m.metadata.response_code = ResponseCode::NoError;
+        m.metadata.truncation = true;
+        assert_eq!(cache_ttl(&m), None);
+    }
+}

@@ -280,3 +280,91 @@ async fn tcp_connection(handler: &Handler, mut stream: TcpStream) -> std::io::Re
         stream.write_all(&framed).await?;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::dns::view::{ServiceEntry, ServiceKind};
+
+    fn handler(view: View) -> Handler {
+        let zone = Zone::new("cluster.local", 5, None).unwrap();
+        Handler::new(zone, Arc::new(RwLock::new(view)), Forwarder::new(vec![]))
+    }
+
+    fn query(name: &str, t: RecordType) -> Message {
+        let mut m = Message::new(99, MessageType::Query, OpCode::Query);
+        m.metadata.recursion_desired = true;
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), t));
+        m
+    }
+
+    fn service(kind: ServiceKind) -> ServiceEntry {
+        ServiceEntry {
+            kind,
+            ports: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn servfail_until_the_view_is_loaded() {
+        let h = handler(View::default());
+        let r = h
+            .respond(&query("web.default.svc.cluster.local.", RecordType::A))
+            .await;
+        assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
+        let h = handler(View::synced());
+        let r = h
+            .respond(&query("web.default.svc.cluster.local.", RecordType::A))
+            .await;
+        assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
+        assert!(r.metadata.authoritative && r.metadata.recursion_available);
+        assert_eq!(r.metadata.id, 99);
+        assert_eq!(r.authorities.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn cname_to_a_cluster_name_is_followed() {
+        let mut v = View::synced();
+        v.services.insert(
+            ("a".into(), "alias".into()),
+            service(ServiceKind::ExternalName("web.b.svc.cluster.local".into())),
+        );
+        v.services.insert(
+            ("b".into(), "web".into()),
+            service(ServiceKind::ClusterIp(vec!["10.43.0.7".parse().unwrap()])),
+        );
+        let r = handler(v)
+            .respond(&query("alias.a.svc.cluster.local.", RecordType::A))
+            .await;
+        let got: Vec<String> = r.answers.iter().map(|a| a.data.to_string()).collect();
+        assert_eq!(got, ["web.b.svc.cluster.local.", "10.43.0.7"]);
+    }
+
+    #[tokio::test]
+    async fn truncates_for_udp_only() {
+        let mut v = View::synced();
+        v.services
+            .insert(("a".into(), "h".into()), service(ServiceKind::Headless));
+        v.endpoints.insert(
+            ("a".into(), "h".into()),
+            (1..=60)
+                .map(|i| crate::dns::view::Address {
+                    ip: format!("10.42.0.{i}").parse().unwrap(),
+                    hostname: None,
+                    pod: None,
+                    ports: vec![],
+                })
+                .collect(),
+        );
+        let h = handler(v);
+        let q = query("h.a.svc.cluster.local.", RecordType::A)
+            .to_vec()
+            .unwrap();
+        let udp = Message::from_vec(&h.handle(&q, Transport::Udp).await.unwrap()).unwrap();
+        assert!(udp.metadata.truncation && udp.answers.is_empty());
+        let tcp = Message::from_vec(&h.handle(&q, Transport::Tcp).await.unwrap()).unwrap();
+        assert!(!tcp.metadata.truncation);
+        assert_eq!(tcp.answers.len(), 60);
+    }
+}

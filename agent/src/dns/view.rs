@@ -324,3 +324,130 @@ pub async fn follow<K: Tracked>(client: kube::Client, view: Arc<RwLock<View>>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    fn obj<K: DeserializeOwned>(v: serde_json::Value) -> K {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn service_kinds_and_ports() {
+        let svc: Service = obj(json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"clusterIP": "10.43.0.20", "clusterIPs": ["10.43.0.20", "fd00::20"],
+                     "ports": [{"name": "HTTP", "port": 80}, {"port": 53, "protocol": "UDP"}]}
+        }));
+        let e = Service::entry(&svc).unwrap();
+        assert_eq!(
+            e.kind,
+            ServiceKind::ClusterIp(vec![
+                "10.43.0.20".parse().unwrap(),
+                "fd00::20".parse().unwrap()
+            ])
+        );
+        assert_eq!(
+            e.ports,
+            vec![
+                Port {
+                    name: "http".into(),
+                    protocol: "tcp".into(),
+                    port: 80
+                },
+                Port {
+                    name: String::new(),
+                    protocol: "udp".into(),
+                    port: 53
+                },
+            ]
+        );
+        let headless: Service = obj(json!({"metadata": {"name": "h", "namespace": "d"},
+                                           "spec": {"clusterIP": "None"}}));
+        assert_eq!(
+            Service::entry(&headless).unwrap().kind,
+            ServiceKind::Headless
+        );
+        let ext: Service = obj(json!({"metadata": {"name": "x", "namespace": "d"},
+            "spec": {"type": "ExternalName", "externalName": "Example.ORG."}}));
+        assert_eq!(
+            Service::entry(&ext).unwrap().kind,
+            ServiceKind::ExternalName("example.org".into())
+        );
+        // No address allocated yet: no name.
+        let pending: Service = obj(json!({"metadata": {"name": "p", "namespace": "d"},
+                                          "spec": {}}));
+        assert_eq!(Service::entry(&pending), None);
+    }
+
+    #[test]
+    fn endpoints_keep_ready_addresses_only() {
+        let ep: Endpoints = obj(json!({
+            "metadata": {"name": "db", "namespace": "d"},
+            "subsets": [{
+                "addresses": [{"ip": "10.42.0.5", "hostname": "db-0",
+                               "targetRef": {"kind": "Pod", "name": "db-0"}}],
+                "notReadyAddresses": [{"ip": "10.42.0.6"}],
+                "ports": [{"name": "sql", "port": 5432}]
+            }]
+        }));
+        let e = Endpoints::entry(&ep).unwrap();
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].ip, "10.42.0.5".parse::<IpAddr>().unwrap());
+        assert_eq!(e[0].hostname.as_deref(), Some("db-0"));
+        assert_eq!(e[0].pod.as_deref(), Some("db-0"));
+        assert_eq!(e[0].ports[0].port, 5432);
+    }
+
+    #[test]
+    fn pods_need_an_address_and_a_live_phase() {
+        let p: Pod = obj(json!({
+            "metadata": {"name": "a", "namespace": "d"},
+            "spec": {"hostname": "a", "subdomain": "s", "containers": []},
+            "status": {"phase": "Running", "podIP": "10.42.0.9"}
+        }));
+        let e = Pod::entry(&p).unwrap();
+        assert_eq!(e.ips, vec!["10.42.0.9".parse::<IpAddr>().unwrap()]);
+        assert_eq!(e.subdomain.as_deref(), Some("s"));
+        let done: Pod = obj(json!({"metadata": {"name": "a", "namespace": "d"},
+            "status": {"phase": "Succeeded", "podIP": "10.42.0.9"}}));
+        assert_eq!(Pod::entry(&done), None);
+        let pending: Pod = obj(json!({"metadata": {"name": "a", "namespace": "d"},
+                                      "status": {"phase": "Pending"}}));
+        assert_eq!(Pod::entry(&pending), None);
+    }
+
+    #[test]
+    fn relist_replaces_the_table_and_marks_synced() {
+        let view = RwLock::new(View::default());
+        let svc = |name: &str| -> Service {
+            obj(json!({"metadata": {"name": name, "namespace": "d"},
+                       "spec": {"clusterIP": "10.43.0.1"}}))
+        };
+        let mut pending = None;
+        apply_event(&view, &mut pending, watcher::Event::Apply(svc("old")));
+        assert!(!view.read().unwrap().is_synced());
+        apply_event::<Service>(&view, &mut pending, watcher::Event::Init);
+        apply_event(&view, &mut pending, watcher::Event::InitApply(svc("new")));
+        // Until the re-list is done the old table answers.
+        assert!(
+            view.read()
+                .unwrap()
+                .services
+                .contains_key(&("d".into(), "old".into()))
+        );
+        apply_event::<Service>(&view, &mut pending, watcher::Event::InitDone);
+        let v = view.read().unwrap();
+        assert_eq!(
+            v.services.keys().cloned().collect::<Vec<_>>(),
+            vec![("d".into(), "new".into())]
+        );
+        assert!(v.synced[Service::SLOT]);
+        drop(v);
+        apply_event(&view, &mut pending, watcher::Event::Delete(svc("new")));
+        assert!(view.read().unwrap().services.is_empty());
+    }
+}
