@@ -5,8 +5,9 @@
 //!
 //! Module map: [`node`] (registration, heartbeats, preflight, `run_node`), [`pods`] (pod manager
 //! and per-pod workers), [`runtime`] (the only module linking libcontainer: containers, CRI logs,
-//! cgroup cleanup), [`dns`] (cluster DNS on every node), [`layout`] (directories), [`restart`] (design for surviving agent restarts),
-//! [`cli`]/[`config`]/[`run`] (the standalone binary's configuration).
+//! cgroup cleanup), [`dns`] (cluster DNS on every node), [`layout`] (directories), [`restart`]
+//! (design for surviving agent restarts), [`cli`]/[`config`]/[`run`] (the standalone binary's
+//! configuration).
 
 pub mod cli;
 pub mod config;

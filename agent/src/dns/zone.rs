@@ -390,7 +390,9 @@ impl Zone {
                     .iter()
                     .map(|a| a.ports.iter().filter(|p| !p.name.is_empty()).count())
                     .sum();
-                for a in addrs {
+                // Per-endpoint names cost a pod lookup each: only when SRV records are asked for.
+                let wants_srv = matches!(b.qtype, RecordType::SRV | RecordType::ANY);
+                for a in addrs.iter().filter(|_| wants_srv) {
                     for p in a.ports.iter().filter(|p| !p.name.is_empty()) {
                         if let Some(target) = self.host_name(view, ns, svc, a) {
                             b.srv(weight(named), p.port, target, &[a.ip]);
