@@ -53,7 +53,10 @@ pub enum DnsError {
     },
     #[error("opening a netlink socket: {0}")]
     Netns(#[source] r3s_cni::netns::NetnsError),
-    #[error("binding the DNS server to {addr} (UDP and TCP): {source}")]
+    #[error(
+        "binding the DNS server to {addr} (UDP and TCP): {source} (is another DNS server, such as \
+         dnsmasq, bound to port 53 on all addresses?)"
+    )]
     Bind {
         addr: SocketAddr,
         #[source]
