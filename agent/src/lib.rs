@@ -4,12 +4,15 @@
 //! runs it in-process; the standalone binary will once joining exists).
 //!
 //! Module map: [`node`] (registration, heartbeats, preflight, `run_node`), [`pods`] (pod manager
-//! and per-pod workers), [`proxy`] (the service proxy: Services → one nftables table),
-//! [`runtime`] (the only module linking libcontainer: containers, CRI logs, cgroup cleanup), [`layout`] (directories), [`restart`] (design for surviving agent restarts),
-//! [`cli`]/[`config`]/[`run`] (the standalone binary's configuration).
+//! and per-pod workers), [`proxy`] (the service proxy: Services → one nftables table), [`dns`]
+//! (cluster DNS on every node), [`runtime`] (the only module linking libcontainer: containers, CRI
+//! logs, cgroup cleanup), [`layout`] (directories), [`restart`] (design for surviving agent
+//! restarts), [`cli`]/[`config`]/[`run`] (the standalone binary's configuration).
 
 pub mod cli;
 pub mod config;
+#[cfg(target_os = "linux")]
+pub mod dns;
 pub mod layout;
 #[cfg(target_os = "linux")]
 pub mod node;

@@ -67,6 +67,9 @@ struct HostNetworkGuard {
     bridge_existed: bool,
     table_existed: bool,
     proxy_table_existed: bool,
+    /// The agent's cluster DNS link, or its address on lo on kernels without dummy links.
+    dns_link_existed: bool,
+    dns_on_lo: bool,
 }
 
 impl HostNetworkGuard {
@@ -75,6 +78,8 @@ impl HostNetworkGuard {
             bridge_existed: Path::new("/sys/class/net/r3s0").exists(),
             table_existed: nft_table_exists(),
             proxy_table_existed: nft_table_exists_named("r3s-proxy"),
+            dns_link_existed: Path::new("/sys/class/net/r3s-dns").exists(),
+            dns_on_lo: dns_on_lo(),
         }
     }
 }
@@ -95,7 +100,22 @@ impl Drop for HostNetworkGuard {
                 .args(["delete", "table", "ip", "r3s-proxy"])
                 .status();
         }
+        if !self.dns_link_existed && Path::new("/sys/class/net/r3s-dns").exists() {
+            let _ = Command::new("ip").args(["link", "del", "r3s-dns"]).status();
+        }
+        if !self.dns_on_lo && dns_on_lo() {
+            let _ = Command::new("ip")
+                .args(["addr", "del", "10.43.0.10/32", "dev", "lo"])
+                .status();
+        }
     }
+}
+
+fn dns_on_lo() -> bool {
+    Command::new("ip")
+        .args(["-o", "addr", "show", "dev", "lo"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(" 10.43.0.10/32 "))
 }
 
 fn nft_table_exists() -> bool {

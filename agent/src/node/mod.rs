@@ -100,6 +100,8 @@ pub struct NodeOptions {
     /// Cluster DNS for ClusterFirst pods (k3s: 10.43.0.10); `None` gives pods the host's resolv.conf.
     pub cluster_dns: Option<IpAddr>,
     pub cluster_domain: String,
+    /// Upstream resolvers of the cluster DNS for other names; `None` reads the host's resolv.conf.
+    pub dns_upstreams: Option<Vec<std::net::SocketAddr>>,
     /// The cluster CIDR masqueraded on egress when pod networking is on (10.42.0.0/16).
     pub cluster_cidr: Option<ipnet::Ipv4Net>,
     /// Absolute cgroup under which pods live (`/r3s`).
@@ -131,6 +133,7 @@ impl NodeOptions {
             registries: r3s_images::RegistriesConfig::default(),
             cluster_dns: Some(IpAddr::from([10, 43, 0, 10])),
             cluster_domain: "cluster.local".into(),
+            dns_upstreams: None,
             cluster_cidr: "10.42.0.0/16".parse().ok(),
             cgroup_root: PathBuf::from("/r3s"),
             bridge: r3s_cni::bridge::DEFAULT_BRIDGE.into(),
@@ -272,6 +275,8 @@ pub async fn run_node(
         node_memory_bytes: (capacity.memory_kib * 1024) as i64,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Cluster DNS on this node's copy of the cluster DNS address (see crate::dns).
+    let dns = crate::dns::spawn_for_node(client.clone(), &opts, stop_rx.clone());
     let mut manager = AbortOnDrop(tokio::spawn(pods::manage(ctx.clone(), stop_rx)));
     let ips = [Some(host_ip), opts.node_external_ip];
     let proxy = (opts.service_proxy).then(|| {
@@ -333,6 +338,9 @@ pub async fn run_node(
         proxy.stop().await; // deletes its nftables table
     }
     let _ = stop_tx.send(true);
+    if let Some(dns) = dns {
+        dns.join().await;
+    }
     match (&mut manager.0).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(AgentError::Watch(e)),
