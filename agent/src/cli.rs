@@ -7,8 +7,9 @@
 //! Nothing is `required` here, so that a value from the environment or the file can satisfy it;
 //! [`crate::config::AgentConfig`] checks what must be present.
 //!
-//! Subcommands (k3s's `check-config`, `images ...`) will be an `Option<Command>` field with
-//! `#[command(subcommand)]` once they do something; the root flags stay the run command's flags.
+//! Subcommands (k3s's `check-config`, and `images ...` in [`crate::images_cli`]) are recognised in
+//! `main` before this parse, so the root flags stay the run command's flags; the images commands
+//! resolve their `--data-dir`/`--private-registry` through this same struct (same env and file).
 
 use std::path::PathBuf;
 

@@ -6,10 +6,12 @@
 //! Module map: [`node`] (registration, heartbeats, preflight, `run_node`), [`pods`] (pod manager
 //! and per-pod workers), [`runtime`] (the only module linking libcontainer: containers, CRI logs,
 //! cgroup cleanup), [`layout`] (directories), [`restart`] (design for surviving agent restarts),
-//! [`cli`]/[`config`]/[`run`] (the standalone binary's configuration).
+//! [`cli`]/[`config`]/[`run`] (the standalone binary's configuration), [`images_cli`] (the
+//! operator's `r3s-agent images ...` commands).
 
 pub mod cli;
 pub mod config;
+pub mod images_cli;
 pub mod layout;
 #[cfg(target_os = "linux")]
 pub mod node;

@@ -63,6 +63,11 @@ pub enum ImageError {
     Tls { host: String, reason: String },
     #[error("image {0} is not in the store")]
     NotFound(String),
+    /// A prepared container rootfs still uses the image.
+    #[error(
+        "image {image} is in use by the container at {container}; stop its pod first (or force)"
+    )]
+    InUse { image: String, container: PathBuf },
     #[error("image config {digest}: {source}")]
     Config {
         digest: Digest,
@@ -265,6 +270,51 @@ impl ImageService {
         Ok(any)
     }
 
+    /// Container directories whose prepared rootfs uses the image `name` (canonical name). A lease
+    /// whose directory is gone (left by a crashed agent) does not count.
+    pub fn users(&self, name: &str) -> Result<Vec<PathBuf>, ImageError> {
+        Ok(self
+            .inner
+            .snapshots
+            .lease_records()?
+            .into_iter()
+            .filter(|(dir, image, _)| image == name && dir.exists())
+            .map(|(dir, _, _)| dir)
+            .collect())
+    }
+
+    /// The operator's remove (`crictl rmi`): `name` (or an image ID / digest: every name with it)
+    /// must exist ([`ImageError::NotFound`]) and, unless `force`, no container may use it
+    /// ([`ImageError::InUse`]). Returns the names removed; content stays until [`ImageService::gc`].
+    pub async fn remove_image(&self, name: &str, force: bool) -> Result<Vec<String>, ImageError> {
+        let _w = self.inner.lock(true).await?;
+        let names: Vec<String> = match Digest::parse(name) {
+            Ok(d) => self
+                .find_by_digest(&d)?
+                .into_iter()
+                .map(|r| r.name)
+                .collect(),
+            Err(_) => self.get(name)?.into_iter().map(|r| r.name).collect(),
+        };
+        if names.is_empty() {
+            return Err(ImageError::NotFound(name.to_string()));
+        }
+        if !force {
+            for n in &names {
+                if let Some(container) = self.users(n)?.into_iter().next() {
+                    return Err(ImageError::InUse {
+                        image: n.clone(),
+                        container,
+                    });
+                }
+            }
+        }
+        for n in &names {
+            self.inner.records.remove(n)?;
+        }
+        Ok(names)
+    }
+
     /// Deletes every blob and snapshot no image record (or prepared rootfs) references.
     pub async fn gc(&self) -> Result<GcReport, ImageError> {
         let _w = self.inner.lock(true).await?;
@@ -386,10 +436,15 @@ impl ImageService {
         let inner = self.inner.clone();
         let dir = container_dir.to_path_buf();
         tokio::task::spawn_blocking(move || {
-            for l in &record.layers {
-                inner
-                    .snapshots
-                    .ensure(&l.digest, &inner.content.path(&l.digest), &l.diff_id)?;
+            let diff_ids = record.diff_ids();
+            for (i, l) in record.layers.iter().enumerate() {
+                let lowers = inner.snapshots.lowers(&diff_ids[..i]);
+                inner.snapshots.ensure(
+                    &l.digest,
+                    &inner.content.path(&l.digest),
+                    &l.diff_id,
+                    Some(&lowers),
+                )?;
             }
             let m = inner
                 .snapshots
@@ -417,10 +472,15 @@ impl ImageService {
         let dir = container_dir.to_path_buf();
         tokio::task::spawn_blocking(move || {
             let mut layers = Vec::new();
-            for l in &record.layers {
-                inner
-                    .snapshots
-                    .ensure(&l.digest, &inner.content.path(&l.digest), &l.diff_id)?;
+            let diff_ids = record.diff_ids();
+            for (i, l) in record.layers.iter().enumerate() {
+                let lowers = inner.snapshots.lowers(&diff_ids[..i]);
+                inner.snapshots.ensure(
+                    &l.digest,
+                    &inner.content.path(&l.digest),
+                    &l.diff_id,
+                    Some(&lowers),
+                )?;
                 layers.push(inner.snapshots.path(&l.diff_id));
             }
             // The copy needs no snapshot after it is made, but the image counts as in use.
