@@ -153,13 +153,16 @@ fn settings(cli: &ImagesCli) -> anyhow::Result<(PathBuf, PathBuf)> {
 
 fn clap_line(e: &clap::Error) -> String {
     let text = e.render().to_string();
-    let first = text
+    // The message and its details (e.g. the missing arguments), without the usage block.
+    let parts: Vec<&str> = text
         .lines()
         .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("invalid command line");
-    let first = first.strip_prefix("error: ").unwrap_or(first);
-    format!("images: {first} (see `r3s-agent images --help`)")
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect();
+    let msg = parts.join(" ");
+    let msg = msg.strip_prefix("error: ").unwrap_or(&msg);
+    format!("images: {msg} (see `r3s-agent images --help`)")
 }
 
 /// Explains the errors an operator can act on.
@@ -216,18 +219,15 @@ async fn show_progress(mut rx: tokio::sync::mpsc::UnboundedReceiver<PullEvent>, 
     .unwrap_or_else(|_| ProgressStyle::default_bar())
     .progress_chars("=> ");
     let mut bars: Vec<(r3s_images::Digest, ProgressBar)> = Vec::new();
+    let mut fallbacks: Vec<String> = Vec::new();
     let bar = |bars: &[(r3s_images::Digest, ProgressBar)], d: &r3s_images::Digest| {
         bars.iter().find(|(k, _)| k == d).map(|(_, b)| b.clone())
     };
     while let Some(ev) = rx.recv().await {
         match ev {
-            PullEvent::EndpointFailed { endpoint, error } => {
-                let line = format!("{endpoint}: {error}; trying the next endpoint");
-                if tty {
-                    let _ = multi.println(line);
-                } else {
-                    eprintln!("{line}");
-                }
+            // Told only once the pull succeeded: a failed pull's one error line names them all.
+            PullEvent::EndpointFailed { error, .. } => {
+                fallbacks.push(format!("{error}; the next endpoint was used"));
             }
             PullEvent::Resolved {
                 image,
@@ -295,6 +295,13 @@ async fn show_progress(mut rx: tokio::sync::mpsc::UnboundedReceiver<PullEvent>, 
             } => {
                 for (_, pb) in &bars {
                     pb.finish();
+                }
+                for line in fallbacks.drain(..) {
+                    if tty {
+                        let _ = multi.println(line);
+                    } else {
+                        eprintln!("{line}");
+                    }
                 }
                 let line = format!(
                     "{image}: pulled in {:.1}s, {} downloaded of {}",

@@ -93,9 +93,16 @@ async fn hard_links_into_lower_layers() {
         .join("snapshots")
         .join(rec.layers[1].diff_id.hex());
     let m = std::fs::metadata(up.join("etc/base")).unwrap();
-    assert_eq!(m.ino(), std::fs::metadata(up.join("etc/base.link")).unwrap().ino());
     assert_eq!(
-        std::fs::metadata(up.join("opt")).unwrap().permissions().mode() & 0o7777,
+        m.ino(),
+        std::fs::metadata(up.join("etc/base.link")).unwrap().ino()
+    );
+    assert_eq!(
+        std::fs::metadata(up.join("opt"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
         0o711
     );
     assert!(
@@ -156,15 +163,13 @@ async fn hard_links_to_deleted_or_hidden_files_rejected() {
     for (tag, target) in [("wh", "etc/gone"), ("opq", "d/hidden"), ("none", "nowhere")] {
         let link = layer(&[Entry::Hardlink("x", target)], Compression::Gzip);
         let base = layer_copy(&base);
-        let img = image(
-            vec![base, layer_copy(&deletes), link],
-            "amd64",
-            None,
-            false,
-        );
+        let img = image(vec![base, layer_copy(&deletes), link], "amd64", None, false);
         reg.push("badlinks", tag, &img, &ANON).await;
         let err = svc
-            .pull(&format!("{}/badlinks:{tag}", reg.addr), &PullOptions::default())
+            .pull(
+                &format!("{}/badlinks:{tag}", reg.addr),
+                &PullOptions::default(),
+            )
             .await
             .unwrap_err()
             .to_string();
