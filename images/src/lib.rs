@@ -35,6 +35,7 @@
 //! - [`manifest`]: index/manifest/config parsing and platform selection.
 //! - [`registries`]: k3s `registries.yaml` (mirrors, rewrites, configs) and the endpoint list.
 //! - [`auth`]: credentials from Docker config JSON (pull secrets) and registries.yaml.
+//! - [`mtls`]: the tunnel that presents registries.yaml client certificates.
 //! - [`content`]: content-addressed blobs, verified before they become visible.
 //! - [`unpack`]: layer tar → overlayfs directory (whiteouts, opaque dirs, ownership, devices).
 //! - [`snapshot`]: one unpacked directory per layer, overlay mounts, leases.
@@ -54,6 +55,7 @@ pub mod digest;
 pub mod flatten;
 pub mod import;
 pub mod manifest;
+pub mod mtls;
 pub mod platform;
 pub mod progress;
 pub mod pull;

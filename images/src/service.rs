@@ -160,7 +160,8 @@ pub(crate) struct Inner {
     pub(crate) max_downloads: usize,
     /// Keyed by scheme, host and a fingerprint of the credentials: the client caches the first
     /// credentials it sees per registry, so different pull secrets need different clients.
-    clients: Mutex<HashMap<(bool, String, Digest), Client>>,
+    /// A client for a registry with client certificates keeps its tunnel (see [`crate::mtls`]).
+    clients: Mutex<HashMap<ClientKey, CachedClient>>,
     /// `<root>/lock`: flock'ed shared by pulls, imports and rootfs preparation, exclusively by
     /// remove and GC, so the guarantees hold across processes too (an operator CLI opening the
     /// store while the agent runs).
@@ -169,6 +170,11 @@ pub(crate) struct Inner {
     /// finds it in the store).
     blob_locks: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
 }
+
+/// Scheme (https?), host, credentials fingerprint.
+type ClientKey = (bool, String, Digest);
+/// A registry client and, for client certificates, the tunnel it goes through.
+type CachedClient = (Client, Option<Arc<crate::mtls::Tunnel>>);
 
 /// The image service (cheap to clone).
 #[derive(Clone)]
@@ -608,7 +614,7 @@ impl Inner {
             RegistryAuth::Bearer(t) => Digest::of(format!("bearer\0{t}").as_bytes()),
         };
         let key = (ep.https, ep.host.clone(), fingerprint);
-        if let Some(c) = self.clients.lock().map_err(|_| poisoned())?.get(&key) {
+        if let Some((c, _)) = self.clients.lock().map_err(|_| poisoned())?.get(&key) {
             return Ok(c.clone());
         }
         let tls_err = |reason: String| ImageError::Tls {
@@ -626,13 +632,16 @@ impl Inner {
             connect_timeout: Some(std::time::Duration::from_secs(30)),
             ..Default::default()
         };
+        let mut tunnel = None;
         if let Some(tls) = self.host_config(ep, registry).and_then(|h| h.tls.as_ref()) {
             if tls.cert_file.is_some() || tls.key_file.is_some() {
-                return Err(tls_err(
-                    "client certificates (cert_file/key_file) are not supported: the registry client has no client-identity option".into(),
-                ));
-            }
-            if let Some(ca) = &tls.ca_file {
+                // The client speaks plain HTTP to the tunnel, which adds the identity.
+                let t = crate::mtls::Tunnel::start(&ep.host, ep.https, tls)
+                    .map_err(|e| tls_err(e.to_string()))?;
+                cfg.protocol = ClientProtocol::Http;
+                cfg.http_proxy = Some(t.proxy_url.clone());
+                tunnel = Some(Arc::new(t));
+            } else if let Some(ca) = &tls.ca_file {
                 let data = std::fs::read(ca)
                     .map_err(|e| tls_err(format!("read ca_file {}: {e}", ca.display())))?;
                 cfg.extra_root_certificates.push(Certificate {
@@ -646,7 +655,7 @@ impl Inner {
         self.clients
             .lock()
             .map_err(|_| poisoned())?
-            .insert(key, client.clone());
+            .insert(key, (client.clone(), tunnel));
         Ok(client)
     }
 
