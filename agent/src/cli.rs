@@ -20,7 +20,15 @@ use crate::config::ServerUrl;
 
 /// r3s agent: the node agent that runs pods for an r3s server.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "r3s-agent", version, about, max_term_width = 100)]
+#[command(
+    name = "r3s-agent",
+    version,
+    about,
+    max_term_width = 100,
+    after_help = "Commands (instead of running the agent):\n  \
+        check-config                   check that this host can run pods\n  \
+        images pull|list|rm|import     manage this node's images (see `r3s-agent images --help`)"
+)]
 pub struct Cli {
     /// Load configuration from FILE (keys are flag names; FILE.d/*.yaml drop-ins are read too)
     #[arg(

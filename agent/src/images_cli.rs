@@ -29,15 +29,17 @@ use crate::layout::Layout;
 #[derive(Parser, Debug)]
 #[command(name = "r3s-agent images", max_term_width = 100)]
 pub struct ImagesCli {
-    /// Load --data-dir and --private-registry from FILE, as the agent does
+    /// Load --data-dir and --private-registry from FILE, as the agent does [env: R3S_CONFIG_FILE]
+    /// [default: /etc/r3s/config.yaml]
     #[arg(long, short = 'c', value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
 
-    /// Folder the agent holds state in (the store is <DIR>/agent/image-store) [default: /var/lib/r3s]
+    /// Folder the agent holds state in (the store is <DIR>/agent/image-store) [env: R3S_DATA_DIR] [default: /var/lib/r3s]
     #[arg(long, short = 'd', value_name = "DIR", global = true)]
     pub data_dir: Option<PathBuf>,
 
-    /// Private registry configuration file [default: /etc/r3s/registries.yaml]
+    /// Private registry configuration file [env: R3S_PRIVATE_REGISTRY]
+    /// [default: /etc/r3s/registries.yaml]
     #[arg(long, value_name = "FILE", global = true)]
     pub private_registry: Option<PathBuf>,
 
@@ -89,11 +91,10 @@ pub enum ImagesCommand {
 
 /// Runs `r3s-agent images ...` (`args` is the whole command line, program name first).
 pub fn run(args: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
-    // Drop "images" so clap sees `r3s-agent images <command> ...` as one program name.
-    let mut args = args.into_iter();
-    let argv0: Vec<std::ffi::OsString> = args.next().into_iter().collect();
-    let rest: Vec<std::ffi::OsString> = args.skip(1).collect();
-    let cli = match ImagesCli::try_parse_from(argv0.into_iter().chain(rest)) {
+    // `r3s-agent images` is the program name clap shows in usage lines.
+    let rest = args.into_iter().skip(2);
+    let argv = std::iter::once(std::ffi::OsString::from("r3s-agent images")).chain(rest);
+    let cli = match ImagesCli::try_parse_from(argv) {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
             // --help: clap's text on stdout, success.

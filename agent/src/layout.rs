@@ -95,3 +95,21 @@ impl Layout {
         self.sandboxes().join(uid)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_store_and_airgap_dir_are_apart() {
+        let l = Layout::new(Path::new("/var/lib/r3s"), Path::new("/run/r3s"));
+        assert_eq!(l.airgap_images(), Path::new("/var/lib/r3s/agent/images"));
+        assert_eq!(l.images(), Path::new("/var/lib/r3s/agent/image-store"));
+        assert_eq!(l.images(), r3s_images::store_dir(Path::new("/var/lib/r3s")));
+        assert_eq!(
+            l.airgap_images(),
+            r3s_images::airgap_dir(Path::new("/var/lib/r3s"))
+        );
+        assert!(!l.images().starts_with(l.airgap_images()));
+    }
+}

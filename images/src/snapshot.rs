@@ -36,9 +36,7 @@ pub enum SnapshotError {
         expected: Digest,
         actual: Digest,
     },
-    #[error(
-        "overlayfs is unavailable: {0} (load the `overlay` kernel module; r3s has no copy fallback yet)"
-    )]
+    #[error("overlayfs is unavailable: {0} (load the `overlay` kernel module: `modprobe overlay`)")]
     NoOverlay(String),
     #[error(
         "mount overlay on {target}: {source} (options were {options} bytes long; the kernel limit is one page)"
