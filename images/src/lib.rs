@@ -1,9 +1,12 @@
 //! The r3s image service: pulls OCI images from registries into a content-addressed store and unpacks
 //! their layers into snapshots that containers mount with overlayfs (containerd's image path in k3s).
 //!
-//! Entry point: [`ImageService`] (open a root directory, then `pull`, `list`, `inspect`, `remove`,
-//! `gc`, `prune`, `disk_usage`, `prepare_rootfs` (or `prepare_rootfs_copy` without overlayfs) /
-//! `release_rootfs`, `import_dir`). Pull progress arrives as [`PullEvent`]s on a channel, so the
+//! Entry point: [`ImageService`] (open a root directory, then `pull`, `list`, `inspect`, `remove`
+//! (or the operator's `remove_image`, which refuses an image a container uses), `gc`, `prune`,
+//! `disk_usage`, `prepare_rootfs` (or `prepare_rootfs_copy` without overlayfs) / `release_rootfs`,
+//! `import_dir` / `import_airgap` (the agent's start-up import) / `import_file`). The agent keeps
+//! the store at [`store_dir`] (`<data-dir>/agent/image-store`) and scans [`airgap_dir`]
+//! (`<data-dir>/agent/images`, k3s's air-gap directory) at start. Pull progress arrives as [`PullEvent`]s on a channel, so the
 //! operator CLI or the agent's event recorder stays a thin layer, e.g. a pull with a progress display:
 //!
 //! ```no_run
