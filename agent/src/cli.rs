@@ -7,8 +7,9 @@
 //! Nothing is `required` here, so that a value from the environment or the file can satisfy it;
 //! [`crate::config::AgentConfig`] checks what must be present.
 //!
-//! Subcommands (k3s's `check-config`, `images ...`) will be an `Option<Command>` field with
-//! `#[command(subcommand)]` once they do something; the root flags stay the run command's flags.
+//! Subcommands (k3s's `check-config`, and `images ...` in [`crate::images_cli`]) are recognised in
+//! `main` before this parse, so the root flags stay the run command's flags; the images commands
+//! resolve their `--data-dir`/`--private-registry` through this same struct (same env and file).
 
 use std::path::PathBuf;
 
@@ -19,7 +20,15 @@ use crate::config::ServerUrl;
 
 /// r3s agent: the node agent that runs pods for an r3s server.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "r3s-agent", version, about, max_term_width = 100)]
+#[command(
+    name = "r3s-agent",
+    version,
+    about,
+    max_term_width = 100,
+    after_help = "Commands (instead of running the agent):\n  \
+        check-config                   check that this host can run pods\n  \
+        images pull|list|rm|import     manage this node's images (see `r3s-agent images --help`)"
+)]
 pub struct Cli {
     /// Load configuration from FILE (keys are flag names; FILE.d/*.yaml drop-ins are read too)
     #[arg(

@@ -4,7 +4,8 @@
 //! touch each other's files.
 //!
 //! ```text
-//! <data-dir>/agent/images/                   image store (r3s-images)
+//! <data-dir>/agent/image-store/              image store (r3s-images: blobs, snapshots, records)
+//! <data-dir>/agent/images/                   air-gap tarballs, imported at start (as in k3s)
 //! <data-dir>/agent/containers/<id>/          bundle: config.json, rootfs (overlay), upper, work
 //! <data-dir>/agent/pods/<ns>_<name>_<uid>/<container>/<restart>.log   CRI logs
 //! <data-dir>/agent/cni/                      IPAM leases
@@ -31,7 +32,14 @@ impl Layout {
         }
     }
 
+    /// The image store (content, snapshots, records). Not k3s's `agent/images`: that directory
+    /// is where operators drop air-gap tarballs ([`Layout::airgap_images`]).
     pub fn images(&self) -> PathBuf {
+        self.agent_dir.join("image-store")
+    }
+
+    /// The air-gap directory: every image tarball in it is imported at agent start.
+    pub fn airgap_images(&self) -> PathBuf {
         self.agent_dir.join("images")
     }
 
@@ -85,5 +93,23 @@ impl Layout {
 
     pub fn sandbox(&self, uid: &str) -> PathBuf {
         self.sandboxes().join(uid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_store_and_airgap_dir_are_apart() {
+        let l = Layout::new(Path::new("/var/lib/r3s"), Path::new("/run/r3s"));
+        assert_eq!(l.airgap_images(), Path::new("/var/lib/r3s/agent/images"));
+        assert_eq!(l.images(), Path::new("/var/lib/r3s/agent/image-store"));
+        assert_eq!(l.images(), r3s_images::store_dir(Path::new("/var/lib/r3s")));
+        assert_eq!(
+            l.airgap_images(),
+            r3s_images::airgap_dir(Path::new("/var/lib/r3s"))
+        );
+        assert!(!l.images().starts_with(l.airgap_images()));
     }
 }

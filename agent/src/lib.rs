@@ -7,12 +7,14 @@
 //! and per-pod workers), [`proxy`] (the service proxy: Services → one nftables table), [`dns`]
 //! (cluster DNS on every node), [`runtime`] (the only module linking libcontainer: containers, CRI
 //! logs, cgroup cleanup), [`layout`] (directories), [`restart`] (design for surviving agent
-//! restarts), [`cli`]/[`config`]/[`run`] (the standalone binary's configuration).
+//! restarts), [`cli`]/[`config`]/[`run`] (the standalone binary's configuration), [`images_cli`]
+//! (the operator's `r3s-agent images ...` commands).
 
 pub mod cli;
 pub mod config;
 #[cfg(target_os = "linux")]
 pub mod dns;
+pub mod images_cli;
 pub mod layout;
 #[cfg(target_os = "linux")]
 pub mod node;

@@ -5,6 +5,9 @@
 //! `r3s-agent check-config` (k3s's preflight command) runs the host checks instead: one line per
 //! problem on stdout, exit status 1 if there is any. It is recognised before flag parsing, since
 //! the configuration resolver knows only the run command's flags.
+//!
+//! `r3s-agent images pull|list|rm|import` (k3s's `ctr images`/`crictl`) is recognised the same way
+//! and needs none of the run command's required settings (see [`r3s_agent::images_cli`]).
 
 use std::process::ExitCode;
 
@@ -21,6 +24,12 @@ fn main() -> ExitCode {
         .is_some_and(|a| a == "check-config")
     {
         return check_config();
+    }
+    if std::env::args_os().nth(1).is_some_and(|a| a == "images") {
+        return match r3s_agent::images_cli::run(std::env::args_os().collect()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => fail(BIN, &r3s_config::exit::chain(err.as_ref())),
+        };
     }
     let resolved = match r3s_config::resolve::<Cli, _, _>(std::env::args_os(), std::env::vars_os())
     {

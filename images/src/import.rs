@@ -12,7 +12,8 @@
 //! Skipping: `<root>/imports/` remembers each file's content digest (and, per path, its size and
 //! mtime, so an unchanged directory is skipped with one `stat` per file, without reading anything).
 //! A tarball that failed is remembered too and reported again without being re-read until it
-//! changes. A corrupt tarball never stops the others.
+//! changes. A corrupt tarball never stops the others. A tarball whose images were removed since
+//! (`r3s-agent images rm`) is imported again, as k3s would at its next start.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -83,6 +84,36 @@ impl ImageService {
         let inner = self.inner.clone();
         let dir = dir.to_path_buf();
         tokio::task::spawn_blocking(move || import_dir(&inner, &dir)).await?
+    }
+
+    /// The agent's start-up import of its air-gap directory (`<data-dir>/agent/images/`, see
+    /// [`crate::airgap_dir`]): [`ImageService::import_dir`], with every outcome logged and nothing
+    /// fatal (a node with a bad tarball still starts; the tarball is reported at each start until
+    /// it changes).
+    pub async fn import_airgap(&self, dir: &Path) -> ImportReport {
+        let started = std::time::Instant::now();
+        match self.import_dir(dir).await {
+            Ok(rep) => {
+                for (file, error) in &rep.failed {
+                    tracing::warn!(file = %file.display(), %error, "air-gap image archive skipped");
+                }
+                if !rep.imported.is_empty() || !rep.failed.is_empty() {
+                    tracing::info!(
+                        dir = %dir.display(),
+                        imported = rep.imported.len(),
+                        unchanged = rep.skipped.len(),
+                        failed = rep.failed.len(),
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "air-gap image import"
+                    );
+                }
+                rep
+            }
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "air-gap image import failed");
+                ImportReport::default()
+            }
+        }
     }
 
     /// Imports one tarball unconditionally; returns the records written.
@@ -156,10 +187,21 @@ fn import_dir(inner: &Inner, dir: &Path) -> Result<ImportReport, ImageError> {
             .and_then(|d| serde_json::from_slice::<ContentMarker>(&d).ok())
         {
             match m.error {
-                Some(e) => report.failed.push((file, e)),
-                None => report.skipped.push(file),
+                Some(e) => {
+                    report.failed.push((file, e));
+                    continue;
+                }
+                // Unless an operator removed one of its images since: then import it again.
+                None if m
+                    .images
+                    .iter()
+                    .all(|n| matches!(inner.records.get(n), Ok(Some(_)))) =>
+                {
+                    report.skipped.push(file);
+                    continue;
+                }
+                None => {}
             }
-            continue;
         }
         let (marker, outcome) = match import_archive(inner, &file) {
             Ok(recs) => {
@@ -513,13 +555,18 @@ fn record_image(
     let config = inner.content.read(&m.config.digest)?;
     let diff_ids = manifest::diff_ids(&m.config.digest, &config, m.layers.len())?;
     let mut layers = Vec::new();
-    for (l, diff_id) in m.layers.iter().zip(diff_ids) {
+    for (i, (l, diff_id)) in m.layers.iter().zip(&diff_ids).enumerate() {
         if !inner.content.has(&l.digest, Some(l.size)) {
             return Err(ContentError::NotFound(l.digest.clone()).into());
         }
-        inner
-            .snapshots
-            .ensure(&l.digest, &inner.content.path(&l.digest), &diff_id)?;
+        let lowers = inner.snapshots.lowers(&diff_ids[..i]);
+        inner.snapshots.ensure(
+            &l.digest,
+            &inner.content.path(&l.digest),
+            diff_id,
+            Some(&lowers),
+        )?;
+        let diff_id = diff_id.clone();
         layers.push(LayerRecord {
             digest: l.digest.clone(),
             size: l.size,

@@ -1,9 +1,12 @@
 //! The r3s image service: pulls OCI images from registries into a content-addressed store and unpacks
 //! their layers into snapshots that containers mount with overlayfs (containerd's image path in k3s).
 //!
-//! Entry point: [`ImageService`] (open a root directory, then `pull`, `list`, `inspect`, `remove`,
-//! `gc`, `prune`, `disk_usage`, `prepare_rootfs` (or `prepare_rootfs_copy` without overlayfs) /
-//! `release_rootfs`, `import_dir`). Pull progress arrives as [`PullEvent`]s on a channel, so the
+//! Entry point: [`ImageService`] (open a root directory, then `pull`, `list`, `inspect`, `remove`
+//! (or the operator's `remove_image`, which refuses an image a container uses), `gc`, `prune`,
+//! `disk_usage`, `prepare_rootfs` (or `prepare_rootfs_copy` without overlayfs) / `release_rootfs`,
+//! `import_dir` / `import_airgap` (the agent's start-up import) / `import_file`). The agent keeps
+//! the store at [`store_dir`] (`<data-dir>/agent/image-store`) and scans [`airgap_dir`]
+//! (`<data-dir>/agent/images`, k3s's air-gap directory) at start. Pull progress arrives as [`PullEvent`]s on a channel, so the
 //! operator CLI or the agent's event recorder stays a thin layer, e.g. a pull with a progress display:
 //!
 //! ```no_run
@@ -35,6 +38,7 @@
 //! - [`manifest`]: index/manifest/config parsing and platform selection.
 //! - [`registries`]: k3s `registries.yaml` (mirrors, rewrites, configs) and the endpoint list.
 //! - [`auth`]: credentials from Docker config JSON (pull secrets) and registries.yaml.
+//! - [`mtls`]: the tunnel that presents registries.yaml client certificates.
 //! - [`content`]: content-addressed blobs, verified before they become visible.
 //! - [`unpack`]: layer tar → overlayfs directory (whiteouts, opaque dirs, ownership, devices).
 //! - [`snapshot`]: one unpacked directory per layer, overlay mounts, leases.
@@ -54,6 +58,7 @@ pub mod digest;
 pub mod flatten;
 pub mod import;
 pub mod manifest;
+pub mod mtls;
 pub mod platform;
 pub mod progress;
 pub mod pull;

@@ -200,7 +200,7 @@ async fn fetch(
         .layers
         .iter()
         .cloned()
-        .zip(diff_ids)
+        .zip(diff_ids.clone())
         .map(|(layer, diff_id)| {
             let client = &client;
             let oref = &oref;
@@ -209,29 +209,56 @@ async fn fetch(
                 let snaps = inner.snapshots.clone();
                 let blob = inner.content.path(&layer.digest);
                 let (l, d) = (layer.digest.clone(), diff_id.clone());
-                let unpacked =
-                    tokio::task::spawn_blocking(move || snaps.ensure(&l, &blob, &d)).await??;
-                progress.send(PullEvent::LayerUnpacked {
-                    digest: layer.digest.clone(),
-                    diff_id: diff_id.clone(),
-                    cached: !unpacked,
-                });
+                // Unpacked as soon as downloaded, without the lowers (they may not be there yet);
+                // a layer hard-linking a lower layer's file is unpacked again below, in order.
+                let deferred =
+                    match tokio::task::spawn_blocking(move || snaps.ensure(&l, &blob, &d, None))
+                        .await?
+                    {
+                        Ok(unpacked) => {
+                            progress.send(PullEvent::LayerUnpacked {
+                                digest: layer.digest.clone(),
+                                diff_id: diff_id.clone(),
+                                cached: !unpacked,
+                            });
+                            false
+                        }
+                        Err(e) if e.needs_lowers() => true,
+                        Err(e) => return Err(e.into()),
+                    };
                 let rec = LayerRecord {
                     digest: layer.digest,
                     size: layer.size,
                     media_type: layer.media_type,
                     diff_id,
                 };
-                Ok::<_, ImageError>((rec, fetched))
+                Ok::<_, ImageError>((rec, fetched, deferred))
             }
         });
     // `buffered` keeps the layer order while running up to N at once.
-    let done: Vec<(LayerRecord, u64)> = futures::stream::iter(jobs)
+    let done: Vec<(LayerRecord, u64, bool)> = futures::stream::iter(jobs)
         .buffered(inner.max_downloads)
         .try_collect()
         .await?;
-    let downloaded = config_bytes + done.iter().map(|(_, n)| n).sum::<u64>();
-    let layers: Vec<LayerRecord> = done.into_iter().map(|(l, _)| l).collect();
+    for (i, (l, _, deferred)) in done.iter().enumerate() {
+        if !deferred {
+            continue;
+        }
+        let snaps = inner.snapshots.clone();
+        let lowers = snaps.lowers(&diff_ids[..i]);
+        let blob = inner.content.path(&l.digest);
+        let (d, id) = (l.digest.clone(), l.diff_id.clone());
+        let unpacked =
+            tokio::task::spawn_blocking(move || snaps.ensure(&d, &blob, &id, Some(&lowers)))
+                .await??;
+        progress.send(PullEvent::LayerUnpacked {
+            digest: l.digest.clone(),
+            diff_id: l.diff_id.clone(),
+            cached: !unpacked,
+        });
+    }
+    let downloaded = config_bytes + done.iter().map(|(_, n, _)| n).sum::<u64>();
+    let layers: Vec<LayerRecord> = done.into_iter().map(|(l, _, _)| l).collect();
 
     let size = manifest.config.size + layers.iter().map(|l| l.size).sum::<u64>();
     let record = ImageRecord {

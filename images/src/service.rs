@@ -63,6 +63,11 @@ pub enum ImageError {
     Tls { host: String, reason: String },
     #[error("image {0} is not in the store")]
     NotFound(String),
+    /// A prepared container rootfs still uses the image.
+    #[error(
+        "image {image} is in use by the container at {container}; stop its pod first (or force)"
+    )]
+    InUse { image: String, container: PathBuf },
     #[error("image config {digest}: {source}")]
     Config {
         digest: Digest,
@@ -155,7 +160,8 @@ pub(crate) struct Inner {
     pub(crate) max_downloads: usize,
     /// Keyed by scheme, host and a fingerprint of the credentials: the client caches the first
     /// credentials it sees per registry, so different pull secrets need different clients.
-    clients: Mutex<HashMap<(bool, String, Digest), Client>>,
+    /// A client for a registry with client certificates keeps its tunnel (see [`crate::mtls`]).
+    clients: Mutex<HashMap<ClientKey, CachedClient>>,
     /// `<root>/lock`: flock'ed shared by pulls, imports and rootfs preparation, exclusively by
     /// remove and GC, so the guarantees hold across processes too (an operator CLI opening the
     /// store while the agent runs).
@@ -164,6 +170,11 @@ pub(crate) struct Inner {
     /// finds it in the store).
     blob_locks: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
 }
+
+/// Scheme (https?), host, credentials fingerprint.
+type ClientKey = (bool, String, Digest);
+/// A registry client and, for client certificates, the tunnel it goes through.
+type CachedClient = (Client, Option<Arc<crate::mtls::Tunnel>>);
 
 /// The image service (cheap to clone).
 #[derive(Clone)]
@@ -263,6 +274,51 @@ impl ImageService {
             any |= self.inner.records.remove(&n)?;
         }
         Ok(any)
+    }
+
+    /// Container directories whose prepared rootfs uses the image `name` (canonical name). A lease
+    /// whose directory is gone (left by a crashed agent) does not count.
+    pub fn users(&self, name: &str) -> Result<Vec<PathBuf>, ImageError> {
+        Ok(self
+            .inner
+            .snapshots
+            .lease_records()?
+            .into_iter()
+            .filter(|(dir, image, _)| image == name && dir.exists())
+            .map(|(dir, _, _)| dir)
+            .collect())
+    }
+
+    /// The operator's remove (`crictl rmi`): `name` (or an image ID / digest: every name with it)
+    /// must exist ([`ImageError::NotFound`]) and, unless `force`, no container may use it
+    /// ([`ImageError::InUse`]). Returns the names removed; content stays until [`ImageService::gc`].
+    pub async fn remove_image(&self, name: &str, force: bool) -> Result<Vec<String>, ImageError> {
+        let _w = self.inner.lock(true).await?;
+        let names: Vec<String> = match Digest::parse(name) {
+            Ok(d) => self
+                .find_by_digest(&d)?
+                .into_iter()
+                .map(|r| r.name)
+                .collect(),
+            Err(_) => self.get(name)?.into_iter().map(|r| r.name).collect(),
+        };
+        if names.is_empty() {
+            return Err(ImageError::NotFound(name.to_string()));
+        }
+        if !force {
+            for n in &names {
+                if let Some(container) = self.users(n)?.into_iter().next() {
+                    return Err(ImageError::InUse {
+                        image: n.clone(),
+                        container,
+                    });
+                }
+            }
+        }
+        for n in &names {
+            self.inner.records.remove(n)?;
+        }
+        Ok(names)
     }
 
     /// Deletes every blob and snapshot no image record (or prepared rootfs) references.
@@ -386,10 +442,15 @@ impl ImageService {
         let inner = self.inner.clone();
         let dir = container_dir.to_path_buf();
         tokio::task::spawn_blocking(move || {
-            for l in &record.layers {
-                inner
-                    .snapshots
-                    .ensure(&l.digest, &inner.content.path(&l.digest), &l.diff_id)?;
+            let diff_ids = record.diff_ids();
+            for (i, l) in record.layers.iter().enumerate() {
+                let lowers = inner.snapshots.lowers(&diff_ids[..i]);
+                inner.snapshots.ensure(
+                    &l.digest,
+                    &inner.content.path(&l.digest),
+                    &l.diff_id,
+                    Some(&lowers),
+                )?;
             }
             let m = inner
                 .snapshots
@@ -417,10 +478,15 @@ impl ImageService {
         let dir = container_dir.to_path_buf();
         tokio::task::spawn_blocking(move || {
             let mut layers = Vec::new();
-            for l in &record.layers {
-                inner
-                    .snapshots
-                    .ensure(&l.digest, &inner.content.path(&l.digest), &l.diff_id)?;
+            let diff_ids = record.diff_ids();
+            for (i, l) in record.layers.iter().enumerate() {
+                let lowers = inner.snapshots.lowers(&diff_ids[..i]);
+                inner.snapshots.ensure(
+                    &l.digest,
+                    &inner.content.path(&l.digest),
+                    &l.diff_id,
+                    Some(&lowers),
+                )?;
                 layers.push(inner.snapshots.path(&l.diff_id));
             }
             // The copy needs no snapshot after it is made, but the image counts as in use.
@@ -548,7 +614,7 @@ impl Inner {
             RegistryAuth::Bearer(t) => Digest::of(format!("bearer\0{t}").as_bytes()),
         };
         let key = (ep.https, ep.host.clone(), fingerprint);
-        if let Some(c) = self.clients.lock().map_err(|_| poisoned())?.get(&key) {
+        if let Some((c, _)) = self.clients.lock().map_err(|_| poisoned())?.get(&key) {
             return Ok(c.clone());
         }
         let tls_err = |reason: String| ImageError::Tls {
@@ -566,13 +632,16 @@ impl Inner {
             connect_timeout: Some(std::time::Duration::from_secs(30)),
             ..Default::default()
         };
+        let mut tunnel = None;
         if let Some(tls) = self.host_config(ep, registry).and_then(|h| h.tls.as_ref()) {
             if tls.cert_file.is_some() || tls.key_file.is_some() {
-                return Err(tls_err(
-                    "client certificates (cert_file/key_file) are not supported: the registry client has no client-identity option".into(),
-                ));
-            }
-            if let Some(ca) = &tls.ca_file {
+                // The client speaks plain HTTP to the tunnel, which adds the identity.
+                let t = crate::mtls::Tunnel::start(&ep.host, ep.https, tls)
+                    .map_err(|e| tls_err(e.to_string()))?;
+                cfg.protocol = ClientProtocol::Http;
+                cfg.http_proxy = Some(t.proxy_url.clone());
+                tunnel = Some(Arc::new(t));
+            } else if let Some(ca) = &tls.ca_file {
                 let data = std::fs::read(ca)
                     .map_err(|e| tls_err(format!("read ca_file {}: {e}", ca.display())))?;
                 cfg.extra_root_certificates.push(Certificate {
@@ -586,7 +655,7 @@ impl Inner {
         self.clients
             .lock()
             .map_err(|_| poisoned())?
-            .insert(key, client.clone());
+            .insert(key, (client.clone(), tunnel));
         Ok(client)
     }
 

@@ -36,9 +36,7 @@ pub enum SnapshotError {
         expected: Digest,
         actual: Digest,
     },
-    #[error(
-        "overlayfs is unavailable: {0} (load the `overlay` kernel module; r3s has no copy fallback yet)"
-    )]
+    #[error("overlayfs is unavailable: {0} (load the `overlay` kernel module: `modprobe overlay`)")]
     NoOverlay(String),
     #[error(
         "mount overlay on {target}: {source} (options were {options} bytes long; the kernel limit is one page)"
@@ -52,6 +50,19 @@ pub enum SnapshotError {
     NotRoot(u32),
     #[error("lease {path}: {reason}")]
     Lease { path: PathBuf, reason: String },
+}
+
+impl SnapshotError {
+    /// The layer hard-links a file of a lower layer: unpack it again with its lowers.
+    pub fn needs_lowers(&self) -> bool {
+        matches!(
+            self,
+            Self::Unpack {
+                source: unpack::UnpackError::LowerLink { .. },
+                ..
+            }
+        )
+    }
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SnapshotError + 'a {
@@ -135,13 +146,25 @@ impl SnapshotStore {
         self.path(diff_id).is_dir()
     }
 
+    /// The snapshot directories of `below` (diff IDs, bottom layer first), nearest first: the
+    /// `lowers` argument of [`SnapshotStore::ensure`] for the layer above them.
+    pub fn lowers(&self, below: &[Digest]) -> Vec<PathBuf> {
+        below.iter().rev().map(|d| self.path(d)).collect()
+    }
+
     /// Unpacks the layer blob at `blob` into the snapshot `diff_id` unless it exists. Blocking.
-    /// Returns `true` if it unpacked, `false` if the snapshot was already there.
+    /// Returns `true` if it unpacked, `false` if the snapshot was already there. `lowers`: see
+    /// [`unpack::unpack_layer`] (with `None`, a layer hard-linking a lower layer's file fails with
+    /// an error for which [`SnapshotError::needs_lowers`] is true).
+    ///
+    /// Snapshots are keyed by diff ID alone, so such a layer's copied-up targets come from the
+    /// chain it was first unpacked on; every real image with such links has one chain below it.
     pub fn ensure(
         &self,
         layer: &Digest,
         blob: &Path,
         diff_id: &Digest,
+        lowers: Option<&[PathBuf]>,
     ) -> Result<bool, SnapshotError> {
         if self.has(diff_id) {
             return Ok(false);
@@ -156,7 +179,7 @@ impl SnapshotStore {
         let result = (|| {
             let f = fs::File::open(blob).map_err(io_err("open", blob))?;
             let (actual, _) =
-                unpack::unpack_layer(f, &tmp).map_err(|source| SnapshotError::Unpack {
+                unpack::unpack_layer(f, &tmp, lowers).map_err(|source| SnapshotError::Unpack {
                     layer: layer.clone(),
                     source,
                 })?;
@@ -223,6 +246,15 @@ impl SnapshotStore {
 
     /// Every lease: (image name, snapshots it holds).
     pub fn leases(&self) -> Result<Vec<(String, Vec<Digest>)>, SnapshotError> {
+        Ok(self
+            .lease_records()?
+            .into_iter()
+            .map(|(_, image, snaps)| (image, snaps))
+            .collect())
+    }
+
+    /// Every lease: (container dir, image name, snapshots it holds).
+    pub fn lease_records(&self) -> Result<Vec<(PathBuf, String, Vec<Digest>)>, SnapshotError> {
         let mut out = Vec::new();
         for e in fs::read_dir(&self.leases)
             .map_err(io_err("list", &self.leases))?
@@ -235,7 +267,7 @@ impl SnapshotStore {
                     path: path.clone(),
                     reason: err.to_string(),
                 })?;
-            out.push((lease.image, lease.snapshots));
+            out.push((lease.container_dir, lease.image, lease.snapshots));
         }
         Ok(out)
     }

@@ -24,6 +24,14 @@ pub enum UnpackError {
     Io(#[from] io::Error),
     #[error("layer entry {path:?} escapes the snapshot ({reason}); layer rejected")]
     Traversal { path: String, reason: &'static str },
+    /// A hard link to a file only a lower layer has, and the lower layers were not given.
+    #[error("layer entry {path:?} hard-links {target:?} from a lower layer")]
+    LowerLink { path: String, target: PathBuf },
+    /// A hard link whose target exists in no layer (or was deleted).
+    #[error(
+        "layer entry {path:?}: hard link target {target:?} is not a file of this or a lower layer"
+    )]
+    LinkTarget { path: String, target: PathBuf },
     #[error("layer entry {path}: {op}: {source}")]
     Entry {
         path: PathBuf,
@@ -50,7 +58,15 @@ pub fn decompress<'a, R: Read + 'a>(r: R) -> io::Result<Box<dyn Read + 'a>> {
 
 /// Unpacks the (possibly compressed) layer `r` into `dest` (an existing empty directory) and returns
 /// the diff ID and the uncompressed size.
-pub fn unpack_layer<R: Read>(r: R, dest: &Path) -> Result<(Digest, u64), UnpackError> {
+///
+/// `lowers` are the snapshots of the layers below, nearest first, for hard links to a file of a
+/// lower layer (see [`link_target`]); `None` when they are not known (yet): such a link then fails
+/// with [`UnpackError::LowerLink`] and the caller unpacks again once the lowers are there.
+pub fn unpack_layer<R: Read>(
+    r: R,
+    dest: &Path,
+    lowers: Option<&[PathBuf]>,
+) -> Result<(Digest, u64), UnpackError> {
     let mut hashing = HashingReader::new(decompress(r)?);
     {
         let mut archive = tar::Archive::new(&mut hashing);
@@ -60,13 +76,17 @@ pub fn unpack_layer<R: Read>(r: R, dest: &Path) -> Result<(Digest, u64), UnpackE
         archive.set_unpack_xattrs(true);
         archive.set_overwrite(true);
         for entry in archive.entries()? {
-            unpack_entry(&mut entry?, dest)?;
+            unpack_entry(&mut entry?, dest, lowers)?;
         }
     }
     Ok(hashing.finish()?)
 }
 
-fn unpack_entry<R: Read>(entry: &mut tar::Entry<'_, R>, dest: &Path) -> Result<(), UnpackError> {
+fn unpack_entry<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    dest: &Path,
+    lowers: Option<&[PathBuf]>,
+) -> Result<(), UnpackError> {
     let raw = entry.path()?.into_owned();
     let shown = raw.to_string_lossy().into_owned();
     let rel = clean_path(&raw).ok_or_else(|| UnpackError::Traversal {
@@ -124,18 +144,13 @@ fn unpack_entry<R: Read>(entry: &mut tar::Entry<'_, R>, dest: &Path) -> Result<(
             path: shown.clone(),
             reason: "hard link target has '..'",
         })?;
-        // The link target must be a regular file already unpacked, not reached through a symlink.
-        let tparent = target_rel.parent().unwrap_or(Path::new(""));
-        let tparent = ensure_dirs(dest, tparent, &shown)?;
-        let tpath = match target_rel.file_name() {
-            Some(n) => tparent.join(n),
-            None => {
-                return Err(UnpackError::Traversal {
-                    path: shown,
-                    reason: "hard link to the root",
-                });
-            }
-        };
+        if target_rel.file_name().is_none() {
+            return Err(UnpackError::Traversal {
+                path: shown,
+                reason: "hard link to the root",
+            });
+        }
+        let tpath = link_target(dest, lowers, &target_rel, &shown)?;
         remove_existing(&path)?;
         return fs::hard_link(&tpath, &path).map_err(|source| UnpackError::Entry {
             path,
@@ -159,6 +174,198 @@ fn unpack_entry<R: Read>(entry: &mut tar::Entry<'_, R>, dest: &Path) -> Result<(
         });
     }
     Ok(())
+}
+
+/// Where a hard link's target is, as a path inside `dest`. A target this layer has is used as is. A
+/// target only a lower layer has (a layer that hard-links a file of an earlier layer, which
+/// containerd handles by unpacking over a mount of the lowers) is copied up into `dest` first,
+/// with its ownership, mode, mtime and xattrs and those of its missing parent directories, as
+/// overlayfs's copy-up does: in the merged view the link and its target are then one file, as in
+/// a flat unpack. Whiteouts and opaque directories of this and the lower layers are honoured.
+fn link_target(
+    dest: &Path,
+    lowers: Option<&[PathBuf]>,
+    rel: &Path,
+    shown: &str,
+) -> Result<PathBuf, UnpackError> {
+    let not_found = || UnpackError::LinkTarget {
+        path: shown.to_string(),
+        target: rel.to_path_buf(),
+    };
+    let layers: Vec<&Path> = std::iter::once(dest)
+        .chain(lowers.unwrap_or(&[]).iter().map(PathBuf::as_path))
+        .collect();
+    let parents: Vec<Component<'_>> = rel
+        .parent()
+        .map(|p| p.components().collect())
+        .unwrap_or_default();
+    for (i, layer) in layers.iter().enumerate() {
+        let mut cur = layer.to_path_buf();
+        let mut opaque = false;
+        let mut present = true;
+        for c in &parents {
+            cur.push(c);
+            match fs::symlink_metadata(&cur) {
+                Ok(m) if m.is_dir() => opaque |= is_opaque(&cur),
+                Ok(m) if m.file_type().is_symlink() && i == 0 => {
+                    return Err(UnpackError::Traversal {
+                        path: shown.to_string(),
+                        reason: "hard link target below a symlink",
+                    });
+                }
+                // A whiteout, file or symlink where the directory should be: deleted from here down.
+                Ok(_) => return Err(not_found()),
+                Err(_) => {
+                    present = false;
+                    break;
+                }
+            }
+        }
+        if present {
+            let p = layer.join(rel);
+            match fs::symlink_metadata(&p) {
+                Ok(m) if is_whiteout(&m) => return Err(not_found()),
+                Ok(_) if i == 0 => return Ok(p),
+                Ok(m) if m.is_file() => return copy_up(layer, rel, dest),
+                Ok(_) => return Err(not_found()),
+                Err(_) => {}
+            }
+        }
+        if opaque {
+            return Err(not_found());
+        }
+        if i == 0 && lowers.is_none() {
+            return Err(UnpackError::LowerLink {
+                path: shown.to_string(),
+                target: rel.to_path_buf(),
+            });
+        }
+    }
+    Err(not_found())
+}
+
+fn is_whiteout(m: &fs::Metadata) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    m.file_type().is_char_device() && m.rdev() == 0
+}
+
+fn is_opaque(dir: &Path) -> bool {
+    let Ok(c) = cpath(dir) else { return false };
+    let mut buf = [0u8; 2];
+    // SAFETY: valid C strings and a buffer of the given length.
+    let n = unsafe {
+        libc::lgetxattr(
+            c.as_ptr(),
+            c"trusted.overlay.opaque".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    n == 1 && buf[0] == b'y'
+}
+
+/// Copies `lower/rel` (a regular file) to `dest/rel`, creating missing parents like the lower's.
+fn copy_up(lower: &Path, rel: &Path, dest: &Path) -> Result<PathBuf, UnpackError> {
+    let (mut from, mut to) = (lower.to_path_buf(), dest.to_path_buf());
+    for c in rel.parent().map(Path::components).into_iter().flatten() {
+        from.push(c);
+        to.push(c);
+        if fs::symlink_metadata(&to).is_err() {
+            fs::create_dir(&to).map_err(|source| UnpackError::Entry {
+                path: to.clone(),
+                op: "copy-up mkdir",
+                source,
+            })?;
+            copy_meta(&from, &to, false)?;
+        }
+    }
+    let (from, to) = (lower.join(rel), dest.join(rel));
+    fs::copy(&from, &to).map_err(|source| UnpackError::Entry {
+        path: to.clone(),
+        op: "copy-up",
+        source,
+    })?;
+    copy_meta(&from, &to, true)?;
+    Ok(to)
+}
+
+/// Ownership, mode (after chown, which clears set-id bits), xattrs except overlay's own (an
+/// opaque marker copied to a new upper directory would hide the lower's other files), and for
+/// files the mtime.
+fn copy_meta(from: &Path, to: &Path, mtime: bool) -> Result<(), UnpackError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let err = |op| {
+        let to = to.to_path_buf();
+        move |source| UnpackError::Entry {
+            path: to,
+            op,
+            source,
+        }
+    };
+    let m = fs::symlink_metadata(from).map_err(err("copy-up stat"))?;
+    lchown(to, u64::from(m.uid()), u64::from(m.gid()))?;
+    fs::set_permissions(to, fs::Permissions::from_mode(m.mode() & 0o7777))
+        .map_err(err("copy-up chmod"))?;
+    for name in list_xattrs(from).map_err(err("copy-up listxattr"))? {
+        if name.to_bytes().starts_with(b"trusted.overlay.") {
+            continue;
+        }
+        if let Some(value) = get_xattr(from, &name).map_err(err("copy-up getxattr"))? {
+            set_xattr(to, &name.to_string_lossy(), &value)?;
+        }
+    }
+    if mtime {
+        let t = nix::sys::time::TimeSpec::new(m.mtime(), m.mtime_nsec());
+        nix::sys::stat::utimensat(
+            None,
+            to,
+            &t,
+            &t,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(|e| err("copy-up utimensat")(e.into()))?;
+    }
+    Ok(())
+}
+
+fn list_xattrs(path: &Path) -> io::Result<Vec<CString>> {
+    let c = CString::new(path.as_os_str().as_bytes())?;
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: valid C string and a buffer of the given length.
+    let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(buf
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty())
+        .filter_map(|n| CString::new(n).ok())
+        .collect())
+}
+
+fn get_xattr(path: &Path, name: &CString) -> io::Result<Option<Vec<u8>>> {
+    let c = CString::new(path.as_os_str().as_bytes())?;
+    let mut buf = vec![0u8; 64 * 1024];
+    // SAFETY: valid C strings and a buffer of the given length.
+    let n = unsafe {
+        libc::lgetxattr(
+            c.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::ENODATA) {
+            Ok(None)
+        } else {
+            Err(e)
+        };
+    }
+    buf.truncate(n as usize);
+    Ok(Some(buf))
 }
 
 /// Strips leading `/` and `.`; `None` if a `..` component is present.
@@ -291,7 +498,7 @@ pub(crate) fn set_xattr(path: &Path, name: &str, value: &[u8]) -> Result<(), Unp
     if rc != 0 {
         return Err(UnpackError::Entry {
             path: path.into(),
-            op: "set trusted.overlay.opaque (needs root)",
+            op: "setxattr (trusted.* needs root)",
             source: io::Error::last_os_error(),
         });
     }

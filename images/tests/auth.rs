@@ -15,7 +15,9 @@ use oci_client::secrets::RegistryAuth;
 use r3s_images::{
     ImageService, ImageServiceConfig, Keyring, Platform, PullOptions, RegistriesConfig,
 };
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+};
 use support::*;
 
 struct Ca {
@@ -144,19 +146,136 @@ async fn basic_auth_over_tls_with_test_ca() {
     )
     .await
     .unwrap();
+}
 
-    // Client certificates are refused with a clear message (the client cannot present one).
-    let yaml_mtls = format!(
-        "configs:\n  \"{}\":\n    tls:\n      cert_file: /x.pem\n      key_file: /x.key\n",
-        reg.addr
+/// A client CA and a client certificate (ClientAuth) signed by it: (ca pem, cert pem, key pem).
+fn client_identity(cn: &str) -> (String, String, String) {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, format!("{cn} client CA"));
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test]
+async fn client_certificates_from_registries_yaml() {
+    if !have_registry() || !have_root() {
+        return;
+    }
+    // The image goes in through a plain registry; a second one serves the same storage over
+    // TLS and demands client certificates (http.tls.clientcas).
+    let plain = Registry::start();
+    let img = image(
+        vec![marker_layer("m", "mtls", Compression::Gzip)],
+        "amd64",
+        None,
+        false,
     );
-    let svc = service_default_endpoint(&tmp.path().join("e"), &yaml_mtls);
+    plain
+        .push("mtls", "1", &img, &RegistryAuth::Anonymous)
+        .await;
+    let ca = test_ca();
+    let (client_ca, cert, key) = client_identity("r3s-node");
+    let (_, other_cert, other_key) = client_identity("stranger");
+    let reg = Registry::start_with(RegistryOpts {
+        tls: Some((ca.cert_pem.clone(), ca.key_pem.clone())),
+        client_ca: Some(client_ca),
+        storage: Some(plain.dir.path().join("data")),
+        ..Default::default()
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let file = |name: &str, pem: &str| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, pem).unwrap();
+        p.display().to_string()
+    };
+    let (ca_file, cert_file, key_file) = (
+        file("ca.pem", &ca.ca_pem),
+        file("node.pem", &cert),
+        file("node.key", &key),
+    );
+    let (other_cert, other_key) = (
+        file("other.pem", &other_cert),
+        file("other.key", &other_key),
+    );
+    let name = format!("{}/mtls:1", reg.addr);
+    let yaml = |tls: &str| format!("configs:\n  \"{}\":\n    tls:\n{tls}", reg.addr);
+
+    // Server trusted, but no client certificate: the registry ends the handshake.
+    let svc = service_default_endpoint(
+        &tmp.path().join("a"),
+        &yaml(&format!("      ca_file: {ca_file}\n")),
+    );
     let err = svc
         .pull(&name, &PullOptions::default())
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains("client certificates"), "{err}");
+    eprintln!("without a client certificate: {err}");
+    assert!(err.contains(&format!("https://{}/v2", reg.addr)), "{err}");
+
+    // cert_file/key_file from registries.yaml: the pull works, layers unpacked.
+    let svc = service_default_endpoint(
+        &tmp.path().join("b"),
+        &yaml(&format!(
+            "      ca_file: {ca_file}\n      cert_file: {cert_file}\n      key_file: {key_file}\n"
+        )),
+    );
+    let rec = svc.pull(&name, &PullOptions::default()).await.unwrap();
+    assert_eq!(rec.manifest.as_str(), img.manifest_digest);
+    let top = svc
+        .root()
+        .join("snapshots")
+        .join(rec.layers[0].diff_id.hex());
+    assert_eq!(std::fs::read_to_string(top.join("etc/m")).unwrap(), "mtls");
+    // A second pull reuses the cached client and its tunnel.
+    svc.pull(&name, &PullOptions::default()).await.unwrap();
+
+    // A certificate from a CA the registry does not trust is refused.
+    let svc = service_default_endpoint(
+        &tmp.path().join("c"),
+        &yaml(&format!(
+            "      ca_file: {ca_file}\n      cert_file: {other_cert}\n      key_file: {other_key}\n"
+        )),
+    );
+    let err = svc
+        .pull(&name, &PullOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    eprintln!("untrusted client certificate: {err}");
+    assert!(err.contains(&reg.addr), "{err}");
+
+    // Configuration mistakes are named.
+    let svc = service_default_endpoint(
+        &tmp.path().join("d"),
+        &yaml(&format!("      cert_file: {cert_file}\n")),
+    );
+    let err = svc
+        .pull(&name, &PullOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cert_file and key_file"), "{err}");
+    let svc = service_default_endpoint(
+        &tmp.path().join("e"),
+        &yaml("      cert_file: /nonexistent.pem\n      key_file: /nonexistent.key\n"),
+    );
+    let err = svc
+        .pull(&name, &PullOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/nonexistent.pem"), "{err}");
 }
 
 fn b64(s: &str) -> String {

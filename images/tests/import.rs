@@ -1,6 +1,7 @@
 //! Air-gap import from a directory: an OCI image-layout tarball (.tar), a multi-arch OCI layout
 //! (.tar.zst), a legacy `docker save` tarball (.tar.gz, with a symlinked duplicate layer), a corrupt
-//! tarball reported and skipped; a second run skips everything without re-importing.
+//! tarball reported and skipped; a second run skips everything without re-importing (unchanged
+//! files are not even read); an image removed since is imported again.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -258,6 +259,31 @@ async fn imports_oci_and_docker_tarballs_once() {
         rep3.imported.is_empty() && rep3.skipped.len() == 4,
         "{rep3:?}"
     );
+
+    // Unchanged means same size and mtime: such a file is not read again at all (proof: its
+    // bytes replaced behind the store's back, mtime restored, and it still counts as imported).
+    let a = dir.join("a-oci.tar");
+    let original = std::fs::read(&a).unwrap();
+    let mtime = std::fs::metadata(&a).unwrap().modified().unwrap();
+    std::fs::write(&a, vec![0u8; original.len()]).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&a)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let rep4 = svc.import_airgap(&dir).await;
+    assert!(
+        rep4.imported.is_empty() && rep4.skipped.len() == 4 && rep4.failed.len() == 1,
+        "{rep4:?}"
+    );
+    std::fs::write(&a, &original).unwrap();
+
+    // An operator removed one of a tarball's images: the next start imports it again.
+    assert!(svc.remove("registry.local/oci/one:1").await.unwrap());
+    let rep5 = svc.import_airgap(&dir).await;
+    assert_eq!(rep5.imported.len(), 1, "{rep5:?}");
+    assert!(svc.get("registry.local/oci/one:1").unwrap().is_some());
 
     // Nothing to GC: every blob imported is referenced... except the unpicked amd64 platform's
     // blobs, which no record uses.

@@ -186,6 +186,7 @@ pub async fn run_node(
     let mut images_cfg = r3s_images::ImageServiceConfig::new(layout.images());
     images_cfg.registries = opts.registries.clone();
     let images = r3s_images::ImageService::open(images_cfg).map_err(AgentError::Images)?;
+    images.import_airgap(&layout.airgap_images()).await;
 
     // No re-adoption yet (see crate::restart): whatever a previous run left is removed, and its
     // pods start afresh.

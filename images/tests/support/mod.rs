@@ -62,6 +62,10 @@ pub struct RegistryOpts {
     pub tls: Option<(String, String)>,
     /// Raw YAML appended to the config (e.g. an `auth: token:` section).
     pub extra: Option<String>,
+    /// CA pem whose certificates clients must present (`http.tls.clientcas`; needs `tls`).
+    pub client_ca: Option<String>,
+    /// Serve this storage directory (e.g. another registry's `dir/data`) instead of a new one.
+    pub storage: Option<PathBuf>,
 }
 
 fn free_port() -> u16 {
@@ -96,7 +100,10 @@ impl Registry {
         let addr = format!("127.0.0.1:{port}");
         let mut cfg = format!(
             "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
-            dir.path().join("data").display()
+            opts.storage
+                .clone()
+                .unwrap_or_else(|| dir.path().join("data"))
+                .display()
         );
         if let Some((cert, key)) = &opts.tls {
             let (c, k) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
@@ -107,6 +114,11 @@ impl Registry {
                 c.display(),
                 k.display()
             );
+            if let Some(client_ca) = &opts.client_ca {
+                let p = dir.path().join("client-ca.pem");
+                std::fs::write(&p, client_ca).unwrap();
+                cfg += &format!("    clientcas:\n      - {}\n", p.display());
+            }
         }
         if let Some((user, pass)) = &opts.basic {
             let ht = dir.path().join("htpasswd");
