@@ -10,6 +10,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod join;
 pub mod layout;
 #[cfg(target_os = "linux")]
 pub mod node;
