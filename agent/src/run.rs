@@ -22,12 +22,9 @@ const JOIN_RETRY: Duration = Duration::from_secs(5);
 /// Why the agent stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("joining {server}: {source}")]
-    Join {
-        server: String,
-        #[source]
-        source: JoinError,
-    },
+    /// Every join error names the server already.
+    #[error(transparent)]
+    Join(JoinError),
     #[error("cannot install the {signal} handler: {source}")]
     Signal {
         signal: &'static str,
@@ -91,12 +88,7 @@ async fn join_retrying(opts: &JoinOptions) -> Result<join::Joined, RunError> {
                 warn!("{e}; retrying in {}s", JOIN_RETRY.as_secs());
                 tokio::time::sleep(JOIN_RETRY).await;
             }
-            Err(source) => {
-                return Err(RunError::Join {
-                    server: opts.server.to_string(),
-                    source,
-                });
-            }
+            Err(e) => return Err(RunError::Join(e)),
         }
     }
 }

@@ -62,7 +62,7 @@ async fn cacerts(State(state): State<JoinState>) -> Response {
 }
 
 async fn config(State(state): State<JoinState>, headers: HeaderMap) -> Response {
-    if let Err(denied) = authenticate(&state, &headers) {
+    if let Err(denied) = authenticate(&state, &headers, CONFIG_PATH) {
         return denied;
     }
     match serde_json::to_vec(state.settings.as_ref()) {
@@ -77,7 +77,7 @@ async fn config(State(state): State<JoinState>, headers: HeaderMap) -> Response 
 }
 
 async fn client_kubelet(State(state): State<JoinState>, headers: HeaderMap) -> Response {
-    if let Err(denied) = authenticate(&state, &headers) {
+    if let Err(denied) = authenticate(&state, &headers, CLIENT_KUBELET_PATH) {
         return denied;
     }
     let header_value = |name: &str| {
@@ -123,8 +123,18 @@ async fn client_kubelet(State(state): State<JoinState>, headers: HeaderMap) -> R
     }
 }
 
-/// Accepts the join secret as basic auth, or a live bootstrap token as a bearer token.
-fn authenticate(state: &JoinState, headers: &HeaderMap) -> Result<(), Response> {
+/// Accepts the join secret as basic auth, or a live bootstrap token as a bearer token. Every
+/// attempt is logged with its outcome (the token never is), so refused joins can be traced.
+fn authenticate(state: &JoinState, headers: &HeaderMap, path: &str) -> Result<(), Response> {
+    let outcome = check_credentials(state, headers);
+    match &outcome {
+        Ok(()) => tracing::info!(path, "join request authenticated"),
+        Err(_) => tracing::warn!(path, "join request refused: wrong or missing token (401)"),
+    }
+    outcome
+}
+
+fn check_credentials(state: &JoinState, headers: &HeaderMap) -> Result<(), Response> {
     let unauthorized = || text(StatusCode::UNAUTHORIZED, "Unauthorized".to_string());
     let value = headers
         .get(header::AUTHORIZATION)
