@@ -396,6 +396,80 @@ fn agent_joins_with_the_token_and_is_confined_to_its_node() {
     assert!(ok, "{err}");
     assert_eq!(out, format!("system:node:{}", joined.node_name));
 
+    // Bootstrap tokens: `r3s-server token create` prints a K10 token that joins, authenticates
+    // as system:bootstrap:<id>, is listed, and stops working once deleted.
+    let token_cmd = |args: &[&str]| {
+        let out = ns
+            .command(server_bin().to_str().unwrap())
+            .arg("token")
+            .args(args)
+            .args(["--kubeconfig", admin.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "token {args:?}: {stderr}");
+        stdout
+    };
+    let boot = token_cmd(&["create", "--ttl", "1h", "--description", "e2e"])
+        .trim()
+        .to_owned();
+    let (id_secret, id) = {
+        let s = boot
+            .strip_prefix(&format!("K10{hash}::"))
+            .unwrap_or_else(|| panic!("{boot} does not carry the CA hash"));
+        (s.to_owned(), s.split('.').next().unwrap().to_owned())
+    };
+    let join_with = |token: &str, data: &str, name: &str| {
+        let opts = r3s_agent::join::JoinOptions {
+            server: url.parse().unwrap(),
+            token: token.to_owned(),
+            data_dir: dir.join(data),
+            node_name: name.to_owned(),
+            with_node_id: false,
+        };
+        in_netns(&uniq, move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(r3s_agent::join::join(&opts))
+        })
+    };
+    let joined_c = join_with(&boot, "c", &format!("{uniq}-c")).unwrap();
+    assert!(joined_c.kubeconfig.exists());
+    let boot_kubeconfig = dir.join("bootstrap.yaml");
+    std::fs::write(
+        &boot_kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {url}\n    certificate-authority: {}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\nusers:\n- name: u\n  user:\n    token: {id_secret}\n",
+            dir.join("server/server/tls/server-ca.crt").display()
+        ),
+    )
+    .unwrap();
+    let (ok, out, err) = kubectl(
+        &boot_kubeconfig,
+        &["auth", "whoami", "-o", "jsonpath={.status.userInfo}"],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("system:bootstrap:{id}")) && out.contains("system:bootstrappers"),
+        "{out}"
+    );
+    let listed = token_cmd(&["list"]);
+    assert!(
+        listed.contains(&id_secret) && listed.contains("e2e"),
+        "{listed}"
+    );
+    token_cmd(&["delete", &id]);
+    assert!(!token_cmd(&["list"]).contains(&id_secret));
+    let refused = join_with(&boot, "d", &format!("{uniq}-d")).unwrap_err();
+    assert!(
+        matches!(refused, r3s_agent::join::JoinError::Unauthorized { .. }),
+        "{refused}"
+    );
+    let (ok, _, err) = kubectl(&boot_kubeconfig, &["auth", "whoami"]);
+    assert!(!ok && err.contains("Unauthorized"), "{err}");
+
     // SIGTERM stops the agent cleanly.
     let status = agent_a.stop().expect("the agent stops on SIGTERM");
     assert!(status.success(), "r3s-agent exited with {status}");

@@ -161,7 +161,13 @@ pub async fn join(opts: &JoinOptions) -> Result<Joined, JoinError> {
     let password = identity::node_password(&opts.data_dir)?;
     let auth = ("authorization", token.authorization());
 
-    let answer = https::get(server, CONFIG_PATH, Trust::Ca(&ca_pem), &[auth.clone()]).await?;
+    let answer = https::get(
+        server,
+        CONFIG_PATH,
+        Trust::Ca(&ca_pem),
+        std::slice::from_ref(&auth),
+    )
+    .await?;
     check_status(server, CONFIG_PATH, &node_name, &answer)?;
     let settings: ClusterSettings =
         serde_json::from_slice(&answer.body).map_err(|e| JoinError::BadAnswer {

@@ -13,9 +13,10 @@
 //! [`bootstrap`]); otherwise 401. Answers are plain text; errors are one line.
 //!
 //! Module map: [`token`] (the server token files), [`password`] (node password Secrets),
-//! [`bootstrap`] (bootstrap tokens and `r3s-server token`).
+//! [`bootstrap`] (bootstrap token Secrets), [`command`] (`r3s-server token`).
 
 pub mod bootstrap;
+pub mod command;
 pub mod password;
 pub mod token;
 
@@ -62,8 +63,8 @@ async fn cacerts(State(state): State<JoinState>) -> Response {
 }
 
 async fn config(State(state): State<JoinState>, headers: HeaderMap) -> Response {
-    if let Err(denied) = authenticate(&state, &headers, CONFIG_PATH) {
-        return denied;
+    if !authenticate(&state, &headers, CONFIG_PATH) {
+        return unauthorized();
     }
     match serde_json::to_vec(state.settings.as_ref()) {
         Ok(body) => (
@@ -77,8 +78,8 @@ async fn config(State(state): State<JoinState>, headers: HeaderMap) -> Response 
 }
 
 async fn client_kubelet(State(state): State<JoinState>, headers: HeaderMap) -> Response {
-    if let Err(denied) = authenticate(&state, &headers, CLIENT_KUBELET_PATH) {
-        return denied;
+    if !authenticate(&state, &headers, CLIENT_KUBELET_PATH) {
+        return unauthorized();
     }
     let header_value = |name: &str| {
         headers
@@ -123,42 +124,42 @@ async fn client_kubelet(State(state): State<JoinState>, headers: HeaderMap) -> R
     }
 }
 
-/// Accepts the join secret as basic auth, or a live bootstrap token as a bearer token. Every
+/// True for the join secret as basic auth, or a live bootstrap token as a bearer token. Every
 /// attempt is logged with its outcome (the token never is), so refused joins can be traced.
-fn authenticate(state: &JoinState, headers: &HeaderMap, path: &str) -> Result<(), Response> {
-    let outcome = check_credentials(state, headers);
-    match &outcome {
-        Ok(()) => tracing::info!(path, "join request authenticated"),
-        Err(_) => tracing::warn!(path, "join request refused: wrong or missing token (401)"),
+fn authenticate(state: &JoinState, headers: &HeaderMap, path: &str) -> bool {
+    let ok = credentials_valid(state, headers);
+    if ok {
+        tracing::info!(path, "join request authenticated");
+    } else {
+        tracing::warn!(path, "join request refused: wrong or missing token (401)");
     }
-    outcome
+    ok
 }
 
-fn check_credentials(state: &JoinState, headers: &HeaderMap) -> Result<(), Response> {
-    let unauthorized = || text(StatusCode::UNAUTHORIZED, "Unauthorized".to_string());
-    let value = headers
+fn credentials_valid(state: &JoinState, headers: &HeaderMap) -> bool {
+    let Some(value) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .ok_or_else(unauthorized)?;
+    else {
+        return false;
+    };
     if let Some(b64) = value.strip_prefix("Basic ") {
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(b64.trim())
             .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-            .ok_or_else(unauthorized)?;
-        let (_, given) = decoded.split_once(':').ok_or_else(unauthorized)?;
-        return if r3s_agent::join::token::secrets_equal(given, &state.secret) {
-            Ok(())
-        } else {
-            Err(unauthorized())
-        };
+            .and_then(|b| String::from_utf8(b).ok());
+        return decoded
+            .as_deref()
+            .and_then(|d| d.split_once(':'))
+            .is_some_and(|(_, given)| r3s_agent::join::token::secrets_equal(given, &state.secret));
     }
-    if let Some(bearer) = value.strip_prefix("Bearer ")
-        && bootstrap::valid(state.store.as_ref(), bearer.trim()).is_some()
-    {
-        return Ok(());
-    }
-    Err(unauthorized())
+    value
+        .strip_prefix("Bearer ")
+        .is_some_and(|t| bootstrap::valid(state.store.as_ref(), t.trim()).is_some())
+}
+
+fn unauthorized() -> Response {
+    text(StatusCode::UNAUTHORIZED, "Unauthorized".to_string())
 }
 
 fn text(status: StatusCode, body: String) -> Response {
