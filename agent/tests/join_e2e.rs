@@ -284,7 +284,24 @@ fn agent_joins_with_the_token_and_is_confined_to_its_node() {
 
     // The real join.
     let agent_log = dir.join("agent-a.log");
-    let mut agent_a = Proc::spawn(agent("a", &node, &token), &agent_log, "r3s-agent");
+    // systemd's readiness protocol: READY=1 arrives on NOTIFY_SOCKET once the Node exists.
+    let notify_path = dir.join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let mut agent_cmd = agent("a", &node, &token);
+    agent_cmd.env("NOTIFY_SOCKET", &notify_path);
+    let mut agent_a = Proc::spawn(agent_cmd, &agent_log, "r3s-agent");
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).expect("READY=1 from the agent");
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).contains("READY=1"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    let (ok, _, err) = kubectl(&admin, &["get", "node", &node]);
+    assert!(ok, "READY=1 before the Node was registered: {err}");
     eventually(
         "the Node to be Ready",
         Duration::from_secs(150),
@@ -473,7 +490,54 @@ fn agent_joins_with_the_token_and_is_confined_to_its_node() {
     // SIGTERM stops the agent cleanly.
     let status = agent_a.stop().expect("the agent stops on SIGTERM");
     assert!(status.success(), "r3s-agent exited with {status}");
+    // The short form (the secret alone) joins too, trusting the CA on first use.
+    let joined_e = join_with(&secret, "e", &format!("{uniq}-e")).unwrap();
+    assert!(joined_e.kubeconfig.exists());
+
     let status = server.stop().expect("the server stops on SIGTERM");
+    assert!(status.success(), "r3s-server exited with {status}");
+
+    // Restarting reuses the token; a full token with another CA hash is refused at start.
+    let server_args = |extra: &[&str]| {
+        let mut cmd = ns.command(server_bin().to_str().unwrap());
+        cmd.args([
+            "--disable-agent",
+            "--data-dir",
+            dir.join("server").to_str().unwrap(),
+            "--https-listen-port",
+            &port.to_string(),
+            "--write-kubeconfig",
+            dir.join("admin.yaml").to_str().unwrap(),
+        ])
+        .args(extra);
+        cmd
+    };
+    let out = server_args(&["--token", &format!("K10{other_hash}::server:{secret}")])
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("r3s-server: --token: the token's CA hash") && last.contains(&other_hash),
+        "{stderr}"
+    );
+    let restart_log = dir.join("server-restart.log");
+    let mut restarted = Proc::spawn(server_args(&[]), &restart_log, "r3s-server");
+    eventually(
+        "the restarted API server",
+        Duration::from_secs(60),
+        &restart_log,
+        || {
+            assert!(restarted.running(), "r3s-server exited");
+            kubectl(&admin, &["get", "namespace", "default"])
+                .0
+                .then_some(())
+        },
+    );
+    let again = std::fs::read_to_string(&token_path).unwrap();
+    assert_eq!(again.trim(), token, "the token changed across a restart");
+    let status = restarted.stop().expect("the server stops on SIGTERM");
     assert!(status.success(), "r3s-server exited with {status}");
 }
 
