@@ -375,24 +375,30 @@ fn agent_joins_with_the_token_and_is_confined_to_its_node() {
         "{stderr}"
     );
 
+    // The hint's other way out: once the Secret is removed, the name is free for a new password.
+    let (ok, _, err) = kubectl(
+        &admin,
+        &[
+            "-n",
+            "kube-system",
+            "delete",
+            "secret",
+            &format!("{node}.node-password.r3s"),
+        ],
+    );
+    assert!(ok, "{err}");
+    let out = in_netns_join(&uniq, &url, &token, &dir.join("b2"), &node, false);
+    assert!(out.is_ok(), "{:?}", out.err());
+    // And the first machine is now the stranger: its next join is refused.
+    let refused = in_netns_join(&uniq, &url, &token, &dir.join("a"), &node, false).unwrap_err();
+    assert!(
+        matches!(refused, r3s_agent::join::JoinError::Refused { .. }),
+        "{refused}"
+    );
+
     // With the node id (the join library; the flag is not on the command line yet), the second
     // machine joins as <name>-<id>, and keeps that name.
-    let join_b = || {
-        let opts = r3s_agent::join::JoinOptions {
-            server: url.parse().unwrap(),
-            token: token.clone(),
-            data_dir: dir.join("b"),
-            node_name: node.clone(),
-            with_node_id: true,
-        };
-        in_netns(&uniq, move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(r3s_agent::join::join(&opts))
-        })
-    };
+    let join_b = || in_netns_join(&uniq, &url, &token, &dir.join("b"), &node, true);
     let joined = join_b().unwrap();
     assert!(
         joined.node_name.starts_with(&format!("{node}-"))
@@ -437,20 +443,7 @@ fn agent_joins_with_the_token_and_is_confined_to_its_node() {
         (s.to_owned(), s.split('.').next().unwrap().to_owned())
     };
     let join_with = |token: &str, data: &str, name: &str| {
-        let opts = r3s_agent::join::JoinOptions {
-            server: url.parse().unwrap(),
-            token: token.to_owned(),
-            data_dir: dir.join(data),
-            node_name: name.to_owned(),
-            with_node_id: false,
-        };
-        in_netns(&uniq, move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(r3s_agent::join::join(&opts))
-        })
+        in_netns_join(&uniq, &url, token, &dir.join(data), name, false)
     };
     let joined_c = join_with(&boot, "c", &format!("{uniq}-c")).unwrap();
     assert!(joined_c.kubeconfig.exists());
@@ -539,6 +532,31 @@ fn agent_joins_with_the_token_and_is_confined_to_its_node() {
     assert_eq!(again.trim(), token, "the token changed across a restart");
     let status = restarted.stop().expect("the server stops on SIGTERM");
     assert!(status.success(), "r3s-server exited with {status}");
+}
+
+/// [`r3s_agent::join::join`] from inside the test's network namespace.
+fn in_netns_join(
+    ns: &str,
+    url: &str,
+    token: &str,
+    data_dir: &Path,
+    name: &str,
+    with_node_id: bool,
+) -> Result<r3s_agent::join::Joined, r3s_agent::join::JoinError> {
+    let opts = r3s_agent::join::JoinOptions {
+        server: url.parse().unwrap(),
+        token: token.to_owned(),
+        data_dir: data_dir.to_owned(),
+        node_name: name.to_owned(),
+        with_node_id,
+    };
+    in_netns(ns, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(r3s_agent::join::join(&opts))
+    })
 }
 
 /// Runs `f` on a thread that has entered network namespace `name` (namespaces are per thread).

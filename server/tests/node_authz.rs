@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use r3s_server::api::{ApiState, app, bootstrap, rbac_defaults};
+use r3s_server::api::{ApiState, app, bootstrap, object, rbac_defaults, registry};
 use r3s_server::store::{SqliteStore, Store, StoreOptions};
 use r3s_server::tls::PeerIdentity;
 use serde_json::{Value, json};
@@ -269,4 +269,58 @@ async fn nodes_reach_only_what_their_pods_use_and_write_only_their_own_objects()
         &r,
         "namespaces is forbidden: User \"system:node:n1\" cannot create resource \"namespaces\" in API group \"\" at the cluster scope",
     );
+}
+
+#[tokio::test]
+async fn the_old_group_wide_node_binding_is_removed_but_an_admins_is_kept() {
+    let f = Fixture::new().await;
+    let bindings = "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings";
+    let binding = |labels: Value| {
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+               "metadata": {"name": "system:node", "labels": labels},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:node"},
+               "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:nodes"}]})
+    };
+    // Written straight to the store, as earlier versions wrote their defaults (the API refuses
+    // `:` in RBAC names; upstream allows it).
+    put_binding(
+        &f,
+        binding(json!({"kubernetes.io/bootstrapping": "rbac-defaults"})),
+    )
+    .await;
+    rbac_defaults::ensure(f.state.store.as_ref()).await.unwrap();
+    let (code, _) = f
+        .call(
+            admin(),
+            "GET",
+            &format!("{bindings}/system:node"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    // Without the defaults label it is an administrator's decision: kept.
+    put_binding(&f, binding(json!({}))).await;
+    rbac_defaults::ensure(f.state.store.as_ref()).await.unwrap();
+    let (code, _) = f
+        .call(
+            admin(),
+            "GET",
+            &format!("{bindings}/system:node"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+}
+
+async fn put_binding(f: &Fixture, mut obj: Value) {
+    let res = registry::find("rbac.authorization.k8s.io", "v1", "clusterrolebindings").unwrap();
+    object::prepare_create(res, &mut obj).unwrap();
+    f.state
+        .store
+        .create(
+            &res.key(None, "system:node"),
+            object::to_store(&obj).unwrap(),
+        )
+        .await
+        .unwrap();
 }
