@@ -9,8 +9,9 @@
 //! NodeRestriction's wording); anything else gets no opinion here and falls through to RBAC, with
 //! the reason added to the 403 message when RBAC refuses too.
 //!
-//! Known gap: a Node create is allowed whatever its name, because authorization runs before the
-//! body is read (upstream checks the name in admission).
+//! Known gap: authorization runs before the body is read, so a Node or Lease *create* is allowed
+//! here whatever its name; [`check_create`] is the admission-time check (upstream's
+//! NodeRestriction) for the create handler to call once it has the decoded object.
 
 use serde_json::Value;
 
@@ -116,6 +117,29 @@ pub fn decide(
         _ => Decision::NoOpinion(None),
     };
     Ok(decision)
+}
+
+/// NodeRestriction for creates: a node may create only the Node and the `kube-node-lease` Lease
+/// named after itself. Anything else passes (authorization already decided it).
+pub fn check_create(
+    user: &UserInfo,
+    group: &str,
+    plural: &str,
+    obj: &Value,
+) -> Result<(), ApiError> {
+    let Some(node) = node_of(user) else {
+        return Ok(());
+    };
+    let name = object::name(obj);
+    match (group, plural) {
+        ("", "nodes") if name != node => Err(ApiError::Forbidden(format!(
+            "nodes \"{name}\" is forbidden: node \"{node}\" is not allowed to modify node \"{name}\""
+        ))),
+        ("coordination.k8s.io", "leases") if name != node => Err(ApiError::Forbidden(format!(
+            "leases.coordination.k8s.io \"{name}\" is forbidden: node \"{node}\" can only access node lease with the same name as the requesting node"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 fn resource(plural: &str) -> Result<&'static registry::Resource, ApiError> {
@@ -266,6 +290,25 @@ mod tests {
                 "{want:?} in {refs:?}"
             );
         }
+    }
+
+    #[test]
+    fn creates_are_restricted_to_the_nodes_own_name() {
+        let n1 = UserInfo {
+            username: "system:node:n1".into(),
+            groups: vec!["system:nodes".into()],
+        };
+        let named = |n: &str| json!({"metadata": {"name": n}});
+        assert!(check_create(&n1, "", "nodes", &named("n1")).is_ok());
+        assert!(check_create(&n1, "", "nodes", &named("n2")).is_err());
+        assert!(check_create(&n1, "coordination.k8s.io", "leases", &named("n1")).is_ok());
+        assert!(check_create(&n1, "coordination.k8s.io", "leases", &named("n2")).is_err());
+        assert!(check_create(&n1, "", "events", &named("anything")).is_ok());
+        let admin = UserInfo {
+            username: "system:admin".into(),
+            groups: vec!["system:masters".into()],
+        };
+        assert!(check_create(&admin, "", "nodes", &named("n2")).is_ok());
     }
 
     #[test]
