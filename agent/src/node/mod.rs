@@ -2,15 +2,17 @@
 //! and status fresh, and runs the pods bound to it, until told to stop.
 //!
 //! Start-up reads as a script (each step wraps its error): preflight (warnings) → directories →
-//! image store → leftovers of a previous run removed → Node registered → pod network (when the
-//! Node has a podCIDR) → heartbeats → pod manager. Shutdown order: stop the pod manager (which
-//! stops every pod; see [`crate::restart`] for why) → stop heartbeats.
+//! image store → leftovers of a previous run removed → Node registered → pod network and VXLAN
+//! overlay loop (when the Node has a podCIDR) → heartbeats → pod manager. Shutdown order: stop the
+//! overlay loop (its kernel entries stay) → stop the pod manager (which stops every pod; see
+//! [`crate::restart`] for why) → stop heartbeats.
 //!
 //! Module map: [`info`] (host facts), [`preflight`] (host checks), [`register`] (Node object and
-//! status), [`lease`] (the heartbeat Lease).
+//! status), [`lease`] (the heartbeat Lease), [`overlay`] (VTEP annotations and the VXLAN peer loop).
 
 pub mod info;
 pub mod lease;
+pub mod overlay;
 pub mod preflight;
 pub mod register;
 
@@ -69,7 +71,9 @@ pub enum AgentError {
     #[error("node {node} has an invalid spec.podCIDR {cidr:?}")]
     PodCidr { node: String, cidr: String },
     #[error("starting pod networking: {0}")]
-    Network(#[source] r3s_cni::node::NodeError),
+    Network(#[source] overlay::OverlayError),
+    #[error("--flannel-iface {iface}: the interface has no IPv4 address")]
+    FlannelIface { iface: String },
     #[error("cannot determine the node IP; give --node-ip")]
     NoNodeIp,
     #[error("watching pods: {0}")]
@@ -102,6 +106,11 @@ pub struct NodeOptions {
     /// The pod bridge (`r3s0`), made when the Node has a podCIDR.
     pub bridge: String,
     pub max_pods: u32,
+    /// `--flannel-backend`: the VXLAN overlay between nodes (made with the pod network when there
+    /// is a cluster CIDR and a non-loopback IPv4 node IP), or none.
+    pub flannel_backend: overlay::Backend,
+    /// `--flannel-iface`: the interface whose IPv4 address the VTEP uses instead of the node IP.
+    pub flannel_iface: Option<String>,
 }
 
 impl NodeOptions {
@@ -123,6 +132,8 @@ impl NodeOptions {
             cgroup_root: PathBuf::from("/r3s"),
             bridge: r3s_cni::bridge::DEFAULT_BRIDGE.into(),
             max_pods: 110,
+            flannel_backend: overlay::Backend::Vxlan,
+            flannel_iface: None,
         }
     }
 }
@@ -226,9 +237,13 @@ pub async fn run_node(
     prev_status = st;
 
     let network = std::sync::OnceLock::new();
+    // The VXLAN peer loop, aborted when this function returns.
+    let mut overlay_task: Option<overlay::OverlayTask> = None;
     match node.spec.as_ref().and_then(|s| s.pod_cidr.clone()) {
         Some(cidr) => {
-            let _ = network.set(start_network(&opts, &layout, &cidr).await?);
+            let (net, task) = start_network(&opts, &layout, &nodes, host_ip, &cidr).await?;
+            let _ = network.set(net);
+            overlay_task = task;
         }
         None => info!(
             "node has no spec.podCIDR yet: pods get a loopback-only network namespace until it has"
@@ -278,9 +293,10 @@ pub async fn run_node(
                     .flatten()
                     .and_then(|n| n.spec.and_then(|s| s.pod_cidr));
                 if let Some(cidr) = cidr {
-                    match start_network(&opts, &ctx.layout, &cidr).await {
-                        Ok(net) => {
+                    match start_network(&opts, &ctx.layout, &nodes, host_ip, &cidr).await {
+                        Ok((net, task)) => {
                             let _ = ctx.network.set(net);
+                            overlay_task = task;
                             // Ready at once, not at the next status tick.
                             let st = write_status(&prev_status, true);
                             match register::write_status(&nodes, &opts.node_name, &st).await {
@@ -303,6 +319,7 @@ pub async fn run_node(
         }
     }
     info!("node agent stopping");
+    drop(overlay_task);
     let _ = stop_tx.send(true);
     match (&mut manager.0).await {
         Ok(Ok(())) => Ok(()),
@@ -314,15 +331,29 @@ pub async fn run_node(
     }
 }
 
+/// Starts pod networking (bridge, IPAM, masquerade and, between nodes, the VXLAN overlay, whose
+/// peer loop is returned as a task).
 async fn start_network(
     opts: &NodeOptions,
     layout: &Layout,
+    nodes: &Api<Node>,
+    host_ip: IpAddr,
     cidr: &str,
-) -> Result<r3s_cni::node::KernelNetwork, AgentError> {
+) -> Result<(r3s_cni::node::KernelNetwork, Option<overlay::OverlayTask>), AgentError> {
     let subnet: ipnet::Ipv4Net = cidr.parse().map_err(|_| AgentError::PodCidr {
         node: opts.node_name.clone(),
         cidr: cidr.to_owned(),
     })?;
+    let vtep_ip = match &opts.flannel_iface {
+        Some(iface) => {
+            IpAddr::V4(
+                overlay::iface_ipv4(iface).ok_or_else(|| AgentError::FlannelIface {
+                    iface: iface.clone(),
+                })?,
+            )
+        }
+        None => host_ip,
+    };
     let cfg = r3s_cni::node::NodeConfig {
         pods: r3s_cni::network::BridgeNetwork {
             name: "r3s".into(),
@@ -331,13 +362,19 @@ async fn start_network(
             mtu: 1500,
             ipam_dir: layout.cni(),
         },
-        // The VXLAN overlay (peers from Node annotations) is issue 7's part of the agent.
-        overlay: None,
+        overlay: overlay::config(
+            opts.flannel_backend,
+            opts.cluster_cidr.is_some(),
+            vtep_ip,
+            subnet,
+            &layout.agent_dir.join("vtep-mac"),
+        ),
         masquerade: opts.cluster_cidr,
     };
-    let (net, _vtep) = r3s_cni::node::KernelNetwork::start(cfg)
+    let (net, vtep) = overlay::start(nodes, &opts.node_name, cfg)
         .await
         .map_err(AgentError::Network)?;
+    let task = vtep.map(|v| overlay::spawn(nodes.clone(), opts.node_name.clone(), net.clone(), v));
     // No pod is attached yet (pods of a previous run were removed): every lease is stale.
     use r3s_cni::node::NodeNetwork;
     match net.gc_pods(&std::collections::HashSet::new()).await {
@@ -348,5 +385,5 @@ async fn start_network(
         Err(e) => warn!("releasing stale pod addresses: {e}"),
     }
     info!(%subnet, "pod network ready");
-    Ok(net)
+    Ok((net, task))
 }

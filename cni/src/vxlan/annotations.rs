@@ -122,6 +122,14 @@ pub fn peer_from(
     })
 }
 
+/// The VTEP MAC a node's annotations publish for `vni`, if any: what a restarting agent reuses
+/// when its MAC file is gone, so the MAC its peers hold stays valid (flannel #1795).
+pub fn published_mac(annotations: &BTreeMap<String, String>, vni: u32) -> Option<[u8; 6]> {
+    let data: BackendData = serde_json::from_str(annotations.get(BACKEND_DATA)?).ok()?;
+    (data.vni == vni).then_some(())?;
+    parse_mac(&data.vtep_mac)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +152,13 @@ mod tests {
             r#"{"VNI":1,"VtepMAC":"02:aa:bb:cc:dd:ee"}"#
         );
         assert_eq!(ann[PUBLIC_IP], "198.51.100.4");
+        assert_eq!(published_mac(&ann, 1), Some(vtep().mac));
+        assert_eq!(
+            published_mac(&ann, 2),
+            None,
+            "another VNI's MAC is not ours"
+        );
+        assert_eq!(published_mac(&BTreeMap::new(), 1), None);
         let peer = peer_from("10.42.4.0/24", &ann, 1).unwrap();
         assert_eq!(
             peer,

@@ -67,16 +67,26 @@ pub fn load_or_create(path: &Path) -> Result<[u8; 6], MacError> {
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mac = random_mac();
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(io)?;
-            }
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, format!("{}\n", format_mac(&mac))).map_err(io)?;
-            std::fs::rename(&tmp, path).map_err(io)?;
+            store(path, &mac)?;
             Ok(mac)
         }
         Err(e) => Err(io(e)),
     }
+}
+
+/// Writes `mac` to `path` (temporary file + rename). The agent uses it to restore the MAC its Node
+/// annotation still publishes when the file was lost (a wiped data dir), so peers stay valid.
+pub fn store(path: &Path, mac: &[u8; 6]) -> Result<(), MacError> {
+    let io = |source| MacError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{}\n", format_mac(mac))).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
 }
 
 #[cfg(test)]
@@ -101,6 +111,9 @@ mod tests {
         assert_eq!(mac[0] & 0x01, 0, "unicast");
         assert_eq!(mac[0] & 0x02, 0x02, "locally administered");
         assert_eq!(load_or_create(&path).unwrap(), mac);
+        let other = [0x02, 1, 2, 3, 4, 5];
+        store(&path, &other).unwrap();
+        assert_eq!(load_or_create(&path).unwrap(), other);
         std::fs::write(&path, "nonsense").unwrap();
         assert!(matches!(
             load_or_create(&path),
