@@ -1,20 +1,22 @@
 //! r3s-agent: the node agent (kubelet's role, plus the service proxy and node-local DNS).
 //!
 //! Entry point for embedding: [`run_node`] with [`NodeOptions`] and a `kube::Client` (the server
-//! runs it in-process; the standalone binary will once joining exists).
+//! runs it in-process; the standalone binary after [`join`]ing a server).
 //!
 //! Module map: [`node`] (registration, heartbeats, preflight, `run_node`), [`pods`] (pod manager
 //! and per-pod workers), [`proxy`] (the service proxy: Services → one nftables table), [`dns`]
 //! (cluster DNS on every node), [`runtime`] (the only module linking libcontainer: containers, CRI
 //! logs, cgroup cleanup), [`layout`] (directories), [`restart`] (design for surviving agent
-//! restarts), [`cli`]/[`config`]/[`run`] (the standalone binary's configuration), [`images_cli`]
-//! (the operator's `r3s-agent images ...` commands).
+//! restarts), [`join`] (token, CA check, node password, client certificate),
+//! [`cli`]/[`config`]/[`run`] (the standalone binary), [`images_cli`] (the operator's
+//! `r3s-agent images ...` commands).
 
 pub mod cli;
 pub mod config;
 #[cfg(target_os = "linux")]
 pub mod dns;
 pub mod images_cli;
+pub mod join;
 pub mod layout;
 #[cfg(target_os = "linux")]
 pub mod node;

@@ -10,8 +10,8 @@
 //! Only flags that do something are declared ("unimplemented flags are not advertised").
 //!
 //! Subcommands: k3s has `k3s server` plus `k3s token create|list|...` and so on. Here the root
-//! command is the server itself; a later `token` subcommand becomes an `Option<Command>` field
-//! with `#[command(subcommand)]`, and the root flags stay the run command's flags.
+//! command is the server itself; `r3s-server token ...` has its own parser
+//! ([`crate::join::command::TokenCli`]), picked in `main` before these flags are parsed.
 
 use std::net::IpAddr;
 use std::path::PathBuf;

@@ -4,9 +4,11 @@
 //!
 //! Invariant: the TLS listener is the only place that turns a client certificate into a
 //! [`PeerIdentity`]; here that identity is asserted by the server itself, for its own components, by
-//! inserting the extension on every request. Until RBAC exists those identities carry the
-//! `system:masters` group (the only group authorization admits); once RBAC lands they keep their
-//! upstream user names (`system:kube-controller-manager`, `system:kube-scheduler`) and drop it.
+//! inserting the extension on every request. The in-process node agent is an ordinary node
+//! ([`node_identity`]: `system:node:<name>` in `system:nodes`, authorized by the node authorizer
+//! like any joined agent). The controllers and the scheduler keep their upstream user names
+//! (`system:kube-controller-manager`, `system:kube-scheduler`) but still carry the interim
+//! `system:masters` group, because the default RBAC has no roles for them yet.
 
 use axum::extract::Request;
 
@@ -17,7 +19,7 @@ use crate::tls::PeerIdentity;
 pub const CONTROLLER_MANAGER_USER: &str = "system:kube-controller-manager";
 /// The user the scheduler acts as.
 pub const SCHEDULER_USER: &str = "system:kube-scheduler";
-/// The group that authorizes everything until RBAC replaces it.
+/// The group that authorizes the control loops until RBAC has roles for them.
 const INTERIM_GROUP: &str = "system:masters";
 
 /// The identity of an in-process component with user name `user`.
@@ -25,6 +27,14 @@ pub fn identity(user: &str) -> PeerIdentity {
     PeerIdentity {
         common_name: user.to_string(),
         organizations: vec![INTERIM_GROUP.to_string()],
+    }
+}
+
+/// The identity of a node agent named `node`, as its client certificate would carry it.
+pub fn node_identity(node: &str) -> PeerIdentity {
+    PeerIdentity {
+        common_name: format!("system:node:{node}"),
+        organizations: vec!["system:nodes".to_string()],
     }
 }
 

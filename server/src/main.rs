@@ -1,6 +1,9 @@
 //! `r3s-server`: parse the configuration, set up logging, run the server on a small Tokio runtime.
 //!
 //! Every failure ends the same way: one line `r3s-server: <what is wrong>` on stderr, exit status 1.
+//!
+//! `r3s-server token create|list|delete` (bootstrap tokens, [`r3s_server::join::command`]) is
+//! recognised before flag parsing, since the configuration resolver knows only the server's flags.
 
 use std::process::ExitCode;
 
@@ -12,6 +15,9 @@ use r3s_server::config::ServerConfig;
 const BIN: &str = "r3s-server";
 
 fn main() -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "token") {
+        return token();
+    }
     let resolved = match r3s_config::resolve::<Cli, _, _>(std::env::args_os(), std::env::vars_os())
     {
         Ok(resolved) => resolved,
@@ -35,4 +41,26 @@ fn start(resolved: r3s_config::Resolved<Cli>) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(r3s_server::run::run(cfg))?;
     Ok(())
+}
+
+fn token() -> ExitCode {
+    use clap::Parser;
+    let args = std::iter::once(std::ffi::OsString::from("r3s-server token"))
+        .chain(std::env::args_os().skip(2));
+    let cli = match r3s_server::join::command::TokenCli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let run = || -> anyhow::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        runtime.block_on(r3s_server::join::command::run(cli))?;
+        Ok(())
+    };
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(BIN, &r3s_config::exit::chain(err.as_ref())),
+    }
 }

@@ -5,7 +5,8 @@
 //! the configuration asks for that the server cannot do yet fails here with a clear error rather
 //! than being ignored (an etcd datastore), or is warned about (the in-process agent).
 //!
-//! Order: directories → store → certificates → kubeconfig → API listener (READY=1 to systemd) →
+//! Order: directories → store → certificates → join token (`<data-dir>/server/token`) →
+//! kubeconfig → API listener with the join endpoints beside it (READY=1 to systemd) →
 //! controllers and scheduler → the in-process node agent (unless `--disable-agent`) → wait for a
 //! signal → stop the agent (its pods get their grace period) → stop the control loops → stop the
 //! API (no new writes) → close the store (its last group commit is flushed when the writer thread
@@ -70,6 +71,8 @@ pub enum RunError {
     AgentEnded,
     #[error("reading {path}: {reason}", path = path.display())]
     Registries { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Token(#[from] crate::join::token::ServerTokenError),
 }
 
 /// Runs the server until SIGINT or SIGTERM.
@@ -134,6 +137,15 @@ pub async fn run(cfg: ServerConfig) -> Result<(), RunError> {
     let tls_config = tls::server_config(&certs).map_err(RunError::Tls)?;
     let tokens = TokenIssuer::from_pem(&certs.service_account_key_pem)
         .map_err(RunError::ServiceAccountKey)?;
+    let join_token = crate::join::token::ensure(
+        &cfg.data_dir,
+        cfg.token.as_deref(),
+        certs.server_ca_pem.as_bytes(),
+    )?;
+    info!(
+        path = %crate::join::token::token_path(&cfg.data_dir).display(),
+        "join token ready"
+    );
 
     let local_server = format!("https://127.0.0.1:{}", cfg.https_listen_port);
     crate::kubeconfig::write(
@@ -162,12 +174,23 @@ pub async fn run(cfg: ServerConfig) -> Result<(), RunError> {
     };
     api::prepare(&state).await.map_err(RunError::Api)?;
     let (stop_api, api_stopped) = watch::channel(false);
-    let mut api_task = tokio::spawn(api::serve_state(
-        listener,
-        state.clone(),
-        tls_config,
-        stopped(api_stopped),
-    ));
+    if !cfg.disable_agent {
+        remember_own_node_password(&cfg, store.as_ref()).await;
+    }
+    let join_state = crate::join::JoinState {
+        store: store.clone(),
+        secret: join_token.secret.clone().into(),
+        ca_pem: certs.server_ca_pem.clone().into(),
+        data_dir: cfg.data_dir.clone(),
+        settings: Arc::new(cluster_settings(&cfg)),
+    };
+    // The join endpoints (`/cacerts`, `/v1-r3s/*`) share the port with the API, as in k3s.
+    let router = crate::join::routes(join_state).merge(api::app(state.clone()));
+    info!(%listen, "serving the Kubernetes API and the join endpoints over HTTPS");
+    let mut api_task = tokio::spawn(async move {
+        tls::serve_tls(listener, tls_config, router, stopped(api_stopped)).await;
+        Ok::<(), api::ServeError>(())
+    });
     notify_ready();
 
     let (stop_loops, loops_stopped) = watch::channel(false);
@@ -193,10 +216,7 @@ pub async fn run(cfg: ServerConfig) -> Result<(), RunError> {
         None
     } else {
         let opts = node_options(&cfg)?;
-        let identity = crate::tls::PeerIdentity {
-            common_name: format!("system:node:{}", cfg.node_name),
-            organizations: vec!["system:nodes".to_string()],
-        };
+        let identity = client::node_identity(&cfg.node_name.to_string());
         Some(tokio::spawn(r3s_agent::run_node(
             client::in_process(state.clone(), identity),
             opts,
@@ -309,6 +329,32 @@ fn node_options(cfg: &ServerConfig) -> Result<r3s_agent::NodeOptions, RunError> 
         }
     })?;
     Ok(opts)
+}
+
+/// What joining agents are told about the cluster.
+fn cluster_settings(cfg: &ServerConfig) -> r3s_agent::join::ClusterSettings {
+    let cidr = |c: &r3s_config::Ipv4Cidr| format!("{}/{}", c.network(), c.prefix());
+    r3s_agent::join::ClusterSettings {
+        cluster_cidr: cidr(&cfg.cluster_cidr),
+        service_cidr: cidr(&cfg.service_cidr),
+        cluster_dns: cfg.cluster_dns.to_string(),
+        cluster_domain: cfg.cluster_domain.to_string(),
+    }
+}
+
+/// Claims the server's own node name with the in-process agent's node password, as k3s does, so
+/// an agent elsewhere cannot join under the server's name. Only warns: the server still starts.
+async fn remember_own_node_password(cfg: &ServerConfig, store: &dyn Store) {
+    let node = cfg.node_name.to_string();
+    match r3s_agent::join::identity::node_password(&cfg.data_dir) {
+        Ok(password) => {
+            if let Err(e) = crate::join::password::verify_or_remember(store, &node, &password).await
+            {
+                warn!("{e}");
+            }
+        }
+        Err(e) => warn!("the node password of {node}: {e}"),
+    }
 }
 
 /// The address other nodes and pods reach this server at: `--advertise-address`, else `--node-ip`,

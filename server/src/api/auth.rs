@@ -2,14 +2,18 @@
 //!
 //! Authentication: x509 client certificates verified by the TLS listener against the client CA
 //! (CN = user, O = groups), delivered as a [`PeerIdentity`] request extension, else ServiceAccount
-//! bearer tokens ([`super::tokens`]). Authorization: members of `system:masters` may do everything, every authenticated
-//! user may create self reviews (`auth can-i`, `auth whoami`), everything else is decided by RBAC
+//! bearer tokens ([`super::tokens`]), else bootstrap tokens (`<id>.<secret>`, user
+//! `system:bootstrap:<id>`, group `system:bootstrappers`, until they expire; see
+//! [`crate::join::bootstrap`]). Authorization: members of `system:masters` may do everything, every
+//! authenticated user may create self reviews (`auth can-i`, `auth whoami`), node identities are
+//! decided by the node authorizer ([`super::rbac_node`]) first, everything else by RBAC
 //! ([`super::rbac`]), and denials carry upstream's wording.
 
 use crate::store::Store;
 use crate::tls::PeerIdentity;
 
 use super::error::ApiError;
+use super::rbac_node::Decision;
 
 /// The authenticated user of a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,6 +61,17 @@ pub fn bearer(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .ok_or(ApiError::Unauthorized)?;
+    if r3s_agent::join::token::is_bootstrap_token(token) {
+        let id = crate::join::bootstrap::valid(state.store.as_ref(), token)
+            .ok_or(ApiError::Unauthorized)?;
+        return Ok(UserInfo {
+            username: format!("system:bootstrap:{id}"),
+            groups: vec![
+                "system:bootstrappers".to_string(),
+                "system:authenticated".to_string(),
+            ],
+        });
+    }
     let issuer = state.tokens.as_ref().ok_or(ApiError::Unauthorized)?;
     let subject = issuer.verify(token).ok_or(ApiError::Unauthorized)?;
     let accounts = super::registry::find("", "v1", "serviceaccounts")
@@ -94,10 +109,22 @@ pub fn authorize(
 ) -> Result<(), ApiError> {
     // Masters and self reviews never depend on stored policy, so a damaged RBAC setup can
     // always be repaired with the admin kubeconfig.
-    if is_master(user) || self_review(attrs) || super::rbac::allows(store, user, attrs)? {
+    if is_master(user) || self_review(attrs) {
         return Ok(());
     }
-    Err(ApiError::Forbidden(forbidden_message(user, attrs)))
+    let reason = match super::rbac_node::decide(store, user, attrs)? {
+        Decision::Allow => return Ok(()),
+        Decision::Deny(message) => return Err(ApiError::Forbidden(message)),
+        Decision::NoOpinion(reason) => reason,
+    };
+    if super::rbac::allows(store, user, attrs)? {
+        return Ok(());
+    }
+    let mut message = forbidden_message(user, attrs);
+    if let Some(reason) = reason {
+        message = format!("{message}: {reason}");
+    }
+    Err(ApiError::Forbidden(message))
 }
 
 /// Every authenticated user may ask about themselves (upstream's `system:basic-user` role).

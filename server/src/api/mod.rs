@@ -32,6 +32,7 @@ pub mod podsub;
 pub mod protobuf;
 pub mod rbac;
 pub mod rbac_defaults;
+pub mod rbac_node;
 pub mod registry;
 pub mod reviews;
 mod router;

@@ -1,8 +1,10 @@
 //! The default ClusterRoles and ClusterRoleBindings every cluster starts with, as upstream
 //! bootstraps them: `cluster-admin` (bound to `system:masters`), the user-facing `admin`, `edit`
-//! and `view`, `system:basic-user` (self reviews for every authenticated user), and
-//! `system:node`/`system:node-proxier` bound to the `system:nodes` group (node agents
-//! authenticate with client certificates `CN=system:node:<name>, O=system:nodes`).
+//! and `view`, `system:basic-user` (self reviews for every authenticated user), `system:node`
+//! (unbound, as upstream: node agents, `CN=system:node:<name>, O=system:nodes`, are authorized by
+//! the node authorizer, [`super::rbac_node`]) and `system:node-proxier` bound to `system:nodes`.
+//! A `system:node` binding to the whole `system:nodes` group left by an older r3s is removed,
+//! since it would let every node write every other node's objects.
 //!
 //! Upstream builds `admin`/`edit`/`view` by aggregation; r3s writes their rules out for the
 //! resources it serves, since it has no aggregation controller. Existing objects are never
@@ -103,7 +105,7 @@ fn admin_rules() -> Vec<Value> {
 
 /// What a node agent (kubelet's role) needs: its Node and Lease, the pods bound to nodes and their
 /// status, the configuration its pods mount, and events. Upstream narrows this per node with the
-/// Node authorizer; r3s grants it to the `system:nodes` group as a whole for now.
+/// Node authorizer; r3s, like upstream, keeps the role but does not bind it to the group.
 fn node_rules() -> Vec<Value> {
     vec![
         rule(
@@ -196,7 +198,6 @@ pub async fn ensure(store: &dyn Store) -> Result<(), ApiError> {
             "system:basic-user",
             "system:authenticated",
         ),
-        cluster_role_binding("system:node", "system:node", "system:nodes"),
         cluster_role_binding("system:node-proxier", "system:node-proxier", "system:nodes"),
     ];
     for (plural, objects) in [
@@ -220,6 +221,31 @@ pub async fn ensure(store: &dyn Store) -> Result<(), ApiError> {
                 Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
                 Err(e) => return Err(ApiError::from_store(e, &res.name(), object::name(&obj))),
             }
+        }
+    }
+    remove_group_wide_node_binding(store).await
+}
+
+/// Deletes the `system:node` ClusterRoleBinding earlier versions bound to all of `system:nodes`,
+/// if it is still exactly that default (an administrator's own binding is left alone).
+async fn remove_group_wide_node_binding(store: &dyn Store) -> Result<(), ApiError> {
+    let res = registry::find(GROUP, "v1", "clusterrolebindings")
+        .ok_or_else(|| ApiError::Internal("clusterrolebindings are not registered".into()))?;
+    let key = res.key(None, "system:node");
+    let Some(kv) = store
+        .get(&key)
+        .map_err(|e| ApiError::from_store(e, &res.name(), "system:node"))?
+    else {
+        return Ok(());
+    };
+    let binding = object::from_store(&kv)?;
+    let default = json!([{"apiGroup": GROUP, "kind": "Group", "name": "system:nodes"}]);
+    if binding["metadata"]["labels"]["kubernetes.io/bootstrapping"] == "rbac-defaults"
+        && binding["subjects"] == default
+    {
+        match store.delete(&key, Some(kv.mod_revision)).await {
+            Ok(_) | Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(ApiError::from_store(e, &res.name(), "system:node")),
         }
     }
     Ok(())
