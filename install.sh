@@ -210,6 +210,7 @@ Restart=always
 RestartSec=5s
 ExecStartPre=-/sbin/modprobe overlay
 ExecStartPre=-/sbin/modprobe vxlan
+ExecStartPre=-/sbin/modprobe br_netfilter
 ExecStart=${BIN_DIR}/${BIN_NAME}${EXEC_ARGS}
 
 [Install]

@@ -104,4 +104,27 @@ pub struct Cli {
         default_value = "/etc/r3s/registries.yaml"
     )]
     pub private_registry: PathBuf,
+
+    /// Append a unique suffix to the node name, kept under the data dir (for cloned SD cards
+    /// whose host names clash)
+    #[arg(long, env = "R3S_WITH_NODE_ID")]
+    pub with_node_id: bool,
+
+    /// How pods on different nodes reach each other: vxlan, or none (no overlay)
+    #[arg(
+        long,
+        value_name = "BACKEND",
+        env = "R3S_FLANNEL_BACKEND",
+        default_value = "vxlan",
+        value_parser = ["vxlan", "none"]
+    )]
+    pub flannel_backend: String,
+
+    /// Interface whose IPv4 address carries the VXLAN overlay (default: the node IP's)
+    #[arg(long, value_name = "IFACE", env = "R3S_FLANNEL_IFACE")]
+    pub flannel_iface: Option<String>,
+
+    /// Do not run the service proxy (ClusterIP/NodePort rules) on this node
+    #[arg(long, env = "R3S_DISABLE_KUBE_PROXY")]
+    pub disable_kube_proxy: bool,
 }

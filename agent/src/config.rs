@@ -137,6 +137,11 @@ pub struct AgentConfig {
     pub node_taints: Vec<Taint>,
     /// The registries file; it may be absent when left at its default.
     pub private_registry: PathBuf,
+    pub with_node_id: bool,
+    /// `vxlan` or `none` (checked by the flag parser).
+    pub flannel_backend: String,
+    pub flannel_iface: Option<String>,
+    pub disable_kube_proxy: bool,
     pub sources: Sources,
 }
 
@@ -178,6 +183,10 @@ impl AgentConfig {
             node_labels: cli.node_label,
             node_taints: cli.node_taint,
             private_registry,
+            with_node_id: cli.with_node_id,
+            flannel_backend: cli.flannel_backend,
+            flannel_iface: cli.flannel_iface,
+            disable_kube_proxy: cli.disable_kube_proxy,
             sources,
         })
     }
@@ -207,6 +216,10 @@ impl AgentConfig {
                 "private-registry",
                 self.private_registry.display().to_string(),
             ),
+            ("with-node-id", self.with_node_id.to_string()),
+            ("flannel-backend", self.flannel_backend.clone()),
+            ("flannel-iface", opt(&self.flannel_iface)),
+            ("disable-kube-proxy", self.disable_kube_proxy.to_string()),
             ("debug", self.debug.to_string()),
         ]
     }

@@ -34,6 +34,8 @@ pub enum RunError {
     Kubeconfig { path: String, reason: String },
     #[error("reading {path}: {reason}")]
     Registries { path: String, reason: String },
+    #[error("--{flag}: {reason}")]
+    Flag { flag: &'static str, reason: String },
     #[cfg(target_os = "linux")]
     #[error(transparent)]
     Agent(#[from] crate::AgentError),
@@ -60,8 +62,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), RunError> {
         token: cfg.token.clone(),
         data_dir: cfg.data_dir.clone(),
         node_name: cfg.node_name.to_string(),
-        // `--with-node-id` is not a flag of `r3s-agent` yet; the join supports it.
-        with_node_id: false,
+        with_node_id: cfg.with_node_id,
     };
     let joined = tokio::select! {
         joined = join_retrying(&opts) => joined?,
@@ -143,6 +144,15 @@ pub fn node_options(
     opts.node_external_ip = cfg.node_external_ip;
     opts.labels = cfg.node_labels.clone();
     opts.taints = cfg.node_taints.clone();
+    opts.flannel_backend =
+        cfg.flannel_backend
+            .parse()
+            .map_err(|reason: String| RunError::Flag {
+                flag: "flannel-backend",
+                reason,
+            })?;
+    opts.flannel_iface = cfg.flannel_iface.clone();
+    opts.service_proxy = !cfg.disable_kube_proxy;
     let s = &joined.settings;
     match s.cluster_dns.parse() {
         Ok(ip) => opts.cluster_dns = Some(ip),

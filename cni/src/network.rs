@@ -70,6 +70,7 @@ impl BridgeNetwork {
     /// Creates or repairs the bridge and turns on IPv4 forwarding in the current namespace.
     pub async fn setup(&self, h: &Handle) -> Result<Link, NetworkError> {
         enable_ip_forward()?;
+        enable_bridge_netfilter();
         Ok(bridge::ensure(h, &self.bridge, self.gateway(), self.mtu).await?)
     }
 
@@ -166,6 +167,26 @@ impl BridgeNetwork {
             gateway: crate::ipam::gateway_of(self.subnet),
             mtu: self.mtu,
         }
+    }
+}
+
+/// Sets `net.bridge.bridge-nf-call-iptables = 1` where the kernel has br_netfilter: without it a
+/// pod's reply to another pod on the same bridge, reached through a Service's ClusterIP, bypasses
+/// conntrack and is never un-NATed, so the connection hangs. Absent sysctl: a warning, since
+/// everything but same-node Service traffic still works.
+pub fn enable_bridge_netfilter() {
+    let path = Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables");
+    if !path.exists() {
+        tracing::warn!(
+            "br_netfilter is not loaded: pods cannot reach Services whose endpoints are on the same node; run 'modprobe br_netfilter'"
+        );
+        return;
+    }
+    if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
+        return;
+    }
+    if let Err(e) = std::fs::write(path, b"1") {
+        tracing::warn!("enabling {}: {e}", path.display());
     }
 }
 

@@ -151,6 +151,24 @@ pub struct Cli {
     #[arg(long, env = "R3S_DISABLE_AGENT")]
     pub disable_agent: bool,
 
+    /// How pods on different nodes reach each other: vxlan, or none (no overlay)
+    #[arg(
+        long,
+        value_name = "BACKEND",
+        env = "R3S_FLANNEL_BACKEND",
+        default_value = "vxlan",
+        value_parser = ["vxlan", "none"]
+    )]
+    pub flannel_backend: String,
+
+    /// Interface whose IPv4 address carries the VXLAN overlay (default: the node IP's)
+    #[arg(long, value_name = "IFACE", env = "R3S_FLANNEL_IFACE")]
+    pub flannel_iface: Option<String>,
+
+    /// Do not run the service proxy (ClusterIP/NodePort rules) on the server's node
+    #[arg(long, env = "R3S_DISABLE_KUBE_PROXY")]
+    pub disable_kube_proxy: bool,
+
     /// Node name (default: the host name)
     #[arg(long, value_name = "NAME", env = "R3S_NODE_NAME")]
     pub node_name: Option<DnsName>,

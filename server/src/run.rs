@@ -32,6 +32,8 @@ use crate::tls::{self, CertOptions, TlsError};
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    #[error("--{flag}: {reason}")]
+    Flag { flag: &'static str, reason: String },
     #[error(
         "--datastore-endpoint {endpoints}: running on etcd is not implemented yet; leave --datastore-endpoint empty for the embedded SQLite store"
     )]
@@ -313,6 +315,15 @@ fn node_options(cfg: &ServerConfig) -> Result<r3s_agent::NodeOptions, RunError> 
     opts.labels = cfg.node_labels.clone();
     opts.taints = cfg.node_taints.clone();
     opts.control_plane = true;
+    opts.flannel_backend =
+        cfg.flannel_backend
+            .parse()
+            .map_err(|reason: String| RunError::Flag {
+                flag: "flannel-backend",
+                reason,
+            })?;
+    opts.flannel_iface = cfg.flannel_iface.clone();
+    opts.service_proxy = !cfg.disable_kube_proxy;
     opts.cluster_dns = Some(IpAddr::V4(cfg.cluster_dns));
     opts.cluster_domain = cfg.cluster_domain.to_string();
     opts.cluster_cidr = format!(

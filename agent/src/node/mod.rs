@@ -252,6 +252,12 @@ pub async fn run_node(
             let (net, task) = start_network(&opts, &layout, &nodes, host_ip, &cidr).await?;
             let _ = network.set(net);
             overlay_task = task;
+            // Ready at once, not at the next status tick.
+            if opts.cluster_cidr.is_some() {
+                let st = write_status(&prev_status, true);
+                register::write_status(&nodes, &opts.node_name, &st).await?;
+                prev_status = st;
+            }
         }
         None => info!(
             "node has no spec.podCIDR yet: pods get a loopback-only network namespace until it has"
@@ -297,7 +303,7 @@ pub async fn run_node(
             _ = &mut shutdown => break,
             _ = lease_tick.tick() => {
                 if let Err(e) = lease::renew(&lease_api, &opts.node_name, &node_uid).await {
-                    warn!("{e}");
+                    warn!("{}", r3s_config::exit::chain(&e));
                 }
             }
             _ = cidr_tick.tick(), if ctx.network.get().is_none() => {
@@ -316,10 +322,10 @@ pub async fn run_node(
                             let st = write_status(&prev_status, true);
                             match register::write_status(&nodes, &opts.node_name, &st).await {
                                 Ok(_) => prev_status = st,
-                                Err(e) => warn!("{e}"),
+                                Err(e) => warn!("{}", r3s_config::exit::chain(&e)),
                             }
                         }
-                        Err(e) => warn!("{e}"),
+                        Err(e) => warn!("{}", r3s_config::exit::chain(&e)),
                     }
                 }
             }
@@ -328,7 +334,7 @@ pub async fn run_node(
                 let st = write_status(&prev_status, network_ready);
                 match register::write_status(&nodes, &opts.node_name, &st).await {
                     Ok(_) => prev_status = st,
-                    Err(e) => warn!("{e}"),
+                    Err(e) => warn!("{}", r3s_config::exit::chain(&e)),
                 }
             }
         }
