@@ -308,15 +308,21 @@ start_service() {
     fi
     info "starting ${SERVICE}"
     # --no-block: with Type=notify and TimeoutStartSec=0 a start that never gets ready would hang.
+    restarts_before=$(systemctl show -p NRestarts --value "${SERVICE}" 2>/dev/null || echo 0)
     systemctl restart --no-block "${SERVICE}"
     waited=0
     while :; do
         state=$(systemctl is-active "${SERVICE}" 2>/dev/null || true)
         [ "${state}" = active ] && break
-        if [ "${waited}" -ge "${READY_TIMEOUT}" ] || [ "${state}" = failed ]; then
+        # Restart=always hides a crash behind "activating": a restart means it failed to start.
+        restarts=$(systemctl show -p NRestarts --value "${SERVICE}" 2>/dev/null || echo 0)
+        if [ "${waited}" -ge "${READY_TIMEOUT}" ] || [ "${state}" = failed ] || [ "${restarts:-0}" -gt "${restarts_before:-0}" ]; then
+            systemctl stop "${SERVICE}" 2>/dev/null || true
             journalctl -u "${SERVICE}" -n 20 --no-pager 2>/dev/null >&2 || true
-            if journalctl -u "${SERVICE}" -n 50 --no-pager 2>/dev/null | grep -qi 'node password'; then
-                warn "another machine already joined with this hostname: give this one another name (--node-name) or add --with-node-id"
+            # The binaries end with one line "r3s-<name>: <what went wrong and what to do>".
+            why=$(journalctl -u "${SERVICE}" -n 100 -o cat --no-pager 2>/dev/null | grep "^${BIN_NAME}: " | tail -n 1)
+            if [ -n "${why}" ]; then
+                fatal "${SERVICE} failed to start: ${why}"
             fi
             fatal "${SERVICE} did not become ready within ${waited}s (state: ${state}); see 'journalctl -u ${SERVICE}'"
         fi
