@@ -142,10 +142,7 @@ impl Schedule {
             return false;
         }
         let day = bit(self.days.into(), d.day());
-        let weekday = bit(
-            self.weekdays.into(),
-            d.weekday().to_sunday_zero_offset(),
-        );
+        let weekday = bit(self.weekdays.into(), d.weekday().to_sunday_zero_offset());
         if self.day_star || self.weekday_star {
             day && weekday
         } else {
@@ -155,7 +152,9 @@ impl Schedule {
 
     /// The first firing strictly after `after`, in `tz`.
     pub fn next_after(&self, after: Timestamp, tz: &TimeZone) -> Option<Timestamp> {
-        let start = truncate_minute(after).checked_add(SignedDuration::from_mins(1)).ok()?;
+        let start = truncate_minute(after)
+            .checked_add(SignedDuration::from_mins(1))
+            .ok()?;
         self.search(start, tz, true)
     }
 
@@ -242,7 +241,9 @@ fn field(text: &str, b: &Bounds) -> Result<(u64, bool), CronError> {
             (low, if step.is_some() { b.max } else { low })
         };
         if low > high {
-            return Err(fail(format!("beginning of range ({low}) beyond end ({high})")));
+            return Err(fail(format!(
+                "beginning of range ({low}) beyond end ({high})"
+            )));
         }
         let step = step.unwrap_or(1);
         let mut n = low;
@@ -299,7 +300,9 @@ pub fn time_zone(name: Option<&str>) -> Result<TimeZone, CronError> {
     let plausible = !name.is_empty()
         && name != "Local"
         && !name.starts_with('/')
-        && name.split('/').all(|p| !p.is_empty() && p != "." && p != "..")
+        && name
+            .split('/')
+            .all(|p| !p.is_empty() && p != "." && p != "..")
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '-' | '+'));
@@ -334,22 +337,53 @@ mod tests {
 
     #[test]
     fn fields_lists_ranges_steps_and_names() {
-        assert_eq!(next("*/15 * * * *", "2026-01-01T10:07:30Z"), "2026-01-01T10:15:00Z");
-        assert_eq!(next("5 4 * * *", "2026-01-01T04:05:00Z"), "2026-01-02T04:05:00Z");
-        assert_eq!(next("0 9-17/4 * * mon-fri", "2026-01-03T00:00:00Z"), "2026-01-05T09:00:00Z");
-        assert_eq!(next("0 0 1,15 feb *", "2026-01-03T00:00:00Z"), "2026-02-01T00:00:00Z");
-        assert_eq!(next("@hourly", "2026-01-01T10:00:00Z"), "2026-01-01T11:00:00Z");
-        assert_eq!(next("0 0 * * 7", "2026-01-01T00:00:00Z"), "2026-01-04T00:00:00Z");
+        assert_eq!(
+            next("*/15 * * * *", "2026-01-01T10:07:30Z"),
+            "2026-01-01T10:15:00Z"
+        );
+        assert_eq!(
+            next("5 4 * * *", "2026-01-01T04:05:00Z"),
+            "2026-01-02T04:05:00Z"
+        );
+        assert_eq!(
+            next("0 9-17/4 * * mon-fri", "2026-01-03T00:00:00Z"),
+            "2026-01-05T09:00:00Z"
+        );
+        assert_eq!(
+            next("0 0 1,15 feb *", "2026-01-03T00:00:00Z"),
+            "2026-02-01T00:00:00Z"
+        );
+        assert_eq!(
+            next("@hourly", "2026-01-01T10:00:00Z"),
+            "2026-01-01T11:00:00Z"
+        );
+        assert_eq!(
+            next("0 0 * * 7", "2026-01-01T00:00:00Z"),
+            "2026-01-04T00:00:00Z"
+        );
         // Both day fields restricted: either matches (the 13th, or any Friday).
-        assert_eq!(next("0 0 13 * 5", "2026-01-01T00:00:00Z"), "2026-01-02T00:00:00Z");
+        assert_eq!(
+            next("0 0 13 * 5", "2026-01-01T00:00:00Z"),
+            "2026-01-02T00:00:00Z"
+        );
         // One of them `*`: both must.
-        assert_eq!(next("0 0 13 * *", "2026-01-01T00:00:00Z"), "2026-01-13T00:00:00Z");
+        assert_eq!(
+            next("0 0 13 * *", "2026-01-01T00:00:00Z"),
+            "2026-01-13T00:00:00Z"
+        );
         assert_eq!(next("0 0 30 2 *", "2026-01-01T00:00:00Z"), "");
     }
 
     #[test]
     fn bad_schedules_are_refused() {
-        for bad in ["* * * *", "61 * * * *", "* * * * mon-", "@every 5m", "*/0 * * * *", "5-1 * * * *"] {
+        for bad in [
+            "* * * *",
+            "61 * * * *",
+            "* * * * mon-",
+            "@every 5m",
+            "*/0 * * * *",
+            "5-1 * * * *",
+        ] {
             assert!(Schedule::parse(bad).is_err(), "{bad}");
         }
     }
@@ -358,18 +392,30 @@ mod tests {
     fn last_firing_and_time_zones() {
         let s = Schedule::parse("30 2 * * *").expect("schedule");
         let last = s.last_at_or_before(ts("2026-03-10T12:00:00Z"), &TimeZone::UTC);
-        assert_eq!(last.map(|t| t.to_string()).as_deref(), Some("2026-03-10T02:30:00Z"));
+        assert_eq!(
+            last.map(|t| t.to_string()).as_deref(),
+            Some("2026-03-10T02:30:00Z")
+        );
         if std::path::Path::new("/usr/share/zoneinfo/Europe/Berlin").exists() {
             let berlin = time_zone(Some("Europe/Berlin")).expect("zone");
             let s = Schedule::parse("0 9 * * *").expect("schedule");
             let next = s.next_after(ts("2026-01-10T00:00:00Z"), &berlin);
-            assert_eq!(next.map(|t| t.to_string()).as_deref(), Some("2026-01-10T08:00:00Z"));
+            assert_eq!(
+                next.map(|t| t.to_string()).as_deref(),
+                Some("2026-01-10T08:00:00Z")
+            );
             let next = s.next_after(ts("2026-07-10T00:00:00Z"), &berlin);
-            assert_eq!(next.map(|t| t.to_string()).as_deref(), Some("2026-07-10T07:00:00Z"));
+            assert_eq!(
+                next.map(|t| t.to_string()).as_deref(),
+                Some("2026-07-10T07:00:00Z")
+            );
             // 02:30 does not exist in Berlin on 2026-03-29 (clocks jump 02:00 → 03:00).
             let s = Schedule::parse("30 2 * * *").expect("schedule");
             let next = s.next_after(ts("2026-03-28T12:00:00Z"), &berlin);
-            assert_eq!(next.map(|t| t.to_string()).as_deref(), Some("2026-03-30T00:30:00Z"));
+            assert_eq!(
+                next.map(|t| t.to_string()).as_deref(),
+                Some("2026-03-30T00:30:00Z")
+            );
         }
         assert!(time_zone(Some("Mars/Olympus")).is_err());
         assert!(time_zone(Some("../etc/passwd")).is_err());

@@ -166,14 +166,16 @@ pub const CRONJOB: &[Column] = &[
         })
     }),
     int("Active", |o| len(&o["status"]["active"])),
-    col("Last Schedule", 0, |o| match o["status"]["lastScheduleTime"] {
-        Value::String(_) => since(&o["status"]["lastScheduleTime"]),
-        _ => json!("<none>"),
-    }),
+    col(
+        "Last Schedule",
+        0,
+        |o| match o["status"]["lastScheduleTime"] {
+            Value::String(_) => since(&o["status"]["lastScheduleTime"]),
+            _ => json!("<none>"),
+        },
+    ),
     AGE,
-    col("Containers", 1, |o| {
-        job_template_containers(o, "name")
-    }),
+    col("Containers", 1, |o| job_template_containers(o, "name")),
     col("Images", 1, |o| job_template_containers(o, "image")),
     col("Selector", 1, |o| {
         selector_text(&o["spec"]["jobTemplate"]["spec"]["selector"])
@@ -187,7 +189,9 @@ pub const ENDPOINT_SLICE: &[Column] = &[
 ];
 pub const POD_DISRUPTION_BUDGET: &[Column] = &[
     col("Min Available", 0, |o| or_na(&o["spec"]["minAvailable"])),
-    col("Max Unavailable", 0, |o| or_na(&o["spec"]["maxUnavailable"])),
+    col("Max Unavailable", 0, |o| {
+        or_na(&o["spec"]["maxUnavailable"])
+    }),
     int("Allowed Disruptions", |o| {
         json!(n(&o["status"]["disruptionsAllowed"]))
     }),
@@ -318,9 +322,10 @@ fn controller_revision_owner(o: &Value) -> Value {
 }
 
 fn has_condition(o: &Value, kind: &str) -> bool {
-    o["status"]["conditions"]
-        .as_array()
-        .is_some_and(|cs| cs.iter().any(|c| c["type"] == json!(kind) && c["status"] == json!("True")))
+    o["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == json!(kind) && c["status"] == json!("True"))
+    })
 }
 
 fn job_status(o: &Value) -> Value {

@@ -84,7 +84,10 @@ pub fn endpoint_slice(obj: &Value, causes: &mut Vec<Cause>) {
         causes.push(Cause {
             reason: "FieldValueTooMany",
             field: "endpoints".into(),
-            message: format!("Too many: {}: must have at most 1000 items", endpoints.len()),
+            message: format!(
+                "Too many: {}: must have at most 1000 items",
+                endpoints.len()
+            ),
         });
     }
     for (i, e) in endpoints.iter().enumerate() {

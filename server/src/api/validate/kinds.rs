@@ -242,7 +242,11 @@ pub(super) fn job_spec(spec: &Value, old: Option<&Value>, path: &str, causes: &m
             }
         }
     }
-    pod_spec(&spec["template"]["spec"], &format!("{path}.template.spec"), causes);
+    pod_spec(
+        &spec["template"]["spec"],
+        &format!("{path}.template.spec"),
+        causes,
+    );
 }
 
 fn crd(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
