@@ -224,7 +224,7 @@ async fn cronjobs_schedule_on_an_injected_clock() {
     .await;
     assert_eq!(names(&jobs_of(&jobs, "solo").await), names(&running));
     // The suspended CronJob still has only its one Job.
-    assert_eq!(names(&jobs_of(&jobs, "tick").await), [second.clone()]);
+    assert_eq!(names(&jobs_of(&jobs, "tick").await), [second]);
 
     // Replace: the running Job is deleted and the next one takes its place.
     cluster

@@ -50,12 +50,15 @@ fn content(slice: &EndpointSlice) -> Content {
     )
 }
 
+/// A Service port resolved for one pod: name, number, protocol.
+type ResolvedPort = (String, i32, String);
+
 /// The slices `svc` should have, in a canonical order.
 fn desired(svc: &Service, selected: &[Arc<Pod>]) -> Vec<Content> {
     let spec = svc.spec.clone().unwrap_or_default();
     let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
     let svc_ports = spec.ports.unwrap_or_default();
-    let mut groups: BTreeMap<(String, Vec<(String, i32, String)>), Vec<Endpoint>> = BTreeMap::new();
+    let mut groups: BTreeMap<(String, Vec<ResolvedPort>), Vec<Endpoint>> = BTreeMap::new();
     for pod in selected {
         let Some(ip) = pod
             .status
@@ -69,7 +72,7 @@ fn desired(svc: &Service, selected: &[Arc<Pod>]) -> Vec<Content> {
         if matches!(phase, Some("Succeeded" | "Failed")) {
             continue;
         }
-        let ports: Vec<(String, i32, String)> = svc_ports
+        let ports: Vec<ResolvedPort> = svc_ports
             .iter()
             .filter_map(|p| {
                 Some((
