@@ -407,3 +407,117 @@ spec:
     );
     assert!(resources.contains("jobs"), "{resources}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indexed_jobs_and_namespace_deletion() {
+    if !support::have_kubectl() {
+        return;
+    }
+    let cluster = support::start(&[], opts()).await;
+    cluster.ok(&["create", "namespace", "batchns"]).await;
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "batchns");
+    let jobs: Api<Job> = Api::namespaced(cluster.client.clone(), "batchns");
+    let manifest = cluster.write(
+        "indexed.yaml",
+        r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {name: idx, namespace: batchns}
+spec:
+  completionMode: Indexed
+  completions: 3
+  parallelism: 3
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: work, image: registry.example/work:1}]
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: idle, namespace: batchns}
+spec:
+  schedule: "@daily"
+  suspend: true
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: OnFailure
+          containers: [{name: work, image: registry.example/work:1}]
+"#,
+    );
+    cluster.ok(&["apply", "-f", &manifest]).await;
+    support::wait_for("three indexed pods", T, || async {
+        active_pods(&pods, "idx").await.len() == 3
+    })
+    .await;
+    let mut indexes: Vec<String> = Vec::new();
+    for pod in job_pods(&pods, "idx").await {
+        let index = pod
+            .metadata
+            .annotations
+            .clone()
+            .unwrap_or_default()
+            .get("batch.kubernetes.io/job-completion-index")
+            .cloned()
+            .expect("completion index");
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        assert!(name.starts_with(&format!("idx-{index}-")), "{name}");
+        let spec = pod.spec.clone().expect("spec");
+        assert_eq!(spec.hostname, Some(format!("idx-{index}")));
+        let env = spec.containers[0].env.clone().unwrap_or_default();
+        assert!(
+            env.iter()
+                .any(|e| e.name == "JOB_COMPLETION_INDEX" && e.value.as_deref() == Some(&index))
+        );
+        indexes.push(index);
+    }
+    indexes.sort();
+    assert_eq!(indexes, ["0", "1", "2"]);
+    let by_index =
+        |want: &'static str| {
+            let pods = pods.clone();
+            async move {
+                job_pods(&pods, "idx")
+                    .await
+                    .into_iter()
+                    .find(|p| {
+                        p.metadata.annotations.as_ref().and_then(|a| {
+                            a.get("batch.kubernetes.io/job-completion-index").cloned()
+                        }) == Some(want.to_string())
+                    })
+                    .and_then(|p| p.metadata.name)
+                    .expect("pod of index")
+            }
+        };
+    finish(&pods, &by_index("1").await, "Succeeded").await;
+    support::wait_for("completedIndexes 1", T, || async {
+        jobs.get("idx")
+            .await
+            .is_ok_and(|j| j.status.and_then(|s| s.completed_indexes).as_deref() == Some("1"))
+    })
+    .await;
+    // A failed index is retried under the same index.
+    finish(&pods, &by_index("0").await, "Failed").await;
+    support::wait_for("index 0 to run again", T, || async {
+        active_pods(&pods, "idx").await.len() == 2
+    })
+    .await;
+    for name in active_pods(&pods, "idx").await {
+        finish(&pods, &name, "Succeeded").await;
+    }
+    let job = wait_condition(&jobs, "idx", "Complete").await;
+    let status = job.status.expect("status");
+    assert_eq!(status.completed_indexes.as_deref(), Some("0-2"));
+    assert_eq!((status.succeeded, status.failed), (Some(3), Some(1)));
+
+    // Deleting the namespace takes Jobs, CronJobs and pods with it.
+    cluster
+        .ok(&["delete", "namespace", "batchns", "--timeout=60s"])
+        .await;
+    let (ok, _, stderr) = cluster.kubectl(&["get", "namespace", "batchns"]).await;
+    assert!(!ok && stderr.contains("NotFound"), "{stderr}");
+    let cronjobs: Api<k8s_openapi::api::batch::v1::CronJob> = Api::all(cluster.client.clone());
+    let left = cronjobs.list(&ListParams::default()).await.expect("list");
+    assert!(left.items.is_empty());
+}

@@ -9,7 +9,11 @@
 //! or `Failed` only once none of its pods is still running or terminating. Failures are failed
 //! pods, plus container restarts of running pods when the template's `restartPolicy` is
 //! `OnFailure`. Failed pods are replaced after an exponential back-off (`base`, doubled per
-//! failure, at most 6 minutes), as upstream does.
+//! failure, at most 6 minutes), as upstream does. With `completionMode: Indexed` every pod gets
+//! an index (annotation and label `batch.kubernetes.io/job-completion-index`, env
+//! `JOB_COMPLETION_INDEX`, hostname `<job>-<index>`, name `<job>-<index>-<random>`); the Job is
+//! complete once every index in `0..completions` has a succeeded pod (`status.completedIndexes`).
+//! Jobs with `spec.managedBy` naming another controller are left to it.
 //!
 //! Invariants: pods are created or deleted only when [`Expectations`] are met, so a lagging cache
 //! never doubles them; a finished Job (`Complete` or `Failed`) never gets new pods; status is
@@ -20,7 +24,7 @@
 //! finished pod deleted by hand is not double-counted, but one deleted before the controller
 //! saw it finish is lost.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,6 +67,60 @@ struct Tally {
     ready: i32,
     /// When the most recent failure happened, if any pod failed.
     last_failure: Option<Timestamp>,
+    /// Indexed Jobs: the indexes with a succeeded pod.
+    completed: BTreeSet<i32>,
+}
+
+/// The index of a pod of an Indexed Job (annotation and label; upstream's name).
+pub const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
+
+fn index_of(pod: &Pod) -> Option<i32> {
+    pod.metadata
+        .annotations
+        .as_ref()?
+        .get(COMPLETION_INDEX)?
+        .parse()
+        .ok()
+}
+
+/// `0-2,4` → {0, 1, 2, 4} (malformed parts are ignored).
+fn parse_indexes(text: &str) -> BTreeSet<i32> {
+    let mut out = BTreeSet::new();
+    for part in text.split(',').filter(|p| !p.is_empty()) {
+        let (low, high) = part.split_once('-').unwrap_or((part, part));
+        if let (Ok(low), Ok(high)) = (low.parse::<i32>(), high.parse::<i32>()) {
+            out.extend(low..=high.min(low.saturating_add(1_000_000)));
+        }
+    }
+    out
+}
+
+/// {0, 1, 2, 4} → `0-2,4`.
+fn format_indexes(set: &BTreeSet<i32>) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut run: Option<(i32, i32)> = None;
+    for &i in set {
+        run = match run {
+            Some((low, high)) if i == high + 1 => Some((low, i)),
+            Some(done) => {
+                parts.push(range_text(done));
+                Some((i, i))
+            }
+            None => Some((i, i)),
+        };
+    }
+    if let Some(done) = run {
+        parts.push(range_text(done));
+    }
+    parts.join(",")
+}
+
+fn range_text((low, high): (i32, i32)) -> String {
+    if low == high {
+        low.to_string()
+    } else {
+        format!("{low}-{high}")
+    }
 }
 
 fn phase(pod: &Pod) -> Option<&str> {
@@ -121,7 +179,23 @@ fn tally(job: &Job, owned: &[Arc<Pod>]) -> Tally {
         0
     };
     let last_failure = failed_pods.iter().filter_map(|p| finished_at(p)).max();
+    let indexed = job.spec.as_ref().and_then(|s| s.completion_mode.as_deref()) == Some("Indexed");
+    let mut completed = BTreeSet::new();
+    let mut succeeded = succeeded;
+    if indexed {
+        let completions = job.spec.as_ref().and_then(|s| s.completions).unwrap_or(0);
+        completed = parse_indexes(previous.completed_indexes.as_deref().unwrap_or(""));
+        completed.extend(
+            owned
+                .iter()
+                .filter(|p| phase(p) == Some("Succeeded"))
+                .filter_map(|p| index_of(p)),
+        );
+        completed.retain(|i| (0..completions).contains(i));
+        succeeded = count(completed.len());
+    }
     Tally {
+        completed,
         ready: count(active.iter().filter(|p| pods::is_ready(p)).count()),
         active,
         terminating,
@@ -215,7 +289,9 @@ pub fn finish_time(job: &Job) -> Option<Timestamp> {
 }
 
 async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
-    if job.metadata.deletion_timestamp.is_some() {
+    let managed_by = job.spec.as_ref().and_then(|s| s.managed_by.as_deref());
+    let foreign = managed_by.is_some_and(|m| m != "kubernetes.io/job-controller");
+    if job.metadata.deletion_timestamp.is_some() || foreign {
         return Ok(Action::await_change());
     }
     let key = pods::key(&job.metadata);
@@ -358,7 +434,25 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Controlle
                     .max(Duration::from_millis(100)),
             );
         }
-        if settled {
+        let indexed = spec.completion_mode.as_deref() == Some("Indexed");
+        if settled && indexed {
+            let parallelism = usize::try_from(spec.parallelism.unwrap_or(1).max(0)).unwrap_or(0);
+            let running: BTreeSet<i32> = t.active.iter().filter_map(|p| index_of(p)).collect();
+            let todo: Vec<Option<i32>> = (0..spec.completions.unwrap_or(0))
+                .filter(|i| !t.completed.contains(i) && !running.contains(i))
+                .take(parallelism.saturating_sub(t.active.len()))
+                .map(Some)
+                .collect();
+            if t.active.len() > parallelism {
+                let extra = t.active.len() - parallelism;
+                delete_pods(&job, &ctx, &key, &t.active, extra).await?;
+            } else if !todo.is_empty() {
+                match backoff_left(&ctx, &t, now) {
+                    Some(wait) => requeue = Some(requeue.map_or(wait, |r| r.min(wait))),
+                    None => failure = create_pods(&job, &ctx, &key, todo).await.err(),
+                }
+            }
+        } else if settled {
             let parallelism = usize::try_from(spec.parallelism.unwrap_or(1).max(0)).unwrap_or(0);
             let want = match spec.completions {
                 Some(c) => parallelism.min(usize::try_from((c - t.succeeded).max(0)).unwrap_or(0)),
@@ -373,9 +467,8 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Controlle
                 match backoff_left(&ctx, &t, now) {
                     Some(wait) => requeue = Some(requeue.map_or(wait, |r| r.min(wait))),
                     None => {
-                        failure = create_pods(&job, &ctx, &key, want - t.active.len())
-                            .await
-                            .err();
+                        let todo = vec![None; want - t.active.len()];
+                        failure = create_pods(&job, &ctx, &key, todo).await.err();
                     }
                 }
             }
@@ -389,6 +482,10 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Controlle
     status.succeeded = (t.succeeded > 0).then_some(t.succeeded);
     status.failed = (t.failed > 0).then_some(t.failed);
     status.ready = Some(t.ready);
+    if spec.completion_mode.as_deref() == Some("Indexed") {
+        let text = format_indexes(&t.completed);
+        status.completed_indexes = (!text.is_empty()).then_some(text);
+    }
     status.terminating = Some(count(t.terminating));
     status.conditions = (!conditions.is_empty()).then_some(conditions);
     if status.uncounted_terminated_pods.is_none() {
@@ -476,24 +573,29 @@ async fn write_status(job: &Job, ctx: &Context, status: JobStatus) -> Result<(),
     Ok(())
 }
 
-/// Creates `count` pods (at most [`BURST`]) in slow-start batches; stops at the first failure.
+/// Creates one pod per entry of `indexes` (at most [`BURST`]; `None` for a pod without an index)
+/// in slow-start batches; stops at the first failure.
 async fn create_pods(
     job: &Job,
     ctx: &Context,
     key: &str,
-    count: usize,
+    indexes: Vec<Option<i32>>,
 ) -> Result<(), ControllerError> {
     let namespace = job.metadata.namespace.as_deref().unwrap_or("");
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
-    let template = pod_from_template(job);
     let job_ref = reference("batch/v1", "Job", &job.metadata);
     let params = PostParams::default();
-    let mut remaining = count.min(BURST);
+    let mut pending = indexes
+        .into_iter()
+        .take(BURST)
+        .map(|i| pod_from_template(job, i));
+    let mut remaining = pending.len();
     let mut batch = 1;
     while remaining > 0 {
         let size = batch.min(remaining);
+        let chunk: Vec<Pod> = pending.by_ref().take(size).collect();
         let results =
-            futures::future::join_all((0..size).map(|_| api.create(&params, &template))).await;
+            futures::future::join_all(chunk.iter().map(|pod| api.create(&params, pod))).await;
         for result in results {
             match result {
                 Ok(pod) => {
@@ -576,24 +678,55 @@ async fn delete_pods(
     Ok(())
 }
 
-/// The pod a Job creates: its template, named `<job>-<random>`, owned by it.
-fn pod_from_template(job: &Job) -> Pod {
+/// The pod a Job creates: its template, named `<job>-<random>` (`<job>-<index>-<random>` with an
+/// index), owned by it.
+fn pod_from_template(job: &Job, index: Option<i32>) -> Pod {
     let template = job.spec.clone().unwrap_or_default().template;
     let meta = template.metadata.unwrap_or_default();
+    let job_name = job.metadata.name.as_deref().unwrap_or("job");
+    let mut labels = meta.labels;
+    let mut annotations = meta.annotations;
+    let mut spec = template.spec;
+    let mut prefix = format!("{job_name}-");
+    if let Some(i) = index {
+        prefix = format!("{job_name}-{i}-");
+        let value = i.to_string();
+        labels
+            .get_or_insert_with(Default::default)
+            .insert(COMPLETION_INDEX.into(), value.clone());
+        annotations
+            .get_or_insert_with(Default::default)
+            .insert(COMPLETION_INDEX.into(), value.clone());
+        if let Some(spec) = spec.as_mut() {
+            spec.hostname
+                .get_or_insert_with(|| format!("{job_name}-{i}"));
+            for c in spec
+                .containers
+                .iter_mut()
+                .chain(spec.init_containers.iter_mut().flatten())
+            {
+                let env = c.env.get_or_insert_with(Vec::new);
+                if !env.iter().any(|e| e.name == "JOB_COMPLETION_INDEX") {
+                    env.push(k8s_openapi::api::core::v1::EnvVar {
+                        name: "JOB_COMPLETION_INDEX".into(),
+                        value: Some(value.clone()),
+                        value_from: None,
+                    });
+                }
+            }
+        }
+    }
     Pod {
         metadata: ObjectMeta {
-            generate_name: Some(format!(
-                "{}-",
-                job.metadata.name.as_deref().unwrap_or("job")
-            )),
+            generate_name: Some(prefix),
             namespace: job.metadata.namespace.clone(),
-            labels: meta.labels,
-            annotations: meta.annotations,
+            labels,
+            annotations,
             finalizers: meta.finalizers,
             owner_references: Some(vec![pods::controller_ref("batch/v1", "Job", &job.metadata)]),
             ..ObjectMeta::default()
         },
-        spec: template.spec,
+        spec,
         status: None,
     }
 }
@@ -677,6 +810,20 @@ mod tests {
         );
         assert_eq!(never.failures, 1);
         assert_eq!(tally(&job("OnFailure"), &owned).failures, 4);
+    }
+
+    #[test]
+    fn completed_indexes_round_trip_as_ranges() {
+        let set = parse_indexes("0-2,4,7-8");
+        assert_eq!(set.iter().copied().collect::<Vec<_>>(), [0, 1, 2, 4, 7, 8]);
+        assert_eq!(format_indexes(&set), "0-2,4,7-8");
+        assert_eq!(format_indexes(&BTreeSet::new()), "");
+        let mut indexed = job("Never");
+        indexed.metadata.name = Some("work".into());
+        let pod = pod_from_template(&indexed, Some(3));
+        assert_eq!(pod.metadata.generate_name.as_deref(), Some("work-3-"));
+        assert_eq!(index_of(&pod), Some(3));
+        assert_eq!(pod.spec.and_then(|s| s.hostname).as_deref(), Some("work-3"));
     }
 
     #[test]
