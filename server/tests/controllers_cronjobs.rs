@@ -199,7 +199,10 @@ async fn cronjobs_schedule_on_an_injected_clock() {
     assert!(described.contains("Schedule:"), "{described}");
     assert!(described.contains("SuccessfulCreate"), "{described}");
     let all = cluster.ok(&["get", "jobs,cronjobs,endpointslices"]).await;
-    assert!(all.contains("cronjob.batch/tick") && all.contains("job.batch/"), "{all}");
+    assert!(
+        all.contains("cronjob.batch/tick") && all.contains("job.batch/"),
+        "{all}"
+    );
 
     // Suspended: time passes, nothing starts (checked at the end).
     cluster

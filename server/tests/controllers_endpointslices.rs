@@ -1,7 +1,7 @@
 //! EndpointSlices follow the pods a Service selects, with the real kubectl and simulated nodes:
 //! ready endpoints with node names, target references and resolved named ports; a not-ready pod
 //! listed with `ready: false`; the labels kube-proxy and kubectl look for; `kubectl get
-//! endpointslices` columns; removal with the Service.
+//! endpointslices` columns; removal with the Service. PodDisruptionBudget status and validation.
 
 mod support;
 
@@ -153,4 +153,91 @@ async fn endpointslices_track_selected_pods() {
         slices(&api).await.is_empty()
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_disruption_budgets_count_healthy_pods() {
+    if !support::have_kubectl() {
+        return;
+    }
+    let cluster = support::start(&["sim-a"], ControllerOptions::default()).await;
+    let manifest = cluster.write("shop.yaml", MANIFEST);
+    cluster.ok(&["apply", "-f", &manifest]).await;
+    cluster
+        .ok(&["rollout", "status", "deployment/shop", "--timeout=60s"])
+        .await;
+    // `kubectl create pdb` sends a protobuf body.
+    cluster
+        .ok(&[
+            "create",
+            "pdb",
+            "shop",
+            "--selector=app=shop",
+            "--min-available=1",
+        ])
+        .await;
+    let pdbs: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
+        Api::namespaced(cluster.client.clone(), "default");
+    support::wait_for(
+        "one disruption allowed",
+        Duration::from_secs(30),
+        || async {
+            pdbs.get("shop").await.is_ok_and(|p| {
+                p.status.is_some_and(|s| {
+                    (
+                        s.expected_pods,
+                        s.current_healthy,
+                        s.desired_healthy,
+                        s.disruptions_allowed,
+                    ) == (Some(2), Some(2), Some(1), Some(1))
+                })
+            })
+        },
+    )
+    .await;
+    let out = cluster.ok(&["get", "pdb"]).await;
+    let header: Vec<&str> = out
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "MIN",
+            "AVAILABLE",
+            "MAX",
+            "UNAVAILABLE",
+            "ALLOWED",
+            "DISRUPTIONS",
+            "AGE"
+        ]
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("shop") && l.contains("N/A")),
+        "{out}"
+    );
+
+    let bad = cluster.write(
+        "pdb.yaml",
+        r#"
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: both, namespace: default}
+spec: {minAvailable: 1, maxUnavailable: "150%", selector: {matchLabels: {app: shop}}}
+"#,
+    );
+    let (ok, _, stderr) = cluster.kubectl(&["apply", "-f", &bad]).await;
+    assert!(!ok);
+    assert!(
+        stderr.contains("minAvailable and maxUnavailable cannot be both set"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("spec.maxUnavailable: Invalid value"),
+        "{stderr}"
+    );
 }

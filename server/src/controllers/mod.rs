@@ -19,11 +19,11 @@
 //! | `endpointslice.rs` | Services, Pods, EndpointSlices | EndpointSlices |
 //! | `job.rs` | Jobs, Pods | Pods, Job status, deletes finished Jobs (TTL) |
 //! | `cronjob.rs` | CronJobs, Jobs | Jobs, CronJob status |
+//! | `disruption.rs` | PodDisruptionBudgets, Pods | PodDisruptionBudget status |
 //! | `serviceaccount.rs` | Namespaces | `default` ServiceAccount, `kube-root-ca.crt` |
 //!
 //! Not controlled yet: ControllerRevisions (served, but StatefulSets do not write them),
-//! PodDisruptionBudgets (served, status not computed), PersistentVolumeClaims (StatefulSet
-//! volumeClaimTemplates are refused).
+//! PersistentVolumeClaims (StatefulSet volumeClaimTemplates are refused).
 //!
 //! Leader election (designed, not built; one server needs none): when several servers share an
 //! etcd store, [`run`] would first take the Lease `kube-system/kube-controller-manager`
@@ -38,6 +38,7 @@ pub mod clock;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod events;
@@ -159,6 +160,7 @@ pub async fn run(
     let podgc = podgc::run(client.clone(), opts.clone(), shutdown.clone());
     let eps = endpoints::run(client.clone(), shutdown.clone());
     let slices = endpointslice::run(client.clone(), shutdown.clone());
+    let pdbs = disruption::run(client.clone(), shutdown.clone());
     let jobs = job::run(client.clone(), opts.job_backoff_base, shutdown.clone());
     let cronjobs = cronjob::run(
         client.clone(),
@@ -170,7 +172,7 @@ pub async fn run(
     let sts = statefulset::run(client.clone(), shutdown.clone());
     let sa = serviceaccount::run(client, opts, shutdown);
     tokio::join!(
-        rs, deploy, ds, sts, gc, ns, nodes, ipam, podgc, eps, slices, jobs, cronjobs, sa
+        rs, deploy, ds, sts, gc, ns, nodes, ipam, podgc, eps, slices, pdbs, jobs, cronjobs, sa
     );
     tracing::info!("control loops stopped");
 }

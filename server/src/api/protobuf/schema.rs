@@ -1,5 +1,5 @@
 //! Field tables for the kinds kubectl 1.32 writes as protobuf (`create namespace|configmap|secret|
-//! serviceaccount|service|deployment|job|cronjob`, `auth can-i`, `auth whoami`), with field numbers from
+//! serviceaccount|service|deployment|job|cronjob|pdb`, `auth can-i`, `auth whoami`), with field numbers from
 //! k8s.io/api's `generated.proto`.
 //!
 //! `presence` marks fields that are Go pointers upstream: they are on the wire only when set, so a
@@ -411,6 +411,25 @@ pub static CRON_JOB: Msg = Msg {
     ],
 };
 
+pub static POD_DISRUPTION_BUDGET_SPEC: Msg = Msg {
+    name: "PodDisruptionBudgetSpec",
+    fields: &[
+        p(1, "minAvailable", IntOrString),
+        f(2, "selector", Msg(&LABEL_SELECTOR)),
+        p(3, "maxUnavailable", IntOrString),
+        p(4, "unhealthyPodEvictionPolicy", Str),
+    ],
+};
+
+pub static POD_DISRUPTION_BUDGET: Msg = Msg {
+    name: "PodDisruptionBudget",
+    fields: &[
+        f(1, "metadata", Msg(&OBJECT_META)),
+        f(2, "spec", Msg(&POD_DISRUPTION_BUDGET_SPEC)),
+        f(3, "status", Msg(&EMPTY)),
+    ],
+};
+
 pub static RESOURCE_ATTRIBUTES: Msg = Msg {
     name: "ResourceAttributes",
     fields: &[
@@ -550,6 +569,7 @@ pub fn top_level(api_version: &str, kind: &str) -> Option<&'static Msg> {
         ("apps/v1", "Deployment") => &DEPLOYMENT,
         ("batch/v1", "Job") => &JOB,
         ("batch/v1", "CronJob") => &CRON_JOB,
+        ("policy/v1", "PodDisruptionBudget") => &POD_DISRUPTION_BUDGET,
         ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => &SELF_SUBJECT_ACCESS_REVIEW,
         ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => &SELF_SUBJECT_RULES_REVIEW,
         ("authentication.k8s.io/v1", "SelfSubjectReview") => &SELF_SUBJECT_REVIEW,

@@ -1,5 +1,6 @@
-//! Validation of the batch and discovery kinds beyond the Job spec: CronJob schedules, time zones,
-//! policies and history limits; EndpointSlice address types and endpoint counts.
+//! Validation of the batch, discovery and policy kinds beyond the Job spec: CronJob schedules,
+//! time zones, policies and history limits; EndpointSlice address types and endpoint counts;
+//! PodDisruptionBudget budgets.
 
 use serde_json::{Value, json};
 
@@ -98,6 +99,32 @@ pub fn endpoint_slice(obj: &Value, causes: &mut Vec<Cause>) {
             let field = format!("endpoints[{i}].addresses");
             let msg = "must have at most 100 items";
             invalid(&field, &json!(n), msg, causes);
+        }
+    }
+}
+
+/// A PodDisruptionBudget: at most one of minAvailable and maxUnavailable, each a non-negative
+/// number or a percentage of at most 100%.
+pub fn pod_disruption_budget(obj: &Value, causes: &mut Vec<Cause>) {
+    let spec = &obj["spec"];
+    if !spec["minAvailable"].is_null() && !spec["maxUnavailable"].is_null() {
+        let msg = "minAvailable and maxUnavailable cannot be both set";
+        invalid("spec", spec, msg, causes);
+    }
+    for field in ["minAvailable", "maxUnavailable"] {
+        let value = &spec[field];
+        let ok = match value {
+            Value::Null => true,
+            Value::Number(n) => n.as_i64().is_some_and(|n| n >= 0),
+            Value::String(text) => text
+                .strip_suffix('%')
+                .and_then(|p| p.parse::<u32>().ok())
+                .is_some_and(|p| p <= 100),
+            _ => false,
+        };
+        if !ok {
+            let msg = "must be a non-negative integer or a percentage between 0% and 100%";
+            invalid(&format!("spec.{field}"), value, msg, causes);
         }
     }
 }

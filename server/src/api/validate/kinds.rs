@@ -50,6 +50,7 @@ pub fn check(res: &Resource, obj: &Value, old: Option<&Value>, causes: &mut Vec<
             job_spec(template, old_template, "spec.jobTemplate.spec", causes);
         }
         ("discovery.k8s.io", "EndpointSlice") => super::batch::endpoint_slice(obj, causes),
+        ("policy", "PodDisruptionBudget") => super::batch::pod_disruption_budget(obj, causes),
         ("apiextensions.k8s.io", "CustomResourceDefinition") => crd(obj, old, causes),
         ("", "Secret") => {
             data_keys(&obj["data"], "data", causes);
