@@ -145,6 +145,14 @@ async fn cronjobs_schedule_on_an_injected_clock() {
     assert_eq!(cj.spec.concurrency_policy.as_deref(), Some("Allow"));
     assert_eq!(cj.spec.failed_jobs_history_limit, Some(1));
     let first = wait_jobs(&jobs, "tick", 1).await;
+    // The Job is created before the status that records it is written.
+    support::wait_for("lastScheduleTime", T, || async {
+        cronjobs.get("tick").await.is_ok_and(|c| {
+            c.status
+                .is_some_and(|s| s.last_schedule_time.is_some() && s.active.is_some())
+        })
+    })
+    .await;
     let cj = cronjobs.get("tick").await.expect("cronjob");
     let status = cj.status.clone().expect("status");
     let scheduled = status
