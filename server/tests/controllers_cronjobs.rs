@@ -107,10 +107,22 @@ async fn complete(pods: &Api<Pod>, jobs: &Api<Job>, job: &str) {
         .await
         .expect("pod status");
     }
-    support::wait_for(&format!("{job} to complete"), T, || async {
-        jobs.get(job).await.is_ok_and(|j| finished(&j))
-    })
-    .await;
+    for _ in 0..300 {
+        if jobs.get(job).await.is_ok_and(|j| finished(&j)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let j = jobs.get(job).await.expect("job");
+    let p = pods
+        .list(&ListParams::default().labels(&label))
+        .await
+        .expect("pods");
+    panic!(
+        "{job} did not complete: {}\npods: {}",
+        serde_json::to_string(&j).unwrap_or_default(),
+        serde_json::to_string(&p.items).unwrap_or_default()
+    );
 }
 
 /// Waits for the CronJob to have `want` Jobs.

@@ -31,7 +31,7 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 
 use super::clock::Clock;
 use super::events::{EventType, Recorder, reference};
-use super::job::{finish_time, is_finished};
+use super::job::is_finished;
 use super::{ControllerError, pods};
 use crate::cron::{Schedule, time_zone};
 
@@ -388,15 +388,24 @@ async fn prune_history(
         if finished.len() <= limit {
             continue;
         }
+        // Oldest first: by the scheduled time each Job was made for (timestamps of start and
+        // creation have second precision and tie for Jobs made in quick succession).
         finished.sort_by_key(|j| {
+            let scheduled = j
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(SCHEDULED_TIMESTAMP))
+                .and_then(|t| t.parse::<Timestamp>().ok());
             let start = j
                 .status
                 .as_ref()
                 .and_then(|s| s.start_time.as_ref())
                 .map(|t| t.0);
             (
+                scheduled,
                 start.or(j.metadata.creation_timestamp.as_ref().map(|t| t.0)),
-                finish_time(j),
+                j.metadata.name.clone(),
             )
         });
         let excess = finished.len() - limit;
