@@ -182,6 +182,21 @@ pub(super) fn job_spec(spec: &Value, old: Option<&Value>, path: &str, causes: &m
         let field = format!("{path}.activeDeadlineSeconds");
         invalid(field, &spec["activeDeadlineSeconds"], msg, causes);
     }
+    // Accepted upstream, not carried out here: refused rather than silently ignored.
+    for field in [
+        "podFailurePolicy",
+        "successPolicy",
+        "backoffLimitPerIndex",
+        "maxFailedIndexes",
+    ] {
+        if !spec[field].is_null() {
+            causes.push(Cause {
+                reason: "FieldValueForbidden",
+                field: format!("{path}.{field}"),
+                message: "Forbidden: not supported by r3s yet".into(),
+            });
+        }
+    }
     let mode = &spec["completionMode"];
     if !mode.is_null() && !matches!(mode.as_str(), Some("NonIndexed" | "Indexed")) {
         causes.push(Cause {
@@ -387,6 +402,27 @@ mod tests {
         assert!(
             got.iter().any(|c| c.ends_with("field is immutable")),
             "{got:?}"
+        );
+    }
+
+    #[test]
+    fn jobs_need_a_terminating_restart_policy() {
+        let good = json!({"spec":{"completions":2,"template":{"spec":{"restartPolicy":"Never",
+            "containers":[{"name":"a","image":"x"}]}}}});
+        assert!(causes("jobs", "batch", good.clone(), None).is_empty());
+        let mut bad = good.clone();
+        bad["spec"]["template"]["spec"]["restartPolicy"] = json!("Always");
+        bad["spec"]["completions"] = json!(-1);
+        bad["spec"]["podFailurePolicy"] = json!({"rules": []});
+        let got = causes("jobs", "batch", bad, None);
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(
+            got.iter()
+                .any(|c| c.starts_with("spec.template.spec.restartPolicy: Unsupported"))
+        );
+        assert!(
+            got.iter()
+                .any(|c| c.starts_with("spec.podFailurePolicy: Forbidden"))
         );
     }
 
