@@ -6,6 +6,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod controllers;
+pub mod cron;
 pub mod join;
 pub mod kubeconfig;
 pub mod run;

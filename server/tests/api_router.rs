@@ -195,6 +195,9 @@ async fn discovery_legacy_and_aggregated() {
         names,
         [
             "apps",
+            "batch",
+            "discovery.k8s.io",
+            "policy",
             "coordination.k8s.io",
             "rbac.authorization.k8s.io",
             "apiextensions.k8s.io",

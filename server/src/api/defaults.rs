@@ -60,7 +60,82 @@ pub fn apply(res: &Resource, obj: &mut Value) {
                 pod_spec(pod);
             }
         }
+        ("batch", "Job") => {
+            if let Some(spec) = at(obj, &["spec"]) {
+                job_spec(spec);
+            }
+        }
+        ("batch", "CronJob") => {
+            let Some(spec) = at(obj, &["spec"]) else {
+                return;
+            };
+            set_if_missing(spec, "concurrencyPolicy", json!("Allow"));
+            set_if_missing(spec, "suspend", json!(false));
+            set_if_missing(spec, "successfulJobsHistoryLimit", json!(3));
+            set_if_missing(spec, "failedJobsHistoryLimit", json!(1));
+            if let Some(pod) = at(spec, &["jobTemplate", "spec", "template", "spec"]) {
+                pod_spec(pod);
+            }
+        }
+        ("discovery.k8s.io", "EndpointSlice") => {
+            if let Some(ports) = obj.get_mut("ports").and_then(Value::as_array_mut) {
+                for port in ports.iter_mut().filter(|p| p.is_object()) {
+                    set_if_missing(port, "protocol", json!("TCP"));
+                }
+            }
+        }
         _ => {}
+    }
+}
+
+/// Job defaults as upstream sets them: a Job with neither completions nor parallelism runs one
+/// pod once; parallelism alone leaves completions unset (a work queue).
+fn job_spec(spec: &mut Value) {
+    if spec["completions"].is_null() && spec["parallelism"].is_null() {
+        set_if_missing(spec, "completions", json!(1));
+    }
+    set_if_missing(spec, "parallelism", json!(1));
+    set_if_missing(spec, "backoffLimit", json!(6));
+    set_if_missing(spec, "completionMode", json!("NonIndexed"));
+    set_if_missing(spec, "suspend", json!(false));
+    set_if_missing(spec, "manualSelector", json!(false));
+    set_if_missing(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
+    if let Some(pod) = at(spec, &["template", "spec"]) {
+        pod_spec(pod);
+    }
+}
+
+/// The labels that tie a Job's pods to it, added to its template on create.
+pub const JOB_UID_LABEL: &str = "batch.kubernetes.io/controller-uid";
+pub const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
+const LEGACY_UID_LABEL: &str = "controller-uid";
+const LEGACY_NAME_LABEL: &str = "job-name";
+
+/// On create of a Job without `manualSelector`: the selector is generated from the Job's uid, and
+/// the template gets the labels it selects (plus the job-name labels and their legacy forms).
+pub fn job_selector_on_create(obj: &mut Value) {
+    let uid = obj["metadata"]["uid"].clone();
+    let name = obj["metadata"]["name"].clone();
+    let Some(spec) = at(obj, &["spec"]) else {
+        return;
+    };
+    if spec["manualSelector"] == json!(true) {
+        return;
+    }
+    spec["selector"] = json!({"matchLabels": {JOB_UID_LABEL: uid.clone()}});
+    let Some(template) = at(spec, &["template"]) else {
+        return;
+    };
+    set_if_missing(template, "metadata", json!({}));
+    let Some(meta) = at(template, &["metadata"]) else {
+        return;
+    };
+    set_if_missing(meta, "labels", json!({}));
+    if let Some(labels) = meta["labels"].as_object_mut() {
+        labels.insert(JOB_UID_LABEL.into(), uid.clone());
+        labels.insert(LEGACY_UID_LABEL.into(), uid);
+        labels.insert(JOB_NAME_LABEL.into(), name.clone());
+        labels.insert(LEGACY_NAME_LABEL.into(), name);
     }
 }
 

@@ -6,7 +6,7 @@
 //! Watches Services and Pods (one shared pod cache). Services without a selector are left alone:
 //! their Endpoints are written by someone else (the API server's own `default/kubernetes`).
 //! Endpoints carry a non-controller owner reference to their Service so the garbage collector
-//! removes them with it. EndpointSlices are not written: the API does not serve them yet.
+//! removes them with it. EndpointSlices are written by `endpointslice.rs`.
 //!
 //! Invariant: the written object is canonical (subsets grouped by port list, addresses sorted), so
 //! an unchanged set of pods never causes a write.
@@ -147,7 +147,10 @@ pub async fn run(
 }
 
 /// The port a Service port reaches on `pod`, if the pod has it.
-fn target_port(port: &k8s_openapi::api::core::v1::ServicePort, pod: &Pod) -> Option<i32> {
+pub(super) fn target_port(
+    port: &k8s_openapi::api::core::v1::ServicePort,
+    pod: &Pod,
+) -> Option<i32> {
     match port.target_port.as_ref() {
         None => Some(port.port),
         Some(IntOrString::Int(n)) => Some(*n),

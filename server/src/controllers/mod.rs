@@ -16,10 +16,14 @@
 //! | `podgc.rs` | Pods, Nodes | deletes pods of deleted nodes, old terminated pods |
 //! | `nodeipam.rs` | Nodes | `spec.podCIDR(s)` |
 //! | `endpoints.rs` | Services, Pods | Endpoints |
+//! | `endpointslice.rs` | Services, Pods, EndpointSlices | EndpointSlices |
+//! | `job.rs` | Jobs, Pods | Pods, Job status, deletes finished Jobs (TTL) |
+//! | `cronjob.rs` | CronJobs, Jobs | Jobs, CronJob status |
+//! | `disruption.rs` | PodDisruptionBudgets, Pods | PodDisruptionBudget status |
 //! | `serviceaccount.rs` | Namespaces | `default` ServiceAccount, `kube-root-ca.crt` |
 //!
-//! Not served by the API yet, so not controlled: Jobs, CronJobs, EndpointSlices,
-//! ControllerRevisions, PersistentVolumeClaims (StatefulSet volumeClaimTemplates are refused).
+//! Not controlled yet: ControllerRevisions (served, but StatefulSets do not write them),
+//! PersistentVolumeClaims (StatefulSet volumeClaimTemplates are refused).
 //!
 //! Leader election (designed, not built; one server needs none): when several servers share an
 //! etcd store, [`run`] would first take the Lease `kube-system/kube-controller-manager`
@@ -30,12 +34,17 @@
 //! leader could not rebuild from the API (expectations only ever delay work), so hand-over needs
 //! nothing more.
 
+pub mod clock;
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
+pub mod endpointslice;
 pub mod events;
 pub mod expectations;
 pub mod gc;
+pub mod job;
 pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
@@ -75,6 +84,13 @@ pub struct ControllerOptions {
     pub terminated_pod_gc_threshold: usize,
     /// PEM of the cluster CA, published as `kube-root-ca.crt` in every namespace (none: skipped).
     pub root_ca_pem: Option<String>,
+    /// The first delay before a Job's failed pod is replaced, doubled per failure (upstream 10 s).
+    pub job_backoff_base: Duration,
+    /// The clock CronJob schedules are evaluated against (tests move it forward).
+    pub clock: clock::Clock,
+    /// The longest a CronJob waits before its schedule is looked at again (normally it wakes at
+    /// its next scheduled time; this bounds the wait when the clock is moved).
+    pub cronjob_max_requeue: Duration,
 }
 
 impl Default for ControllerOptions {
@@ -88,6 +104,9 @@ impl Default for ControllerOptions {
             pod_gc_period: Duration::from_secs(20),
             terminated_pod_gc_threshold: 12500,
             root_ca_pem: None,
+            job_backoff_base: Duration::from_secs(10),
+            clock: clock::Clock::default(),
+            cronjob_max_requeue: Duration::from_secs(300),
         }
     }
 }
@@ -140,9 +159,20 @@ pub async fn run(
     let ipam = nodeipam::run(client.clone(), opts.clone(), shutdown.clone());
     let podgc = podgc::run(client.clone(), opts.clone(), shutdown.clone());
     let eps = endpoints::run(client.clone(), shutdown.clone());
+    let slices = endpointslice::run(client.clone(), shutdown.clone());
+    let pdbs = disruption::run(client.clone(), shutdown.clone());
+    let jobs = job::run(client.clone(), opts.job_backoff_base, shutdown.clone());
+    let cronjobs = cronjob::run(
+        client.clone(),
+        opts.clock.clone(),
+        opts.cronjob_max_requeue,
+        shutdown.clone(),
+    );
     let ds = daemonset::run(client.clone(), shutdown.clone());
     let sts = statefulset::run(client.clone(), shutdown.clone());
     let sa = serviceaccount::run(client, opts, shutdown);
-    tokio::join!(rs, deploy, ds, sts, gc, ns, nodes, ipam, podgc, eps, sa);
+    tokio::join!(
+        rs, deploy, ds, sts, gc, ns, nodes, ipam, podgc, eps, slices, pdbs, jobs, cronjobs, sa
+    );
     tracing::info!("control loops stopped");
 }

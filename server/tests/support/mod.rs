@@ -110,9 +110,21 @@ pub async fn start(nodes: &[&str], opts: ControllerOptions) -> Cluster {
     let admin = client::in_process(state.clone(), client::identity("r3s-test-admin"));
     let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
         kube::Api::all(admin.clone());
-    wait_for("the default namespace", Duration::from_secs(10), || async {
-        namespaces.get_opt("default").await.ok().flatten().is_some()
-    })
+    // `kube-node-lease` is the last namespace the server creates at start; the node simulator
+    // writes Leases into it.
+    wait_for(
+        "the start-up namespaces",
+        Duration::from_secs(10),
+        || async {
+            namespaces.get_opt("default").await.ok().flatten().is_some()
+                && namespaces
+                    .get_opt("kube-node-lease")
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some()
+        },
+    )
     .await;
     let ctrl = client::in_process(state.clone(), client::identity(CONTROLLER_MANAGER_USER));
     let shutdown = stopped(rx.clone());

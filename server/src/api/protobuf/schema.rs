@@ -1,5 +1,5 @@
 //! Field tables for the kinds kubectl 1.32 writes as protobuf (`create namespace|configmap|secret|
-//! serviceaccount|service|deployment`, `auth can-i`, `auth whoami`), with field numbers from
+//! serviceaccount|service|deployment|job|cronjob|pdb`, `auth can-i`, `auth whoami`), with field numbers from
 //! k8s.io/api's `generated.proto`.
 //!
 //! `presence` marks fields that are Go pointers upstream: they are on the wire only when set, so a
@@ -351,6 +351,85 @@ pub static DEPLOYMENT: Msg = Msg {
     ],
 };
 
+pub static JOB_SPEC: Msg = Msg {
+    name: "JobSpec",
+    fields: &[
+        p(1, "parallelism", Int),
+        p(2, "completions", Int),
+        p(3, "activeDeadlineSeconds", Int),
+        f(4, "selector", Msg(&LABEL_SELECTOR)),
+        p(5, "manualSelector", Bool),
+        f(6, "template", Msg(&POD_TEMPLATE_SPEC)),
+        p(7, "backoffLimit", Int),
+        p(8, "ttlSecondsAfterFinished", Int),
+        p(9, "completionMode", Str),
+        p(10, "suspend", Bool),
+        p(12, "backoffLimitPerIndex", Int),
+        p(13, "maxFailedIndexes", Int),
+        p(14, "podReplacementPolicy", Str),
+        p(15, "managedBy", Str),
+    ],
+};
+
+pub static JOB: Msg = Msg {
+    name: "Job",
+    fields: &[
+        f(1, "metadata", Msg(&OBJECT_META)),
+        f(2, "spec", Msg(&JOB_SPEC)),
+        f(3, "status", Msg(&EMPTY)),
+    ],
+};
+
+pub static JOB_TEMPLATE_SPEC: Msg = Msg {
+    name: "JobTemplateSpec",
+    fields: &[
+        f(1, "metadata", Msg(&OBJECT_META)),
+        f(2, "spec", Msg(&JOB_SPEC)),
+    ],
+};
+
+pub static CRON_JOB_SPEC: Msg = Msg {
+    name: "CronJobSpec",
+    fields: &[
+        f(1, "schedule", Str),
+        p(8, "timeZone", Str),
+        p(2, "startingDeadlineSeconds", Int),
+        f(3, "concurrencyPolicy", Str),
+        p(4, "suspend", Bool),
+        f(5, "jobTemplate", Msg(&JOB_TEMPLATE_SPEC)),
+        p(6, "successfulJobsHistoryLimit", Int),
+        p(7, "failedJobsHistoryLimit", Int),
+    ],
+};
+
+pub static CRON_JOB: Msg = Msg {
+    name: "CronJob",
+    fields: &[
+        f(1, "metadata", Msg(&OBJECT_META)),
+        f(2, "spec", Msg(&CRON_JOB_SPEC)),
+        f(3, "status", Msg(&EMPTY)),
+    ],
+};
+
+pub static POD_DISRUPTION_BUDGET_SPEC: Msg = Msg {
+    name: "PodDisruptionBudgetSpec",
+    fields: &[
+        p(1, "minAvailable", IntOrString),
+        f(2, "selector", Msg(&LABEL_SELECTOR)),
+        p(3, "maxUnavailable", IntOrString),
+        p(4, "unhealthyPodEvictionPolicy", Str),
+    ],
+};
+
+pub static POD_DISRUPTION_BUDGET: Msg = Msg {
+    name: "PodDisruptionBudget",
+    fields: &[
+        f(1, "metadata", Msg(&OBJECT_META)),
+        f(2, "spec", Msg(&POD_DISRUPTION_BUDGET_SPEC)),
+        f(3, "status", Msg(&EMPTY)),
+    ],
+};
+
 pub static RESOURCE_ATTRIBUTES: Msg = Msg {
     name: "ResourceAttributes",
     fields: &[
@@ -488,6 +567,9 @@ pub fn top_level(api_version: &str, kind: &str) -> Option<&'static Msg> {
         ("v1", "ServiceAccount") => &SERVICE_ACCOUNT,
         ("v1", "Service") => &SERVICE,
         ("apps/v1", "Deployment") => &DEPLOYMENT,
+        ("batch/v1", "Job") => &JOB,
+        ("batch/v1", "CronJob") => &CRON_JOB,
+        ("policy/v1", "PodDisruptionBudget") => &POD_DISRUPTION_BUDGET,
         ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => &SELF_SUBJECT_ACCESS_REVIEW,
         ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => &SELF_SUBJECT_RULES_REVIEW,
         ("authentication.k8s.io/v1", "SelfSubjectReview") => &SELF_SUBJECT_REVIEW,

@@ -141,6 +141,62 @@ pub const STATEFULSET: &[Column] = &[
     col("Containers", 1, |o| template_containers(o, "name")),
     col("Images", 1, |o| template_containers(o, "image")),
 ];
+pub const CONTROLLER_REVISION: &[Column] = &[
+    col("Controller", 0, controller_revision_owner),
+    int("Revision", |o| json!(n(&o["revision"]))),
+    AGE,
+];
+pub const JOB: &[Column] = &[
+    col("Status", 0, job_status),
+    col("Completions", 0, job_completions),
+    col("Duration", 0, job_duration),
+    AGE,
+    col("Containers", 1, |o| template_containers(o, "name")),
+    col("Images", 1, |o| template_containers(o, "image")),
+    col("Selector", 1, |o| selector_text(&o["spec"]["selector"])),
+];
+pub const CRONJOB: &[Column] = &[
+    col("Schedule", 0, |o| s(&o["spec"]["schedule"])),
+    col("Timezone", 0, |o| or_none(&o["spec"]["timeZone"])),
+    col("Suspend", 0, |o| {
+        json!(if o["spec"]["suspend"] == json!(true) {
+            "True"
+        } else {
+            "False"
+        })
+    }),
+    int("Active", |o| len(&o["status"]["active"])),
+    col(
+        "Last Schedule",
+        0,
+        |o| match o["status"]["lastScheduleTime"] {
+            Value::String(_) => since(&o["status"]["lastScheduleTime"]),
+            _ => json!("<none>"),
+        },
+    ),
+    AGE,
+    col("Containers", 1, |o| job_template_containers(o, "name")),
+    col("Images", 1, |o| job_template_containers(o, "image")),
+    col("Selector", 1, |o| {
+        selector_text(&o["spec"]["jobTemplate"]["spec"]["selector"])
+    }),
+];
+pub const ENDPOINT_SLICE: &[Column] = &[
+    col("AddressType", 0, |o| s(&o["addressType"])),
+    col("Ports", 0, endpoint_slice_ports),
+    col("Endpoints", 0, endpoint_slice_endpoints),
+    AGE,
+];
+pub const POD_DISRUPTION_BUDGET: &[Column] = &[
+    col("Min Available", 0, |o| or_na(&o["spec"]["minAvailable"])),
+    col("Max Unavailable", 0, |o| {
+        or_na(&o["spec"]["maxUnavailable"])
+    }),
+    int("Allowed Disruptions", |o| {
+        json!(n(&o["status"]["disruptionsAllowed"]))
+    }),
+    AGE,
+];
 pub const LEASE: &[Column] = &[col("Holder", 0, |o| s(&o["spec"]["holderIdentity"])), AGE];
 
 pub const ROLE: &[Column] = &[col("Created At", 0, |o| {
@@ -234,6 +290,139 @@ fn endpoints(o: &Value) -> Value {
         text.push_str(&format!(" + {} more...", list.len() - shown));
     }
     json!(text)
+}
+
+/// A number or percentage (`IntOrString`), `N/A` when unset.
+fn or_na(v: &Value) -> Value {
+    match v {
+        Value::Number(n) => json!(n.to_string()),
+        Value::String(text) => json!(text),
+        _ => json!("N/A"),
+    }
+}
+
+/// `kind.group/name` of the controlling owner (`statefulset.apps/web`), `<none>` without one.
+fn controller_revision_owner(o: &Value) -> Value {
+    let owners = o["metadata"]["ownerReferences"].as_array();
+    let owner = owners.and_then(|refs| refs.iter().find(|r| r["controller"] == json!(true)));
+    match owner {
+        Some(r) => {
+            let kind = r["kind"].as_str().unwrap_or("").to_lowercase();
+            let api_version = r["apiVersion"].as_str().unwrap_or("");
+            let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+            let name = r["name"].as_str().unwrap_or("");
+            if group.is_empty() {
+                json!(format!("{kind}/{name}"))
+            } else {
+                json!(format!("{kind}.{group}/{name}"))
+            }
+        }
+        None => json!("<none>"),
+    }
+}
+
+fn has_condition(o: &Value, kind: &str) -> bool {
+    o["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == json!(kind) && c["status"] == json!("True"))
+    })
+}
+
+fn job_status(o: &Value) -> Value {
+    let status = if has_condition(o, "Complete") {
+        "Complete"
+    } else if has_condition(o, "Failed") {
+        "Failed"
+    } else if o["metadata"]["deletionTimestamp"].is_string() {
+        "Terminating"
+    } else if has_condition(o, "Suspended") {
+        "Suspended"
+    } else if has_condition(o, "FailureTarget") {
+        "FailureTarget"
+    } else if has_condition(o, "SuccessCriteriaMet") {
+        "SuccessCriteriaMet"
+    } else {
+        "Running"
+    };
+    json!(status)
+}
+
+fn job_completions(o: &Value) -> Value {
+    let succeeded = n(&o["status"]["succeeded"]);
+    match o["spec"]["completions"].as_i64() {
+        Some(c) => json!(format!("{succeeded}/{c}")),
+        None => match o["spec"]["parallelism"].as_i64() {
+            Some(p) if p > 1 => json!(format!("{succeeded}/1 of {p}")),
+            _ => json!(format!("{succeeded}/1")),
+        },
+    }
+}
+
+fn job_duration(o: &Value) -> Value {
+    let time = |v: &Value| {
+        v.as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+    };
+    match (
+        time(&o["status"]["startTime"]),
+        time(&o["status"]["completionTime"]),
+    ) {
+        (None, _) => json!(""),
+        (Some(_), None) => since(&o["status"]["startTime"]),
+        (Some(start), Some(end)) => json!(super::human_duration((end - start).num_seconds())),
+    }
+}
+
+fn job_template_containers(o: &Value, field: &str) -> Value {
+    let template = json!({"spec": o["spec"]["jobTemplate"]["spec"].clone()});
+    template_containers(&template, field)
+}
+
+/// A `LabelSelector` as kubectl prints it (`a=b,c in (d)`), `<none>` when empty.
+fn selector_text(sel: &Value) -> Value {
+    let text = crate::api::scale::selector_string(sel);
+    if text.is_empty() {
+        json!("<none>")
+    } else {
+        json!(text)
+    }
+}
+
+/// Up to three entries and ` + N more...`, as kubectl abbreviates lists.
+fn abbreviated(list: &[String], empty: &str) -> Value {
+    if list.is_empty() {
+        return json!(empty);
+    }
+    let shown = list.len().min(3);
+    let mut text = list[..shown].join(",");
+    if list.len() > shown {
+        text.push_str(&format!(" + {} more...", list.len() - shown));
+    }
+    json!(text)
+}
+
+fn endpoint_slice_ports(o: &Value) -> Value {
+    let ports: Vec<String> = o["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| match p["port"].as_i64() {
+            Some(port) => port.to_string(),
+            None => "<unset>".to_string(),
+        })
+        .collect();
+    abbreviated(&ports, "<unset>")
+}
+
+fn endpoint_slice_endpoints(o: &Value) -> Value {
+    let addresses: Vec<String> = o["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|e| e["addresses"].as_array().into_iter().flatten())
+        .filter_map(|a| a.as_str().map(String::from))
+        .collect();
+    abbreviated(&addresses, "<none>")
 }
 
 fn pod_ready(o: &Value) -> Value {
