@@ -532,6 +532,23 @@ async fn kubectl_auth_can_i_whoami_and_denial_for_other_users() {
         .kubectl(&refs(&as_bob(&["auth", "can-i", "create", "configmaps"])))
         .await;
     assert!(!ok && stdout.trim() == "no", "{stdout}");
+    // `view` covers the batch, discovery and policy groups too, read-only.
+    for what in [
+        "jobs.batch",
+        "cronjobs.batch",
+        "endpointslices.discovery.k8s.io",
+        "poddisruptionbudgets.policy",
+    ] {
+        let yes = s.ok(&refs(&as_bob(&["auth", "can-i", "list", what]))).await;
+        assert_eq!(yes.trim(), "yes", "view lists {what}");
+        let (ok, stdout, _) = s
+            .kubectl(&refs(&as_bob(&["auth", "can-i", "delete", what])))
+            .await;
+        assert!(
+            !ok && stdout.trim() == "no",
+            "view cannot delete {what}: {stdout}"
+        );
+    }
     let (ok, _, stderr) = s
         .kubectl(&refs(&as_bob(&["get", "pods", "-n", "kube-system"])))
         .await;

@@ -60,11 +60,16 @@ const APPS: &[&str] = &[
     "statefulsets/scale",
     "statefulsets/status",
 ];
+const BATCH: &[&str] = &["jobs", "jobs/status", "cronjobs", "cronjobs/status"];
+const POLICY: &[&str] = &["poddisruptionbudgets", "poddisruptionbudgets/status"];
 
 fn view_rules() -> Vec<Value> {
     vec![
         rule(&[""], CORE_READABLE, READ),
         rule(&["apps"], APPS, READ),
+        rule(&["batch"], BATCH, READ),
+        rule(&["discovery.k8s.io"], &["endpointslices"], READ),
+        rule(&["policy"], POLICY, READ),
         rule(&["coordination.k8s.io"], &["leases"], READ),
     ]
 }
@@ -93,6 +98,9 @@ fn edit_rules() -> Vec<Value> {
         ),
         rule(&[""], &["serviceaccounts/token"], &["create"]),
         rule(&["apps"], APPS, WRITE),
+        rule(&["batch"], BATCH, WRITE),
+        rule(&["discovery.k8s.io"], &["endpointslices"], WRITE),
+        rule(&["policy"], POLICY, WRITE),
         rule(&["coordination.k8s.io"], &["leases"], WRITE),
     ]
 }
