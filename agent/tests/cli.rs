@@ -247,24 +247,74 @@ fn unreadable_or_directory_config() {
     );
 }
 
+/// A token whose CA hash is malformed: refused before any connection, so the agent ends at once.
+const BAD_HASH: &str = "K10abc::server:r3st-secret";
+const BAD_HASH_LINE: &str = "r3s-agent: the join token: the token's CA hash must be 64 hex digits (a sha256), got 3 characters";
+
 #[test]
-fn a_valid_configuration_still_fails_honestly() {
+fn an_unreachable_server_is_retried_until_sigterm() {
+    use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
-    let line = fails(agent(dir.path(), &[], &JOIN));
+    // A port nothing listens on: connections are refused, which is transient for a joining agent.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("https://127.0.0.1:{port}");
+    let mut child = agent(
+        dir.path(),
+        &[],
+        &[
+            ("R3S_URL", url.as_str()),
+            ("R3S_TOKEN", "r3st-secret"),
+            ("R3S_NODE_NAME", "r3st-agent"),
+        ],
+    )
+    .stdin(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let retry = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("retrying in 5s"))
+        .expect("a retry warning");
+    assert!(retry.contains(&format!("127.0.0.1:{port}")), "{retry}");
+    // Still running: a server that is down (a Pi fleet booting) is waited for, not a failure.
+    assert!(child.try_wait().unwrap().is_none());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
     assert_eq!(
-        line,
-        "r3s-agent: the node agent is not implemented yet, so this node cannot join https://127.0.0.1:6443"
+        status.code(),
+        Some(0),
+        "SIGTERM while joining is a clean stop"
     );
+}
+
+#[test]
+fn a_malformed_token_fails_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = JOIN.to_vec();
+    env[1] = ("R3S_TOKEN", BAD_HASH);
+    assert_eq!(fails(agent(dir.path(), &[], &env)), BAD_HASH_LINE);
 }
 
 #[test]
 fn rust_log_overrides_debug() {
     let dir = tempfile::tempdir().unwrap();
     let mut env = JOIN.to_vec();
+    env[1] = ("R3S_TOKEN", BAD_HASH);
     env.push(("RUST_LOG", "warn"));
     // --debug would log every setting; RUST_LOG=warn silences that, leaving the one error line.
     let line = fails(agent(dir.path(), &["--debug"], &env));
-    assert!(line.contains("not implemented yet"), "{line}");
+    assert_eq!(line, BAD_HASH_LINE);
     env.pop();
     env.push(("RUST_LOG", "r3s_agent=loud"));
     let line = fails(agent(dir.path(), &[], &env));
@@ -281,7 +331,7 @@ fn precedence_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let config = write(
         &dir.path().join("config.yaml"),
-        "server: https://127.0.0.2:6443\ntoken: from-file\nnode-name: file-node\nnode-label: [from=file]\ndebug: true\n",
+        "server: https://127.0.0.2:6443\ntoken: K10abc::server:from-file\nnode-name: file-node\nnode-label: [from=file]\ndebug: true\n",
     );
     std::fs::create_dir(dir.path().join("config.yaml.d")).unwrap();
     let dropin = write(
@@ -320,12 +370,7 @@ fn precedence_end_to_end() {
         !log.contains("from-file"),
         "the token must never be logged:\n{log}"
     );
-    assert_eq!(
-        lines.last().map(String::as_str),
-        Some(
-            "r3s-agent: the node agent is not implemented yet, so this node cannot join https://127.0.0.3:6443"
-        )
-    );
+    assert_eq!(lines.last().map(String::as_str), Some(BAD_HASH_LINE));
 }
 
 #[test]
