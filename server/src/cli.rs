@@ -204,3 +204,34 @@ pub struct Cli {
     )]
     pub private_registry: PathBuf,
 }
+
+/// `r3s-server certificate rotate`: re-issue the leaf certificates now (k3s: `k3s certificate
+/// rotate`), keeping the CAs, so joined agents and issued client certificates keep working. Run it
+/// while the server is stopped; the next start serves the new certificates and rewrites the admin
+/// kubeconfig.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "r3s-server certificate", max_term_width = 100)]
+pub struct CertificateCli {
+    #[command(subcommand)]
+    pub command: CertificateCommand,
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum CertificateCommand {
+    /// Re-issue leaf certificates from the cluster CAs (all of them unless --service names some)
+    Rotate {
+        /// Folder holding the server's state
+        #[arg(
+            long,
+            short = 'd',
+            value_name = "DIR",
+            env = "R3S_DATA_DIR",
+            default_value = "/var/lib/r3s"
+        )]
+        data_dir: PathBuf,
+        /// Certificate to rotate: a file name under server/tls without .crt, or admin / api-server
+        /// (repeatable, or comma-separated)
+        #[arg(long, short = 's', value_name = "NAME", value_delimiter = ',')]
+        service: Vec<String>,
+    },
+}

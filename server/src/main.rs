@@ -3,7 +3,8 @@
 //! Every failure ends the same way: one line `r3s-server: <what is wrong>` on stderr, exit status 1.
 //!
 //! `r3s-server token create|list|delete` (bootstrap tokens, [`r3s_server::join::command`]) is
-//! recognised before flag parsing, since the configuration resolver knows only the server's flags.
+//! recognised before flag parsing, since the configuration resolver knows only the server's flags;
+//! so is `r3s-server certificate rotate` ([`r3s_server::cli::CertificateCli`]).
 
 use std::process::ExitCode;
 
@@ -17,6 +18,12 @@ const BIN: &str = "r3s-server";
 fn main() -> ExitCode {
     if std::env::args_os().nth(1).is_some_and(|a| a == "token") {
         return token();
+    }
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "certificate")
+    {
+        return certificate();
     }
     let resolved = match r3s_config::resolve::<Cli, _, _>(std::env::args_os(), std::env::vars_os())
     {
@@ -62,5 +69,36 @@ fn token() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => fail(BIN, &r3s_config::exit::chain(err.as_ref())),
+    }
+}
+
+fn certificate() -> ExitCode {
+    use clap::Parser;
+    use r3s_server::cli::{CertificateCli, CertificateCommand};
+    let args = std::iter::once(std::ffi::OsString::from("r3s-server certificate"))
+        .chain(std::env::args_os().skip(2));
+    let cli = match CertificateCli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let CertificateCommand::Rotate { data_dir, service } = cli.command;
+    match r3s_server::tls::renew::rotate(&data_dir, &service) {
+        Ok(done) if done.is_empty() => {
+            println!("no leaf certificates to rotate");
+            ExitCode::SUCCESS
+        }
+        Ok(done) => {
+            let names: Vec<String> = done
+                .iter()
+                .map(|r| format!("{} (serial {} -> {})", r.name, r.old_serial, r.new_serial))
+                .collect();
+            println!(
+                "rotated {} certificates, CAs unchanged: {}; start r3s-server to serve them",
+                done.len(),
+                names.join(", ")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => fail(BIN, &r3s_config::exit::chain(&err)),
     }
 }

@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use chrono::{Datelike, Duration, Utc};
+use chrono::Utc;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
@@ -75,6 +75,9 @@ pub fn ensure_certificates(data_dir: &Path, opts: &CertOptions) -> Result<Certif
 
     let (server_ca_pem, server_ca_key) = ensure_ca(&dir, "server-ca", "r3s-server-ca")?;
     let (client_ca_pem, client_ca_key) = ensure_ca(&dir, "client-ca", "r3s-client-ca")?;
+    // Leaves close to expiry first (same CA, same names), then whatever is missing or no longer
+    // covers the requested SANs.
+    super::renew::renew_expiring(&dir)?;
 
     let sans = opts.serving_sans();
     let serving = dir.join("serving-kube-apiserver.crt");
@@ -139,6 +142,9 @@ pub fn issue_client_certificate(
     Ok((cert.pem(), key_pair.serialize_pem()))
 }
 
+/// The CAs' file stems; every other `<name>.crt` they signed is a leaf ([`super::renew`]).
+pub(crate) const CAS: [&str; 2] = ["server-ca", "client-ca"];
+
 /// Loads `<name>.crt`/`<name>.key`, creating a self-signed CA first if either is missing.
 fn ensure_ca(dir: &Path, name: &str, common_name: &str) -> Result<(String, String), TlsError> {
     let crt = dir.join(format!("{name}.crt"));
@@ -160,7 +166,7 @@ fn ensure_ca(dir: &Path, name: &str, common_name: &str) -> Result<(String, Strin
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        set_validity(&mut params, 3650);
+        set_validity(&mut params, 3650)?;
         let cert = params
             .self_signed(&key_pair)
             .map_err(|source| TlsError::Generate { what: "CA", source })?;
@@ -171,7 +177,7 @@ fn ensure_ca(dir: &Path, name: &str, common_name: &str) -> Result<(String, Strin
     Ok((read(&crt)?, read(&key)?))
 }
 
-fn load_issuer(
+pub(crate) fn load_issuer(
     dir: &Path,
     name: &str,
     ca_pem: &str,
@@ -200,11 +206,14 @@ fn leaf_params(cn: &str, orgs: &[&str], usage: ExtendedKeyUsagePurpose) -> Certi
     ];
     params.extended_key_usages = vec![usage];
     params.use_authority_key_identifier_extension = true;
-    set_validity(&mut params, 365);
+    // Only fails for a clock beyond the year 9999.
+    if set_validity(&mut params, 365).is_err() {
+        params.not_after = rcgen::date_time_ymd(9999, 12, 31);
+    }
     params
 }
 
-fn issue_leaf(
+pub(crate) fn issue_leaf(
     dir: &Path,
     name: &str,
     params: &CertificateParams,
@@ -232,13 +241,26 @@ fn issue_leaf(
     )
 }
 
-fn set_validity(params: &mut CertificateParams, days: i64) {
-    // Backdate an hour so a node whose clock is slightly behind still accepts the certificate.
-    let from = Utc::now() - Duration::hours(1);
-    let to = from + Duration::days(days);
-    // Day precision is enough for validity windows; month and day always fit in a u8.
-    params.not_before = rcgen::date_time_ymd(from.year(), from.month() as u8, from.day() as u8);
-    params.not_after = rcgen::date_time_ymd(to.year(), to.month() as u8, to.day() as u8);
+fn set_validity(params: &mut CertificateParams, days: u64) -> Result<(), TlsError> {
+    set_validity_for(params, std::time::Duration::from_secs(days * 24 * 3600))
+}
+
+/// Valid from an hour ago (so a node whose clock is slightly behind still accepts it) until
+/// `validity` from now.
+pub(crate) fn set_validity_for(
+    params: &mut CertificateParams,
+    validity: std::time::Duration,
+) -> Result<(), TlsError> {
+    let now = Utc::now().timestamp();
+    let secs = i64::try_from(validity.as_secs()).unwrap_or(i64::MAX / 2);
+    let at = |t: i64| {
+        x509_parser::time::ASN1Time::from_timestamp(t)
+            .map(|t| t.to_datetime())
+            .map_err(|e| TlsError::Config(format!("certificate validity: {e}")))
+    };
+    params.not_before = at(now - 3600)?;
+    params.not_after = at(now.saturating_add(secs))?;
+    Ok(())
 }
 
 fn sans_from(names: &[String]) -> Result<Vec<SanType>, TlsError> {
@@ -300,7 +322,7 @@ fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
     }
 }
 
-fn read(path: &Path) -> Result<String, TlsError> {
+pub(crate) fn read(path: &Path) -> Result<String, TlsError> {
     fs::read_to_string(path).map_err(|source| io_err(path, source))
 }
 
