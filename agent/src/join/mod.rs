@@ -8,6 +8,10 @@
 //! `GET /v1-r3s/client-kubelet.crt` with the node name and password headers → write
 //! `<data-dir>/agent/{server-ca.crt, client-kubelet.crt, client-kubelet.key, kubelet.kubeconfig}`.
 //!
+//! The agent joins at every start, so its client certificate (one year, from the server's client
+//! CA, which rotation never changes) is fetched anew each time, not only when under 90 days remain;
+//! an agent that runs a whole year without a restart is not renewed while running.
+//!
 //! The server answers 401 for a wrong token and 403 when the node name belongs to another machine
 //! (another node password); both end the join with one line naming the server. Module map:
 //! [`token`] (the token format, shared with the server), [`https`] (the pre-kubeconfig HTTPS
