@@ -164,6 +164,24 @@ preflight() {
     if [ -f /proc/swaps ] && [ "$(wc -l </proc/swaps)" -gt 1 ]; then
         warn "swap is on: memory limits of pods are not enforced strictly while it is. Turn it off with 'swapoff -a' (and remove it from /etc/fstab or disable dphys-swapfile on a Pi)"
     fi
+    # A second machine with a node name already in the cluster is refused at join (node password);
+    # the usual cause is an image's default host name, which every card flashed from it shares.
+    named=no
+    if [ -n "${R3S_NODE_NAME}" ] || [ -n "${R3S_WITH_NODE_ID}" ]; then
+        named=yes
+    fi
+    case "${EXEC_ARGS}" in *node-name* | *with-node-id*) named=yes ;; esac
+    host=$(hostname 2>/dev/null || cat /etc/hostname 2>/dev/null || true)
+    if [ "${named}" = no ]; then
+        case "${host}" in
+            raspberrypi | localhost | localhost.localdomain | debian | ubuntu | dietpi | "")
+                warn "the host name '${host}' is an image default that other machines likely share: a second node with the same name is refused when it joins. Give each machine its own name (hostnamectl set-hostname pi-01), or set R3S_NODE_NAME, or R3S_WITH_NODE_ID=true to append a unique suffix"
+                ;;
+        esac
+    fi
+    case "${host}" in
+        *[A-Z_]*) warn "the host name '${host}' has upper-case letters or underscores, which Kubernetes node names cannot: set R3S_NODE_NAME to a lower-case DNS name" ;;
+    esac
 }
 
 # --- service files -------------------------------------------------------------------------
