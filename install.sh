@@ -16,7 +16,8 @@
 #   INSTALL_R3S_SYSTEMD_DIR    default /etc/systemd/system
 #   INSTALL_R3S_SKIP_ENABLE, INSTALL_R3S_SKIP_START, INSTALL_R3S_FORCE_RESTART
 #   INSTALL_R3S_READY_TIMEOUT  seconds to wait for the service to be ready (default 300)
-#   ARCH                       override the detected architecture (amd64, arm64, armhf)
+#   ARCH                       override the detected architecture (amd64, arm64, armhf, or a
+#                              static build: amd64-musl, arm64-musl, armhf-musl)
 #
 # Re-running with another version upgrades in place; the service restarts only when its binary,
 # unit or env file changed.
@@ -96,7 +97,10 @@ setup_arch() {
     case "${ARCH}" in
         amd64 | x86_64) ARCH=amd64 ;;
         arm64 | aarch64) ARCH=arm64 ;;
-        arm*) ARCH=armhf ;;
+        armhf | armv7* | armv8l) ARCH=armhf ;;
+        # The static builds, chosen explicitly with ARCH (for systems older than glibc 2.34).
+        amd64-musl | arm64-musl | armhf-musl) ;;
+        armv6* | armel) fatal "ARMv6 (Raspberry Pi 1 and Zero/Zero W) is not supported: r3s builds for armv7 and later" ;;
         *) fatal "unsupported architecture ${ARCH} (r3s builds for x86_64, aarch64 and armv7l)" ;;
     esac
 }
