@@ -285,29 +285,43 @@ async fn live_items(
     store_series: &mut Vec<Series>,
 ) -> anyhow::Result<()> {
     if want(1) {
-        footprint::idle(r, live, "0 pods", idle).await?;
-        footprint::start_pods(live, 20).await?;
-        footprint::idle(r, live, "20 pods per node", idle).await?;
-        footprint::delete_pods(live).await?;
+        let res = async {
+            footprint::idle(r, live, "0 pods", idle).await?;
+            footprint::start_pods(live, 20).await?;
+            footprint::idle(r, live, "20 pods per node", idle).await?;
+            footprint::delete_pods(live).await
+        }
+        .await;
+        if let Err(e) = res {
+            r.skip(footprint::SEC_IDLE, format!("{e:#}"));
+        }
     }
-    if want(4) {
-        podstart::run(r, live, dir, runs).await?;
+    if want(4)
+        && let Err(e) = podstart::run(r, live, dir, runs).await
+    {
+        r.skip(podstart::SEC, format!("{e:#}"));
     }
     if want(2) {
         let mut pts = Vec::new();
         for w in store::WRITERS {
-            let v = api::patch_writes(&live.kubeconfig, w, secs).await?;
-            r.add(store::SEC, &format!("r3s API server over HTTPS (merge-patch ConfigMap), {w} writers"), v, "writes/s", None,
-                "the network path comparable to etcd's: TLS, authn/authz, admission, JSON, then the store");
-            pts.push((w as f64, v));
+            match api::patch_writes(&live.kubeconfig, w, secs).await {
+                Ok(v) => {
+                    r.add(store::SEC, &format!("r3s API server over HTTPS (merge-patch ConfigMap), {w} writers"), v, "writes/s", None,
+                        "the network path comparable to etcd's: TLS, authn/authz, admission, JSON, then the store");
+                    pts.push((w as f64, v));
+                }
+                Err(e) => r.skip(store::SEC, format!("API path, {w} writers: {e:#}")),
+            }
         }
         store_series.push(Series {
             name: "r3s API server (HTTPS patch)".into(),
             points: pts,
         });
     }
-    if want(3) {
-        api::run(r, &live.client, &live.kubeconfig, secs, watch_writes).await?;
+    if want(3)
+        && let Err(e) = api::run(r, &live.client, &live.kubeconfig, secs, watch_writes).await
+    {
+        r.skip(api::SEC, format!("{e:#}"));
     }
     Ok(())
 }

@@ -90,7 +90,7 @@ pub async fn run(
     }
     let created = t0.elapsed();
     let lp = ListParams::default().labels("bench=scale");
-    let deadline = Instant::now() + Duration::from_secs(1800);
+    let deadline = Instant::now() + Duration::from_secs(900);
     let (mut bound, mut running) = (0, 0);
     while Instant::now() < deadline {
         let l = api.list(&lp).await?;
@@ -130,8 +130,8 @@ pub async fn run(
         ),
     );
     // Let the simulator mark them Running, then take memory and list figures.
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while Instant::now() < deadline {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while bound == pods && Instant::now() < deadline {
         let l = api.list(&lp).await?;
         if l.items.iter().filter(|p| cluster::pod_running(p)).count() == pods {
             break;
