@@ -90,7 +90,7 @@ pub async fn run(
     }
     let created = t0.elapsed();
     let lp = ListParams::default().labels("bench=scale");
-    let deadline = Instant::now() + Duration::from_secs(900);
+    let deadline = Instant::now() + Duration::from_secs(480);
     let (mut bound, mut running) = (0, 0);
     while Instant::now() < deadline {
         let l = api.list(&lp).await?;
