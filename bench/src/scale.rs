@@ -106,10 +106,6 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let scheduled = t0.elapsed();
-    anyhow::ensure!(
-        bound == pods,
-        "only {bound} of {pods} pods bound after 30 min"
-    );
     r.add(
         SEC,
         &format!("{pods} pods created through the API (16 clients)"),
@@ -121,12 +117,13 @@ pub async fn run(
     r.add(
         SEC,
         &format!("scheduling rate, {pods} pods on {nodes} nodes (first create → all bound)"),
-        pods as f64 / scheduled.as_secs_f64(),
+        bound as f64 / scheduled.as_secs_f64(),
         "pods/s",
         None,
         &format!(
-            "all bound after {:.1} s ({running} already Running by the simulator at that moment)",
-            scheduled.as_secs_f64()
+            "{bound} of {pods} bound after {:.1} s ({running} already Running by the simulator at that moment){}",
+            scheduled.as_secs_f64(),
+            if bound < pods { "; the run stopped waiting at 8 min" } else { "" }
         ),
     );
     // Let the simulator mark them Running, then take memory and list figures.
