@@ -162,8 +162,11 @@ impl Drop for Proc {
 
 /// Where the release binaries are: beside this one (target/release).
 pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let p = exe.with_file_name(name);
+    // R3S_BENCH_BIN_DIR lets a runner built in another profile measure the release binaries.
+    let p = match std::env::var_os("R3S_BENCH_BIN_DIR") {
+        Some(d) => PathBuf::from(d).join(name),
+        None => std::env::current_exe()?.with_file_name(name),
+    };
     if !p.exists() {
         bail!(
             "{} is missing: build it with `cargo build --release -p r3s-server -p r3s-agent`",

@@ -120,6 +120,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     r.setting("Throughput runs", format!("{} s per point", secs.as_secs()));
     r.setting(
+        "Runner build",
+        format!(
+            "{} (the measured r3s-server and r3s-agent are release builds: {}); the in-process store and raw SQLite figures of item 2 run in the runner's own code",
+            if cfg!(debug_assertions) { "debug" } else { "release" },
+            cluster::bin("r3s-server").map_or_else(|e| e.to_string(), |p| p.display().to_string())
+        ),
+    );
+    r.setting(
         "Machine sharing",
         "shared 2-core machine: other builds may run during the benchmark; see the load averages"
             .into(),
