@@ -148,8 +148,156 @@ fn three_node_cluster_networking() {
         after.0 > before.0 && after.1 > before.1,
         "VXLAN counters did not grow: {before:?} → {after:?}"
     );
-    let _ = (&p2, &p3, &ip1);
+    let names: BTreeSet<String> = pods.iter().map(|p| p.0.clone()).collect();
+    let node_of = |pod: &str| pods.iter().find(|p| p.0 == pod).unwrap().1.clone();
 
-    let _ = c.stop_host(2);
-    drop(c);
+    // ClusterIP, from a pod on every node: spread over endpoints on more than one node.
+    let cluster_ip = c
+        .kubectl_must(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"])
+        .trim()
+        .to_owned();
+    for client in [&p1, &p2, &p3] {
+        let out = c.exec_in_pod_must(
+            client,
+            &format!("for i in $(seq 15); do wget -q -O - http://{cluster_ip}/; done"),
+        );
+        let answered: BTreeSet<&str> = out.lines().map(str::trim).collect();
+        assert!(
+            answered.iter().all(|a| names.contains(*a)),
+            "{client} got {answered:?}"
+        );
+        let nodes: BTreeSet<String> = answered.iter().map(|a| node_of(a)).collect();
+        assert!(nodes.len() > 1, "{client}: all answers from {nodes:?}");
+    }
+
+    // NodePort, from another host (not a pod): host 3 → host 1, host 1 → host 2.
+    for (from, to) in [(2, 0), (0, 1)] {
+        let url = format!("http://{}:30080/", c.hosts[to].ip);
+        let out = c.on_host(from, &["curl", "-sS", "--max-time", "10", &url]);
+        assert!(out.status.success(), "{url} from host{}: {}", from + 1, cluster::text(&out));
+        let body = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(names.contains(&body), "{body}");
+    }
+
+    // LoadBalancer: the ingress is the nodes' IPs, served on the Service port at each of them.
+    let want: BTreeSet<String> = c.hosts.iter().map(|h| h.ip.clone()).collect();
+    eventually(
+        "web-lb's ingress to list every node IP",
+        Duration::from_secs(60),
+        || c.logs(),
+        || {
+            let out = c.kubectl_must(&[
+                "get",
+                "svc",
+                "web-lb",
+                "-o",
+                "jsonpath={.status.loadBalancer.ingress[*].ip}",
+            ]);
+            let got: BTreeSet<String> = out.split_whitespace().map(str::to_owned).collect();
+            (got == want).then_some(())
+        },
+    );
+    let url = format!("http://{}:8081/", c.hosts[2].ip);
+    let out = c.on_host(1, &["curl", "-sS", "--max-time", "10", &url]);
+    assert!(out.status.success(), "{url} from host2: {}", cluster::text(&out));
+    assert!(names.contains(String::from_utf8_lossy(&out.stdout).trim()));
+
+    // DNS from inside a pod: its resolv.conf names the cluster DNS and the search path.
+    let resolv = c.exec_in_pod_must(&p2, "cat /etc/resolv.conf");
+    assert!(
+        resolv.contains("nameserver 10.43.0.10") && resolv.contains("default.svc.cluster.local"),
+        "{resolv}"
+    );
+    let lookup = |name: &str| c.exec_in_pod_must(&p2, &format!("nslookup {name}"));
+    let out = lookup("web.default.svc.cluster.local");
+    assert!(out.contains(&cluster_ip), "{out}");
+    let out = lookup("web-h.default.svc.cluster.local");
+    for ip in [&ip1, &ip2, &ip3] {
+        assert!(out.contains(ip.as_str()), "headless: {ip} missing in {out}");
+    }
+    let pod_name = format!("{}.default.pod.cluster.local", ip3.replace('.', "-"));
+    let out = lookup(&pod_name);
+    assert!(out.contains(&format!("Address: {ip3}")), "{out}");
+    let out = lookup("www.outside.test");
+    assert!(out.contains("203.0.113.7"), "forwarded to the test's upstream: {out}");
+
+    // An endpoint goes when its pod turns unready, and comes back.
+    let endpoints = || {
+        c.kubectl_must(&[
+            "get",
+            "endpoints",
+            "web",
+            "-o",
+            "jsonpath={.subsets[*].addresses[*].ip}",
+        ])
+    };
+    c.exec_in_pod_must(&p3, "rm /tmp/ready");
+    eventually(
+        "the unready pod's endpoint to go",
+        Duration::from_secs(60),
+        || c.logs(),
+        || {
+            let e = endpoints();
+            (!e.contains(&ip3) && e.contains(&ip1)).then_some(())
+        },
+    );
+    c.exec_in_pod_must(&p3, "touch /tmp/ready");
+    eventually(
+        "the ready pod's endpoint to return",
+        Duration::from_secs(60),
+        || c.logs(),
+        || endpoints().contains(&ip3).then_some(()),
+    );
+
+    // Restarting host 2's agent: its pod keeps its address.
+    assert!(c.stop_host(1), "r3s-agent on host2 did not stop cleanly");
+    c.start_agent(1);
+    c.wait_node_ready(1);
+    let again = eventually(
+        "host2's web pod Running again",
+        Duration::from_secs(120),
+        || c.logs(),
+        || c.pods("app=web").into_iter().find(|p| p.1 == c.hosts[1].node),
+    );
+    assert_eq!(again.2, ip2, "the pod's address changed across an agent restart");
+
+    // Deleting node 3 removes its route, neighbour and FDB entry on the others.
+    let cidr3 = c.kubectl_must(&["get", "node", &c.hosts[2].node, "-o", "jsonpath={.spec.podCIDR}"]);
+    let mac3 = c.kubectl_must(&[
+        "get",
+        "node",
+        &c.hosts[2].node,
+        "-o",
+        "jsonpath={.metadata.annotations.flannel\\.alpha\\.coreos\\.com/backend-data}",
+    ]);
+    let mac3: serde_json::Value = serde_json::from_str(&mac3).unwrap();
+    let mac3 = mac3["VtepMAC"].as_str().unwrap().to_ascii_lowercase();
+    let gw3 = cidr3.trim().trim_end_matches("/24").to_owned();
+    let entries = |c: &Cluster, i: usize| {
+        (
+            c.hosts[i].ns.ip(&["route", "show", "dev", VXLAN]),
+            c.hosts[i].ns.ip(&["neigh", "show", "dev", VXLAN]),
+            cluster::must(&["bridge", "-n", &c.hosts[i].ns.0, "fdb", "show", "dev", VXLAN]),
+        )
+    };
+    for i in [0, 1] {
+        let (routes, neigh, fdb) = entries(&c, i);
+        assert!(routes.contains(cidr3.trim()), "host{}: {routes}", i + 1);
+        assert!(neigh.contains(&gw3), "host{}: {neigh}", i + 1);
+        assert!(fdb.contains(&mac3), "host{}: {fdb}", i + 1);
+    }
+    assert!(c.stop_host(2), "r3s-agent on host3 did not stop cleanly");
+    c.kubectl_must(&["delete", "node", &c.hosts[2].node]);
+    for i in [0, 1] {
+        eventually(
+            &format!("host{} to forget node 3", i + 1),
+            Duration::from_secs(60),
+            || c.logs(),
+            || {
+                let (routes, neigh, fdb) = entries(&c, i);
+                (!routes.contains(cidr3.trim()) && !neigh.contains(&gw3) && !fdb.contains(&mac3))
+                    .then_some(())
+            },
+        );
+    }
 }

@@ -73,6 +73,8 @@ pub fn prerequisites() -> bool {
         && support::require("kubectl (/usr/bin/kubectl)", Path::new(KUBECTL).exists())
         && support::require("ip (iproute2)", have("ip"))
         && support::require("nsenter (util-linux)", have("nsenter"))
+        && support::require("curl", have("curl"))
+        && support::require("bridge (iproute2)", have("bridge"))
         && support::require(
             "r3s-server next to r3s-agent (cargo build -p r3s-server)",
             server_bin().exists(),
