@@ -137,10 +137,7 @@ fn three_node_cluster_networking() {
         );
         let _ = out;
         let body = c.exec_in_pod_must(&p1, &format!("wget -q -O - http://{ip}:8080/"));
-        let host = c.exec_in_pod_must(
-            &pods.iter().find(|p| &p.2 == ip).unwrap().0,
-            "hostname",
-        );
+        let host = c.exec_in_pod_must(&pods.iter().find(|p| &p.2 == ip).unwrap().0, "hostname");
         assert_eq!(body.trim(), host.trim());
     }
     let after = c.link_packets(0, VXLAN);
@@ -174,7 +171,12 @@ fn three_node_cluster_networking() {
     for (from, to) in [(2, 0), (0, 1)] {
         let url = format!("http://{}:30080/", c.hosts[to].ip);
         let out = c.on_host(from, &["curl", "-sS", "--max-time", "10", &url]);
-        assert!(out.status.success(), "{url} from host{}: {}", from + 1, cluster::text(&out));
+        assert!(
+            out.status.success(),
+            "{url} from host{}: {}",
+            from + 1,
+            cluster::text(&out)
+        );
         let body = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         assert!(names.contains(&body), "{body}");
     }
@@ -199,7 +201,11 @@ fn three_node_cluster_networking() {
     );
     let url = format!("http://{}:8081/", c.hosts[2].ip);
     let out = c.on_host(1, &["curl", "-sS", "--max-time", "10", &url]);
-    assert!(out.status.success(), "{url} from host2: {}", cluster::text(&out));
+    assert!(
+        out.status.success(),
+        "{url} from host2: {}",
+        cluster::text(&out)
+    );
     assert!(names.contains(String::from_utf8_lossy(&out.stdout).trim()));
 
     // DNS from inside a pod: its resolv.conf names the cluster DNS and the search path.
@@ -219,7 +225,10 @@ fn three_node_cluster_networking() {
     let out = lookup(&pod_name);
     assert!(out.contains(&format!("Address: {ip3}")), "{out}");
     let out = lookup("www.outside.test");
-    assert!(out.contains("203.0.113.7"), "forwarded to the test's upstream: {out}");
+    assert!(
+        out.contains("203.0.113.7"),
+        "forwarded to the test's upstream: {out}"
+    );
 
     // An endpoint goes when its pod turns unready, and comes back.
     let endpoints = || {
@@ -257,12 +266,25 @@ fn three_node_cluster_networking() {
         "host2's web pod Running again",
         Duration::from_secs(120),
         || c.logs(),
-        || c.pods("app=web").into_iter().find(|p| p.1 == c.hosts[1].node),
+        || {
+            c.pods("app=web")
+                .into_iter()
+                .find(|p| p.1 == c.hosts[1].node)
+        },
     );
-    assert_eq!(again.2, ip2, "the pod's address changed across an agent restart");
+    assert_eq!(
+        again.2, ip2,
+        "the pod's address changed across an agent restart"
+    );
 
     // Deleting node 3 removes its route, neighbour and FDB entry on the others.
-    let cidr3 = c.kubectl_must(&["get", "node", &c.hosts[2].node, "-o", "jsonpath={.spec.podCIDR}"]);
+    let cidr3 = c.kubectl_must(&[
+        "get",
+        "node",
+        &c.hosts[2].node,
+        "-o",
+        "jsonpath={.spec.podCIDR}",
+    ]);
     let mac3 = c.kubectl_must(&[
         "get",
         "node",
@@ -277,7 +299,15 @@ fn three_node_cluster_networking() {
         (
             c.hosts[i].ns.ip(&["route", "show", "dev", VXLAN]),
             c.hosts[i].ns.ip(&["neigh", "show", "dev", VXLAN]),
-            cluster::must(&["bridge", "-n", &c.hosts[i].ns.0, "fdb", "show", "dev", VXLAN]),
+            cluster::must(&[
+                "bridge",
+                "-n",
+                &c.hosts[i].ns.0,
+                "fdb",
+                "show",
+                "dev",
+                VXLAN,
+            ]),
         )
     };
     for i in [0, 1] {

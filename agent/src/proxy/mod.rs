@@ -11,14 +11,16 @@
 //!
 //! Invariants: nothing is installed before the first complete list of Services and Endpoints
 //! (no moment with half the Services); the table is deleted when [`run`] returns or its future
-//! is dropped. Not done: conntrack entries of removed UDP endpoints are not flushed (an ongoing
-//! UDP flow keeps its old backend until it goes idle); `externalIPs`, `loadBalancerSourceRanges`,
+//! is dropped; once a UDP endpoint is no longer in the applied rules, the conntrack entries of
+//! flows it answered are deleted ([`r3s_cni::conntrack`]), so an ongoing UDP flow moves to a
+//! live backend. Not done: `externalIPs`, `loadBalancerSourceRanges`,
 //! `internalTrafficPolicy` and IPv6 are not served.
 
 pub mod apply;
 pub mod model;
 pub mod rules;
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -156,6 +158,8 @@ pub async fn run(
     let (mut svc_listed, mut ep_listed) = (false, false);
     let mut due: Option<tokio::time::Instant> = None;
     let mut force = false;
+    // UDP backends the applied rules send traffic to.
+    let mut served_udp: BTreeSet<(Ipv4Addr, u16)> = BTreeSet::new();
     let mut resync = tokio::time::interval(RESYNC);
     resync.tick().await;
     tokio::pin!(shutdown);
@@ -193,7 +197,9 @@ pub async fn run(
                 if !(svc_listed && ep_listed) {
                     continue;
                 }
-                let rs = compute(&services.state(), &endpoints.state(), &opts);
+                let ports = model::service_ports(&services.state(), &endpoints.state(), &opts.node_name);
+                let udp = udp_backends(&ports);
+                let rs = rules::desired(&ports, &opts.config());
                 for c in &rs.conflicts {
                     warn!("service proxy: {c}");
                 }
@@ -215,7 +221,16 @@ pub async fn run(
                 };
                 applier = Some(a);
                 match result {
-                    Ok(true) => debug!("service proxy rules applied"),
+                    Ok(true) => {
+                        debug!("service proxy rules applied");
+                        // Only now that no rule sends new flows to them: forget the UDP
+                        // flows of endpoints that went (their conntrack entries would keep
+                        // NATing to the old backend for as long as the client keeps sending).
+                        let gone: BTreeSet<_> = served_udp.difference(&udp).copied().collect();
+                        served_udp = udp;
+                        let netns = opts.netns.clone();
+                        flush_udp(gone, netns).await;
+                    }
                     Ok(false) => {}
                     Err(e) => {
                         warn!("{e}; retrying");
@@ -227,6 +242,35 @@ pub async fn run(
     }
     info!("service proxy stopping");
     Ok(())
+}
+
+/// The (ip, port) of every backend of a UDP Service port.
+fn udp_backends(ports: &[model::ServicePort]) -> BTreeSet<(Ipv4Addr, u16)> {
+    ports
+        .iter()
+        .filter(|p| p.proto == model::Proto::Udp)
+        .flat_map(|p| p.backends.iter().map(|b| (b.ip, b.port)))
+        .collect()
+}
+
+/// Deletes the conntrack entries of UDP flows answered by `gone`; failures are logged (the
+/// entries then expire on their own once the client pauses).
+async fn flush_udp(gone: BTreeSet<(Ipv4Addr, u16)>, netns: Option<PathBuf>) {
+    if gone.is_empty() {
+        return;
+    }
+    let result = tokio::task::spawn_blocking(move || {
+        r3s_cni::conntrack::delete_udp_replies_from(netns.as_deref(), &gone)
+    })
+    .await;
+    match result {
+        Ok(Ok(n)) => debug!(
+            entries = n,
+            "flushed UDP conntrack entries of removed endpoints"
+        ),
+        Ok(Err(e)) => warn!("flushing UDP conntrack entries of removed endpoints: {e}"),
+        Err(e) => warn!("conntrack flush task failed: {e}"),
+    }
 }
 
 /// A proxy running as a task; dropping the handle aborts it (and so removes its table).

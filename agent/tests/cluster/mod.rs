@@ -266,7 +266,10 @@ fn kill_leftover_containers(dir: &Path) {
 
 fn init_pid(state: &Path) -> Option<i32> {
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(state).ok()?).ok()?;
-    let pid = v.get("pid").or_else(|| v.get("init_process_pid"))?.as_i64()?;
+    let pid = v
+        .get("pid")
+        .or_else(|| v.get("init_process_pid"))?
+        .as_i64()?;
     (pid > 1).then_some(pid as i32)
 }
 
@@ -519,7 +522,11 @@ impl Cluster {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/run/netns/{}", self.hosts[host].ns.0))
             .args(["--", "unshare", "--mount", "--propagation", "slave", "--"])
-            .args(["sh", "-c", "mount --bind \"$0\" /etc/resolv.conf && exec \"$@\""])
+            .args([
+                "sh",
+                "-c",
+                "mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"",
+            ])
             .arg(self.hosts[host].ns.etc_dir().join("resolv.conf"))
             .arg(bin);
         cmd.env_clear()
@@ -554,7 +561,8 @@ impl Cluster {
                     "r3s-server exited\n{}",
                     self.hosts[0].proc.as_ref().unwrap().tail(40)
                 );
-                self.kubectl_ok(&["get", "namespace", "default"]).then_some(())
+                self.kubectl_ok(&["get", "namespace", "default"])
+                    .then_some(())
             },
         );
     }
@@ -564,19 +572,26 @@ impl Cluster {
         assert!(i > 0, "host 1 runs the server");
         let h = &self.hosts[i];
         let mut cmd = self.base_command(i, &agent_bin());
-        cmd.args(["--server", &format!("https://{}:{API_PORT}", self.hosts[0].ip)])
-            .args(["--token", &self.token])
-            .arg("--data-dir")
-            .arg(&h.data_dir)
-            .args(["--node-name", &h.node, "--node-ip", &h.ip])
-            .arg("--private-registry")
-            .arg(&self.registries);
+        cmd.args([
+            "--server",
+            &format!("https://{}:{API_PORT}", self.hosts[0].ip),
+        ])
+        .args(["--token", &self.token])
+        .arg("--data-dir")
+        .arg(&h.data_dir)
+        .args(["--node-name", &h.node, "--node-ip", &h.ip])
+        .arg("--private-registry")
+        .arg(&self.registries);
         let log = self.dir.path().join(format!("host{}.log", i + 1));
         // Keep the previous run's log (append): restarts are part of what is tested.
         let previous = std::fs::read_to_string(&log).unwrap_or_default();
         let proc = Proc::spawn(cmd, &log, h.containers_dir(), "r3s-agent");
         if !previous.is_empty() {
-            eprintln!("(previous run of host{} logged {} bytes)", i + 1, previous.len());
+            eprintln!(
+                "(previous run of host{} logged {} bytes)",
+                i + 1,
+                previous.len()
+            );
         }
         self.hosts[i].proc = Some(proc);
     }
@@ -665,7 +680,6 @@ impl Cluster {
         logs_in(self.dir.path(), self.hosts.len())
     }
 
-
     pub fn host_of_node(&self, node: &str) -> usize {
         self.hosts
             .iter()
@@ -719,7 +733,9 @@ impl Cluster {
     pub fn exec_in_pod(&self, name: &str, script: &str) -> Output {
         let pid = self.pod_pid(name).to_string();
         Command::new("nsenter")
-            .args(["-t", &pid, "-m", "-u", "-i", "-n", "--", "/bin/sh", "-c", script])
+            .args([
+                "-t", &pid, "-m", "-u", "-i", "-n", "--", "/bin/sh", "-c", script,
+            ])
             .env_clear()
             .env("PATH", "/bin")
             .stdin(Stdio::null())
@@ -751,7 +767,9 @@ impl Cluster {
 
     /// (rx, tx) packets of link `dev` in host `i`, from netlink link statistics.
     pub fn link_packets(&self, i: usize, dev: &str) -> (u64, u64) {
-        let out = self.hosts[i].ns.ip(&["-j", "-s", "link", "show", "dev", dev]);
+        let out = self.hosts[i]
+            .ns
+            .ip(&["-j", "-s", "link", "show", "dev", dev]);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         let stats = &v[0]["stats64"];
         (

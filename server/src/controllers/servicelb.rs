@@ -24,7 +24,10 @@ pub async fn run(client: kube::Client, shutdown: impl Future<Output = ()> + Send
     let (services, svc_writer) = reflector::store();
     let svc_changes = reflector::reflector(
         svc_writer,
-        watcher(Api::<Service>::all(client.clone()), watcher::Config::default()),
+        watcher(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+        ),
     )
     .default_backoff()
     .touched_objects()
