@@ -265,6 +265,7 @@ fn three_node_cluster_networking() {
 
     // Restarting host 2's agent: its pod keeps its address, and a TCP connection from host 2
     // across the overlay (to the pod on host 3), opened before the restart, still works after.
+    let old_container = pods.iter().find(|p| p.0 == p2).unwrap().3.clone();
     let target = format!("{ip3}:8080");
     let mut conn = cluster::in_netns(&c.hosts[1].ns.0, move || {
         std::net::TcpStream::connect(target).unwrap()
@@ -274,7 +275,8 @@ fn three_node_cluster_networking() {
     c.start_agent(1);
     c.wait_node_ready(1);
     conn.write_all(b"\r\n").unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let mut answer = String::new();
     conn.read_to_string(&mut answer).unwrap();
     assert!(answer.contains(&p3), "{answer}");
@@ -283,9 +285,10 @@ fn three_node_cluster_networking() {
         Duration::from_secs(120),
         || c.logs(),
         || {
+            // A new container (the agent stopped the old one), so the status is the new run's.
             c.pods("app=web")
                 .into_iter()
-                .find(|p| p.1 == c.hosts[1].node)
+                .find(|p| p.1 == c.hosts[1].node && p.3 != old_container)
         },
     );
     assert_eq!(

@@ -403,7 +403,9 @@ mod tests {
         let c = Owner::new("pod-c", "eth0");
         let mut got = ipam.allocate(&c).unwrap();
         while got != ip_a {
-            got = ipam.allocate(&Owner::new(format!("x{got}"), "eth0")).unwrap();
+            got = ipam
+                .allocate(&Owner::new(format!("x{got}"), "eth0"))
+                .unwrap();
         }
         assert_ne!(ipam.allocate(&a).unwrap(), ip_a);
     }
