@@ -131,7 +131,7 @@ fn three_node_cluster_networking() {
     // Pod to pod across nodes: ICMP and TCP, through the VXLAN device.
     let before = c.link_packets(0, VXLAN);
     for ip in [&ip2, &ip3] {
-        let out = eventually(
+        eventually(
             &format!("{p1} to reach {ip}"),
             Duration::from_secs(30),
             || c.logs(),
@@ -140,7 +140,6 @@ fn three_node_cluster_networking() {
                 out.status.success().then_some(())
             },
         );
-        let _ = out;
         let body = c.exec_in_pod_must(&p1, &format!("wget -q -O - http://{ip}:8080/"));
         let host = c.exec_in_pod_must(&pods.iter().find(|p| &p.2 == ip).unwrap().0, "hostname");
         assert_eq!(body.trim(), host.trim());
