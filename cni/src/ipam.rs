@@ -5,7 +5,10 @@
 //! `<dir>/<network>/last_reserved_ip.0` remembers the last address handed out so the next allocation
 //! starts after it (a just-released address is not immediately reused, which keeps stale conntrack
 //! entries and ARP caches of peers from pointing at a new pod); `<dir>/<network>/lock` is `flock`ed
-//! for the duration of every operation.
+//! for the duration of every operation; `<dir>/<network>/released` lists the last
+//! [`RELEASED_KEPT`] owners released with the address each had, so that the same owner coming
+//! back (a pod whose sandbox is rebuilt after an agent restart: the owner is the pod UID) gets its
+//! old address again if it is still free, as a pod keeps its IP across kubelet restarts.
 //!
 //! Invariants: the network address, the gateway (`.1`, the bridge's address) and the broadcast
 //! address are never allocated; an address file is created with `create_new` (O_EXCL), so even
@@ -23,6 +26,9 @@ use nix::fcntl::{Flock, FlockArg};
 
 const LAST_RESERVED: &str = "last_reserved_ip.0";
 const LOCK: &str = "lock";
+const RELEASED: &str = "released";
+/// How many released (owner, address) pairs are remembered.
+pub const RELEASED_KEPT: usize = 256;
 
 /// Errors of the IPAM store.
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +168,25 @@ impl Ipam {
         if let Some((ip, _)) = leases.iter().find(|(_, o)| o == owner) {
             return Ok(*ip);
         }
+        // The owner's previous address first, if nobody took it meanwhile.
+        let mut released = self.read_released();
+        if let Some(i) = released.iter().position(|(o, _)| o == owner) {
+            let (_, ip) = released.remove(i);
+            self.write_released(&released)?;
+            if self.subnet.contains(&ip) && ip != self.gateway() && self.pool().any(|p| p == ip) {
+                let path = self.dir.join(ip.to_string());
+                match OpenOptions::new().write(true).create_new(true).open(&path) {
+                    Ok(mut file) => {
+                        file.write_all(owner.encode().as_bytes())
+                            .and_then(|()| file.sync_all())
+                            .map_err(io_err(&path))?;
+                        return Ok(ip);
+                    }
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(io_err(&path)(e)),
+                }
+            }
+        }
         let candidates: Vec<Ipv4Addr> = self.pool().collect();
         let start = self
             .last_reserved()
@@ -196,7 +221,15 @@ impl Ipam {
         for (ip, _) in self.read_leases()?.into_iter().filter(|(_, o)| o == owner) {
             let path = self.dir.join(ip.to_string());
             match fs::remove_file(&path) {
-                Ok(()) => released = Some(ip),
+                Ok(()) => {
+                    released = Some(ip);
+                    let mut list = self.read_released();
+                    list.retain(|(o, _)| o != owner);
+                    list.push((owner.clone(), ip));
+                    let excess = list.len().saturating_sub(RELEASED_KEPT);
+                    list.drain(..excess);
+                    self.write_released(&list)?;
+                }
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
                 Err(e) => return Err(io_err(&path)(e)),
             }
@@ -255,6 +288,31 @@ impl Ipam {
             }
         }
         Ok(leases)
+    }
+
+    /// The remembered (owner, address) pairs, oldest first; unreadable lines are skipped (the
+    /// list is a hint).
+    fn read_released(&self) -> Vec<(Owner, Ipv4Addr)> {
+        let text = fs::read_to_string(self.dir.join(RELEASED)).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| {
+                let mut f = l.split(' ');
+                let ip = f.next()?.parse().ok()?;
+                let owner = Owner::new(f.next()?, f.next()?);
+                Some((owner, ip))
+            })
+            .collect()
+    }
+
+    fn write_released(&self, list: &[(Owner, Ipv4Addr)]) -> Result<(), IpamError> {
+        let text: String = list
+            .iter()
+            .map(|(o, ip)| format!("{ip} {} {}\n", o.container_id, o.ifname))
+            .collect();
+        let tmp = self.dir.join(format!("{RELEASED}.tmp"));
+        let path = self.dir.join(RELEASED);
+        fs::write(&tmp, text).map_err(io_err(&tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err(&path))
     }
 
     fn last_reserved(&self) -> Option<Ipv4Addr> {
@@ -330,6 +388,29 @@ mod tests {
     }
 
     #[test]
+    fn a_returning_owner_gets_its_address_back_if_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let ipam = Ipam::open(dir.path(), "r3s", net("10.42.3.0/24")).unwrap();
+        let (a, b) = (Owner::new("pod-a", "eth0"), Owner::new("pod-b", "eth0"));
+        let ip_a = ipam.allocate(&a).unwrap();
+        ipam.release(&a).unwrap();
+        // Others do not get it next (round robin), and a comes back to it.
+        assert_ne!(ipam.allocate(&b).unwrap(), ip_a);
+        assert_eq!(ipam.allocate(&a).unwrap(), ip_a);
+        // Taken by someone else meanwhile: a gets another one.
+        ipam.release(&a).unwrap();
+        ipam.release(&b).unwrap();
+        let c = Owner::new("pod-c", "eth0");
+        let mut got = ipam.allocate(&c).unwrap();
+        while got != ip_a {
+            got = ipam
+                .allocate(&Owner::new(format!("x{got}"), "eth0"))
+                .unwrap();
+        }
+        assert_ne!(ipam.allocate(&a).unwrap(), ip_a);
+    }
+
+    #[test]
     fn thousand_add_del_cycles_do_not_leak() {
         let dir = tempfile::tempdir().unwrap();
         let ipam = Ipam::open(dir.path(), "r3s", net("10.42.3.0/24")).unwrap();
@@ -347,6 +428,7 @@ mod tests {
         // ...and nothing is left behind but the resident lease.
         let leases = ipam.leases().unwrap();
         assert_eq!(leases, vec![(resident, Owner::new("resident", "eth0"))]);
+        assert_eq!(ipam.read_released().len(), RELEASED_KEPT);
     }
 
     #[test]

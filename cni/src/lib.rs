@@ -24,6 +24,7 @@
 #![cfg(target_os = "linux")]
 
 pub mod bridge;
+pub mod conntrack;
 pub mod fake;
 pub mod ipam;
 pub mod masq;

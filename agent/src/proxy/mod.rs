@@ -4,16 +4,16 @@
 //! [`model::ServicePort`]s, computes the whole ruleset with the pure [`rules::desired`], and has
 //! [`apply::Applier`] install it as table `ip r3s-proxy` over netlink (no `nft`, no iptables).
 //! Changes are coalesced for [`MIN_SYNC`], then applied as one nf_tables transaction; the table
-//! is re-applied every [`RESYNC`] so a table someone deleted or edited comes back. With
-//! `load_balancer_status`, LoadBalancer Services get `status.loadBalancer.ingress` = the IPs of
-//! the Ready nodes (ExternalIP if set, else InternalIP), as k3s's ServiceLB reports them; every
-//! node writes the same value, so they agree. An identity that may not patch `services/status`
-//! (the default `system:nodes` role) is told once and the proxy stops trying.
+//! is re-applied every [`RESYNC`] so a table someone deleted or edited comes back. LoadBalancer
+//! Services are served on their `port` at the node IPs; their `status.loadBalancer.ingress` (the
+//! Ready nodes' IPs) is written by the server's `servicelb` controller, not here: nodes may not
+//! patch `services/status`.
 //!
 //! Invariants: nothing is installed before the first complete list of Services and Endpoints
 //! (no moment with half the Services); the table is deleted when [`run`] returns or its future
-//! is dropped. Not done: conntrack entries of removed UDP endpoints are not flushed (an ongoing
-//! UDP flow keeps its old backend until it goes idle); `externalIPs`, `loadBalancerSourceRanges`,
+//! is dropped; once a UDP endpoint is no longer in the applied rules, the conntrack entries of
+//! flows it answered are deleted ([`r3s_cni::conntrack`]), so an ongoing UDP flow moves to a
+//! live backend. Not done: `externalIPs`, `loadBalancerSourceRanges`,
 //! `internalTrafficPolicy` and IPv6 are not served.
 
 pub mod apply;
@@ -27,13 +27,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Service};
 use kube::Api;
-use kube::api::{Patch, PatchParams};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector;
 use kube::runtime::{WatchStreamExt, watcher};
 use r3s_cni::nft::NftError;
-use serde_json::json;
 use tracing::{debug, info, warn};
 
 use apply::Applier;
@@ -67,8 +65,6 @@ pub struct ProxyOptions {
     /// Network namespace to program (`None`: the caller's). Tests run the proxy for a
     /// simulated node this way.
     pub netns: Option<PathBuf>,
-    /// Write `status.loadBalancer.ingress` of LoadBalancer Services.
-    pub load_balancer_status: bool,
 }
 
 impl ProxyOptions {
@@ -79,7 +75,6 @@ impl ProxyOptions {
             cluster_cidr: "10.42.0.0/16".parse().ok(),
             table: DEFAULT_TABLE.to_string(),
             netns: None,
-            load_balancer_status: true,
         }
     }
 
@@ -122,7 +117,6 @@ impl Drop for RemoveOnDrop {
 enum Kind {
     Services,
     Endpoints,
-    Nodes,
 }
 
 fn events<K>(
@@ -157,16 +151,15 @@ pub async fn run(
     let mut applier = Some(Applier::open(&opts.table, opts.netns.as_deref())?);
     let (services, svc_w) = reflector::store::<Service>();
     let (endpoints, ep_w) = reflector::store::<Endpoints>();
-    let (nodes, node_w) = reflector::store::<Node>();
     let mut stream = futures::stream::select_all([
         events(Api::all(client.clone()), svc_w, Kind::Services).boxed(),
         events(Api::all(client.clone()), ep_w, Kind::Endpoints).boxed(),
-        events(Api::all(client.clone()), node_w, Kind::Nodes).boxed(),
     ]);
     let (mut svc_listed, mut ep_listed) = (false, false);
     let mut due: Option<tokio::time::Instant> = None;
     let mut force = false;
-    let mut lb_status = opts.load_balancer_status;
+    // UDP backends the applied rules send traffic to.
+    let mut served_udp: BTreeSet<(Ipv4Addr, u16)> = BTreeSet::new();
     let mut resync = tokio::time::interval(RESYNC);
     resync.tick().await;
     tokio::pin!(shutdown);
@@ -186,7 +179,6 @@ pub async fn run(
                         match kind {
                             Kind::Services => svc_listed = true,
                             Kind::Endpoints => ep_listed = true,
-                            Kind::Nodes => {}
                         }
                     }
                     if due.is_none() {
@@ -205,7 +197,9 @@ pub async fn run(
                 if !(svc_listed && ep_listed) {
                     continue;
                 }
-                let rs = compute(&services.state(), &endpoints.state(), &opts);
+                let ports = model::service_ports(&services.state(), &endpoints.state(), &opts.node_name);
+                let udp = udp_backends(&ports);
+                let rs = rules::desired(&ports, &opts.config());
                 for c in &rs.conflicts {
                     warn!("service proxy: {c}");
                 }
@@ -227,25 +221,56 @@ pub async fn run(
                 };
                 applier = Some(a);
                 match result {
-                    Ok(true) => debug!("service proxy rules applied"),
+                    Ok(true) => {
+                        debug!("service proxy rules applied");
+                        // Only now that no rule sends new flows to them: forget the UDP
+                        // flows of endpoints that went (their conntrack entries would keep
+                        // NATing to the old backend for as long as the client keeps sending).
+                        let gone: BTreeSet<_> = served_udp.difference(&udp).copied().collect();
+                        served_udp = udp;
+                        let netns = opts.netns.clone();
+                        flush_udp(gone, netns).await;
+                    }
                     Ok(false) => {}
                     Err(e) => {
                         warn!("{e}; retrying");
                         due = Some(tokio::time::Instant::now() + RETRY);
                     }
                 }
-                if lb_status && !write_lb_status(&client, &services, &nodes, &opts).await {
-                    lb_status = false;
-                    warn!(
-                        "this node may not patch services/status: LoadBalancer ingress is left \
-                         to a controller with that permission"
-                    );
-                }
             }
         }
     }
     info!("service proxy stopping");
     Ok(())
+}
+
+/// The (ip, port) of every backend of a UDP Service port.
+fn udp_backends(ports: &[model::ServicePort]) -> BTreeSet<(Ipv4Addr, u16)> {
+    ports
+        .iter()
+        .filter(|p| p.proto == model::Proto::Udp)
+        .flat_map(|p| p.backends.iter().map(|b| (b.ip, b.port)))
+        .collect()
+}
+
+/// Deletes the conntrack entries of UDP flows answered by `gone`; failures are logged (the
+/// entries then expire on their own once the client pauses).
+async fn flush_udp(gone: BTreeSet<(Ipv4Addr, u16)>, netns: Option<PathBuf>) {
+    if gone.is_empty() {
+        return;
+    }
+    let result = tokio::task::spawn_blocking(move || {
+        r3s_cni::conntrack::delete_udp_replies_from(netns.as_deref(), &gone)
+    })
+    .await;
+    match result {
+        Ok(Ok(n)) => debug!(
+            entries = n,
+            "flushed UDP conntrack entries of removed endpoints"
+        ),
+        Ok(Err(e)) => warn!("flushing UDP conntrack entries of removed endpoints: {e}"),
+        Err(e) => warn!("conntrack flush task failed: {e}"),
+    }
 }
 
 /// A proxy running as a task; dropping the handle aborts it (and so removes its table).
@@ -310,102 +335,4 @@ pub fn node_options(
     let mut opts = ProxyOptions::new(node_name, v4);
     opts.cluster_cidr = cluster_cidr;
     opts
-}
-
-/// The ingress IPs LoadBalancer Services get: every Ready node's ExternalIP, else InternalIP;
-/// this node's own IPs while no Node is known.
-fn ingress_ips(nodes: &[Arc<Node>], own: &[Ipv4Addr]) -> Vec<String> {
-    let mut ips = BTreeSet::new();
-    for n in nodes {
-        let status = n.status.as_ref();
-        let ready = status
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-        if !ready {
-            continue;
-        }
-        let addrs = status.and_then(|s| s.addresses.as_ref());
-        let pick = |ty: &str| {
-            addrs.and_then(|a| a.iter().find(|a| a.type_ == ty).map(|a| a.address.clone()))
-        };
-        if let Some(ip) = pick("ExternalIP").or_else(|| pick("InternalIP")) {
-            ips.insert(ip);
-        }
-    }
-    if ips.is_empty() {
-        ips.extend(own.iter().map(|ip| ip.to_string()));
-    }
-    ips.into_iter().collect()
-}
-
-/// Writes the ingress of every LoadBalancer Service that lacks it; false when the API forbids
-/// it (then there is no point trying again).
-async fn write_lb_status(
-    client: &kube::Client,
-    services: &Store<Service>,
-    nodes: &Store<Node>,
-    opts: &ProxyOptions,
-) -> bool {
-    let ips = ingress_ips(&nodes.state(), &opts.node_ips);
-    for svc in services.state() {
-        let is_lb = svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer");
-        let (Some(ns), Some(name)) = (&svc.metadata.namespace, &svc.metadata.name) else {
-            continue;
-        };
-        if !is_lb {
-            continue;
-        }
-        let current: Vec<String> = svc
-            .status
-            .as_ref()
-            .and_then(|s| s.load_balancer.as_ref())
-            .and_then(|lb| lb.ingress.as_ref())
-            .map(|i| i.iter().filter_map(|i| i.ip.clone()).collect())
-            .unwrap_or_default();
-        if current == ips {
-            continue;
-        }
-        let ingress: Vec<_> = ips.iter().map(|ip| json!({"ip": ip})).collect();
-        let patch = json!({"status": {"loadBalancer": {"ingress": ingress}}});
-        let api: Api<Service> = Api::namespaced(client.clone(), ns);
-        match api
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.is_forbidden() => return false,
-            Err(e) => warn!("writing load balancer status of {ns}/{name}: {e}"),
-        }
-    }
-    true
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn node(v: serde_json::Value) -> Arc<Node> {
-        Arc::new(serde_json::from_value(v).unwrap())
-    }
-
-    #[test]
-    fn ingress_is_ready_nodes_external_else_internal() {
-        let a = node(json!({"metadata": {"name": "a"}, "status": {
-            "conditions": [{"type": "Ready", "status": "True"}],
-            "addresses": [{"type": "InternalIP", "address": "198.51.100.1"}, {"type": "ExternalIP", "address": "203.0.113.9"}]}}));
-        let b = node(json!({"metadata": {"name": "b"}, "status": {
-            "conditions": [{"type": "Ready", "status": "True"}],
-            "addresses": [{"type": "InternalIP", "address": "198.51.100.2"}]}}));
-        let c = node(json!({"metadata": {"name": "c"}, "status": {
-            "conditions": [{"type": "Ready", "status": "False"}],
-            "addresses": [{"type": "InternalIP", "address": "198.51.100.3"}]}}));
-        assert_eq!(
-            ingress_ips(&[a, b, c], &[]),
-            vec!["198.51.100.2".to_string(), "203.0.113.9".to_string()]
-        );
-        assert_eq!(
-            ingress_ips(&[], &["198.51.100.7".parse().unwrap()]),
-            vec!["198.51.100.7".to_string()]
-        );
-    }
 }

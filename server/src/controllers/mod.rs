@@ -21,6 +21,7 @@
 //! | `cronjob.rs` | CronJobs, Jobs | Jobs, CronJob status |
 //! | `disruption.rs` | PodDisruptionBudgets, Pods | PodDisruptionBudget status |
 //! | `serviceaccount.rs` | Namespaces | `default` ServiceAccount, `kube-root-ca.crt` |
+//! | `servicelb.rs` | Services, Nodes | LoadBalancer Service status (ingress = node IPs) |
 //!
 //! Not controlled yet: ControllerRevisions (served, but StatefulSets do not write them),
 //! PersistentVolumeClaims (StatefulSet volumeClaimTemplates are refused).
@@ -54,6 +55,7 @@ pub mod replicaset;
 pub mod rollout;
 pub mod selector;
 pub mod serviceaccount;
+pub mod servicelb;
 pub mod statefulset;
 
 use std::future::Future;
@@ -170,9 +172,10 @@ pub async fn run(
     );
     let ds = daemonset::run(client.clone(), shutdown.clone());
     let sts = statefulset::run(client.clone(), shutdown.clone());
+    let lb = servicelb::run(client.clone(), shutdown.clone());
     let sa = serviceaccount::run(client, opts, shutdown);
     tokio::join!(
-        rs, deploy, ds, sts, gc, ns, nodes, ipam, podgc, eps, slices, pdbs, jobs, cronjobs, sa
+        rs, deploy, ds, sts, gc, ns, nodes, ipam, podgc, eps, slices, pdbs, jobs, cronjobs, sa, lb
     );
     tracing::info!("control loops stopped");
 }
