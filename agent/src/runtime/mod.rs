@@ -14,6 +14,7 @@
 //!   libcontainer would silently skip the profile.
 
 pub mod cleanup;
+pub mod exec;
 pub mod logs;
 pub mod spec;
 

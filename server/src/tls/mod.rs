@@ -6,6 +6,7 @@
 //! certificate when its SANs no longer cover what was asked for or it is close to expiry.
 
 pub mod certs;
+pub mod kubelet;
 pub mod listener;
 
 pub use certs::{CertOptions, Certificates, ensure_certificates, issue_client_certificate};
