@@ -280,6 +280,7 @@ async fn spdy_session(
             }
         }
     });
+    debug!(pod = %target.pod, "port-forward: SPDY session started");
     let mut inflater = Inflater::new();
     let mut buf: Vec<u8> = Vec::new();
     let mut requests: HashMap<String, PendingRequest> = HashMap::new();

@@ -129,7 +129,7 @@ impl Runtime {
             (stdin, stdout, stderr)
         };
         let lock = libcontainer_lock();
-        let pid = ContainerBuilder::new(id.to_owned(), SyscallType::default())
+        let builder = ContainerBuilder::new(id.to_owned(), SyscallType::default())
             .with_root_path(&self.root)
             .map_err(|source| RuntimeError::Libcontainer {
                 id: id.to_owned(),
@@ -142,9 +142,9 @@ impl Runtime {
             .with_stderr(child_err)
             .as_tenant()
             .with_container_args(req.args.clone())
-            .with_detach(true)
-            .build()
-            .map_err(|source| RuntimeError::Libcontainer {
+            .with_detach(true);
+        let pid =
+            super::quietly(|| builder.build()).map_err(|source| RuntimeError::Libcontainer {
                 id: id.to_owned(),
                 op: "exec",
                 source: Box::new(source),
