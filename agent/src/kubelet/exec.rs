@@ -380,7 +380,7 @@ async fn attach_session(
                 return;
             }
         }
-        if tick % 4 == 0 {
+        if tick.is_multiple_of(4) {
             let running = match find_pod(&ctx, &namespace, &name).await {
                 Ok(pod) => running_container(&pod, &container).is_ok(),
                 Err(KubeletError::PodNotFound(_)) => false,

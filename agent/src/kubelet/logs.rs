@@ -283,7 +283,7 @@ impl Follow {
         if runs(&self.dir).last().is_some_and(|(n, _)| *n > self.run) {
             return false;
         }
-        if tick % LIVENESS_EVERY != 0 {
+        if !tick.is_multiple_of(LIVENESS_EVERY) {
             return true;
         }
         match find_pod(&self.ctx, &self.namespace, &self.name).await {

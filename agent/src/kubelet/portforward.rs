@@ -196,11 +196,7 @@ fn websocket_pipe(socket: WebSocket) -> Pipe {
         let reader = async {
             while let Some(Ok(m)) = stream.next().await {
                 match m {
-                    Message::Binary(b) => {
-                        if in_tx.send(b.to_vec()).await.is_err() {
-                            break;
-                        }
-                    }
+                    Message::Binary(b) if in_tx.send(b.to_vec()).await.is_err() => break,
                     Message::Close(_) => break,
                     _ => {}
                 }
