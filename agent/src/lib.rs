@@ -6,7 +6,8 @@
 //! Module map: [`node`] (registration, heartbeats, preflight, `run_node`), [`pods`] (pod manager
 //! and per-pod workers), [`proxy`] (the service proxy: Services → one nftables table), [`dns`]
 //! (cluster DNS on every node), [`runtime`] (the only module linking libcontainer: containers, CRI
-//! logs, cgroup cleanup), [`layout`] (directories), [`restart`] (design for surviving agent
+//! logs, cgroup cleanup, streaming exec), [`kubelet`] (the kubelet API the API server calls for
+//! logs, exec, attach and port-forward), [`layout`] (directories), [`restart`] (design for surviving agent
 //! restarts), [`join`] (token, CA check, node password, client certificate),
 //! [`cli`]/[`config`]/[`run`] (the standalone binary), [`images_cli`] (the operator's
 //! `r3s-agent images ...` commands).
@@ -17,6 +18,8 @@ pub mod config;
 pub mod dns;
 pub mod images_cli;
 pub mod join;
+#[cfg(target_os = "linux")]
+pub mod kubelet;
 pub mod layout;
 #[cfg(target_os = "linux")]
 pub mod node;

@@ -153,6 +153,19 @@ pub fn node_options(
             })?;
     opts.flannel_iface = cfg.flannel_iface.clone();
     opts.service_proxy = !cfg.disable_kube_proxy;
+    let serving = joined.serving.clone();
+    opts.kubelet = Some(crate::kubelet::KubeletOptions {
+        port: crate::kubelet::DEFAULT_PORT,
+        serving: crate::kubelet::ServingSource(std::sync::Arc::new(move |_node, ips| {
+            let serving = serving.clone();
+            Box::pin(async move {
+                join::fetch_serving_certificate(&serving, &ips)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        })),
+        client_ca_pem: joined.client_ca_pem.clone(),
+    });
     let s = &joined.settings;
     match s.cluster_dns.parse() {
         Ok(ip) => opts.cluster_dns = Some(ip),

@@ -336,6 +336,39 @@ fn agent_joins_with_the_token_and_is_confined_to_its_node() {
     let (ok, _, err) = kubectl(&kubelet, &["label", "node", &node, "r3s.test/own=yes"]);
     assert!(ok, "a node may label itself: {err}");
 
+    // The kubelet API: served with a certificate the server issued at join (server CA, node IP
+    // SAN), open to the API server's client certificate only.
+    let tls = dir.join("server/server/tls");
+    let curl = |cert: &str| {
+        let out = ns
+            .command("curl")
+            .args(["-sS", "--max-time", "10", "--cacert"])
+            .arg(tls.join("server-ca.crt"))
+            .arg("--cert")
+            .arg(tls.join(format!("{cert}.crt")))
+            .arg("--key")
+            .arg(tls.join(format!("{cert}.key")))
+            .args(["-w", " %{http_code}", "https://127.0.0.1:10250/healthz"])
+            .output()
+            .unwrap();
+        text(&out)
+    };
+    let (out, err) = eventually(
+        "the kubelet API",
+        Duration::from_secs(60),
+        &agent_log,
+        || {
+            let (out, err) = curl("client-kube-apiserver");
+            out.ends_with(" 200").then_some((out, err))
+        },
+    );
+    assert!(out.starts_with("ok"), "{out}{err}");
+    let (out, err) = curl("client-admin");
+    assert!(
+        out.ends_with(" 403") && out.contains("user=system:admin"),
+        "{out}{err}"
+    );
+
     // Another Node is out of reach.
     let other = format!("{uniq}-other");
     let manifest = dir.join("other-node.yaml");

@@ -173,6 +173,7 @@ pub async fn run(cfg: ServerConfig) -> Result<(), RunError> {
         tokens: Some(Arc::new(tokens)),
         metrics: Arc::default(),
         custom: Default::default(),
+        kubelet: Some(Arc::new(kubelet_client(&cfg, &certs)?)),
     };
     api::prepare(&state).await.map_err(RunError::Api)?;
     let (stop_api, api_stopped) = watch::channel(false);
@@ -217,7 +218,8 @@ pub async fn run(cfg: ServerConfig) -> Result<(), RunError> {
         info!("--disable-agent: this server runs no pods");
         None
     } else {
-        let opts = node_options(&cfg)?;
+        let mut opts = node_options(&cfg)?;
+        opts.kubelet = Some(kubelet_options(&cfg, &certs));
         let identity = client::node_identity(&cfg.node_name.to_string());
         Some(tokio::spawn(r3s_agent::run_node(
             client::in_process(state.clone(), identity),
@@ -303,6 +305,37 @@ async fn bounded<T>(
 /// Resolves once `true` has been sent on the channel (or its sender is gone).
 async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// The API server's side of the kubelet connection (see [`api::kubelet_proxy`]).
+fn kubelet_client(
+    cfg: &ServerConfig,
+    certs: &tls::Certificates,
+) -> Result<api::kubelet_proxy::KubeletClient, RunError> {
+    let (cert, key) = tls::kubelet::ensure_kubelet_client(&cfg.data_dir).map_err(RunError::Tls)?;
+    api::kubelet_proxy::KubeletClient::new(&certs.server_ca_pem, &cert, &key)
+        .map_err(|e| RunError::Tls(tls::TlsError::Config(format!("kubelet client: {e}"))))
+}
+
+/// The in-process agent's kubelet API: its serving certificate comes straight from the server CA.
+fn kubelet_options(
+    cfg: &ServerConfig,
+    certs: &tls::Certificates,
+) -> r3s_agent::kubelet::KubeletOptions {
+    let data_dir = cfg.data_dir.clone();
+    let serving =
+        r3s_agent::kubelet::ServingSource(Arc::new(move |node: String, ips: Vec<IpAddr>| {
+            let data_dir = data_dir.clone();
+            Box::pin(async move {
+                tls::kubelet::issue_kubelet_serving(&data_dir, &node, &ips)
+                    .map_err(|e| e.to_string())
+            })
+        }));
+    r3s_agent::kubelet::KubeletOptions {
+        port: r3s_agent::kubelet::DEFAULT_PORT,
+        serving,
+        client_ca_pem: certs.client_ca_pem.clone(),
+    }
 }
 
 /// The in-process agent's settings, from the server's flags (k3s's server takes the agent's).

@@ -5,7 +5,8 @@
 //! bundle's sha256 with the token's CA hash (a mismatch ends here, before any secret is sent) →
 //! from now on verify the server against that CA → read or make the node password (and node id) →
 //! `GET /v1-r3s/config` (basic auth, or a bootstrap bearer token) for the cluster's settings →
-//! `GET /v1-r3s/client-kubelet.crt` with the node name and password headers → write
+//! `GET /v1-r3s/client-ca.crt` (the kubelet API's trust root) → `GET /v1-r3s/client-kubelet.crt`
+//! with the node name and password headers → write
 //! `<data-dir>/agent/{server-ca.crt, client-kubelet.crt, client-kubelet.key, kubelet.kubeconfig}`.
 //!
 //! The agent joins at every start, so its client certificate (one year, from the server's client
@@ -39,6 +40,12 @@ pub const CACERTS_PATH: &str = "/cacerts";
 pub const CONFIG_PATH: &str = "/v1-r3s/config";
 /// The node's client certificate and key (k3s: `/v1-k3s/client-kubelet.crt`).
 pub const CLIENT_KUBELET_PATH: &str = "/v1-r3s/client-kubelet.crt";
+/// The kubelet API's serving certificate and key for the node (k3s: `/v1-k3s/serving-kubelet.crt`),
+/// with the node's addresses in [`NODE_IP_HEADER`] (comma-separated) as IP SANs.
+pub const SERVING_KUBELET_PATH: &str = "/v1-r3s/serving-kubelet.crt";
+/// The client CA bundle: the kubelet API accepts the API server's certificate from it.
+pub const CLIENT_CA_PATH: &str = "/v1-r3s/client-ca.crt";
+pub const NODE_IP_HEADER: &str = "r3s-Node-IP";
 /// Request headers naming the node and proving it is the machine that first used the name.
 pub const NODE_NAME_HEADER: &str = "r3s-Node-Name";
 pub const NODE_PASSWORD_HEADER: &str = "r3s-Node-Password";
@@ -130,6 +137,57 @@ pub struct Joined {
     /// `<data-dir>/agent/kubelet.kubeconfig`.
     pub kubeconfig: PathBuf,
     pub settings: ClusterSettings,
+    /// The client CA (PEM) the kubelet API checks callers against.
+    pub client_ca_pem: String,
+    /// How to ask for the kubelet API's serving certificate once the node's addresses are known.
+    pub serving: ServingRequest,
+}
+
+/// Everything [`fetch_serving_certificate`] needs.
+#[derive(Clone)]
+pub struct ServingRequest {
+    server: ServerUrl,
+    ca_pem: Vec<u8>,
+    authorization: String,
+    node_name: String,
+    password: String,
+}
+
+impl std::fmt::Debug for ServingRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServingRequest")
+            .field("server", &self.server.to_string())
+            .field("node_name", &self.node_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `GET /v1-r3s/serving-kubelet.crt` for the node's addresses: `(certificate PEM, key PEM)`.
+pub async fn fetch_serving_certificate(
+    req: &ServingRequest,
+    ips: &[std::net::IpAddr],
+) -> Result<(String, String), JoinError> {
+    let ips: Vec<String> = ips.iter().map(ToString::to_string).collect();
+    let headers = [
+        ("authorization", req.authorization.clone()),
+        (NODE_NAME_HEADER, req.node_name.clone()),
+        (NODE_PASSWORD_HEADER, req.password.clone()),
+        (NODE_IP_HEADER, ips.join(",")),
+    ];
+    let server = &req.server;
+    let answer = https::get(
+        server,
+        SERVING_KUBELET_PATH,
+        Trust::Ca(&req.ca_pem),
+        &headers,
+    )
+    .await?;
+    check_status(server, SERVING_KUBELET_PATH, &req.node_name, &answer)?;
+    split_cert_and_key(&answer.text()).ok_or_else(|| JoinError::BadAnswer {
+        server: server.to_string(),
+        path: SERVING_KUBELET_PATH.into(),
+        reason: "expected a PEM certificate followed by a PEM private key".into(),
+    })
 }
 
 /// Joins the server: see the module documentation for the steps.
@@ -180,6 +238,23 @@ pub async fn join(opts: &JoinOptions) -> Result<Joined, JoinError> {
             reason: e.to_string(),
         })?;
 
+    let answer = https::get(
+        server,
+        CLIENT_CA_PATH,
+        Trust::Ca(&ca_pem),
+        std::slice::from_ref(&auth),
+    )
+    .await?;
+    check_status(server, CLIENT_CA_PATH, &node_name, &answer)?;
+    let client_ca_pem = answer.text();
+
+    let serving = ServingRequest {
+        server: server.clone(),
+        ca_pem: ca_pem.clone(),
+        authorization: auth.1.clone(),
+        node_name: node_name.clone(),
+        password: password.clone(),
+    };
     let headers = [
         auth,
         (NODE_NAME_HEADER, node_name.clone()),
@@ -209,6 +284,8 @@ pub async fn join(opts: &JoinOptions) -> Result<Joined, JoinError> {
         node_name,
         kubeconfig,
         settings,
+        client_ca_pem,
+        serving,
     })
 }
 

@@ -116,6 +116,9 @@ pub struct NodeOptions {
     pub flannel_iface: Option<String>,
     /// Run the service proxy (kube-proxy's role; k3s `--disable-kube-proxy` turns it off).
     pub service_proxy: bool,
+    /// Serve the kubelet API (logs, exec, attach, port-forward for the API server); `None`
+    /// serves nothing.
+    pub kubelet: Option<crate::kubelet::KubeletOptions>,
 }
 
 impl NodeOptions {
@@ -141,6 +144,7 @@ impl NodeOptions {
             flannel_backend: overlay::Backend::Vxlan,
             flannel_iface: None,
             service_proxy: true,
+            kubelet: None,
         }
     }
 }
@@ -284,6 +288,15 @@ pub async fn run_node(
     let (stop_tx, stop_rx) = watch::channel(false);
     // Cluster DNS on this node's copy of the cluster DNS address (see crate::dns).
     let dns = crate::dns::spawn_for_node(client.clone(), &opts, stop_rx.clone());
+    let kubelet = opts.kubelet.clone().map(|k| {
+        let (ctx, stop) = (ctx.clone(), stop_rx.clone());
+        AbortOnDrop(tokio::spawn(async move {
+            if let Err(e) = crate::kubelet::server::serve(ctx, k, host_ip, stop).await {
+                warn!("kubelet API not served: {}", r3s_config::exit::chain(&e));
+            }
+            Ok(())
+        }))
+    });
     let mut manager = AbortOnDrop(tokio::spawn(pods::manage(ctx.clone(), stop_rx)));
     let ips = [Some(host_ip), opts.node_external_ip];
     let proxy = (opts.service_proxy).then(|| {
@@ -345,6 +358,7 @@ pub async fn run_node(
         proxy.stop().await; // deletes its nftables table
     }
     let _ = stop_tx.send(true);
+    drop(kubelet);
     if let Some(dns) = dns {
         dns.join().await;
     }

@@ -14,6 +14,7 @@
 //!   libcontainer would silently skip the profile.
 
 pub mod cleanup;
+pub mod exec;
 pub mod logs;
 pub mod spec;
 
@@ -44,6 +45,16 @@ static LIBCONTAINER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 fn libcontainer_lock() -> std::sync::MutexGuard<'static, ()> {
     // A panic while holding the lock leaves nothing to repair: the guard protects no data.
     LIBCONTAINER.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs a libcontainer call that forks container processes with tracing silenced on this thread.
+///
+/// The forked processes inherit the thread's tracing dispatcher and write events to *their*
+/// stderr, which by then is the container's: libcontainer's own warnings (e.g. "seccomp not
+/// available") would otherwise appear in the container's log, in `kubectl logs`, and in exec
+/// output. The failure itself still comes back as the call's error.
+fn quietly<T>(f: impl FnOnce() -> T) -> T {
+    tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), f)
 }
 
 /// Runtime failures, each naming the container.
@@ -227,7 +238,7 @@ impl Runtime {
         let out = null().map_err(io("open /dev/null"))?;
         let err = null().map_err(io("open /dev/null"))?;
         let lock = libcontainer_lock();
-        let pid = ContainerBuilder::new(id.to_owned(), SyscallType::default())
+        let builder = ContainerBuilder::new(id.to_owned(), SyscallType::default())
             .with_root_path(&self.root)
             .map_err(|source| RuntimeError::Libcontainer {
                 id: id.to_owned(),
@@ -239,13 +250,12 @@ impl Runtime {
             .with_stderr(err)
             .as_tenant()
             .with_container_args(args)
-            .with_detach(true)
-            .build()
-            .map_err(|source| RuntimeError::Libcontainer {
-                id: id.to_owned(),
-                op: "exec",
-                source: Box::new(source),
-            })?;
+            .with_detach(true);
+        let pid = quietly(|| builder.build()).map_err(|source| RuntimeError::Libcontainer {
+            id: id.to_owned(),
+            op: "exec",
+            source: Box::new(source),
+        })?;
         // Waiting for the probe's process needs no lock.
         drop(lock);
         let deadline = std::time::Instant::now() + timeout;
@@ -298,7 +308,7 @@ fn run_blocking(
         source,
     })?;
     let _lock = libcontainer_lock();
-    let mut container = ContainerBuilder::new(id.to_owned(), SyscallType::default())
+    let builder = ContainerBuilder::new(id.to_owned(), SyscallType::default())
         .with_root_path(root)
         .map_err(lc("state root"))?
         .with_executor(DefaultExecutor {})
@@ -307,9 +317,8 @@ fn run_blocking(
         .as_init(bundle)
         // InitContainerBuilder defaults to systemd, which needs D-Bus and a systemd PID 1.
         .with_systemd(false)
-        .with_detach(true)
-        .build()
-        .map_err(lc("create"))?;
+        .with_detach(true);
+    let mut container = quietly(|| builder.build()).map_err(lc("create"))?;
     let pid = container
         .pid()
         .ok_or_else(|| RuntimeError::NoPid { id: id.to_owned() })?;
@@ -319,7 +328,7 @@ fn run_blocking(
         op: "pidfd_open",
         source,
     })?;
-    if let Err(e) = container.start() {
+    if let Err(e) = quietly(|| container.start()) {
         let _ = container.delete(true);
         let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
         return Err(lc("start")(e));

@@ -23,6 +23,7 @@ pub mod defaults;
 pub mod discovery;
 pub mod error;
 mod handlers;
+pub mod kubelet_proxy;
 pub mod lifecycle;
 pub mod metrics;
 pub mod object;
@@ -70,6 +71,8 @@ pub struct ApiState {
     pub metrics: Arc<metrics::Metrics>,
     /// Custom resources served from CRDs.
     pub custom: registry::Custom,
+    /// How streaming pod subresources reach kubelets; `None` answers them 503.
+    pub kubelet: Option<Arc<kubelet_proxy::KubeletClient>>,
 }
 
 impl ApiState {
@@ -82,6 +85,7 @@ impl ApiState {
             tokens: None,
             metrics: Arc::default(),
             custom: registry::Custom::default(),
+            kubelet: None,
         }
     }
 }
@@ -144,6 +148,7 @@ pub async fn serve_listener(
         tokens: opts.tokens,
         metrics: Arc::default(),
         custom: registry::Custom::default(),
+        kubelet: None,
     };
     prepare(&state).await?;
     serve_state(listener, state, opts.tls, shutdown).await

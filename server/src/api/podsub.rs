@@ -56,13 +56,6 @@ pub fn bind(pod: &Value, binding: &Value) -> Result<Value, ApiError> {
 /// Subresources that stream from the node agent.
 pub const STREAMING: &[&str] = &["log", "exec", "attach", "portforward"];
 
-/// The error of a streaming subresource until the agent connection exists.
-pub fn streaming_unavailable(sub: &str) -> ApiError {
-    ApiError::ServiceUnavailable(format!(
-        "pods/{sub} needs the connection to the node agent, which this r3s server does not provide yet"
-    ))
-}
-
 /// The Status returned by successful action subresources (binding, eviction).
 pub fn success() -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})

@@ -7,6 +7,11 @@
 //!   `r3s-Node-Name` header (CN `system:node:<name>`, O `system:nodes`, signed by the client CA,
 //!   valid one year), issued only if the `r3s-Node-Password` header matches the password the name
 //!   was first joined with ([`password`]).
+//! - `GET /v1-r3s/serving-kubelet.crt`: the node's kubelet API serving certificate and key
+//!   (signed by the server CA, SANs = node name and the addresses in `r3s-Node-IP`), with the same
+//!   node name and password check.
+//! - `GET /v1-r3s/client-ca.crt`: the client CA bundle (the kubelet API trusts the API server's
+//!   client certificate through it).
 //!
 //! The last two need the join secret (HTTP basic auth, any user, as k3s's `node:<secret>` or
 //! `server:<secret>`) or a valid bootstrap token (`Authorization: Bearer <id>.<secret>`,
@@ -30,8 +35,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine;
 use r3s_agent::join::{
-    CACERTS_PATH, CLIENT_KUBELET_PATH, CONFIG_PATH, ClusterSettings, NODE_NAME_HEADER,
-    NODE_PASSWORD_HEADER,
+    CACERTS_PATH, CLIENT_CA_PATH, CLIENT_KUBELET_PATH, CONFIG_PATH, ClusterSettings,
+    NODE_IP_HEADER, NODE_NAME_HEADER, NODE_PASSWORD_HEADER, SERVING_KUBELET_PATH,
 };
 
 use crate::store::Store;
@@ -55,6 +60,8 @@ pub fn routes(state: JoinState) -> Router {
         .route(CACERTS_PATH, get(cacerts))
         .route(CONFIG_PATH, get(config))
         .route(CLIENT_KUBELET_PATH, get(client_kubelet))
+        .route(SERVING_KUBELET_PATH, get(serving_kubelet))
+        .route(CLIENT_CA_PATH, get(client_ca))
         .with_state(state)
 }
 
@@ -77,9 +84,15 @@ async fn config(State(state): State<JoinState>, headers: HeaderMap) -> Response 
     }
 }
 
-async fn client_kubelet(State(state): State<JoinState>, headers: HeaderMap) -> Response {
-    if !authenticate(&state, &headers, CLIENT_KUBELET_PATH) {
-        return unauthorized();
+/// The node named by the request, after the credentials and node password checks; `Err` is
+/// the answer to send.
+async fn checked_node(
+    state: &JoinState,
+    headers: &HeaderMap,
+    path: &str,
+) -> Result<String, Response> {
+    if !authenticate(state, headers, path) {
+        return Err(unauthorized());
     }
     let header_value = |name: &str| {
         headers
@@ -92,25 +105,35 @@ async fn client_kubelet(State(state): State<JoinState>, headers: HeaderMap) -> R
         header_value(NODE_NAME_HEADER),
         header_value(NODE_PASSWORD_HEADER),
     ) else {
-        return text(
+        return Err(text(
             StatusCode::BAD_REQUEST,
             format!("the {NODE_NAME_HEADER} and {NODE_PASSWORD_HEADER} headers are required"),
-        );
+        ));
     };
     if let Err(e) = node.parse::<r3s_config::DnsName>() {
-        return text(StatusCode::BAD_REQUEST, format!("node name {node:?}: {e}"));
+        return Err(text(
+            StatusCode::BAD_REQUEST,
+            format!("node name {node:?}: {e}"),
+        ));
     }
     match password::verify_or_remember(state.store.as_ref(), node, password).await {
-        Ok(()) => {}
+        Ok(()) => Ok(node.to_owned()),
         Err(e @ password::PasswordError::Mismatch { .. }) => {
             tracing::warn!("{e}");
-            return text(StatusCode::FORBIDDEN, e.to_string());
+            Err(text(StatusCode::FORBIDDEN, e.to_string()))
         }
         Err(e) => {
             tracing::error!("{e}");
-            return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+            Err(text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
         }
     }
+}
+
+async fn client_kubelet(State(state): State<JoinState>, headers: HeaderMap) -> Response {
+    let node = match checked_node(&state, &headers, CLIENT_KUBELET_PATH).await {
+        Ok(node) => node,
+        Err(answer) => return answer,
+    };
     let user = format!("system:node:{node}");
     match crate::tls::issue_client_certificate(&state.data_dir, &user, &["system:nodes"]) {
         Ok((cert, key)) => {
@@ -121,6 +144,53 @@ async fn client_kubelet(State(state): State<JoinState>, headers: HeaderMap) -> R
             tracing::error!(node, "issuing the node client certificate: {e}");
             text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
         }
+    }
+}
+
+async fn serving_kubelet(State(state): State<JoinState>, headers: HeaderMap) -> Response {
+    let node = match checked_node(&state, &headers, SERVING_KUBELET_PATH).await {
+        Ok(node) => node,
+        Err(answer) => return answer,
+    };
+    let mut ips = Vec::new();
+    let listed = headers
+        .get(NODE_IP_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    for ip in listed.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match ip.parse::<std::net::IpAddr>() {
+            Ok(ip) => ips.push(ip),
+            Err(_) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("{NODE_IP_HEADER}: {ip:?} is not an IP address"),
+                );
+            }
+        }
+    }
+    match crate::tls::kubelet::issue_kubelet_serving(&state.data_dir, &node, &ips) {
+        Ok((cert, key)) => {
+            tracing::info!(node, ?ips, "issued a kubelet serving certificate");
+            text(StatusCode::OK, format!("{cert}{key}"))
+        }
+        Err(e) => {
+            tracing::error!(node, "issuing the kubelet serving certificate: {e}");
+            text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+    }
+}
+
+async fn client_ca(State(state): State<JoinState>, headers: HeaderMap) -> Response {
+    if !authenticate(&state, &headers, CLIENT_CA_PATH) {
+        return unauthorized();
+    }
+    let path = state.data_dir.join("server/tls/client-ca.crt");
+    match std::fs::read_to_string(&path) {
+        Ok(pem) => text(StatusCode::OK, pem),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{}: {e}", path.display()),
+        ),
     }
 }
 

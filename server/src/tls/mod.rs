@@ -7,6 +7,7 @@
 //! its SANs no longer cover what was asked for. The CAs are never re-issued.
 
 pub mod certs;
+pub mod kubelet;
 pub mod listener;
 pub mod renew;
 

@@ -145,7 +145,7 @@ async fn run(
     if let Some(sub) = target.subresource.as_deref()
         && podsub::STREAMING.contains(&sub)
     {
-        return Err(podsub::streaming_unavailable(sub));
+        return super::kubelet_proxy::proxy(&state, &user, &target, &query, request).await;
     }
     let (parts, body) = request.into_parts();
     let body = body::to_bytes(body, MAX_BODY)
