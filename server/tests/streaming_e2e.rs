@@ -586,6 +586,33 @@ print("PF:" + ("ok" if b"hello-from-pod" in data else repr(data)))
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // --- errors from the proxy ---------------------------------------------------------
+    let stuck = dir.join("stuck.yaml");
+    std::fs::write(
+        &stuck,
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: pending}}\nspec:\n  nodeSelector: {{nowhere: \"true\"}}\n  containers: [{{name: c, image: \"{image}\"}}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: ghost}}\nspec:\n  nodeName: ghost-node\n  containers: [{{name: c, image: \"{image}\"}}]\n"
+        ),
+    )
+    .unwrap();
+    env.ok(&["apply", "-f", stuck.to_str().unwrap()]);
+    let (code, _, err) = env.kubectl(&["logs", "pending"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("pod pending does not have a host assigned"),
+        "{err}"
+    );
+    let (code, _, err) = env.kubectl(&["logs", "ghost"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("ServiceUnavailable") && err.contains("ghost-node"),
+        "{err}"
+    );
+    let (code, _, err) = env.kubectl(&["logs", "nosuchpod"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("pods \"nosuchpod\" not found"), "{err}");
+    env.ok(&["delete", "-f", stuck.to_str().unwrap(), "--wait=false"]);
+
     // --- RBAC ---------------------------------------------------------------------------
     env.ok(&["create", "serviceaccount", "viewer"]);
     env.ok(&[
