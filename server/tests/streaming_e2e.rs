@@ -274,6 +274,13 @@ fn kubectl_logs_exec_attach_port_forward() {
         || !require("busybox-static", support::have_busybox())
         || !require("kubectl", Path::new(KUBECTL).exists())
         || !require("script (util-linux)", Path::new("/usr/bin/script").exists())
+        || !require(
+            "the Python kubernetes client (python3 -c 'import kubernetes')",
+            Command::new("python3")
+                .args(["-c", "import kubernetes"])
+                .output()
+                .is_ok_and(|o| o.status.success()),
+        )
     {
         return;
     }
