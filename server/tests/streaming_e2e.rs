@@ -274,6 +274,13 @@ fn kubectl_logs_exec_attach_port_forward() {
         || !require("busybox-static", support::have_busybox())
         || !require("kubectl", Path::new(KUBECTL).exists())
         || !require("script (util-linux)", Path::new("/usr/bin/script").exists())
+        || !require(
+            "the Python kubernetes client (python3 -c 'import kubernetes')",
+            Command::new("python3")
+                .args(["-c", "import kubernetes"])
+                .output()
+                .is_ok_and(|o| o.status.success()),
+        )
     {
         return;
     }
@@ -585,6 +592,33 @@ print("PF:" + ("ok" if b"hello-from-pod" in data else repr(data)))
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // --- errors from the proxy ---------------------------------------------------------
+    let stuck = dir.join("stuck.yaml");
+    std::fs::write(
+        &stuck,
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: pending}}\nspec:\n  nodeSelector: {{nowhere: \"true\"}}\n  containers: [{{name: c, image: \"{image}\"}}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: ghost}}\nspec:\n  nodeName: ghost-node\n  containers: [{{name: c, image: \"{image}\"}}]\n"
+        ),
+    )
+    .unwrap();
+    env.ok(&["apply", "-f", stuck.to_str().unwrap()]);
+    let (code, _, err) = env.kubectl(&["logs", "pending"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("pod pending does not have a host assigned"),
+        "{err}"
+    );
+    let (code, _, err) = env.kubectl(&["logs", "ghost"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("ServiceUnavailable") && err.contains("ghost-node"),
+        "{err}"
+    );
+    let (code, _, err) = env.kubectl(&["logs", "nosuchpod"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("pods \"nosuchpod\" not found"), "{err}");
+    env.ok(&["delete", "-f", stuck.to_str().unwrap(), "--wait=false"]);
 
     // --- RBAC ---------------------------------------------------------------------------
     env.ok(&["create", "serviceaccount", "viewer"]);
