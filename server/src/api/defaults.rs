@@ -56,6 +56,7 @@ pub fn apply(res: &Resource, obj: &mut Value) {
             if res.kind != "DaemonSet" {
                 set_if_missing(spec, "replicas", json!(1));
             }
+            set_strategy(res.kind, spec);
             if let Some(pod) = at(spec, &["template", "spec"]) {
                 pod_spec(pod);
             }
@@ -86,6 +87,27 @@ pub fn apply(res: &Resource, obj: &mut Value) {
         }
         _ => {}
     }
+}
+
+/// DaemonSet and StatefulSet update strategies and history limit (kubectl's `rollout status`
+/// refuses a set without `updateStrategy.type`).
+fn set_strategy(kind: &str, spec: &mut Value) {
+    let strategy = match kind {
+        "DaemonSet" => json!({"type": "RollingUpdate",
+            "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
+        "StatefulSet" => {
+            set_if_missing(spec, "podManagementPolicy", json!("OrderedReady"));
+            set_if_missing(
+                spec,
+                "persistentVolumeClaimRetentionPolicy",
+                json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
+            );
+            json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}})
+        }
+        _ => return,
+    };
+    set_if_missing(spec, "revisionHistoryLimit", json!(10));
+    set_if_missing(spec, "updateStrategy", strategy);
 }
 
 /// Job defaults as upstream sets them: a Job with neither completions nor parallelism runs one

@@ -7,9 +7,9 @@
 //! | file | watches | writes |
 //! |---|---|---|
 //! | `replicaset.rs` | ReplicaSets, Pods | Pods, ReplicaSet status |
-//! | `daemonset.rs` | DaemonSets, Pods, Nodes | Pods, DaemonSet status |
+//! | `daemonset.rs` | DaemonSets, Pods, Nodes, ControllerRevisions | Pods, ControllerRevisions, DaemonSet status |
 //! | `deployment.rs` | Deployments, ReplicaSets | ReplicaSets, Deployment status |
-//! | `statefulset.rs` | StatefulSets, Pods | Pods, StatefulSet status |
+//! | `statefulset.rs` | StatefulSets, Pods, ControllerRevisions | Pods, ControllerRevisions, StatefulSet status |
 //! | `gc.rs` | every owned kind | dependents of deleted owners, owner finalizers |
 //! | `namespace.rs` | Namespaces | contents of terminating namespaces, `finalize` |
 //! | `nodelifecycle.rs` | Nodes, Leases, Pods | node conditions and taints, evictions |
@@ -22,8 +22,8 @@
 //! | `disruption.rs` | PodDisruptionBudgets, Pods | PodDisruptionBudget status |
 //! | `serviceaccount.rs` | Namespaces | `default` ServiceAccount, `kube-root-ca.crt` |
 //!
-//! Not controlled yet: ControllerRevisions (served, but StatefulSets do not write them),
-//! PersistentVolumeClaims (StatefulSet volumeClaimTemplates are refused).
+//! DaemonSets and StatefulSets keep their template history as ControllerRevisions (`history.rs`).
+//! Not controlled yet: PersistentVolumeClaims (StatefulSet volumeClaimTemplates are refused).
 //!
 //! Leader election (designed, not built; one server needs none): when several servers share an
 //! etcd store, [`run`] would first take the Lease `kube-system/kube-controller-manager`
@@ -44,6 +44,7 @@ pub mod endpointslice;
 pub mod events;
 pub mod expectations;
 pub mod gc;
+pub mod history;
 pub mod job;
 pub mod namespace;
 pub mod nodeipam;

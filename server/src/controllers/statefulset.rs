@@ -4,8 +4,9 @@
 //!
 //! Watches StatefulSets and Pods (one shared cache); owns the pods. Pods get `hostname` = their name
 //! and `subdomain` = `serviceName`, and the labels `statefulset.kubernetes.io/pod-name`,
-//! `apps.kubernetes.io/pod-index` and `controller-revision-hash` (a template hash: ControllerRevision
-//! objects are not served yet). Sets with `volumeClaimTemplates` are refused with a FailedCreate
+//! `apps.kubernetes.io/pod-index` and `controller-revision-hash` (the name of the ControllerRevision
+//! `<set>-<template hash>` holding their template: [`history`] keeps them, `status.updateRevision`
+//! and `currentRevision` name them, `kubectl rollout history|undo statefulset` reads them). Sets with `volumeClaimTemplates` are refused with a FailedCreate
 //! event, since PersistentVolumeClaims are not served yet either.
 //!
 //! Invariants: OrderedReady never creates ordinal i before 0..i are Running and Ready, never
@@ -17,7 +18,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
+use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
@@ -29,14 +30,17 @@ use serde_json::json;
 use super::daemonset::REVISION_HASH;
 use super::events::{EventType, Recorder, reference};
 use super::expectations::Expectations;
-use super::{ControllerError, pods, rollout};
+use super::{ControllerError, history, pods, rollout};
 
 pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
 pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
+/// The label upstream puts on a StatefulSet's ControllerRevisions: the template hash.
+pub const HASH_LABEL: &str = "controller.kubernetes.io/hash";
 
 pub struct Context {
     pub client: kube::Client,
     pub pods: Store<Pod>,
+    pub revisions: Store<ControllerRevision>,
     pub expectations: Expectations,
     pub recorder: Recorder,
 }
@@ -214,10 +218,30 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, C
         .and_then(|s| s.rolling_update.as_ref())
         .and_then(|r| r.partition)
         .unwrap_or(0);
-    let update_revision = format!(
-        "{name}-{}",
-        rollout::template_hash(&sts.spec.template, None)
-    );
+    let hash = rollout::template_hash(&sts.spec.template, None);
+    let update_revision = format!("{name}-{hash}");
+    let previous = sts.status.clone().unwrap_or_default();
+    let mut live: HashSet<String> = active
+        .values()
+        .filter_map(|p| revision_of(p).map(str::to_string))
+        .collect();
+    live.extend(previous.current_revision.clone());
+    let owner = history::Owner {
+        api_version: "apps/v1",
+        kind: "StatefulSet",
+        meta: &sts.metadata,
+        template: &sts.spec.template,
+        name: update_revision.clone(),
+        extra_labels: vec![(HASH_LABEL.to_string(), hash.clone())],
+        history_limit: sts.spec.revision_history_limit.unwrap_or(10),
+    };
+    history::sync(
+        &ctx.client,
+        history::owned(&ctx.revisions, &sts.metadata),
+        &owner,
+        &live,
+    )
+    .await?;
     if settled {
         let mut todo = plan(replicas, parallel, partition, &update_revision, &present);
         if on_delete {
@@ -288,7 +312,6 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, C
         i32::try_from(active.values().filter(|p| f(p)).count()).unwrap_or(i32::MAX)
     };
     let updated = count(&|p: &Pod| revision_of(p) == Some(update_revision.as_str()));
-    let previous = sts.status.clone().unwrap_or_default();
     let current_revision =
         if updated == replicas && i32::try_from(active.len()).ok() == Some(replicas) {
             update_revision.clone()
@@ -381,14 +404,26 @@ pub async fn run(
     )
     .default_backoff()
     .touched_objects();
+    let (revision_store, rw) = reflector::store();
+    let revision_events = reflector(
+        rw,
+        watcher(
+            Api::<ControllerRevision>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
     let ctx = Arc::new(Context {
         client: client.clone(),
         pods: pod_store,
+        revisions: revision_store,
         expectations: Expectations::default(),
         recorder: Recorder::new(client.clone(), "statefulset-controller"),
     });
     Controller::new(Api::<StatefulSet>::all(client), watcher::Config::default())
         .owns_stream(pod_events)
+        .owns_stream(revision_events)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
