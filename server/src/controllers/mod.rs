@@ -9,7 +9,7 @@
 //! | `replicaset.rs` | ReplicaSets, Pods | Pods, ReplicaSet status |
 //! | `daemonset.rs` | DaemonSets, Pods, Nodes, ControllerRevisions | Pods, ControllerRevisions, DaemonSet status |
 //! | `deployment.rs` | Deployments, ReplicaSets | ReplicaSets, Deployment status |
-//! | `statefulset.rs` | StatefulSets, Pods, ControllerRevisions | Pods, ControllerRevisions, StatefulSet status |
+//! | `statefulset.rs` | StatefulSets, Pods, ControllerRevisions | Pods, PVCs, ControllerRevisions, StatefulSet status |
 //! | `gc.rs` | every owned kind | dependents of deleted owners, owner finalizers |
 //! | `namespace.rs` | Namespaces | contents of terminating namespaces, `finalize` |
 //! | `nodelifecycle.rs` | Nodes, Leases, Pods | node conditions and taints, evictions |
@@ -23,7 +23,7 @@
 //! | `serviceaccount.rs` | Namespaces | `default` ServiceAccount, `kube-root-ca.crt` |
 //!
 //! DaemonSets and StatefulSets keep their template history as ControllerRevisions (`history.rs`).
-//! Not controlled yet: PersistentVolumeClaims (StatefulSet volumeClaimTemplates are refused).
+//! StatefulSet volumeClaimTemplates become PersistentVolumeClaims (`claims.rs`).
 //!
 //! Leader election (designed, not built; one server needs none): when several servers share an
 //! etcd store, [`run`] would first take the Lease `kube-system/kube-controller-manager`
@@ -34,6 +34,7 @@
 //! leader could not rebuild from the API (expectations only ever delay work), so hand-over needs
 //! nothing more.
 
+pub mod claims;
 pub mod clock;
 pub mod cronjob;
 pub mod daemonset;

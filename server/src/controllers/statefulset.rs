@@ -6,8 +6,9 @@
 //! and `subdomain` = `serviceName`, and the labels `statefulset.kubernetes.io/pod-name`,
 //! `apps.kubernetes.io/pod-index` and `controller-revision-hash` (the name of the ControllerRevision
 //! `<set>-<template hash>` holding their template: [`history`] keeps them, `status.updateRevision`
-//! and `currentRevision` name them, `kubectl rollout history|undo statefulset` reads them). Sets with `volumeClaimTemplates` are refused with a FailedCreate
-//! event, since PersistentVolumeClaims are not served yet either.
+//! and `currentRevision` name them, `kubectl rollout history|undo statefulset` reads them).
+//! `volumeClaimTemplates` become PersistentVolumeClaims `<claim>-<set>-<ordinal>`, made before the
+//! pod that mounts them ([`claims`]).
 //!
 //! Invariants: OrderedReady never creates ordinal i before 0..i are Running and Ready, never
 //! deletes more than one pod at a time, and only while every other pod is ready; a rolling update
@@ -30,7 +31,7 @@ use serde_json::json;
 use super::daemonset::REVISION_HASH;
 use super::events::{EventType, Recorder, reference};
 use super::expectations::Expectations;
-use super::{ControllerError, history, pods, rollout};
+use super::{ControllerError, claims, history, pods, rollout};
 
 pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
 pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
@@ -161,22 +162,6 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, C
     let name = sts.metadata.name.clone().unwrap_or_default();
     let uid = sts.metadata.uid.clone().unwrap_or_default();
     let sts_ref = reference("apps/v1", "StatefulSet", &sts.metadata);
-    if sts
-        .spec
-        .volume_claim_templates
-        .as_ref()
-        .is_some_and(|v| !v.is_empty())
-    {
-        ctx.recorder
-            .record(
-                &sts_ref,
-                EventType::Warning,
-                "FailedCreate",
-                "volumeClaimTemplates need PersistentVolumeClaims, which this server does not serve yet",
-            )
-            .await;
-        return Ok(Action::await_change());
-    }
     let owned: Vec<Arc<Pod>> = ctx
         .pods
         .state()
@@ -255,6 +240,7 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, C
         }
         let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
         for i in &todo.create {
+            claims::ensure(&ctx.client, &ctx.recorder, &sts, *i).await?;
             let pod = pod_for(&sts, *i, &update_revision);
             let pod_name = pod.metadata.name.clone().unwrap_or_default();
             ctx.expectations.created(&key, &pod_name);
@@ -306,6 +292,10 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, C
                 }
             }
         }
+    }
+
+    if settled {
+        claims::prune_scaled(&ctx.client, &sts, replicas, |o| present.contains_key(&o)).await?;
     }
 
     let count = |f: &dyn Fn(&Pod) -> bool| {
@@ -369,6 +359,7 @@ fn pod_for(sts: &StatefulSet, ordinal: i32, revision: &str) -> Pod {
     if let Some(service) = sts.spec.service_name.clone().filter(|s| !s.is_empty()) {
         spec.subdomain = Some(service);
     }
+    claims::add_volumes(sts, &mut spec, ordinal);
     Pod {
         metadata: ObjectMeta {
             name: Some(name),
