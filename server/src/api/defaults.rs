@@ -25,6 +25,7 @@ pub fn apply(res: &Resource, obj: &mut Value) {
         ("", "Pod") => {
             if let Some(spec) = at(obj, &["spec"]) {
                 pod_spec(spec);
+                default_toleration_seconds(spec);
             }
         }
         ("apps", "Deployment") => {
@@ -86,6 +87,33 @@ pub fn apply(res: &Resource, obj: &mut Value) {
             }
         }
         _ => {}
+    }
+}
+
+/// Upstream's DefaultTolerationSeconds admission: a pod that does not tolerate the not-ready or
+/// unreachable NoExecute taint gets a 300 s toleration of it, so it leaves a dead node after five
+/// minutes (the node lifecycle controller evicts it when the toleration runs out).
+fn default_toleration_seconds(spec: &mut Value) {
+    let Some(map) = spec.as_object_mut() else {
+        return;
+    };
+    let list = map.entry("tolerations").or_insert_with(|| json!([]));
+    let Some(list) = list.as_array_mut() else {
+        return;
+    };
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
+        let has = list.iter().any(|t| {
+            t["key"] == json!(key) && (t["effect"].is_null() || t["effect"] == json!("NoExecute"))
+        });
+        if !has {
+            list.push(
+                json!({"key": key, "operator": "Exists", "effect": "NoExecute",
+                "tolerationSeconds": 300}),
+            );
+        }
     }
 }
 
