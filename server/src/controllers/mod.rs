@@ -25,14 +25,12 @@
 //! DaemonSets and StatefulSets keep their template history as ControllerRevisions (`history.rs`).
 //! StatefulSet volumeClaimTemplates become PersistentVolumeClaims (`claims.rs`).
 //!
-//! Leader election (designed, not built; one server needs none): when several servers share an
-//! etcd store, [`run`] would first take the Lease `kube-system/kube-controller-manager`
-//! (`holderIdentity` = server name, `leaseDurationSeconds` 15, renewed every 2 s as a
-//! compare-and-swap on its resourceVersion, taken over only once `renewTime + duration` has
-//! passed) and drop every loop the moment a renewal fails; the scheduler the same with
-//! `kube-system/kube-scheduler`. Every loop is level-triggered and keeps no state that a new
-//! leader could not rebuild from the API (expectations only ever delay work), so hand-over needs
-//! nothing more.
+//! Leader election (`leader.rs`, off unless [`ControllerOptions::leader_election`] is set; one
+//! server needs none): when several servers share one datastore, [`run`] first takes the Lease
+//! `kube-system/kube-controller-manager` and runs the loops only while it holds it (the scheduler
+//! likewise with `kube-system/kube-scheduler`). Every loop is level-triggered and keeps no state
+//! that a new leader could not rebuild from the API (expectations only ever delay work), so
+//! hand-over needs nothing more.
 
 pub mod claims;
 pub mod clock;
@@ -47,6 +45,7 @@ pub mod expectations;
 pub mod gc;
 pub mod history;
 pub mod job;
+pub mod leader;
 pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
@@ -93,6 +92,8 @@ pub struct ControllerOptions {
     /// The longest a CronJob waits before its schedule is looked at again (normally it wakes at
     /// its next scheduled time; this bounds the wait when the clock is moved).
     pub cronjob_max_requeue: Duration,
+    /// Run the loops only while holding this Lease (several servers on one datastore).
+    pub leader_election: Option<leader::LeaderElection>,
 }
 
 impl Default for ControllerOptions {
@@ -109,6 +110,7 @@ impl Default for ControllerOptions {
             job_backoff_base: Duration::from_secs(10),
             clock: clock::Clock::default(),
             cronjob_max_requeue: Duration::from_secs(300),
+            leader_election: None,
         }
     }
 }
@@ -146,8 +148,24 @@ impl ControllerError {
     }
 }
 
-/// Runs every control loop until `shutdown` resolves.
+/// Runs every control loop until `shutdown` resolves (with leader election: while leading).
 pub async fn run(
+    client: kube::Client,
+    opts: ControllerOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    match opts.leader_election.clone() {
+        None => run_loops(client, opts, shutdown).await,
+        Some(le) => {
+            leader::run(client.clone(), le, shutdown, |stop| {
+                run_loops(client.clone(), opts.clone(), stop)
+            })
+            .await;
+        }
+    }
+}
+
+async fn run_loops(
     client: kube::Client,
     opts: ControllerOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,

@@ -42,7 +42,11 @@ pub const RETRY: Duration = Duration::from_secs(30);
 
 /// Settings of the scheduler.
 #[derive(Clone, Debug, Default)]
-pub struct SchedulerOptions {}
+pub struct SchedulerOptions {
+    /// Schedule only while holding this Lease (`kube-system/kube-scheduler`; several servers on
+    /// one datastore).
+    pub leader_election: Option<crate::controllers::leader::LeaderElection>,
+}
 
 /// Errors of one bind.
 #[derive(Debug, thiserror::Error)]
@@ -69,9 +73,21 @@ struct State {
 /// Runs the scheduler until `shutdown`.
 pub async fn run(
     client: kube::Client,
-    _opts: SchedulerOptions,
+    opts: SchedulerOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    match opts.leader_election {
+        None => run_scheduler(client, shutdown).await,
+        Some(le) => {
+            crate::controllers::leader::run(client.clone(), le, shutdown, |stop| {
+                run_scheduler(client.clone(), stop)
+            })
+            .await;
+        }
+    }
+}
+
+async fn run_scheduler(client: kube::Client, shutdown: impl Future<Output = ()> + Send + 'static) {
     let (nodes, node_writer) = reflector::store();
     let (pod_store, pod_writer) = reflector::store();
     let state = Arc::new(State {
