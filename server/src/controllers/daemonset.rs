@@ -22,12 +22,13 @@ use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::watcher;
 use serde_json::json;
 
+use super::cache;
 use super::events::{EventType, Recorder, reference};
 use super::expectations::Expectations;
 use super::{ControllerError, history, pods, rollout};
@@ -408,31 +409,15 @@ async fn delete_pods(
         }
         let name = pod.metadata.name.clone().unwrap_or_default();
         ctx.expectations.deleted(key, &uid);
-        let params = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: Some(uid),
-                resource_version: None,
-            }),
-            ..DeleteParams::default()
-        };
-        match api.delete(&name, &params).await {
-            Ok(_) => {
-                ctx.recorder
-                    .record(
-                        &ds_ref,
-                        EventType::Normal,
-                        "SuccessfulDelete",
-                        &format!("Deleted pod: {name}"),
-                    )
-                    .await;
-            }
-            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-            Err(source) => {
-                return Err(ControllerError::Write {
-                    what: format!("deleting pod {namespace}/{name}"),
-                    source,
-                });
-            }
+        if pods::delete_exact(&api, &pod.metadata).await? {
+            ctx.recorder
+                .record(
+                    &ds_ref,
+                    EventType::Normal,
+                    "SuccessfulDelete",
+                    &format!("Deleted pod: {name}"),
+                )
+                .await;
         }
     }
     Ok(())
@@ -448,30 +433,9 @@ pub async fn run(
     client: kube::Client,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (pod_store, pw) = reflector::store();
-    let pod_events = reflector(
-        pw,
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects();
-    let (node_store, nw) = reflector::store();
-    let node_events = reflector(
-        nw,
-        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects();
-    let (revision_store, rw) = reflector::store();
-    let revision_events = reflector(
-        rw,
-        watcher(
-            Api::<ControllerRevision>::all(client.clone()),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    .touched_objects();
+    let (pod_store, pod_events) = cache::watched::<Pod>(&client);
+    let (node_store, node_events) = cache::watched::<Node>(&client);
+    let (revision_store, revision_events) = cache::watched::<ControllerRevision>(&client);
     let ctx = Arc::new(Context {
         client: client.clone(),
         pods: pod_store,

@@ -32,6 +32,7 @@
 //! that a new leader could not rebuild from the API (expectations only ever delay work), so
 //! hand-over needs nothing more.
 
+pub mod cache;
 pub mod claims;
 pub mod clock;
 pub mod cronjob;

@@ -22,12 +22,13 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::Store;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::watcher;
 use serde_json::json;
 
+use super::cache;
 use super::daemonset::REVISION_HASH;
 use super::events::{EventType, Recorder, reference};
 use super::expectations::Expectations;
@@ -269,27 +270,11 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, C
             };
             let pod_uid = pod.metadata.uid.clone().unwrap_or_default();
             ctx.expectations.deleted(&key, &pod_uid);
-            let params = DeleteParams {
-                preconditions: Some(Preconditions {
-                    uid: Some(pod_uid),
-                    resource_version: None,
-                }),
-                ..DeleteParams::default()
-            };
-            match api.delete(pod_name, &params).await {
-                Ok(_) => {
-                    let msg = format!("delete Pod {pod_name} in StatefulSet {name} successful");
-                    ctx.recorder
-                        .record(&sts_ref, EventType::Normal, "SuccessfulDelete", &msg)
-                        .await;
-                }
-                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-                Err(source) => {
-                    return Err(ControllerError::Write {
-                        what: format!("deleting pod {namespace}/{pod_name}"),
-                        source,
-                    });
-                }
+            if pods::delete_exact(&api, &pod.metadata).await? {
+                let msg = format!("delete Pod {pod_name} in StatefulSet {name} successful");
+                ctx.recorder
+                    .record(&sts_ref, EventType::Normal, "SuccessfulDelete", &msg)
+                    .await;
             }
         }
     }
@@ -388,23 +373,8 @@ pub async fn run(
     client: kube::Client,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (pod_store, writer) = reflector::store();
-    let pod_events = reflector(
-        writer,
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects();
-    let (revision_store, rw) = reflector::store();
-    let revision_events = reflector(
-        rw,
-        watcher(
-            Api::<ControllerRevision>::all(client.clone()),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    .touched_objects();
+    let (pod_store, pod_events) = cache::watched::<Pod>(&client);
+    let (revision_store, revision_events) = cache::watched::<ControllerRevision>(&client);
     let ctx = Arc::new(Context {
         client: client.clone(),
         pods: pod_store,
