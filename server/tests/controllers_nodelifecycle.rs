@@ -1,6 +1,6 @@
 //! A node that stops renewing its Lease: after the (shortened) grace period it is Ready=Unknown
-//! and tainted unreachable, its pods are evicted after the (shortened) default toleration, and
-//! the Deployment's pods come back on the remaining nodes.
+//! and tainted unreachable, its pods are evicted once their (shortened, 1 s) toleration of the
+//! unreachable taint runs out, and the Deployment's pods come back on the remaining nodes.
 
 mod support;
 
@@ -20,6 +20,8 @@ spec:
   template:
     metadata: {labels: {app: web}}
     spec:
+      tolerations:
+      - {key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 1}
       containers: [{name: web, image: registry.example/web:1}]
 "#;
 

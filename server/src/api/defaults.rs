@@ -25,6 +25,7 @@ pub fn apply(res: &Resource, obj: &mut Value) {
         ("", "Pod") => {
             if let Some(spec) = at(obj, &["spec"]) {
                 pod_spec(spec);
+                default_toleration_seconds(spec);
             }
         }
         ("apps", "Deployment") => {
@@ -56,6 +57,7 @@ pub fn apply(res: &Resource, obj: &mut Value) {
             if res.kind != "DaemonSet" {
                 set_if_missing(spec, "replicas", json!(1));
             }
+            set_strategy(res.kind, spec);
             if let Some(pod) = at(spec, &["template", "spec"]) {
                 pod_spec(pod);
             }
@@ -86,6 +88,54 @@ pub fn apply(res: &Resource, obj: &mut Value) {
         }
         _ => {}
     }
+}
+
+/// Upstream's DefaultTolerationSeconds admission: a pod that does not tolerate the not-ready or
+/// unreachable NoExecute taint gets a 300 s toleration of it, so it leaves a dead node after five
+/// minutes (the node lifecycle controller evicts it when the toleration runs out).
+fn default_toleration_seconds(spec: &mut Value) {
+    let Some(map) = spec.as_object_mut() else {
+        return;
+    };
+    let list = map.entry("tolerations").or_insert_with(|| json!([]));
+    let Some(list) = list.as_array_mut() else {
+        return;
+    };
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
+        let has = list.iter().any(|t| {
+            t["key"] == json!(key) && (t["effect"].is_null() || t["effect"] == json!("NoExecute"))
+        });
+        if !has {
+            list.push(
+                json!({"key": key, "operator": "Exists", "effect": "NoExecute",
+                "tolerationSeconds": 300}),
+            );
+        }
+    }
+}
+
+/// DaemonSet and StatefulSet update strategies and history limit (kubectl's `rollout status`
+/// refuses a set without `updateStrategy.type`).
+fn set_strategy(kind: &str, spec: &mut Value) {
+    let strategy = match kind {
+        "DaemonSet" => json!({"type": "RollingUpdate",
+            "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
+        "StatefulSet" => {
+            set_if_missing(spec, "podManagementPolicy", json!("OrderedReady"));
+            set_if_missing(
+                spec,
+                "persistentVolumeClaimRetentionPolicy",
+                json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
+            );
+            json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}})
+        }
+        _ => return,
+    };
+    set_if_missing(spec, "revisionHistoryLimit", json!(10));
+    set_if_missing(spec, "updateStrategy", strategy);
 }
 
 /// Job defaults as upstream sets them: a Job with neither completions nor parallelism runs one

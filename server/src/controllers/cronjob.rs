@@ -27,8 +27,9 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::Store;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::watcher;
 
+use super::cache;
 use super::clock::Clock;
 use super::events::{EventType, Recorder, reference};
 use super::job::is_finished;
@@ -447,13 +448,7 @@ pub async fn run(
     max_requeue: Duration,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (job_store, writer) = reflector::store();
-    let job_events = reflector(
-        writer,
-        watcher(Api::<Job>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects();
+    let (job_store, job_events) = cache::watched::<Job>(&client);
     let ctx = Arc::new(Context {
         client: client.clone(),
         jobs: job_store,

@@ -9,27 +9,29 @@
 //!
 //! Invariants: acts only when its [`Expectations`] are met; at most one pod per node (extras, the
 //! newest first, are deleted); RollingUpdate replaces at most `maxUnavailable` pods at a time, and
-//! only while the rest are ready; pods carry `controller-revision-hash` (a hash of the template —
-//! ControllerRevisions are not served yet, so there is no revision history to roll back to).
+//! only while the rest are ready; pods carry `controller-revision-hash` (a hash of the template),
+//! and the template history is kept as ControllerRevisions `<set>-<hash>` ([`history`]), which
+//! `kubectl rollout history|undo daemonset` read.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::watcher;
 use serde_json::json;
 
+use super::cache;
 use super::events::{EventType, Recorder, reference};
 use super::expectations::Expectations;
-use super::{ControllerError, pods, rollout};
+use super::{ControllerError, history, pods, rollout};
 use crate::scheduler::filter::{node_affinity_fits, tolerates};
 
 /// The label tying a DaemonSet pod to the template it was made from.
@@ -39,6 +41,7 @@ pub struct Context {
     pub client: kube::Client,
     pub pods: Store<Pod>,
     pub nodes: Store<Node>,
+    pub revisions: Store<ControllerRevision>,
     pub expectations: Expectations,
     pub recorder: Recorder,
 }
@@ -166,6 +169,28 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Cont
 
     let template = template_pod(&ds);
     let hash = rollout::template_hash(&ds.spec.template, None);
+    let ds_name = ds.metadata.name.clone().unwrap_or_default();
+    let live: HashSet<String> = active
+        .iter()
+        .filter_map(|p| p.metadata.labels.as_ref()?.get(REVISION_HASH))
+        .map(|h| format!("{ds_name}-{h}"))
+        .collect();
+    let owner = history::Owner {
+        api_version: "apps/v1",
+        kind: "DaemonSet",
+        meta: &ds.metadata,
+        template: &ds.spec.template,
+        name: format!("{ds_name}-{hash}"),
+        extra_labels: vec![(REVISION_HASH.to_string(), hash.clone())],
+        history_limit: ds.spec.revision_history_limit.unwrap_or(10),
+    };
+    history::sync(
+        &ctx.client,
+        history::owned(&ctx.revisions, &ds.metadata),
+        &owner,
+        &live,
+    )
+    .await?;
     let nodes = ctx.nodes.state();
     let eligible: HashSet<String> = nodes
         .iter()
@@ -384,31 +409,15 @@ async fn delete_pods(
         }
         let name = pod.metadata.name.clone().unwrap_or_default();
         ctx.expectations.deleted(key, &uid);
-        let params = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: Some(uid),
-                resource_version: None,
-            }),
-            ..DeleteParams::default()
-        };
-        match api.delete(&name, &params).await {
-            Ok(_) => {
-                ctx.recorder
-                    .record(
-                        &ds_ref,
-                        EventType::Normal,
-                        "SuccessfulDelete",
-                        &format!("Deleted pod: {name}"),
-                    )
-                    .await;
-            }
-            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-            Err(source) => {
-                return Err(ControllerError::Write {
-                    what: format!("deleting pod {namespace}/{name}"),
-                    source,
-                });
-            }
+        if pods::delete_exact(&api, &pod.metadata).await? {
+            ctx.recorder
+                .record(
+                    &ds_ref,
+                    EventType::Normal,
+                    "SuccessfulDelete",
+                    &format!("Deleted pod: {name}"),
+                )
+                .await;
         }
     }
     Ok(())
@@ -424,24 +433,14 @@ pub async fn run(
     client: kube::Client,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (pod_store, pw) = reflector::store();
-    let pod_events = reflector(
-        pw,
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects();
-    let (node_store, nw) = reflector::store();
-    let node_events = reflector(
-        nw,
-        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects();
+    let (pod_store, pod_events) = cache::watched::<Pod>(&client);
+    let (node_store, node_events) = cache::watched::<Node>(&client);
+    let (revision_store, revision_events) = cache::watched::<ControllerRevision>(&client);
     let ctx = Arc::new(Context {
         client: client.clone(),
         pods: pod_store,
         nodes: node_store,
+        revisions: revision_store,
         expectations: Expectations::default(),
         recorder: Recorder::new(client.clone(), "daemonset-controller"),
     });
@@ -456,6 +455,7 @@ pub async fn run(
     };
     controller
         .owns_stream(pod_events)
+        .owns_stream(revision_events)
         .watches_stream(node_events, every_daemonset)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

@@ -24,9 +24,10 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::Store;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::watcher;
 use serde_json::json;
 
+use super::cache;
 use super::events::{EventType, Recorder, reference};
 use super::rollout::{self, Settings};
 use super::{ControllerError, pods};
@@ -195,16 +196,7 @@ pub async fn run(
     client: kube::Client,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (rs_store, writer) = reflector::store();
-    let rs_events = reflector(
-        writer,
-        watcher(
-            Api::<ReplicaSet>::all(client.clone()),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    .touched_objects();
+    let (rs_store, rs_events) = cache::watched::<ReplicaSet>(&client);
     let ctx = Arc::new(Context {
         client: client.clone(),
         replicasets: rs_store,

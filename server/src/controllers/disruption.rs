@@ -22,8 +22,9 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::watcher;
 
+use super::cache;
 use super::{ControllerError, pods, selector};
 
 pub struct Context {
@@ -140,13 +141,7 @@ pub async fn run(
     client: kube::Client,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (pod_store, writer) = reflector::store();
-    let pod_events = reflector(
-        writer,
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects();
+    let (pod_store, pod_events) = cache::watched::<Pod>(&client);
     let ctx = Arc::new(Context {
         client: client.clone(),
         pods: pod_store,

@@ -25,6 +25,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 
+use super::cache;
 use super::{ControllerError, endpoints, pods};
 
 /// Endpoints per slice (upstream's `--max-endpoints-per-slice` default).
@@ -273,13 +274,7 @@ pub async fn run(
     client: kube::Client,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (pod_store, pod_writer) = reflector::store();
-    let pod_events = reflector(
-        pod_writer,
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects();
+    let (pod_store, pod_events) = cache::watched::<Pod>(&client);
     let (slice_store, slice_writer) = reflector::store();
     let managed = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
     let slice_events = reflector(

@@ -36,8 +36,9 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::Store;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::watcher;
 
+use super::cache;
 use super::events::{EventType, Recorder, reference};
 use super::expectations::Expectations;
 use super::{ControllerError, pods};
@@ -742,13 +743,7 @@ pub async fn run(
     backoff_base: Duration,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (pod_store, writer) = reflector::store();
-    let pod_events = reflector(
-        writer,
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects();
+    let (pod_store, pod_events) = cache::watched::<Pod>(&client);
     let ctx = Arc::new(Context {
         client: client.clone(),
         pods: pod_store,

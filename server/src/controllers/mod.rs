@@ -7,9 +7,9 @@
 //! | file | watches | writes |
 //! |---|---|---|
 //! | `replicaset.rs` | ReplicaSets, Pods | Pods, ReplicaSet status |
-//! | `daemonset.rs` | DaemonSets, Pods, Nodes | Pods, DaemonSet status |
+//! | `daemonset.rs` | DaemonSets, Pods, Nodes, ControllerRevisions | Pods, ControllerRevisions, DaemonSet status |
 //! | `deployment.rs` | Deployments, ReplicaSets | ReplicaSets, Deployment status |
-//! | `statefulset.rs` | StatefulSets, Pods | Pods, StatefulSet status |
+//! | `statefulset.rs` | StatefulSets, Pods, ControllerRevisions | Pods, PVCs, ControllerRevisions, StatefulSet status |
 //! | `gc.rs` | every owned kind | dependents of deleted owners, owner finalizers |
 //! | `namespace.rs` | Namespaces | contents of terminating namespaces, `finalize` |
 //! | `nodelifecycle.rs` | Nodes, Leases, Pods | node conditions and taints, evictions |
@@ -23,18 +23,18 @@
 //! | `serviceaccount.rs` | Namespaces | `default` ServiceAccount, `kube-root-ca.crt` |
 //! | `servicelb.rs` | Services, Nodes | LoadBalancer Service status (ingress = node IPs) |
 //!
-//! Not controlled yet: ControllerRevisions (served, but StatefulSets do not write them),
-//! PersistentVolumeClaims (StatefulSet volumeClaimTemplates are refused).
+//! DaemonSets and StatefulSets keep their template history as ControllerRevisions (`history.rs`).
+//! StatefulSet volumeClaimTemplates become PersistentVolumeClaims (`claims.rs`).
 //!
-//! Leader election (designed, not built; one server needs none): when several servers share an
-//! etcd store, [`run`] would first take the Lease `kube-system/kube-controller-manager`
-//! (`holderIdentity` = server name, `leaseDurationSeconds` 15, renewed every 2 s as a
-//! compare-and-swap on its resourceVersion, taken over only once `renewTime + duration` has
-//! passed) and drop every loop the moment a renewal fails; the scheduler the same with
-//! `kube-system/kube-scheduler`. Every loop is level-triggered and keeps no state that a new
-//! leader could not rebuild from the API (expectations only ever delay work), so hand-over needs
-//! nothing more.
+//! Leader election (`leader.rs`, off unless [`ControllerOptions::leader_election`] is set; one
+//! server needs none): when several servers share one datastore, [`run`] first takes the Lease
+//! `kube-system/kube-controller-manager` and runs the loops only while it holds it (the scheduler
+//! likewise with `kube-system/kube-scheduler`). Every loop is level-triggered and keeps no state
+//! that a new leader could not rebuild from the API (expectations only ever delay work), so
+//! hand-over needs nothing more.
 
+pub mod cache;
+pub mod claims;
 pub mod clock;
 pub mod cronjob;
 pub mod daemonset;
@@ -45,7 +45,9 @@ pub mod endpointslice;
 pub mod events;
 pub mod expectations;
 pub mod gc;
+pub mod history;
 pub mod job;
+pub mod leader;
 pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
@@ -93,6 +95,8 @@ pub struct ControllerOptions {
     /// The longest a CronJob waits before its schedule is looked at again (normally it wakes at
     /// its next scheduled time; this bounds the wait when the clock is moved).
     pub cronjob_max_requeue: Duration,
+    /// Run the loops only while holding this Lease (several servers on one datastore).
+    pub leader_election: Option<leader::LeaderElection>,
 }
 
 impl Default for ControllerOptions {
@@ -109,6 +113,7 @@ impl Default for ControllerOptions {
             job_backoff_base: Duration::from_secs(10),
             clock: clock::Clock::default(),
             cronjob_max_requeue: Duration::from_secs(300),
+            leader_election: None,
         }
     }
 }
@@ -146,8 +151,24 @@ impl ControllerError {
     }
 }
 
-/// Runs every control loop until `shutdown` resolves.
+/// Runs every control loop until `shutdown` resolves (with leader election: while leading).
 pub async fn run(
+    client: kube::Client,
+    opts: ControllerOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    match opts.leader_election.clone() {
+        None => run_loops(client, opts, shutdown).await,
+        Some(le) => {
+            leader::run(client.clone(), le, shutdown, |stop| {
+                run_loops(client.clone(), opts.clone(), stop)
+            })
+            .await;
+        }
+    }
+}
+
+async fn run_loops(
     client: kube::Client,
     opts: ControllerOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,

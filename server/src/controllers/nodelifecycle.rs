@@ -11,8 +11,9 @@
 //!   Ready=False ⇒ `node.kubernetes.io/not-ready` (both effects); Ready=True ⇒ neither;
 //! - a pod on a node with a NoExecute taint is deleted unless it tolerates the taint, at
 //!   `timeAdded + tolerationSeconds`. A pod without its own toleration of the not-ready or
-//!   unreachable taint is treated as tolerating it for `default_toleration_seconds` (upstream's
-//!   DefaultTolerationSeconds admission adds those tolerations; r3s's API does not yet).
+//!   unreachable taint is treated as tolerating it for `default_toleration_seconds`; pods created
+//!   through the API already carry such a toleration (300 s, DefaultTolerationSeconds admission
+//!   in `api/defaults.rs`), so this only matters for pods stored without one.
 //!
 //! ```text
 //!   lease renewed ... last renewal ──── grace period ────▶ Ready=Unknown + taints ── tolerationSeconds ──▶ pods evicted

@@ -71,3 +71,31 @@ pub fn key(meta: &ObjectMeta) -> String {
         meta.name.as_deref().unwrap_or("")
     )
 }
+
+/// Deletes the object `meta` describes, but only if the name still holds that uid (a namesake
+/// created since is left alone). `Ok(true)` if this call deleted it, `Ok(false)` if it was
+/// already gone or replaced: either way nothing is left to wait for.
+pub async fn delete_exact<K>(
+    api: &kube::Api<K>,
+    meta: &ObjectMeta,
+) -> Result<bool, super::ControllerError>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let name = meta.name.as_deref().unwrap_or("");
+    let params = kube::api::DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: meta.uid.clone(),
+            resource_version: None,
+        }),
+        ..kube::api::DeleteParams::default()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(false),
+        Err(source) => Err(super::ControllerError::Write {
+            what: format!("deleting {}", key(meta)),
+            source,
+        }),
+    }
+}

@@ -19,12 +19,13 @@ use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::Store;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::watcher;
 use serde_json::json;
 
+use super::cache;
 use super::events::{EventType, Recorder, reference};
 use super::expectations::Expectations;
 use super::{ControllerError, pods, selector};
@@ -117,13 +118,7 @@ pub async fn run(
     client: kube::Client,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (pod_store, writer) = reflector::store();
-    let pod_events = reflector(
-        writer,
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects();
+    let (pod_store, pod_events) = cache::watched::<Pod>(&client);
     let ctx = Arc::new(Context {
         client: client.clone(),
         pods: pod_store,
@@ -209,32 +204,15 @@ async fn delete_pods(
         let name = pod.metadata.name.clone().unwrap_or_default();
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         ctx.expectations.deleted(key, &uid);
-        let params = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: Some(uid),
-                resource_version: None,
-            }),
-            ..DeleteParams::default()
-        };
-        match api.delete(&name, &params).await {
-            Ok(_) => {
-                ctx.recorder
-                    .record(
-                        &rs_ref,
-                        EventType::Normal,
-                        "SuccessfulDelete",
-                        &format!("Deleted pod: {name}"),
-                    )
-                    .await;
-            }
-            // Already gone (or replaced by a namesake): nothing left to wait for.
-            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-            Err(source) => {
-                return Err(ControllerError::Write {
-                    what: format!("deleting pod {namespace}/{name}"),
-                    source,
-                });
-            }
+        if pods::delete_exact(&api, &pod.metadata).await? {
+            ctx.recorder
+                .record(
+                    &rs_ref,
+                    EventType::Normal,
+                    "SuccessfulDelete",
+                    &format!("Deleted pod: {name}"),
+                )
+                .await;
         }
     }
     Ok(())

@@ -4,9 +4,11 @@
 //!
 //! Watches StatefulSets and Pods (one shared cache); owns the pods. Pods get `hostname` = their name
 //! and `subdomain` = `serviceName`, and the labels `statefulset.kubernetes.io/pod-name`,
-//! `apps.kubernetes.io/pod-index` and `controller-revision-hash` (a template hash: ControllerRevision
-//! objects are not served yet). Sets with `volumeClaimTemplates` are refused with a FailedCreate
-//! event, since PersistentVolumeClaims are not served yet either.
+//! `apps.kubernetes.io/pod-index` and `controller-revision-hash` (the name of the ControllerRevision
+//! `<set>-<template hash>` holding their template: [`history`] keeps them, `status.updateRevision`
+//! and `currentRevision` name them, `kubectl rollout history|undo statefulset` reads them).
+//! `volumeClaimTemplates` become PersistentVolumeClaims `<claim>-<set>-<ordinal>`, made before the
+//! pod that mounts them ([`claims`]).
 //!
 //! Invariants: OrderedReady never creates ordinal i before 0..i are Running and Ready, never
 //! deletes more than one pod at a time, and only while every other pod is ready; a rolling update
@@ -17,26 +19,30 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
+use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::Store;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::watcher;
 use serde_json::json;
 
+use super::cache;
 use super::daemonset::REVISION_HASH;
 use super::events::{EventType, Recorder, reference};
 use super::expectations::Expectations;
-use super::{ControllerError, pods, rollout};
+use super::{ControllerError, claims, history, pods, rollout};
 
 pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
 pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
+/// The label upstream puts on a StatefulSet's ControllerRevisions: the template hash.
+pub const HASH_LABEL: &str = "controller.kubernetes.io/hash";
 
 pub struct Context {
     pub client: kube::Client,
     pub pods: Store<Pod>,
+    pub revisions: Store<ControllerRevision>,
     pub expectations: Expectations,
     pub recorder: Recorder,
 }
@@ -157,22 +163,6 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, C
     let name = sts.metadata.name.clone().unwrap_or_default();
     let uid = sts.metadata.uid.clone().unwrap_or_default();
     let sts_ref = reference("apps/v1", "StatefulSet", &sts.metadata);
-    if sts
-        .spec
-        .volume_claim_templates
-        .as_ref()
-        .is_some_and(|v| !v.is_empty())
-    {
-        ctx.recorder
-            .record(
-                &sts_ref,
-                EventType::Warning,
-                "FailedCreate",
-                "volumeClaimTemplates need PersistentVolumeClaims, which this server does not serve yet",
-            )
-            .await;
-        return Ok(Action::await_change());
-    }
     let owned: Vec<Arc<Pod>> = ctx
         .pods
         .state()
@@ -214,10 +204,30 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, C
         .and_then(|s| s.rolling_update.as_ref())
         .and_then(|r| r.partition)
         .unwrap_or(0);
-    let update_revision = format!(
-        "{name}-{}",
-        rollout::template_hash(&sts.spec.template, None)
-    );
+    let hash = rollout::template_hash(&sts.spec.template, None);
+    let update_revision = format!("{name}-{hash}");
+    let previous = sts.status.clone().unwrap_or_default();
+    let mut live: HashSet<String> = active
+        .values()
+        .filter_map(|p| revision_of(p).map(str::to_string))
+        .collect();
+    live.extend(previous.current_revision.clone());
+    let owner = history::Owner {
+        api_version: "apps/v1",
+        kind: "StatefulSet",
+        meta: &sts.metadata,
+        template: &sts.spec.template,
+        name: update_revision.clone(),
+        extra_labels: vec![(HASH_LABEL.to_string(), hash.clone())],
+        history_limit: sts.spec.revision_history_limit.unwrap_or(10),
+    };
+    history::sync(
+        &ctx.client,
+        history::owned(&ctx.revisions, &sts.metadata),
+        &owner,
+        &live,
+    )
+    .await?;
     if settled {
         let mut todo = plan(replicas, parallel, partition, &update_revision, &present);
         if on_delete {
@@ -231,6 +241,7 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, C
         }
         let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
         for i in &todo.create {
+            claims::ensure(&ctx.client, &ctx.recorder, &sts, *i).await?;
             let pod = pod_for(&sts, *i, &update_revision);
             let pod_name = pod.metadata.name.clone().unwrap_or_default();
             ctx.expectations.created(&key, &pod_name);
@@ -259,36 +270,23 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, C
             };
             let pod_uid = pod.metadata.uid.clone().unwrap_or_default();
             ctx.expectations.deleted(&key, &pod_uid);
-            let params = DeleteParams {
-                preconditions: Some(Preconditions {
-                    uid: Some(pod_uid),
-                    resource_version: None,
-                }),
-                ..DeleteParams::default()
-            };
-            match api.delete(pod_name, &params).await {
-                Ok(_) => {
-                    let msg = format!("delete Pod {pod_name} in StatefulSet {name} successful");
-                    ctx.recorder
-                        .record(&sts_ref, EventType::Normal, "SuccessfulDelete", &msg)
-                        .await;
-                }
-                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-                Err(source) => {
-                    return Err(ControllerError::Write {
-                        what: format!("deleting pod {namespace}/{pod_name}"),
-                        source,
-                    });
-                }
+            if pods::delete_exact(&api, &pod.metadata).await? {
+                let msg = format!("delete Pod {pod_name} in StatefulSet {name} successful");
+                ctx.recorder
+                    .record(&sts_ref, EventType::Normal, "SuccessfulDelete", &msg)
+                    .await;
             }
         }
+    }
+
+    if settled {
+        claims::prune_scaled(&ctx.client, &sts, replicas, |o| present.contains_key(&o)).await?;
     }
 
     let count = |f: &dyn Fn(&Pod) -> bool| {
         i32::try_from(active.values().filter(|p| f(p)).count()).unwrap_or(i32::MAX)
     };
     let updated = count(&|p: &Pod| revision_of(p) == Some(update_revision.as_str()));
-    let previous = sts.status.clone().unwrap_or_default();
     let current_revision =
         if updated == replicas && i32::try_from(active.len()).ok() == Some(replicas) {
             update_revision.clone()
@@ -346,6 +344,7 @@ fn pod_for(sts: &StatefulSet, ordinal: i32, revision: &str) -> Pod {
     if let Some(service) = sts.spec.service_name.clone().filter(|s| !s.is_empty()) {
         spec.subdomain = Some(service);
     }
+    claims::add_volumes(sts, &mut spec, ordinal);
     Pod {
         metadata: ObjectMeta {
             name: Some(name),
@@ -374,21 +373,18 @@ pub async fn run(
     client: kube::Client,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (pod_store, writer) = reflector::store();
-    let pod_events = reflector(
-        writer,
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects();
+    let (pod_store, pod_events) = cache::watched::<Pod>(&client);
+    let (revision_store, revision_events) = cache::watched::<ControllerRevision>(&client);
     let ctx = Arc::new(Context {
         client: client.clone(),
         pods: pod_store,
+        revisions: revision_store,
         expectations: Expectations::default(),
         recorder: Recorder::new(client.clone(), "statefulset-controller"),
     });
     Controller::new(Api::<StatefulSet>::all(client), watcher::Config::default())
         .owns_stream(pod_events)
+        .owns_stream(revision_events)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})

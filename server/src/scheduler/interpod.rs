@@ -17,7 +17,7 @@ fn label<'a>(node: &'a Node, key: &str) -> Option<&'a String> {
 }
 
 /// True if `term` (as written in `owner`'s spec) selects `other`.
-fn term_selects(term: &PodAffinityTerm, owner: &Pod, other: &Pod) -> bool {
+pub(super) fn term_selects(term: &PodAffinityTerm, owner: &Pod, other: &Pod) -> bool {
     let namespaces = term.namespaces.clone().unwrap_or_default();
     let other_ns = other.metadata.namespace.as_deref().unwrap_or("");
     let ns_ok = if namespaces.is_empty() && term.namespace_selector.is_none() {
@@ -39,7 +39,7 @@ fn term_selects(term: &PodAffinityTerm, owner: &Pod, other: &Pod) -> bool {
 }
 
 /// Pods placed in the same `key` domain as `node`.
-fn pods_in_domain<'a>(
+pub(super) fn pods_in_domain<'a>(
     node: &Node,
     key: &str,
     all: &'a [NodeInfo],

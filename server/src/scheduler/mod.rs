@@ -15,6 +15,7 @@
 pub mod filter;
 pub mod interpod;
 pub mod resources;
+pub mod score;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -41,7 +42,11 @@ pub const RETRY: Duration = Duration::from_secs(30);
 
 /// Settings of the scheduler.
 #[derive(Clone, Debug, Default)]
-pub struct SchedulerOptions {}
+pub struct SchedulerOptions {
+    /// Schedule only while holding this Lease (`kube-system/kube-scheduler`; several servers on
+    /// one datastore).
+    pub leader_election: Option<crate::controllers::leader::LeaderElection>,
+}
 
 /// Errors of one bind.
 #[derive(Debug, thiserror::Error)]
@@ -68,9 +73,21 @@ struct State {
 /// Runs the scheduler until `shutdown`.
 pub async fn run(
     client: kube::Client,
-    _opts: SchedulerOptions,
+    opts: SchedulerOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    match opts.leader_election {
+        None => run_scheduler(client, shutdown).await,
+        Some(le) => {
+            crate::controllers::leader::run(client.clone(), le, shutdown, |stop| {
+                run_scheduler(client.clone(), stop)
+            })
+            .await;
+        }
+    }
+}
+
+async fn run_scheduler(client: kube::Client, shutdown: impl Future<Output = ()> + Send + 'static) {
     let (nodes, node_writer) = reflector::store();
     let (pod_store, pod_writer) = reflector::store();
     let state = Arc::new(State {
@@ -245,27 +262,30 @@ async fn cycle(state: &State, memory: &mut Memory) {
 /// The index of the best node for `pod`, or upstream's summary of why none fits.
 fn place(pod: &Pod, infos: &[NodeInfo]) -> Result<usize, String> {
     let mut reasons = Vec::new();
-    let mut best: Option<(i64, usize)> = None;
+    let mut feasible = Vec::new();
     for (i, info) in infos.iter().enumerate() {
         let mut why = filter::filter(pod, info);
         if why.is_empty() {
             why = interpod::filter(pod, info, infos);
         }
         if why.is_empty() {
-            let score = filter::score(pod, info);
-            if best.is_none_or(|(s, _)| score > s) {
-                best = Some((score, i));
-            }
+            feasible.push(i);
         } else {
             reasons.push(why);
+        }
+    }
+    let scores = score::rank(pod, &feasible, infos);
+    // The first of the best (nodes are sorted by name), so placement is deterministic.
+    let mut best: Option<(i64, usize)> = None;
+    for (score, i) in scores.into_iter().zip(feasible) {
+        if best.is_none_or(|(s, _)| score > s) {
+            best = Some((score, i));
         }
     }
     best.map(|(_, i)| i)
         .ok_or_else(|| filter::unschedulable_message(infos.len(), &reasons))
 }
 
-/// Binds `pod` to `node` with a `Binding` through `pods/binding` (the API sets `spec.nodeName`
-/// and `PodScheduled=True`, and refuses a pod that is already bound or being deleted).
 async fn bind(state: &State, pod: &Pod, node: &str) -> Result<(), SchedulerError> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     let name = pod.metadata.name.as_deref().unwrap_or("");
