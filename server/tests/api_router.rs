@@ -607,7 +607,109 @@ async fn patches_generation_and_status_subresource() {
             json!({}),
         )
         .await;
-    assert_eq!(ssa.code, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(
+        ssa.code,
+        StatusCode::BAD_REQUEST,
+        "fieldManager is required"
+    );
+}
+
+#[tokio::test]
+async fn server_side_apply_status_and_errors() {
+    let f = fixture().await;
+    let base = "/apis/apps/v1/namespaces/default/deployments";
+    let f = &f;
+    let apply = |uri: String, body: Value| async move {
+        f.admin("PATCH", &uri, "application/apply-patch+yaml", body)
+            .await
+    };
+    let deploy = json!({"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"ssa"},
+        "spec":{"replicas":1,"selector":{"matchLabels":{"app":"ssa"}},
+                "template":{"metadata":{"labels":{"app":"ssa"}},"spec":{"containers":[{"name":"c","image":"i"}]}}},
+        "status":{"replicas":9}});
+    // Status in an apply to the main resource is ignored; the object is created (201).
+    let created = apply(format!("{base}/ssa?fieldManager=me"), deploy.clone()).await;
+    assert_eq!(created.code, StatusCode::CREATED, "{}", created.body);
+    assert!(created.body.get("status").is_none(), "{}", created.body);
+    assert_eq!(
+        created.body["metadata"]["managedFields"][0]["manager"],
+        "me"
+    );
+    // Status is applied through /status, recorded with the subresource.
+    let status = apply(
+        format!("{base}/ssa/status?fieldManager=ctl"),
+        json!({"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"ssa"},"status":{"replicas":1}}),
+    )
+    .await;
+    assert_eq!(status.code, StatusCode::OK, "{}", status.body);
+    assert_eq!(status.body["status"]["replicas"], 1);
+    let entries = status.body["metadata"]["managedFields"]
+        .as_array()
+        .expect("entries");
+    let ctl = entries
+        .iter()
+        .find(|e| e["manager"] == "ctl")
+        .expect("ctl entry");
+    assert_eq!(ctl["subresource"], "status");
+    assert_eq!(ctl["fieldsV1"], json!({"f:status":{"f:replicas":{}}}));
+    // Wrong kind, mismatched name, missing namespace.
+    let mut wrong = deploy.clone();
+    wrong["kind"] = json!("ReplicaSet");
+    assert_eq!(
+        apply(format!("{base}/ssa?fieldManager=me"), wrong)
+            .await
+            .code,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        apply(format!("{base}/other?fieldManager=me"), deploy.clone())
+            .await
+            .code,
+        StatusCode::BAD_REQUEST
+    );
+    let missing_ns = apply(
+        "/apis/apps/v1/namespaces/nope/deployments/ssa?fieldManager=me".into(),
+        deploy.clone(),
+    )
+    .await;
+    assert_eq!(
+        missing_ns.code,
+        StatusCode::NOT_FOUND,
+        "{}",
+        missing_ns.body
+    );
+    // A conflict names the field and manager in the causes.
+    f.admin(
+        "PATCH",
+        &format!("{base}/ssa?fieldManager=scaler"),
+        "application/merge-patch+json",
+        json!({"spec":{"replicas":4}}),
+    )
+    .await;
+    let conflict = apply(format!("{base}/ssa?fieldManager=me"), deploy.clone()).await;
+    assert_eq!(conflict.code, StatusCode::CONFLICT);
+    assert_eq!(
+        conflict.body["details"]["causes"][0],
+        json!({"reason":"FieldManagerConflict","field":".spec.replicas",
+               "message": conflict.body["details"]["causes"][0]["message"].clone()})
+    );
+    assert!(
+        conflict.body["details"]["causes"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("conflict with \"scaler\" using apps/v1 at ")),
+        "{}",
+        conflict.body
+    );
+    // force is only for apply patches.
+    let forced_merge = f
+        .admin(
+            "PATCH",
+            &format!("{base}/ssa?force=true"),
+            "application/merge-patch+json",
+            json!({}),
+        )
+        .await;
+    assert_eq!(forced_merge.code, StatusCode::BAD_REQUEST);
 }
 
 #[tokio::test]

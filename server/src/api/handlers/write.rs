@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::Ctx;
 use super::read::load;
+use crate::api::apply::{self, Manager, fieldset::Shape};
 use crate::api::auth::UserInfo;
 use crate::api::codec;
 use crate::api::defaults;
@@ -31,8 +32,21 @@ pub async fn create(ctx: &Ctx) -> Result<Response, ApiError> {
     let res = ctx.target.resource;
     let mut obj = codec::decode(&ctx.headers, &ctx.body)?;
     object::check_type_and_namespace(res, &mut obj, ctx.namespace())?;
+    let who = manager(ctx)?;
+    create_object(ctx, obj, |obj| apply::record_update(None, obj, &who)).await
+}
+
+/// Creates `obj` (type and namespace checked): server fields, defaults, `track` (managed fields),
+/// validation, admission, store.
+async fn create_object(
+    ctx: &Ctx,
+    mut obj: Value,
+    track: impl FnOnce(&mut Value),
+) -> Result<Response, ApiError> {
+    let res = ctx.target.resource;
     object::prepare_create(res, &mut obj)?;
     validate::default_on_create(res, &mut obj);
+    track(&mut obj);
     validate::validate(res, &obj, None)?;
     admit_namespace(ctx)?;
     let state = &ctx.state;
@@ -102,10 +116,55 @@ pub async fn update(ctx: &Ctx) -> Result<Response, ApiError> {
         )));
     }
     let precondition = object::resource_version(&body)?;
+    let track = Track::Update(manager(ctx)?);
     if is_scale(ctx) {
-        return replace(ctx, precondition, |current| scale::apply(current, &body)).await;
+        return replace(ctx, precondition, track, |current| {
+            scale::apply(current, &body)
+        })
+        .await;
     }
-    replace(ctx, precondition, |_current| Ok(body.clone())).await
+    replace(ctx, precondition, track, |_current| Ok(body.clone())).await
+}
+
+/// The manager of a write: `fieldManager`, else the product name of the User-Agent (as upstream).
+fn manager(ctx: &Ctx) -> Result<Manager, ApiError> {
+    let name = match ctx.param("fieldManager") {
+        Some(name) if !name.is_empty() => name.to_string(),
+        _ => ctx
+            .headers
+            .get(axum::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|ua| ua.split('/').next())
+            .filter(|product| !product.is_empty())
+            .unwrap_or("unknown")
+            .chars()
+            .take(128)
+            .collect(),
+    };
+    if name.chars().count() > 128 || name.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest(format!(
+            "invalid fieldManager {name:?}: must be at most 128 printable characters"
+        )));
+    }
+    let res = ctx.target.resource;
+    Ok(Manager {
+        name,
+        api_version: res.api_version(),
+        subresource: ctx.target.subresource.clone().unwrap_or_default(),
+        shape: Shape {
+            builtin: registry::find(res.group, res.version, res.plural).is_some(),
+        },
+    })
+}
+
+/// How a write records its managed fields.
+enum Track {
+    /// An update by this manager: it owns what it changed.
+    Update(Manager),
+    /// The computed object already carries its managed fields (server-side apply).
+    Done,
+    /// Action subresources (binding) leave managed fields alone.
+    None,
 }
 
 fn is_scale(ctx: &Ctx) -> bool {
@@ -114,7 +173,16 @@ fn is_scale(ctx: &Ctx) -> bool {
 
 pub async fn patch(ctx: &Ctx) -> Result<Response, ApiError> {
     let kind = patch::PatchKind::from_content_type(&codec::media_type(&ctx.headers))?;
+    if kind == patch::PatchKind::Apply {
+        return server_side_apply(ctx).await;
+    }
+    if ctx.param("force").is_some() {
+        return Err(ApiError::BadRequest(
+            "force is only allowed for apply patches".into(),
+        ));
+    }
     let patch_doc = patch::parse(kind, &ctx.body)?;
+    let track = Track::Update(manager(ctx)?);
     let res = ctx.target.resource;
     // A resourceVersion inside a merge-style patch is a precondition, as upstream.
     let precondition = match &patch_doc {
@@ -122,13 +190,13 @@ pub async fn patch(ctx: &Ctx) -> Result<Response, ApiError> {
         _ => None,
     };
     if is_scale(ctx) {
-        return replace(ctx, precondition, |current| {
+        return replace(ctx, precondition, track, |current| {
             let patched = patch::apply(kind, &scale::to_scale(current), &patch_doc)?;
             scale::apply(current, &patched)
         })
         .await;
     }
-    replace(ctx, precondition, |current| {
+    replace(ctx, precondition, track, |current| {
         let mut patched = patch::apply(kind, current, &patch_doc)?;
         object::check_type_and_namespace(res, &mut patched, ctx.namespace())?;
         if object::name(&patched) != ctx.name() {
@@ -144,7 +212,10 @@ pub async fn patch(ctx: &Ctx) -> Result<Response, ApiError> {
 /// `pods/<name>/binding`: assigns the pod to the node named in the Binding.
 pub async fn bind(ctx: &Ctx) -> Result<Response, ApiError> {
     let binding = codec::decode(&ctx.headers, &ctx.body)?;
-    replace_object(ctx, None, |current| podsub::bind(current, &binding)).await?;
+    replace_object(ctx, None, Track::None, |current| {
+        podsub::bind(current, &binding)
+    })
+    .await?;
     Ok(codec::respond(StatusCode::CREATED, &podsub::success()))
 }
 
@@ -190,12 +261,91 @@ pub fn token_request(ctx: &Ctx) -> Result<Response, ApiError> {
 async fn replace(
     ctx: &Ctx,
     precondition: Option<Revision>,
+    track: Track,
     compute: impl Fn(&Value) -> Result<Value, ApiError>,
 ) -> Result<Response, ApiError> {
     Ok(present(
         ctx,
-        &replace_object(ctx, precondition, compute).await?,
+        &replace_object(ctx, precondition, track, compute).await?,
     ))
+}
+
+/// `PATCH` with `application/apply-patch+yaml`: server-side apply by `fieldManager` (required),
+/// creating the object when it does not exist.
+async fn server_side_apply(ctx: &Ctx) -> Result<Response, ApiError> {
+    let res = ctx.target.resource;
+    if ctx.param("fieldManager").is_none_or(str::is_empty) {
+        return Err(ApiError::BadRequest(
+            "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch".into(),
+        ));
+    }
+    let force = match ctx.param("force") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "invalid force {other:?}: must be true or false"
+            )));
+        }
+    };
+    if !matches!(ctx.target.subresource.as_deref(), None | Some("status")) {
+        return Err(ApiError::BadRequest(format!(
+            "server-side apply is not supported on the {} subresource",
+            ctx.target.subresource.as_deref().unwrap_or("")
+        )));
+    }
+    let mut config = codec::parse_yaml(&ctx.body)?;
+    if !config.is_object() {
+        return Err(ApiError::BadRequest(
+            "an apply patch must be a YAML or JSON object".into(),
+        ));
+    }
+    for field in ["apiVersion", "kind"] {
+        if config[field].as_str().is_none_or(str::is_empty) {
+            return Err(ApiError::BadRequest(format!(
+                "invalid object: {field} must be set in an apply patch"
+            )));
+        }
+    }
+    object::check_type_and_namespace(res, &mut config, ctx.namespace())?;
+    match object::name(&config) {
+        "" => config["metadata"]["name"] = Value::String(ctx.name().to_string()),
+        name if name != ctx.name() => {
+            return Err(ApiError::BadRequest(format!(
+                "the name of the object ({name}) does not match the name on the URL ({})",
+                ctx.name()
+            )));
+        }
+        _ => {}
+    }
+    if ctx.target.subresource.is_none()
+        && res.has_subresource("status")
+        && let Some(map) = config.as_object_mut()
+    {
+        // The main resource's status is reset, as for updates: status is applied through /status.
+        map.remove("status");
+    }
+    let who = manager(ctx)?;
+    let precondition = object::resource_version(&config)?;
+    let exists = match load(ctx) {
+        Ok(_) => true,
+        Err(ApiError::NotFound { .. }) => false,
+        Err(other) => return Err(other),
+    };
+    if !exists {
+        if ctx.target.subresource.is_some() {
+            return Err(ApiError::NotFound {
+                resource: res.name(),
+                name: ctx.name().to_string(),
+            });
+        }
+        let created = apply::apply(None, &config, &who, force)?;
+        return create_object(ctx, created, |_| {}).await;
+    }
+    replace(ctx, precondition, Track::Done, |current| {
+        apply::apply(Some(current), &config, &who, force)
+    })
+    .await
 }
 
 /// Reads the current object, computes the new one with `compute`, and stores it with a
@@ -203,6 +353,7 @@ async fn replace(
 async fn replace_object(
     ctx: &Ctx,
     precondition: Option<Revision>,
+    track: Track,
     compute: impl Fn(&Value) -> Result<Value, ApiError>,
 ) -> Result<Value, ApiError> {
     let res = ctx.target.resource;
@@ -219,6 +370,10 @@ async fn replace_object(
         object::prepare_update(res, &mut new, &current, ctx.target.subresource.as_deref())?;
         if ctx.target.subresource.is_none() {
             defaults::apply(res, &mut new);
+        }
+        match &track {
+            Track::Update(who) => apply::record_update(Some(&current), &mut new, who),
+            Track::Done | Track::None => {}
         }
         let state = &ctx.state;
         let _allocation = services::admit(
