@@ -1429,3 +1429,152 @@ async fn crds_serve_their_custom_resources_at_once() {
         .await;
     assert_eq!(f.get(base).await.body["items"], json!([]));
 }
+
+#[tokio::test]
+async fn node_restriction_on_create() {
+    let f = fixture().await;
+    let n1 = || {
+        Some(PeerIdentity {
+            common_name: "system:node:n1".into(),
+            organizations: vec!["system:nodes".into()],
+        })
+    };
+    let post = |uri: &str, body: Value| {
+        Request::builder()
+            .method("POST")
+            .uri(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .expect("request")
+    };
+    let other = f
+        .call(
+            n1(),
+            post(
+                "/api/v1/nodes",
+                json!({"apiVersion":"v1","kind":"Node","metadata":{"name":"n2"}}),
+            ),
+        )
+        .await;
+    assert_eq!(other.code, StatusCode::FORBIDDEN, "{}", other.body);
+    assert_eq!(
+        other.body["message"],
+        "nodes \"n2\" is forbidden: node \"n1\" is not allowed to modify node \"n2\""
+    );
+    let own = f
+        .call(
+            n1(),
+            post(
+                "/api/v1/nodes",
+                json!({"apiVersion":"v1","kind":"Node","metadata":{"name":"n1"}}),
+            ),
+        )
+        .await;
+    assert_eq!(own.code, StatusCode::CREATED, "{}", own.body);
+    // Pods: RBAC lets nodes create pods only through this binding; NodeRestriction still refuses
+    // pods bound elsewhere and non-mirror pods.
+    f.admin(
+        "POST",
+        "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+        "application/json",
+        json!({"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRole",
+               "metadata":{"name":"system:r3s-test:pod-creator"},
+               "rules":[{"apiGroups":[""],"resources":["pods"],"verbs":["create"]}]}),
+    )
+    .await;
+    let binding = f
+        .admin(
+            "POST",
+            "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+            "application/json",
+            json!({"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRoleBinding",
+                   "metadata":{"name":"system:r3s-test:pod-creator"},
+                   "roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"system:r3s-test:pod-creator"},
+                   "subjects":[{"apiGroup":"rbac.authorization.k8s.io","kind":"Group","name":"system:nodes"}]}),
+        )
+        .await;
+    assert_eq!(
+        binding.code,
+        StatusCode::CREATED,
+        "names with ':' are valid for RBAC: {}",
+        binding.body
+    );
+    let pod = |node: &str, mirror: bool| {
+        let mut p = json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":format!("p-{node}-{mirror}")},
+                           "spec":{"nodeName":node,"containers":[{"name":"c","image":"busybox"}]}});
+        if mirror {
+            p["metadata"]["annotations"] = json!({"kubernetes.io/config.mirror": "hash"});
+        }
+        p
+    };
+    let pods = "/api/v1/namespaces/default/pods";
+    let elsewhere = f.call(n1(), post(pods, pod("n2", true))).await;
+    assert_eq!(elsewhere.code, StatusCode::FORBIDDEN, "{}", elsewhere.body);
+    assert!(
+        elsewhere.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("can only create pods with spec.nodeName set to itself")),
+        "{}",
+        elsewhere.body
+    );
+    let not_mirror = f.call(n1(), post(pods, pod("n1", false))).await;
+    assert_eq!(
+        not_mirror.code,
+        StatusCode::FORBIDDEN,
+        "{}",
+        not_mirror.body
+    );
+    let mirror = f.call(n1(), post(pods, pod("n1", true))).await;
+    assert_eq!(mirror.code, StatusCode::CREATED, "{}", mirror.body);
+    // Create-on-apply goes through the same check.
+    let applied = f
+        .call(
+            n1(),
+            Request::builder()
+                .method("PATCH")
+                .uri("/api/v1/nodes/n3?fieldManager=agent")
+                .header(header::CONTENT_TYPE, "application/apply-patch+yaml")
+                .body(Body::from(
+                    json!({"apiVersion":"v1","kind":"Node","metadata":{"name":"n3"}}).to_string(),
+                ))
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(applied.code, StatusCode::FORBIDDEN, "{}", applied.body);
+}
+
+#[tokio::test]
+async fn rbac_names_are_path_segments() {
+    let f = fixture().await;
+    let roles = "/apis/rbac.authorization.k8s.io/v1/clusterroles";
+    let role = |name: &str| {
+        json!({"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRole",
+               "metadata":{"name":name},"rules":[]})
+    };
+    let ok = f
+        .admin("POST", roles, "application/json", role("system:foo"))
+        .await;
+    assert_eq!(ok.code, StatusCode::CREATED, "{}", ok.body);
+    assert_eq!(
+        f.get(&format!("{roles}/system:foo")).await.code,
+        StatusCode::OK
+    );
+    let bad = f
+        .admin("POST", roles, "application/json", role("a/b"))
+        .await;
+    assert_eq!(bad.code, StatusCode::UNPROCESSABLE_ENTITY, "{}", bad.body);
+    assert_eq!(
+        bad.body["details"]["causes"][0]["message"],
+        "Invalid value: \"a/b\": may not contain '/'"
+    );
+    // Other kinds keep the DNS subdomain rule.
+    let cm = f
+        .admin(
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            "application/json",
+            cm("a:b", json!({})),
+        )
+        .await;
+    assert_eq!(cm.code, StatusCode::UNPROCESSABLE_ENTITY);
+}

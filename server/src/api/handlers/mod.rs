@@ -184,10 +184,10 @@ async fn dispatch(ctx: &Ctx, user: &UserInfo, verb: &str) -> Result<Response, Ap
             (None, Some("binding")) => write::bind(ctx).await,
             (None, Some("eviction")) => delete::evict(ctx).await,
             (None, Some("token")) => write::token_request(ctx),
-            (None, _) => write::create(ctx).await,
+            (None, _) => write::create(ctx, user).await,
         },
         "update" => write::update(ctx).await,
-        "patch" => write::patch(ctx).await,
+        "patch" => write::patch(ctx, user).await,
         "delete" => delete::delete(ctx).await,
         "deletecollection" => delete::delete_collection(ctx).await,
         other => Err(ApiError::MethodNotAllowed(format!(

@@ -17,6 +17,7 @@ use crate::api::defaults;
 use crate::api::error::ApiError;
 use crate::api::patch;
 use crate::api::podsub;
+use crate::api::rbac_node;
 use crate::api::registry::Review;
 use crate::api::scale;
 use crate::api::services;
@@ -28,23 +29,25 @@ use crate::store::{Revision, StoreError};
 /// How often an unconditional update is retried after losing a race.
 const UNCONDITIONAL_RETRIES: usize = 5;
 
-pub async fn create(ctx: &Ctx) -> Result<Response, ApiError> {
+pub async fn create(ctx: &Ctx, user: &UserInfo) -> Result<Response, ApiError> {
     let res = ctx.target.resource;
     let mut obj = codec::decode(&ctx.headers, &ctx.body)?;
     object::check_type_and_namespace(res, &mut obj, ctx.namespace())?;
     let who = manager(ctx)?;
-    create_object(ctx, obj, |obj| apply::record_update(None, obj, &who)).await
+    create_object(ctx, user, obj, |obj| apply::record_update(None, obj, &who)).await
 }
 
 /// Creates `obj` (type and namespace checked): server fields, defaults, `track` (managed fields),
-/// validation, admission, store.
+/// validation, admission (NodeRestriction, namespace, service addresses), store.
 async fn create_object(
     ctx: &Ctx,
+    user: &UserInfo,
     mut obj: Value,
     track: impl FnOnce(&mut Value),
 ) -> Result<Response, ApiError> {
     let res = ctx.target.resource;
     object::prepare_create(res, &mut obj)?;
+    rbac_node::check_create(user, res.group, res.plural, &obj)?;
     validate::default_on_create(res, &mut obj);
     track(&mut obj);
     validate::validate(res, &obj, None)?;
@@ -171,10 +174,10 @@ fn is_scale(ctx: &Ctx) -> bool {
     ctx.target.subresource.as_deref() == Some("scale")
 }
 
-pub async fn patch(ctx: &Ctx) -> Result<Response, ApiError> {
+pub async fn patch(ctx: &Ctx, user: &UserInfo) -> Result<Response, ApiError> {
     let kind = patch::PatchKind::from_content_type(&codec::media_type(&ctx.headers))?;
     if kind == patch::PatchKind::Apply {
-        return server_side_apply(ctx).await;
+        return server_side_apply(ctx, user).await;
     }
     if ctx.param("force").is_some() {
         return Err(ApiError::BadRequest(
@@ -272,7 +275,7 @@ async fn replace(
 
 /// `PATCH` with `application/apply-patch+yaml`: server-side apply by `fieldManager` (required),
 /// creating the object when it does not exist.
-async fn server_side_apply(ctx: &Ctx) -> Result<Response, ApiError> {
+async fn server_side_apply(ctx: &Ctx, user: &UserInfo) -> Result<Response, ApiError> {
     let res = ctx.target.resource;
     if ctx.param("fieldManager").is_none_or(str::is_empty) {
         return Err(ApiError::BadRequest(
@@ -340,7 +343,7 @@ async fn server_side_apply(ctx: &Ctx) -> Result<Response, ApiError> {
             });
         }
         let created = apply::apply(None, &config, &who, force)?;
-        return create_object(ctx, created, |_| {}).await;
+        return create_object(ctx, user, created, |_| {}).await;
     }
     replace(ctx, precondition, Track::Done, |current| {
         apply::apply(Some(current), &config, &who, force)
