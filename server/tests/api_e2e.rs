@@ -970,6 +970,59 @@ async fn kubectl_server_side_apply() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_field_validation() {
+    if !kubectl_available() {
+        return;
+    }
+    let s = start().await;
+    let bad = DEPLOY_V1
+        .replace("  replicas: 2\n", "  replicas: 2\n  foo: bar\n")
+        .replace(
+            "        image: nginx:1.25\n",
+            "        image: nginx:1.25\n        colour: red\n",
+        );
+    let file = s.write("bad.yaml", &bad);
+    // Strict (kubectl's default): refused with the paths, for client- and server-side apply.
+    for args in [
+        vec!["apply", "-f", &file],
+        vec!["apply", "--server-side", "-f", &file],
+        vec!["create", "-f", &file],
+    ] {
+        let (ok, _, stderr) = s.kubectl(&args).await;
+        assert!(!ok, "{args:?} should fail");
+        assert!(
+            stderr.contains("Error from server (BadRequest)")
+                && stderr.contains("strict decoding error: unknown field \"spec.foo\", unknown field \"spec.template.spec.containers[0].colour\""),
+            "{args:?}: {stderr}"
+        );
+    }
+    // Warn: created, with warnings printed.
+    let (ok, stdout, stderr) = s.kubectl(&["apply", "--validate=warn", "-f", &file]).await;
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("Warning: unknown field \"spec.foo\""),
+        "{stderr}"
+    );
+    // Ignore (--validate=false): accepted silently. Unknown fields are never stored.
+    let stored = s.ok_json(&["get", "deploy", "web", "-o", "json"]).await;
+    assert!(stored["spec"].get("foo").is_none(), "{stored}");
+    let (ok, stdout, stderr) = s
+        .kubectl(&["replace", "--validate=false", "-f", &file])
+        .await;
+    assert!(ok, "{stdout}{stderr}");
+    assert!(!stderr.contains("Warning"), "{stderr}");
+    // A patch is checked too (kubectl patch sends no fieldValidation: the default warns).
+    let (ok, _, stderr) = s
+        .kubectl(&["patch", "deploy", "web", "-p", r#"{"spec":{"bogus":1}}"#])
+        .await;
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("Warning: unknown field \"spec.bogus\""),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_kubernetes_client() {
     let has_client = std::process::Command::new("python3")
         .args(["-c", "import kubernetes"])

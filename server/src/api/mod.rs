@@ -10,7 +10,7 @@
 //! namespaces, default RBAC roles, the `default/kubernetes` Service, and the custom resources of
 //! stored CRDs).
 //!
-//! Not yet served: `fieldValidation=Strict` (accepted, not enforced), CRD schemas/printer columns/scale, the streaming pod subresources (503 until the agent
+//! Not yet served: `fieldValidation` for custom resources (accepted, not enforced), CRD schemas/printer columns/scale, the streaming pod subresources (503 until the agent
 //! connection exists), and the groups the registry does not list (batch, networking, storage,
 //! policy, discovery, events.k8s.io...).
 
@@ -40,6 +40,7 @@ pub mod scale;
 pub mod selector;
 pub mod services;
 pub mod smp;
+pub mod strict;
 pub mod table;
 pub mod target;
 pub mod tokens;

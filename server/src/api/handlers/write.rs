@@ -33,6 +33,7 @@ pub async fn create(ctx: &Ctx, user: &UserInfo) -> Result<Response, ApiError> {
     let res = ctx.target.resource;
     let mut obj = codec::decode(&ctx.headers, &ctx.body)?;
     object::check_type_and_namespace(res, &mut obj, ctx.namespace())?;
+    ctx.check_fields(&mut obj)?;
     let who = manager(ctx)?;
     create_object(ctx, user, obj, |obj| apply::record_update(None, obj, &who)).await
 }
@@ -120,6 +121,9 @@ pub async fn update(ctx: &Ctx) -> Result<Response, ApiError> {
     }
     let precondition = object::resource_version(&body)?;
     let track = Track::Update(manager(ctx)?);
+    if !is_scale(ctx) {
+        ctx.check_fields(&mut body)?;
+    }
     if is_scale(ctx) {
         return replace(ctx, precondition, track, |current| {
             scale::apply(current, &body)
@@ -202,6 +206,7 @@ pub async fn patch(ctx: &Ctx, user: &UserInfo) -> Result<Response, ApiError> {
     replace(ctx, precondition, track, |current| {
         let mut patched = patch::apply(kind, current, &patch_doc)?;
         object::check_type_and_namespace(res, &mut patched, ctx.namespace())?;
+        ctx.check_fields(&mut patched)?;
         if object::name(&patched) != ctx.name() {
             return Err(ApiError::BadRequest(
                 "metadata.name cannot be changed by a patch".into(),
@@ -328,6 +333,7 @@ async fn server_side_apply(ctx: &Ctx, user: &UserInfo) -> Result<Response, ApiEr
         // The main resource's status is reset, as for updates: status is applied through /status.
         map.remove("status");
     }
+    ctx.check_fields(&mut config)?;
     let who = manager(ctx)?;
     let precondition = object::resource_version(&config)?;
     let exists = match load(ctx) {
