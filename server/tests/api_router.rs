@@ -199,6 +199,7 @@ async fn discovery_legacy_and_aggregated() {
             "discovery.k8s.io",
             "policy",
             "coordination.k8s.io",
+            "storage.k8s.io",
             "rbac.authorization.k8s.io",
             "apiextensions.k8s.io",
             "authorization.k8s.io",
@@ -1577,4 +1578,110 @@ async fn rbac_names_are_path_segments() {
         )
         .await;
     assert_eq!(cm.code, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn storage_and_quota_kinds_are_served_with_tables() {
+    let f = fixture().await;
+    let table_accept = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
+    let cases = [
+        (
+            "/apis/storage.k8s.io/v1/storageclasses",
+            json!({"apiVersion":"storage.k8s.io/v1","kind":"StorageClass","metadata":{"name":"local"},
+                   "provisioner":"rancher.io/local-path"}),
+            vec![
+                "Name",
+                "Provisioner",
+                "ReclaimPolicy",
+                "VolumeBindingMode",
+                "AllowVolumeExpansion",
+                "Age",
+            ],
+            json!([
+                "local",
+                "rancher.io/local-path",
+                "Delete",
+                "Immediate",
+                "false"
+            ]),
+        ),
+        (
+            "/api/v1/persistentvolumes",
+            json!({"apiVersion":"v1","kind":"PersistentVolume","metadata":{"name":"pv1"},
+                   "spec":{"capacity":{"storage":"1Gi"},"accessModes":["ReadWriteOnce"],"hostPath":{"path":"/tmp/pv1"},
+                           "storageClassName":"local"}}),
+            vec![
+                "Name",
+                "Capacity",
+                "Access Modes",
+                "Reclaim Policy",
+                "Status",
+                "Claim",
+                "StorageClass",
+                "VolumeAttributesClass",
+                "Reason",
+                "Age",
+                "VolumeMode",
+            ],
+            json!([
+                "pv1", "1Gi", "RWO", "Retain", "", "", "local", "<unset>", ""
+            ]),
+        ),
+        (
+            "/api/v1/namespaces/default/persistentvolumeclaims",
+            json!({"apiVersion":"v1","kind":"PersistentVolumeClaim","metadata":{"name":"data"},
+                   "spec":{"accessModes":["ReadWriteOnce"],"resources":{"requests":{"storage":"1Gi"}}}}),
+            vec![
+                "Name",
+                "Status",
+                "Volume",
+                "Capacity",
+                "Access Modes",
+                "StorageClass",
+                "VolumeAttributesClass",
+                "Age",
+                "VolumeMode",
+            ],
+            json!(["data", "", "", "", "", "", "<unset>"]),
+        ),
+        (
+            "/api/v1/namespaces/default/resourcequotas",
+            json!({"apiVersion":"v1","kind":"ResourceQuota","metadata":{"name":"q"},
+                   "spec":{"hard":{"pods":"10","limits.cpu":"2"}}}),
+            vec!["Name", "Age", "Request", "Limit"],
+            json!(["q"]),
+        ),
+        (
+            "/api/v1/namespaces/default/limitranges",
+            json!({"apiVersion":"v1","kind":"LimitRange","metadata":{"name":"l"},
+                   "spec":{"limits":[{"type":"Container","default":{"cpu":"100m"}}]}}),
+            vec!["Name", "Created At"],
+            json!(["l"]),
+        ),
+    ];
+    for (uri, body, columns, first_cells) in cases {
+        let created = f.admin("POST", uri, "application/json", body).await;
+        assert_eq!(created.code, StatusCode::CREATED, "{uri}: {}", created.body);
+        let table = f.call(Some(admin()), get_req(uri, table_accept)).await;
+        assert_eq!(table.code, StatusCode::OK, "{uri}");
+        let names: Vec<&str> = table.body["columnDefinitions"]
+            .as_array()
+            .expect("columns")
+            .iter()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        assert_eq!(names, columns, "{uri}");
+        let cells = &table.body["rows"][0]["cells"];
+        for (i, want) in first_cells.as_array().expect("cells").iter().enumerate() {
+            assert_eq!(&cells[i], want, "{uri} cell {i}: {cells}");
+        }
+    }
+    let quota = f
+        .call(
+            Some(admin()),
+            get_req("/api/v1/namespaces/default/resourcequotas", table_accept),
+        )
+        .await;
+    assert_eq!(quota.body["rows"][0]["cells"][2], "pods: 0/10");
+    assert_eq!(quota.body["rows"][0]["cells"][3], "limits.cpu: 0/2");
 }
