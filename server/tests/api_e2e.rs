@@ -760,8 +760,267 @@ try:
     raise SystemExit("still there")
 except ApiException as e:
     assert e.status == 404, e.status
+
+# Server-side apply: create, ownership, conflict (409) and force.
+ssa = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "py-ssa"}, "data": {"a": "1"}}
+apply_type = "application/apply-patch+yaml"
+applied = v1.patch_namespaced_config_map("py-ssa", "default", ssa, field_manager="py", _content_type=apply_type)
+entry = applied.metadata.managed_fields[0]
+assert (entry.manager, entry.operation) == ("py", "Apply"), applied.metadata.managed_fields
+assert entry.fields_v1 == {"f:data": {"f:a": {}}}, entry.fields_v1
+v1.patch_namespaced_config_map("py-ssa", "default", {"data": {"a": "2"}}, field_manager="other")
+try:
+    v1.patch_namespaced_config_map("py-ssa", "default", ssa, field_manager="py", _content_type=apply_type)
+    raise SystemExit("apply did not conflict")
+except ApiException as e:
+    assert e.status == 409, e.status
+    assert 'conflict with \\"other\\" using v1' in e.body, e.body
+forced = v1.patch_namespaced_config_map("py-ssa", "default", ssa, field_manager="py", force=True, _content_type=apply_type)
+assert forced.data == {"a": "1"}, forced.data
+assert [m.manager for m in forced.metadata.managed_fields] == ["py"], forced.metadata.managed_fields
+v1.delete_namespaced_config_map("py-ssa", "default")
 print("python client ok")
 "#;
+
+/// The managed-fields entry of `manager` in `obj` (from `get -o json --show-managed-fields`).
+fn entry<'a>(obj: &'a Value, manager: &str) -> Option<&'a Value> {
+    obj["metadata"]["managedFields"]
+        .as_array()?
+        .iter()
+        .find(|e| e["manager"] == manager)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_server_side_apply() {
+    if !kubectl_available() {
+        return;
+    }
+    let s = start().await;
+    let deploy = s.write("ssa.yaml", DEPLOY_V1);
+    let get = [
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        "json",
+        "--show-managed-fields",
+    ];
+
+    // Create on apply; the manager owns exactly the applied fields.
+    assert_eq!(
+        s.ok(&["apply", "--server-side", "-f", &deploy])
+            .await
+            .trim(),
+        "deployment.apps/web serverside-applied"
+    );
+    let live = s.ok_json(&get).await;
+    let mine = entry(&live, "kubectl").expect("kubectl's entry");
+    assert_eq!(mine["operation"], "Apply");
+    assert_eq!(mine["apiVersion"], "apps/v1");
+    let containers = &mine["fieldsV1"]["f:spec"]["f:template"]["f:spec"]["f:containers"];
+    assert_eq!(
+        containers["k:{\"name\":\"nginx\"}"]["f:env"]["k:{\"name\":\"B\"}"],
+        json!({".": {}, "f:name": {}, "f:value": {}})
+    );
+    assert_eq!(mine["fieldsV1"]["f:spec"]["f:replicas"], json!({}));
+    assert_eq!(live["metadata"]["generation"], 1);
+
+    // Re-applying the same file changes nothing.
+    let rv = live["metadata"]["resourceVersion"].clone();
+    s.ok(&["apply", "--server-side", "-f", &deploy]).await;
+    assert_eq!(s.ok_json(&get).await["metadata"]["resourceVersion"], rv);
+
+    // Another manager takes replicas with a patch; applying 2 again conflicts.
+    s.ok(&["patch", "deploy", "web", "-p", r#"{"spec":{"replicas":5}}"#])
+        .await;
+    let patched = s.ok_json(&get).await;
+    let theirs = entry(&patched, "kubectl-patch").expect("kubectl-patch's entry");
+    assert_eq!(theirs["operation"], "Update");
+    assert_eq!(theirs["fieldsV1"], json!({"f:spec": {"f:replicas": {}}}));
+    assert!(
+        entry(&patched, "kubectl").expect("kubectl")["fieldsV1"]["f:spec"]
+            .get("f:replicas")
+            .is_none()
+    );
+    let (ok, _, stderr) = s.kubectl(&["apply", "--server-side", "-f", &deploy]).await;
+    assert!(!ok, "the apply should conflict");
+    assert!(
+        stderr.contains(
+            "Apply failed with 1 conflict: conflict with \"kubectl-patch\" using apps/v1"
+        ) && stderr.contains(": .spec.replicas")
+            && stderr.contains("--force-conflicts"),
+        "{stderr}"
+    );
+    // A different manager applying the live value shares ownership without a conflict.
+    let shared = s.write(
+        "shared.yaml",
+        &DEPLOY_V1.replace("replicas: 2", "replicas: 5"),
+    );
+    s.ok(&[
+        "apply",
+        "--server-side",
+        "--field-manager=other",
+        "-f",
+        &shared,
+    ])
+    .await;
+
+    // --force-conflicts takes replicas back from both.
+    s.ok(&["apply", "--server-side", "--force-conflicts", "-f", &deploy])
+        .await;
+    let forced = s.ok_json(&get).await;
+    assert_eq!(forced["spec"]["replicas"], 2);
+    assert!(entry(&forced, "kubectl-patch").is_none(), "{forced}");
+    assert!(
+        entry(&forced, "other").expect("other")["fieldsV1"]["f:spec"]
+            .get("f:replicas")
+            .is_none()
+    );
+
+    // Fields a manager stops applying are removed unless another manager owns them. `other`
+    // stops applying env B (kubectl still does: it stays), then kubectl stops applying env B
+    // (nobody owns it: it goes) and the sidecar (`other` still does: it stays).
+    let without_b = DEPLOY_V1.replace("        - {name: B, value: \"2\"}\n", "");
+    let shared = s.write("shared.yaml", &without_b);
+    s.ok(&[
+        "apply",
+        "--server-side",
+        "--field-manager=other",
+        "-f",
+        &shared,
+    ])
+    .await;
+    let env = s
+        .ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].env[*].name}",
+        ])
+        .await;
+    assert_eq!(env, "A B");
+    let v2 = without_b.replace("      - name: sidecar\n        image: busybox\n", "");
+    s.write("ssa.yaml", &v2);
+    s.ok(&["apply", "--server-side", "-f", &deploy]).await;
+    let after = s.ok_json(&get).await;
+    let pod_spec = &after["spec"]["template"]["spec"];
+    let names: Vec<&str> = pod_spec["containers"]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(names, ["nginx", "sidecar"], "{after}");
+    assert_eq!(
+        pod_spec["containers"][0]["env"],
+        json!([{"name": "A", "value": "1"}])
+    );
+    // Once `other` stops applying the sidecar too, it goes.
+    s.ok(&[
+        "apply",
+        "--server-side",
+        "--field-manager=other",
+        "-f",
+        &deploy,
+    ])
+    .await;
+    let after = s.ok_json(&get).await;
+    assert_eq!(
+        after["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .expect("containers")
+            .len(),
+        1,
+        "{after}"
+    );
+    assert_eq!(after["metadata"]["generation"], 5, "{after}");
+
+    // Updates record their manager: create, label, client-side apply, scale.
+    s.ok(&["create", "configmap", "ssa-cm", "--from-literal=a=1"])
+        .await;
+    s.ok(&["label", "configmap", "ssa-cm", "tier=web"]).await;
+    let cm = s
+        .ok_json(&["get", "cm", "ssa-cm", "-o", "json", "--show-managed-fields"])
+        .await;
+    assert_eq!(
+        entry(&cm, "kubectl-create").expect("create")["fieldsV1"],
+        json!({"f:data": {".": {}, "f:a": {}}})
+    );
+    assert_eq!(
+        entry(&cm, "kubectl-label").expect("label")["fieldsV1"],
+        json!({"f:metadata": {"f:labels": {".": {}, "f:tier": {}}}})
+    );
+    let csa = s.write("csa.yaml", CM_V1);
+    s.ok(&["apply", "-f", &csa]).await;
+    let cm = s
+        .ok_json(&["get", "cm", "e2e-cm", "-o", "json", "--show-managed-fields"])
+        .await;
+    let csa_entry = entry(&cm, "kubectl-client-side-apply").expect("client-side apply");
+    assert_eq!(csa_entry["operation"], "Update");
+    assert!(
+        csa_entry["fieldsV1"]["f:metadata"]["f:annotations"]
+            .get("f:kubectl.kubernetes.io/last-applied-configuration")
+            .is_some(),
+        "{csa_entry}"
+    );
+    // kubectl hides managedFields unless asked.
+    let plain = s.ok_json(&["get", "cm", "e2e-cm", "-o", "json"]).await;
+    assert!(plain["metadata"].get("managedFields").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_field_validation() {
+    if !kubectl_available() {
+        return;
+    }
+    let s = start().await;
+    let bad = DEPLOY_V1
+        .replace("  replicas: 2\n", "  replicas: 2\n  foo: bar\n")
+        .replace(
+            "        image: nginx:1.25\n",
+            "        image: nginx:1.25\n        colour: red\n",
+        );
+    let file = s.write("bad.yaml", &bad);
+    // Strict (kubectl's default): refused with the paths, for client- and server-side apply.
+    for args in [
+        vec!["apply", "-f", &file],
+        vec!["apply", "--server-side", "-f", &file],
+        vec!["create", "-f", &file],
+    ] {
+        let (ok, _, stderr) = s.kubectl(&args).await;
+        assert!(!ok, "{args:?} should fail");
+        assert!(
+            stderr.contains("Error from server (BadRequest)")
+                && stderr.contains("strict decoding error: unknown field \"spec.foo\", unknown field \"spec.template.spec.containers[0].colour\""),
+            "{args:?}: {stderr}"
+        );
+    }
+    // Warn: created, with warnings printed.
+    let (ok, stdout, stderr) = s.kubectl(&["apply", "--validate=warn", "-f", &file]).await;
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("Warning: unknown field \"spec.foo\""),
+        "{stderr}"
+    );
+    // Ignore (--validate=false): accepted silently. Unknown fields are never stored.
+    let stored = s.ok_json(&["get", "deploy", "web", "-o", "json"]).await;
+    assert!(stored["spec"].get("foo").is_none(), "{stored}");
+    let (ok, stdout, stderr) = s
+        .kubectl(&["replace", "--validate=false", "-f", &file])
+        .await;
+    assert!(ok, "{stdout}{stderr}");
+    assert!(!stderr.contains("Warning"), "{stderr}");
+    // A patch is checked too (kubectl patch sends no fieldValidation: the default warns).
+    let (ok, _, stderr) = s
+        .kubectl(&["patch", "deploy", "web", "-p", r#"{"spec":{"bogus":1}}"#])
+        .await;
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("Warning: unknown field \"spec.bogus\""),
+        "{stderr}"
+    );
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_kubernetes_client() {

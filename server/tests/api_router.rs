@@ -199,6 +199,7 @@ async fn discovery_legacy_and_aggregated() {
             "discovery.k8s.io",
             "policy",
             "coordination.k8s.io",
+            "storage.k8s.io",
             "rbac.authorization.k8s.io",
             "apiextensions.k8s.io",
             "authorization.k8s.io",
@@ -607,7 +608,109 @@ async fn patches_generation_and_status_subresource() {
             json!({}),
         )
         .await;
-    assert_eq!(ssa.code, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(
+        ssa.code,
+        StatusCode::BAD_REQUEST,
+        "fieldManager is required"
+    );
+}
+
+#[tokio::test]
+async fn server_side_apply_status_and_errors() {
+    let f = fixture().await;
+    let base = "/apis/apps/v1/namespaces/default/deployments";
+    let f = &f;
+    let apply = |uri: String, body: Value| async move {
+        f.admin("PATCH", &uri, "application/apply-patch+yaml", body)
+            .await
+    };
+    let deploy = json!({"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"ssa"},
+        "spec":{"replicas":1,"selector":{"matchLabels":{"app":"ssa"}},
+                "template":{"metadata":{"labels":{"app":"ssa"}},"spec":{"containers":[{"name":"c","image":"i"}]}}},
+        "status":{"replicas":9}});
+    // Status in an apply to the main resource is ignored; the object is created (201).
+    let created = apply(format!("{base}/ssa?fieldManager=me"), deploy.clone()).await;
+    assert_eq!(created.code, StatusCode::CREATED, "{}", created.body);
+    assert!(created.body.get("status").is_none(), "{}", created.body);
+    assert_eq!(
+        created.body["metadata"]["managedFields"][0]["manager"],
+        "me"
+    );
+    // Status is applied through /status, recorded with the subresource.
+    let status = apply(
+        format!("{base}/ssa/status?fieldManager=ctl"),
+        json!({"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"ssa"},"status":{"replicas":1}}),
+    )
+    .await;
+    assert_eq!(status.code, StatusCode::OK, "{}", status.body);
+    assert_eq!(status.body["status"]["replicas"], 1);
+    let entries = status.body["metadata"]["managedFields"]
+        .as_array()
+        .expect("entries");
+    let ctl = entries
+        .iter()
+        .find(|e| e["manager"] == "ctl")
+        .expect("ctl entry");
+    assert_eq!(ctl["subresource"], "status");
+    assert_eq!(ctl["fieldsV1"], json!({"f:status":{"f:replicas":{}}}));
+    // Wrong kind, mismatched name, missing namespace.
+    let mut wrong = deploy.clone();
+    wrong["kind"] = json!("ReplicaSet");
+    assert_eq!(
+        apply(format!("{base}/ssa?fieldManager=me"), wrong)
+            .await
+            .code,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        apply(format!("{base}/other?fieldManager=me"), deploy.clone())
+            .await
+            .code,
+        StatusCode::BAD_REQUEST
+    );
+    let missing_ns = apply(
+        "/apis/apps/v1/namespaces/nope/deployments/ssa?fieldManager=me".into(),
+        deploy.clone(),
+    )
+    .await;
+    assert_eq!(
+        missing_ns.code,
+        StatusCode::NOT_FOUND,
+        "{}",
+        missing_ns.body
+    );
+    // A conflict names the field and manager in the causes.
+    f.admin(
+        "PATCH",
+        &format!("{base}/ssa?fieldManager=scaler"),
+        "application/merge-patch+json",
+        json!({"spec":{"replicas":4}}),
+    )
+    .await;
+    let conflict = apply(format!("{base}/ssa?fieldManager=me"), deploy.clone()).await;
+    assert_eq!(conflict.code, StatusCode::CONFLICT);
+    assert_eq!(
+        conflict.body["details"]["causes"][0],
+        json!({"reason":"FieldManagerConflict","field":".spec.replicas",
+               "message": conflict.body["details"]["causes"][0]["message"].clone()})
+    );
+    assert!(
+        conflict.body["details"]["causes"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("conflict with \"scaler\" using apps/v1 at ")),
+        "{}",
+        conflict.body
+    );
+    // force is only for apply patches.
+    let forced_merge = f
+        .admin(
+            "PATCH",
+            &format!("{base}/ssa?force=true"),
+            "application/merge-patch+json",
+            json!({}),
+        )
+        .await;
+    assert_eq!(forced_merge.code, StatusCode::BAD_REQUEST);
 }
 
 #[tokio::test]
@@ -1326,4 +1429,259 @@ async fn crds_serve_their_custom_resources_at_once() {
     f.admin("POST", crds, "application/json", widget_crd())
         .await;
     assert_eq!(f.get(base).await.body["items"], json!([]));
+}
+
+#[tokio::test]
+async fn node_restriction_on_create() {
+    let f = fixture().await;
+    let n1 = || {
+        Some(PeerIdentity {
+            common_name: "system:node:n1".into(),
+            organizations: vec!["system:nodes".into()],
+        })
+    };
+    let post = |uri: &str, body: Value| {
+        Request::builder()
+            .method("POST")
+            .uri(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .expect("request")
+    };
+    let other = f
+        .call(
+            n1(),
+            post(
+                "/api/v1/nodes",
+                json!({"apiVersion":"v1","kind":"Node","metadata":{"name":"n2"}}),
+            ),
+        )
+        .await;
+    assert_eq!(other.code, StatusCode::FORBIDDEN, "{}", other.body);
+    assert_eq!(
+        other.body["message"],
+        "nodes \"n2\" is forbidden: node \"n1\" is not allowed to modify node \"n2\""
+    );
+    let own = f
+        .call(
+            n1(),
+            post(
+                "/api/v1/nodes",
+                json!({"apiVersion":"v1","kind":"Node","metadata":{"name":"n1"}}),
+            ),
+        )
+        .await;
+    assert_eq!(own.code, StatusCode::CREATED, "{}", own.body);
+    // Pods: RBAC lets nodes create pods only through this binding; NodeRestriction still refuses
+    // pods bound elsewhere and non-mirror pods.
+    f.admin(
+        "POST",
+        "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+        "application/json",
+        json!({"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRole",
+               "metadata":{"name":"system:r3s-test:pod-creator"},
+               "rules":[{"apiGroups":[""],"resources":["pods"],"verbs":["create"]}]}),
+    )
+    .await;
+    let binding = f
+        .admin(
+            "POST",
+            "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+            "application/json",
+            json!({"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRoleBinding",
+                   "metadata":{"name":"system:r3s-test:pod-creator"},
+                   "roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"system:r3s-test:pod-creator"},
+                   "subjects":[{"apiGroup":"rbac.authorization.k8s.io","kind":"Group","name":"system:nodes"}]}),
+        )
+        .await;
+    assert_eq!(
+        binding.code,
+        StatusCode::CREATED,
+        "names with ':' are valid for RBAC: {}",
+        binding.body
+    );
+    let pod = |node: &str, mirror: bool| {
+        let mut p = json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":format!("p-{node}-{mirror}")},
+                           "spec":{"nodeName":node,"containers":[{"name":"c","image":"busybox"}]}});
+        if mirror {
+            p["metadata"]["annotations"] = json!({"kubernetes.io/config.mirror": "hash"});
+        }
+        p
+    };
+    let pods = "/api/v1/namespaces/default/pods";
+    let elsewhere = f.call(n1(), post(pods, pod("n2", true))).await;
+    assert_eq!(elsewhere.code, StatusCode::FORBIDDEN, "{}", elsewhere.body);
+    assert!(
+        elsewhere.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("can only create pods with spec.nodeName set to itself")),
+        "{}",
+        elsewhere.body
+    );
+    let not_mirror = f.call(n1(), post(pods, pod("n1", false))).await;
+    assert_eq!(
+        not_mirror.code,
+        StatusCode::FORBIDDEN,
+        "{}",
+        not_mirror.body
+    );
+    let mirror = f.call(n1(), post(pods, pod("n1", true))).await;
+    assert_eq!(mirror.code, StatusCode::CREATED, "{}", mirror.body);
+    // Create-on-apply goes through the same check.
+    let applied = f
+        .call(
+            n1(),
+            Request::builder()
+                .method("PATCH")
+                .uri("/api/v1/nodes/n3?fieldManager=agent")
+                .header(header::CONTENT_TYPE, "application/apply-patch+yaml")
+                .body(Body::from(
+                    json!({"apiVersion":"v1","kind":"Node","metadata":{"name":"n3"}}).to_string(),
+                ))
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(applied.code, StatusCode::FORBIDDEN, "{}", applied.body);
+}
+
+#[tokio::test]
+async fn rbac_names_are_path_segments() {
+    let f = fixture().await;
+    let roles = "/apis/rbac.authorization.k8s.io/v1/clusterroles";
+    let role = |name: &str| {
+        json!({"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRole",
+               "metadata":{"name":name},"rules":[]})
+    };
+    let ok = f
+        .admin("POST", roles, "application/json", role("system:foo"))
+        .await;
+    assert_eq!(ok.code, StatusCode::CREATED, "{}", ok.body);
+    assert_eq!(
+        f.get(&format!("{roles}/system:foo")).await.code,
+        StatusCode::OK
+    );
+    let bad = f
+        .admin("POST", roles, "application/json", role("a/b"))
+        .await;
+    assert_eq!(bad.code, StatusCode::UNPROCESSABLE_ENTITY, "{}", bad.body);
+    assert_eq!(
+        bad.body["details"]["causes"][0]["message"],
+        "Invalid value: \"a/b\": may not contain '/'"
+    );
+    // Other kinds keep the DNS subdomain rule.
+    let cm = f
+        .admin(
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            "application/json",
+            cm("a:b", json!({})),
+        )
+        .await;
+    assert_eq!(cm.code, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn storage_and_quota_kinds_are_served_with_tables() {
+    let f = fixture().await;
+    let table_accept = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
+    let cases = [
+        (
+            "/apis/storage.k8s.io/v1/storageclasses",
+            json!({"apiVersion":"storage.k8s.io/v1","kind":"StorageClass","metadata":{"name":"local"},
+                   "provisioner":"rancher.io/local-path"}),
+            vec![
+                "Name",
+                "Provisioner",
+                "ReclaimPolicy",
+                "VolumeBindingMode",
+                "AllowVolumeExpansion",
+                "Age",
+            ],
+            json!([
+                "local",
+                "rancher.io/local-path",
+                "Delete",
+                "Immediate",
+                "false"
+            ]),
+        ),
+        (
+            "/api/v1/persistentvolumes",
+            json!({"apiVersion":"v1","kind":"PersistentVolume","metadata":{"name":"pv1"},
+                   "spec":{"capacity":{"storage":"1Gi"},"accessModes":["ReadWriteOnce"],"hostPath":{"path":"/tmp/pv1"},
+                           "storageClassName":"local"}}),
+            vec![
+                "Name",
+                "Capacity",
+                "Access Modes",
+                "Reclaim Policy",
+                "Status",
+                "Claim",
+                "StorageClass",
+                "VolumeAttributesClass",
+                "Reason",
+                "Age",
+                "VolumeMode",
+            ],
+            json!([
+                "pv1", "1Gi", "RWO", "Retain", "", "", "local", "<unset>", ""
+            ]),
+        ),
+        (
+            "/api/v1/namespaces/default/persistentvolumeclaims",
+            json!({"apiVersion":"v1","kind":"PersistentVolumeClaim","metadata":{"name":"data"},
+                   "spec":{"accessModes":["ReadWriteOnce"],"resources":{"requests":{"storage":"1Gi"}}}}),
+            vec![
+                "Name",
+                "Status",
+                "Volume",
+                "Capacity",
+                "Access Modes",
+                "StorageClass",
+                "VolumeAttributesClass",
+                "Age",
+                "VolumeMode",
+            ],
+            json!(["data", "", "", "", "", "", "<unset>"]),
+        ),
+        (
+            "/api/v1/namespaces/default/resourcequotas",
+            json!({"apiVersion":"v1","kind":"ResourceQuota","metadata":{"name":"q"},
+                   "spec":{"hard":{"pods":"10","limits.cpu":"2"}}}),
+            vec!["Name", "Age", "Request", "Limit"],
+            json!(["q"]),
+        ),
+        (
+            "/api/v1/namespaces/default/limitranges",
+            json!({"apiVersion":"v1","kind":"LimitRange","metadata":{"name":"l"},
+                   "spec":{"limits":[{"type":"Container","default":{"cpu":"100m"}}]}}),
+            vec!["Name", "Created At"],
+            json!(["l"]),
+        ),
+    ];
+    for (uri, body, columns, first_cells) in cases {
+        let created = f.admin("POST", uri, "application/json", body).await;
+        assert_eq!(created.code, StatusCode::CREATED, "{uri}: {}", created.body);
+        let table = f.call(Some(admin()), get_req(uri, table_accept)).await;
+        assert_eq!(table.code, StatusCode::OK, "{uri}");
+        let names: Vec<&str> = table.body["columnDefinitions"]
+            .as_array()
+            .expect("columns")
+            .iter()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        assert_eq!(names, columns, "{uri}");
+        let cells = &table.body["rows"][0]["cells"];
+        for (i, want) in first_cells.as_array().expect("cells").iter().enumerate() {
+            assert_eq!(&cells[i], want, "{uri} cell {i}: {cells}");
+        }
+    }
+    let quota = f
+        .call(
+            Some(admin()),
+            get_req("/api/v1/namespaces/default/resourcequotas", table_accept),
+        )
+        .await;
+    assert_eq!(quota.body["rows"][0]["cells"][2], "pods: 0/10");
+    assert_eq!(quota.body["rows"][0]["cells"][3], "limits.cpu: 0/2");
 }

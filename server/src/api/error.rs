@@ -77,6 +77,9 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Expired(String),
+    /// Server-side apply would change fields other managers own (causes name each field).
+    #[error("{message}")]
+    ApplyConflict { message: String, causes: Vec<Cause> },
     /// A Conflict whose message is not the optimistic-concurrency one (binding a bound pod).
     #[error("{0}")]
     AlreadyBound(String),
@@ -106,7 +109,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Expired(_) => StatusCode::GONE,
-            ApiError::AlreadyBound(_) => StatusCode::CONFLICT,
+            ApiError::AlreadyBound(_) | ApiError::ApplyConflict { .. } => StatusCode::CONFLICT,
             ApiError::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -124,7 +127,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => "MethodNotAllowed",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::Expired(_) => "Expired",
-            ApiError::AlreadyBound(_) => "Conflict",
+            ApiError::AlreadyBound(_) | ApiError::ApplyConflict { .. } => "Conflict",
             ApiError::ServiceUnavailable(_) => "ServiceUnavailable",
             ApiError::Internal(_) => "InternalError",
         }
@@ -182,6 +185,11 @@ impl ApiError {
                 causes,
             } => Some(json!({
                 "name": name, "group": group, "kind": kind,
+                "causes": causes.iter().map(|c| json!({
+                    "reason": c.reason, "message": c.message, "field": c.field,
+                })).collect::<Vec<_>>(),
+            })),
+            ApiError::ApplyConflict { causes, .. } => Some(json!({
                 "causes": causes.iter().map(|c| json!({
                     "reason": c.reason, "message": c.message, "field": c.field,
                 })).collect::<Vec<_>>(),

@@ -10,11 +10,11 @@
 //! namespaces, default RBAC roles, the `default/kubernetes` Service, and the custom resources of
 //! stored CRDs).
 //!
-//! Not yet served: server-side apply (415), `fieldValidation=Strict` (accepted, not enforced),
-//! CRD schemas/printer columns/scale, the streaming pod subresources (503 until the agent
+//! Not yet served: `fieldValidation` for custom resources (accepted, not enforced), CRD schemas/printer columns/scale, the streaming pod subresources (503 until the agent
 //! connection exists), and the groups the registry does not list (batch, networking, storage,
 //! policy, discovery, events.k8s.io...).
 
+pub mod apply;
 pub mod auth;
 pub mod bootstrap;
 pub mod codec;
@@ -41,6 +41,7 @@ pub mod scale;
 pub mod selector;
 pub mod services;
 pub mod smp;
+pub mod strict;
 pub mod table;
 pub mod target;
 pub mod tokens;

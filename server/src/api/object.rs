@@ -166,7 +166,12 @@ pub fn prepare_update(
         // Only status changes through /status: take everything else from the stored object.
         let status = new.get("status").cloned();
         let rv = new["metadata"]["resourceVersion"].clone();
+        // Managed fields are computed for the whole write (server-side apply of status).
+        let managed = new["metadata"].get("managedFields").cloned();
         *new = old.clone();
+        if let (Some(managed), Some(meta)) = (managed, new["metadata"].as_object_mut()) {
+            meta.insert("managedFields".into(), managed);
+        }
         match status {
             Some(status) => new["status"] = status,
             None => {

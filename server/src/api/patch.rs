@@ -1,6 +1,6 @@
 //! The patch types: JSON patch (RFC 6902), JSON merge patch (RFC 7386) and strategic merge patch
-//! ([`super::smp`]). Server-side apply (`application/apply-patch+yaml`) is answered with 415 until
-//! managed fields exist.
+//! ([`super::smp`]). Server-side apply (`application/apply-patch+yaml`) is recognised here and
+//! carried out by [`super::apply`].
 
 use serde_json::Value;
 
@@ -13,6 +13,8 @@ pub enum PatchKind {
     Json,
     Merge,
     Strategic,
+    /// Server-side apply: never passed to [`apply`].
+    Apply,
 }
 
 impl PatchKind {
@@ -21,13 +23,9 @@ impl PatchKind {
             "application/json-patch+json" => Ok(PatchKind::Json),
             "application/merge-patch+json" => Ok(PatchKind::Merge),
             "application/strategic-merge-patch+json" => Ok(PatchKind::Strategic),
-            "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
-                Err(ApiError::UnsupportedMediaType(
-                    "r3s does not support server-side apply yet; use client-side `kubectl apply` (without --server-side)".into(),
-                ))
-            }
+            "application/apply-patch+yaml" => Ok(PatchKind::Apply),
             other => Err(ApiError::UnsupportedMediaType(format!(
-                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {other})"
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml (got {other})"
             ))),
         }
     }
@@ -68,5 +66,8 @@ pub fn apply(kind: PatchKind, current: &Value, patch: &Value) -> Result<Value, A
             Ok(doc)
         }
         PatchKind::Strategic => smp::apply(current, patch),
+        PatchKind::Apply => Err(ApiError::Internal(
+            "an apply patch reached the merge-patch path".into(),
+        )),
     }
 }

@@ -9,9 +9,9 @@
 //! NodeRestriction's wording); anything else gets no opinion here and falls through to RBAC, with
 //! the reason added to the 403 message when RBAC refuses too.
 //!
-//! Known gap: authorization runs before the body is read, so a Node or Lease *create* is allowed
-//! here whatever its name; [`check_create`] is the admission-time check (upstream's
-//! NodeRestriction) for the create handler to call once it has the decoded object.
+//! Authorization runs before the body is read, so a Node or Lease *create* is allowed here whatever
+//! its name; [`check_create`] is the admission-time check (upstream's NodeRestriction) the create
+//! handlers (create, create-on-apply) call once they have the decoded object.
 
 use serde_json::Value;
 
@@ -120,7 +120,8 @@ pub fn decide(
 }
 
 /// NodeRestriction for creates: a node may create only the Node and the `kube-node-lease` Lease
-/// named after itself. Anything else passes (authorization already decided it).
+/// named after itself, and only mirror pods bound to itself. Anything else passes (authorization
+/// already decided it).
 pub fn check_create(
     user: &UserInfo,
     group: &str,
@@ -138,6 +139,17 @@ pub fn check_create(
         ("coordination.k8s.io", "leases") if name != node => Err(ApiError::Forbidden(format!(
             "leases.coordination.k8s.io \"{name}\" is forbidden: node \"{node}\" can only access node lease with the same name as the requesting node"
         ))),
+        // A node only creates mirror pods of its own static pods.
+        ("", "pods") if obj["spec"]["nodeName"].as_str() != Some(node) => {
+            Err(ApiError::Forbidden(format!(
+                "pods \"{name}\" is forbidden: node \"{node}\" can only create pods with spec.nodeName set to itself"
+            )))
+        }
+        ("", "pods") if obj["metadata"]["annotations"]["kubernetes.io/config.mirror"].is_null() => {
+            Err(ApiError::Forbidden(format!(
+                "pods \"{name}\" is forbidden: pod does not have \"kubernetes.io/config.mirror\" annotation, node \"{node}\" can only create mirror pods"
+            )))
+        }
         _ => Ok(()),
     }
 }
@@ -304,6 +316,16 @@ mod tests {
         assert!(check_create(&n1, "coordination.k8s.io", "leases", &named("n1")).is_ok());
         assert!(check_create(&n1, "coordination.k8s.io", "leases", &named("n2")).is_err());
         assert!(check_create(&n1, "", "events", &named("anything")).is_ok());
+        let pod = |node: &str, mirror: bool| {
+            let mut p = json!({"metadata": {"name": "p"}, "spec": {"nodeName": node}});
+            if mirror {
+                p["metadata"]["annotations"] = json!({"kubernetes.io/config.mirror": "x"});
+            }
+            p
+        };
+        assert!(check_create(&n1, "", "pods", &pod("n1", true)).is_ok());
+        assert!(check_create(&n1, "", "pods", &pod("n2", true)).is_err());
+        assert!(check_create(&n1, "", "pods", &pod("n1", false)).is_err());
         let admin = UserInfo {
             username: "system:admin".into(),
             groups: vec!["system:masters".into()],

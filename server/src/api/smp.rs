@@ -17,7 +17,7 @@ use super::error::ApiError;
 
 /// How a list field merges.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Strategy {
+pub(crate) enum Strategy {
     /// Elements are maps identified by this key.
     Key(&'static str),
     /// A set of primitives.
@@ -29,7 +29,8 @@ enum Strategy {
 const CONTAINER_LISTS: &[&str] = &["containers", "initContainers", "ephemeralContainers"];
 
 /// `parent` is the list the enclosing map is an element of (or the enclosing map's field name).
-fn strategy(parent: Option<&str>, field: &str) -> Strategy {
+/// Server-side apply keys its list elements with the same table.
+pub(crate) fn strategy(parent: Option<&str>, field: &str) -> Strategy {
     match field {
         "containers"
         | "initContainers"

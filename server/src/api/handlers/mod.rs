@@ -23,7 +23,9 @@ use super::auth::{self, Attributes, UserInfo};
 use super::discovery;
 use super::error::ApiError;
 use super::podsub;
+use super::strict;
 use super::target::{self, Target};
+use serde_json::Value;
 
 /// The largest request body accepted (the apiserver's limit is 3 MiB).
 const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -35,6 +37,8 @@ pub struct Ctx {
     pub query: HashMap<String, String>,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// `Warning` headers for the response (field validation in Warn mode).
+    pub warnings: std::sync::Mutex<Vec<String>>,
 }
 
 impl Ctx {
@@ -53,6 +57,22 @@ impl Ctx {
 
     pub fn dry_run(&self) -> bool {
         self.param("dryRun") == Some("All")
+    }
+
+    /// Field validation of a whole object of the target kind under `fieldValidation`: refuses
+    /// (Strict) or drops unknown fields, recording warnings (Warn).
+    pub fn check_fields(&self, obj: &mut Value) -> Result<(), ApiError> {
+        let mode = strict::Mode::parse(self.param("fieldValidation"))?;
+        let found = strict::check(self.target.resource, obj, mode)?;
+        if !found.is_empty() {
+            let mut warnings = self.warnings.lock().unwrap_or_else(|e| e.into_inner());
+            for warning in found {
+                if !warnings.contains(&warning) {
+                    warnings.push(warning);
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -157,8 +177,19 @@ async fn run(
         query,
         headers: parts.headers,
         body,
+        warnings: std::sync::Mutex::new(Vec::new()),
     };
-    let response = dispatch(&ctx, &user, verb).await;
+    let mut response = dispatch(&ctx, &user, verb).await;
+    if let Ok(ok) = &mut response {
+        let warnings = ctx.warnings.lock().unwrap_or_else(|e| e.into_inner());
+        for warning in warnings.iter() {
+            // RFC 7234 warn-code 299 (miscellaneous persistent warning), agent "-", quoted text.
+            let text = format!("299 - {}", Value::String(warning.clone()));
+            if let Ok(value) = axum::http::HeaderValue::from_str(&text) {
+                ok.headers_mut().append(axum::http::header::WARNING, value);
+            }
+        }
+    }
     if let (Ok(_), Some(hook)) = (&response, ctx.target.resource.after_write)
         && !matches!(verb, "get" | "list" | "watch")
         && !ctx.dry_run()
@@ -184,10 +215,10 @@ async fn dispatch(ctx: &Ctx, user: &UserInfo, verb: &str) -> Result<Response, Ap
             (None, Some("binding")) => write::bind(ctx).await,
             (None, Some("eviction")) => delete::evict(ctx).await,
             (None, Some("token")) => write::token_request(ctx),
-            (None, _) => write::create(ctx).await,
+            (None, _) => write::create(ctx, user).await,
         },
         "update" => write::update(ctx).await,
-        "patch" => write::patch(ctx).await,
+        "patch" => write::patch(ctx, user).await,
         "delete" => delete::delete(ctx).await,
         "deletecollection" => delete::delete_collection(ctx).await,
         other => Err(ApiError::MethodNotAllowed(format!(

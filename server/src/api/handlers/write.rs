@@ -10,12 +10,14 @@ use serde_json::Value;
 
 use super::Ctx;
 use super::read::load;
+use crate::api::apply::{self, Manager, fieldset::Shape};
 use crate::api::auth::UserInfo;
 use crate::api::codec;
 use crate::api::defaults;
 use crate::api::error::ApiError;
 use crate::api::patch;
 use crate::api::podsub;
+use crate::api::rbac_node;
 use crate::api::registry::Review;
 use crate::api::scale;
 use crate::api::services;
@@ -27,12 +29,28 @@ use crate::store::{Revision, StoreError};
 /// How often an unconditional update is retried after losing a race.
 const UNCONDITIONAL_RETRIES: usize = 5;
 
-pub async fn create(ctx: &Ctx) -> Result<Response, ApiError> {
+pub async fn create(ctx: &Ctx, user: &UserInfo) -> Result<Response, ApiError> {
     let res = ctx.target.resource;
     let mut obj = codec::decode(&ctx.headers, &ctx.body)?;
     object::check_type_and_namespace(res, &mut obj, ctx.namespace())?;
+    ctx.check_fields(&mut obj)?;
+    let who = manager(ctx)?;
+    create_object(ctx, user, obj, |obj| apply::record_update(None, obj, &who)).await
+}
+
+/// Creates `obj` (type and namespace checked): server fields, defaults, `track` (managed fields),
+/// validation, admission (NodeRestriction, namespace, service addresses), store.
+async fn create_object(
+    ctx: &Ctx,
+    user: &UserInfo,
+    mut obj: Value,
+    track: impl FnOnce(&mut Value),
+) -> Result<Response, ApiError> {
+    let res = ctx.target.resource;
     object::prepare_create(res, &mut obj)?;
+    rbac_node::check_create(user, res.group, res.plural, &obj)?;
     validate::default_on_create(res, &mut obj);
+    track(&mut obj);
     validate::validate(res, &obj, None)?;
     admit_namespace(ctx)?;
     let state = &ctx.state;
@@ -102,19 +120,76 @@ pub async fn update(ctx: &Ctx) -> Result<Response, ApiError> {
         )));
     }
     let precondition = object::resource_version(&body)?;
-    if is_scale(ctx) {
-        return replace(ctx, precondition, |current| scale::apply(current, &body)).await;
+    let track = Track::Update(manager(ctx)?);
+    if !is_scale(ctx) {
+        ctx.check_fields(&mut body)?;
     }
-    replace(ctx, precondition, |_current| Ok(body.clone())).await
+    if is_scale(ctx) {
+        return replace(ctx, precondition, track, |current| {
+            scale::apply(current, &body)
+        })
+        .await;
+    }
+    replace(ctx, precondition, track, |_current| Ok(body.clone())).await
+}
+
+/// The manager of a write: `fieldManager`, else the product name of the User-Agent (as upstream).
+fn manager(ctx: &Ctx) -> Result<Manager, ApiError> {
+    let name = match ctx.param("fieldManager") {
+        Some(name) if !name.is_empty() => name.to_string(),
+        _ => ctx
+            .headers
+            .get(axum::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|ua| ua.split('/').next())
+            .filter(|product| !product.is_empty())
+            .unwrap_or("unknown")
+            .chars()
+            .take(128)
+            .collect(),
+    };
+    if name.chars().count() > 128 || name.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest(format!(
+            "invalid fieldManager {name:?}: must be at most 128 printable characters"
+        )));
+    }
+    let res = ctx.target.resource;
+    Ok(Manager {
+        name,
+        api_version: res.api_version(),
+        subresource: ctx.target.subresource.clone().unwrap_or_default(),
+        shape: Shape {
+            builtin: registry::find(res.group, res.version, res.plural).is_some(),
+        },
+    })
+}
+
+/// How a write records its managed fields.
+enum Track {
+    /// An update by this manager: it owns what it changed.
+    Update(Manager),
+    /// The computed object already carries its managed fields (server-side apply).
+    Done,
+    /// Action subresources (binding) leave managed fields alone.
+    None,
 }
 
 fn is_scale(ctx: &Ctx) -> bool {
     ctx.target.subresource.as_deref() == Some("scale")
 }
 
-pub async fn patch(ctx: &Ctx) -> Result<Response, ApiError> {
+pub async fn patch(ctx: &Ctx, user: &UserInfo) -> Result<Response, ApiError> {
     let kind = patch::PatchKind::from_content_type(&codec::media_type(&ctx.headers))?;
+    if kind == patch::PatchKind::Apply {
+        return server_side_apply(ctx, user).await;
+    }
+    if ctx.param("force").is_some() {
+        return Err(ApiError::BadRequest(
+            "force is only allowed for apply patches".into(),
+        ));
+    }
     let patch_doc = patch::parse(kind, &ctx.body)?;
+    let track = Track::Update(manager(ctx)?);
     let res = ctx.target.resource;
     // A resourceVersion inside a merge-style patch is a precondition, as upstream.
     let precondition = match &patch_doc {
@@ -122,15 +197,16 @@ pub async fn patch(ctx: &Ctx) -> Result<Response, ApiError> {
         _ => None,
     };
     if is_scale(ctx) {
-        return replace(ctx, precondition, |current| {
+        return replace(ctx, precondition, track, |current| {
             let patched = patch::apply(kind, &scale::to_scale(current), &patch_doc)?;
             scale::apply(current, &patched)
         })
         .await;
     }
-    replace(ctx, precondition, |current| {
+    replace(ctx, precondition, track, |current| {
         let mut patched = patch::apply(kind, current, &patch_doc)?;
         object::check_type_and_namespace(res, &mut patched, ctx.namespace())?;
+        ctx.check_fields(&mut patched)?;
         if object::name(&patched) != ctx.name() {
             return Err(ApiError::BadRequest(
                 "metadata.name cannot be changed by a patch".into(),
@@ -144,7 +220,10 @@ pub async fn patch(ctx: &Ctx) -> Result<Response, ApiError> {
 /// `pods/<name>/binding`: assigns the pod to the node named in the Binding.
 pub async fn bind(ctx: &Ctx) -> Result<Response, ApiError> {
     let binding = codec::decode(&ctx.headers, &ctx.body)?;
-    replace_object(ctx, None, |current| podsub::bind(current, &binding)).await?;
+    replace_object(ctx, None, Track::None, |current| {
+        podsub::bind(current, &binding)
+    })
+    .await?;
     Ok(codec::respond(StatusCode::CREATED, &podsub::success()))
 }
 
@@ -190,12 +269,92 @@ pub fn token_request(ctx: &Ctx) -> Result<Response, ApiError> {
 async fn replace(
     ctx: &Ctx,
     precondition: Option<Revision>,
+    track: Track,
     compute: impl Fn(&Value) -> Result<Value, ApiError>,
 ) -> Result<Response, ApiError> {
     Ok(present(
         ctx,
-        &replace_object(ctx, precondition, compute).await?,
+        &replace_object(ctx, precondition, track, compute).await?,
     ))
+}
+
+/// `PATCH` with `application/apply-patch+yaml`: server-side apply by `fieldManager` (required),
+/// creating the object when it does not exist.
+async fn server_side_apply(ctx: &Ctx, user: &UserInfo) -> Result<Response, ApiError> {
+    let res = ctx.target.resource;
+    if ctx.param("fieldManager").is_none_or(str::is_empty) {
+        return Err(ApiError::BadRequest(
+            "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch".into(),
+        ));
+    }
+    let force = match ctx.param("force") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "invalid force {other:?}: must be true or false"
+            )));
+        }
+    };
+    if !matches!(ctx.target.subresource.as_deref(), None | Some("status")) {
+        return Err(ApiError::BadRequest(format!(
+            "server-side apply is not supported on the {} subresource",
+            ctx.target.subresource.as_deref().unwrap_or("")
+        )));
+    }
+    let mut config = codec::parse_yaml(&ctx.body)?;
+    if !config.is_object() {
+        return Err(ApiError::BadRequest(
+            "an apply patch must be a YAML or JSON object".into(),
+        ));
+    }
+    for field in ["apiVersion", "kind"] {
+        if config[field].as_str().is_none_or(str::is_empty) {
+            return Err(ApiError::BadRequest(format!(
+                "invalid object: {field} must be set in an apply patch"
+            )));
+        }
+    }
+    object::check_type_and_namespace(res, &mut config, ctx.namespace())?;
+    match object::name(&config) {
+        "" => config["metadata"]["name"] = Value::String(ctx.name().to_string()),
+        name if name != ctx.name() => {
+            return Err(ApiError::BadRequest(format!(
+                "the name of the object ({name}) does not match the name on the URL ({})",
+                ctx.name()
+            )));
+        }
+        _ => {}
+    }
+    if ctx.target.subresource.is_none()
+        && res.has_subresource("status")
+        && let Some(map) = config.as_object_mut()
+    {
+        // The main resource's status is reset, as for updates: status is applied through /status.
+        map.remove("status");
+    }
+    ctx.check_fields(&mut config)?;
+    let who = manager(ctx)?;
+    let precondition = object::resource_version(&config)?;
+    let exists = match load(ctx) {
+        Ok(_) => true,
+        Err(ApiError::NotFound { .. }) => false,
+        Err(other) => return Err(other),
+    };
+    if !exists {
+        if ctx.target.subresource.is_some() {
+            return Err(ApiError::NotFound {
+                resource: res.name(),
+                name: ctx.name().to_string(),
+            });
+        }
+        let created = apply::apply(None, &config, &who, force)?;
+        return create_object(ctx, user, created, |_| {}).await;
+    }
+    replace(ctx, precondition, Track::Done, |current| {
+        apply::apply(Some(current), &config, &who, force)
+    })
+    .await
 }
 
 /// Reads the current object, computes the new one with `compute`, and stores it with a
@@ -203,6 +362,7 @@ async fn replace(
 async fn replace_object(
     ctx: &Ctx,
     precondition: Option<Revision>,
+    track: Track,
     compute: impl Fn(&Value) -> Result<Value, ApiError>,
 ) -> Result<Value, ApiError> {
     let res = ctx.target.resource;
@@ -219,6 +379,10 @@ async fn replace_object(
         object::prepare_update(res, &mut new, &current, ctx.target.subresource.as_deref())?;
         if ctx.target.subresource.is_none() {
             defaults::apply(res, &mut new);
+        }
+        match &track {
+            Track::Update(who) => apply::record_update(Some(&current), &mut new, who),
+            Track::Done | Track::None => {}
         }
         let state = &ctx.state;
         let _allocation = services::admit(

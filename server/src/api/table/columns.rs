@@ -552,6 +552,122 @@ fn node_address(o: &Value, kind: &str) -> Value {
     json!(addr.unwrap_or("<none>"))
 }
 
+/// A string field, or `def` when absent (upstream prints the defaulted value).
+fn or_default(v: &Value, def: &str) -> Value {
+    json!(v.as_str().filter(|t| !t.is_empty()).unwrap_or(def))
+}
+
+/// Access modes as upstream abbreviates them (`RWO,ROX`).
+fn access_modes(v: &Value) -> Value {
+    let modes: Vec<&str> = v
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(Value::as_str)
+                .map(|m| match m {
+                    "ReadWriteOnce" => "RWO",
+                    "ReadOnlyMany" => "ROX",
+                    "ReadWriteMany" => "RWX",
+                    "ReadWriteOncePod" => "RWOP",
+                    other => other,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    json!(modes.join(","))
+}
+
+pub const STORAGE_CLASS: &[Column] = &[
+    col("Provisioner", 0, |o| s(&o["provisioner"])),
+    col("ReclaimPolicy", 0, |o| {
+        or_default(&o["reclaimPolicy"], "Delete")
+    }),
+    col("VolumeBindingMode", 0, |o| {
+        or_default(&o["volumeBindingMode"], "Immediate")
+    }),
+    col("AllowVolumeExpansion", 0, |o| {
+        json!(
+            o["allowVolumeExpansion"]
+                .as_bool()
+                .unwrap_or(false)
+                .to_string()
+        )
+    }),
+    AGE,
+];
+pub const PERSISTENT_VOLUME: &[Column] = &[
+    col("Capacity", 0, |o| s(&o["spec"]["capacity"]["storage"])),
+    col("Access Modes", 0, |o| {
+        access_modes(&o["spec"]["accessModes"])
+    }),
+    col("Reclaim Policy", 0, |o| {
+        or_default(&o["spec"]["persistentVolumeReclaimPolicy"], "Retain")
+    }),
+    col("Status", 0, |o| s(&o["status"]["phase"])),
+    col("Claim", 0, |o| {
+        let claim = &o["spec"]["claimRef"];
+        match claim["name"].as_str() {
+            Some(name) => json!(format!(
+                "{}/{name}",
+                claim["namespace"].as_str().unwrap_or("")
+            )),
+            None => json!(""),
+        }
+    }),
+    col("StorageClass", 0, |o| s(&o["spec"]["storageClassName"])),
+    col("VolumeAttributesClass", 0, |o| {
+        or_default(&o["spec"]["volumeAttributesClassName"], "<unset>")
+    }),
+    col("Reason", 0, |o| s(&o["status"]["reason"])),
+    AGE,
+    col("VolumeMode", 1, |o| {
+        or_default(&o["spec"]["volumeMode"], "Filesystem")
+    }),
+];
+pub const PERSISTENT_VOLUME_CLAIM: &[Column] = &[
+    col("Status", 0, |o| s(&o["status"]["phase"])),
+    col("Volume", 0, |o| s(&o["spec"]["volumeName"])),
+    col("Capacity", 0, |o| s(&o["status"]["capacity"]["storage"])),
+    col("Access Modes", 0, |o| {
+        access_modes(&o["status"]["accessModes"])
+    }),
+    col("StorageClass", 0, |o| s(&o["spec"]["storageClassName"])),
+    col("VolumeAttributesClass", 0, |o| {
+        or_default(&o["spec"]["volumeAttributesClassName"], "<unset>")
+    }),
+    AGE,
+    col("VolumeMode", 1, |o| {
+        or_default(&o["spec"]["volumeMode"], "Filesystem")
+    }),
+];
+pub const RESOURCE_QUOTA: &[Column] = &[
+    AGE,
+    col("Request", 0, |o| quota_usage(o, false)),
+    col("Limit", 0, |o| quota_usage(o, true)),
+];
+pub const LIMIT_RANGE: &[Column] = &[col("Created At", 0, |o| {
+    s(&o["metadata"]["creationTimestamp"])
+})];
+
+/// `resource: used/hard` pairs of a ResourceQuota, limits (`limits.*`) or the rest, as upstream.
+fn quota_usage(o: &Value, limits: bool) -> Value {
+    let hard = o["status"]["hard"]
+        .as_object()
+        .or_else(|| o["spec"]["hard"].as_object());
+    let Some(hard) = hard else {
+        return json!("");
+    };
+    let parts: Vec<String> = hard
+        .iter()
+        .filter(|(k, _)| k.starts_with("limits.") == limits)
+        .map(|(k, v)| {
+            let used = o["status"]["used"][k.as_str()].as_str().unwrap_or("0");
+            format!("{k}: {used}/{}", v.as_str().unwrap_or(""))
+        })
+        .collect();
+    json!(parts.join(", "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{IncludeObject, row};

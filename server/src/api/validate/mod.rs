@@ -43,10 +43,13 @@ pub fn validate(res: &Resource, obj: &Value, old: Option<&Value>) -> Result<(), 
             message: "Required value: name or generateName is required".into(),
         });
     } else {
-        // Namespaces and Services need DNS labels (they become DNS names); others subdomains.
+        // Namespaces and Services need DNS labels (they become DNS names); RBAC objects only
+        // need to be a URL path segment (`system:controller:...`); others subdomains.
         let label_only = res.group.is_empty() && matches!(res.kind, "Namespace" | "Service");
         let problem = if label_only {
             (!is_dns_label(name)).then_some(LABEL_MSG)
+        } else if res.group == "rbac.authorization.k8s.io" {
+            path_segment_problem(name)
         } else {
             (!is_dns_subdomain(name)).then_some(SUBDOMAIN_MSG)
         };
@@ -67,6 +70,17 @@ pub fn validate(res: &Resource, obj: &Value, old: Option<&Value>) -> Result<(), 
             name: name.into(),
             causes,
         })
+    }
+}
+
+/// Why `name` cannot be one segment of a URL path, if it cannot (upstream's path-segment rule).
+fn path_segment_problem(name: &str) -> Option<&'static str> {
+    match name {
+        "." => Some("may not be '.'"),
+        ".." => Some("may not be '..'"),
+        _ if name.contains('/') => Some("may not contain '/'"),
+        _ if name.contains('%') => Some("may not contain '%'"),
+        _ => None,
     }
 }
 
@@ -130,6 +144,9 @@ mod tests {
         assert!(!is_dns_subdomain("X_"));
         assert!(!is_dns_subdomain("a..b"));
         assert!(!is_dns_label("a.b"));
+        assert_eq!(path_segment_problem("system:controller:x"), None);
+        assert_eq!(path_segment_problem("a/b"), Some("may not contain '/'"));
+        assert_eq!(path_segment_problem(".."), Some("may not be '..'"));
         let cm = find("", "v1", "configmaps").expect("configmaps");
         let err = validate(cm, &json!({"metadata":{"name":"X_"}}), None).expect_err("invalid");
         assert!(err.to_string().starts_with(
