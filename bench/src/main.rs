@@ -205,6 +205,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             series: store_series,
         });
     }
+    // A partial report first, so a run cut short still leaves its figures.
+    r.machine.finish();
+    r.write(&args.out)?;
     if want(5)
         && let Err(e) = scale::run(&mut r, dir.path(), &logs, nodes, pods).await
     {
