@@ -206,6 +206,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         });
     }
     // A partial report first, so a run cut short still leaves its figures.
+    notes(&mut r);
     r.machine.finish();
     r.write(&args.out)?;
     if want(5)
@@ -216,7 +217,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if want(7) {
         sizes::run(&mut r, &root, &target_dir);
     }
-    notes(&mut r);
     r.machine.finish();
     r.write(&args.out)?;
     println!(
