@@ -205,15 +205,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
             series: store_series,
         });
     }
+    if want(7) {
+        sizes::run(&mut r, &root, &target_dir);
+    }
+    // A partial report first, so a run cut short still leaves its figures.
+    notes(&mut r);
+    r.machine.finish();
+    r.write(&args.out)?;
     if want(5)
         && let Err(e) = scale::run(&mut r, dir.path(), &logs, nodes, pods).await
     {
         r.skip(scale::SEC, format!("{e:#}"));
     }
-    if want(7) {
-        sizes::run(&mut r, &root, &target_dir);
-    }
-    notes(&mut r);
     r.machine.finish();
     r.write(&args.out)?;
     println!(
