@@ -6,6 +6,9 @@
 //! problem on stdout, exit status 1 if there is any. It is recognised before flag parsing, since
 //! the configuration resolver knows only the run command's flags.
 //!
+//! `r3s-agent shim …` is the per-container shim the agent spawns itself (see
+//! [`r3s_agent::runtime::shim`]), not a command for people.
+//!
 //! `r3s-agent images pull|list|rm|import` (k3s's `ctr images`/`crictl`) is recognised the same way
 //! and needs none of the run command's required settings (see [`r3s_agent::images_cli`]).
 
@@ -19,6 +22,12 @@ use r3s_config::exit::{config_failure, fail};
 const BIN: &str = "r3s-agent";
 
 fn main() -> ExitCode {
+    #[cfg(target_os = "linux")]
+    if std::env::args_os().nth(1).is_some_and(|a| a == "shim") {
+        // A container's shim (see r3s_agent::runtime::shim): no config, no logging, no tokio.
+        let args: Vec<_> = std::env::args_os().skip(2).collect();
+        return r3s_agent::runtime::shim::main(&args);
+    }
     if std::env::args_os()
         .nth(1)
         .is_some_and(|a| a == "check-config")

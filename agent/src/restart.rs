@@ -1,35 +1,133 @@
-//! Surviving agent restarts: the design (not implemented yet).
+//! Surviving agent restarts: containers run under per-container shims, pods' state is on disk,
+//! and a starting agent re-adopts what a previous run left instead of removing it.
 //!
 //! **The problem.** libcontainer clones a container's init with `CLONE_PARENT`, so the init is a
-//! child of the agent and only the agent can `waitpid` it for its exit status. If the agent
-//! exits (upgrade, crash, `kill -9`), the inits are re-parented to the nearest subreaper or PID
-//! 1, their exit codes are lost to r3s, and a restarted agent cannot tell "exited 0" from
-//! "killed". Today the agent therefore stops its pods when it shuts down and, at start, deletes
-//! every container it finds under its state root (its pods are then started afresh: a restart
-//! of every container, with `restartCount` starting again at 0). That is honest but not
-//! kubelet's behaviour, which the issue requires.
+//! child of the process that created it, and only that process can `waitpid` it for its exit
+//! status. An agent that created its containers itself loses them when it exits (upgrade, crash,
+//! `kill -9`): a restarted agent is a new process, the parent of nothing, and cannot tell
+//! "exited 0" from "killed". Making the agent a subreaper does not help for the same reason.
 //!
-//! **The design: one tiny shim per container** (containerd-shim's model, with a much smaller
-//! shim). The agent forks `r3s-agent shim <id>` (the same binary, a different `main`), which:
-//! 1. calls `prctl(PR_SET_CHILD_SUBREAPER)` and `setsid()`, so it outlives the agent and reaps
-//!    the container's init even though the init is cloned as a sibling;
-//! 2. creates and starts the container through libcontainer (single-threaded: libcontainer's
-//!    clone3 runs in a process with no tokio threads, the conservative choice noted in
-//!    runtime-notes.md);
-//! 3. owns the stdout/stderr pipes and writes the CRI log itself, so logs keep flowing while
-//!    the agent is down;
-//! 4. on the init's exit writes `<run-dir>/containers/<id>/exit.json` (code, signal, OOM flag,
-//!    finish time) atomically, then waits until the agent acknowledges (deletes it) or for a
-//!    timeout, and exits;
-//! 5. listens on `<run-dir>/containers/<id>/shim.sock` for kill/attach/exec requests.
+//! **The design: one tiny shim per container** (containerd-shim's model, much smaller):
+//! [`crate::runtime::shim`]. The agent spawns `r3s-agent shim …` (the same binary; `r3s-server`
+//! too for its in-process agent), which in its own session and as a child subreaper creates and
+//! starts the container through libcontainer while single-threaded, owns the output pipes and
+//! writes the CRI log itself (logs keep flowing while no agent runs), and when the init exits
+//! writes `<run-dir>/shims/<id>/exit.json` and exits. The agent waits on the shim with a pidfd,
+//! which works just as well for a shim it did not spawn. Signals (SIGTERM, SIGKILL from the pod
+//! worker) and exec go through libcontainer's state as before, from any process.
 //!
-//! The agent keeps, per pod, `<data-dir>/agent/pods/<ns>_<name>_<uid>/state.json` (container ids
-//! per slot, start counts, back-off, last termination) written before each start. On start-up it
-//! re-adopts instead of deleting: for each state file, containers whose shim socket answers are
-//! running (their pid is in libcontainer's state.json), those with an `exit.json` have exited
-//! while the agent was away and are processed as exits, and anything else is deleted. Sandboxes
-//! are re-adopted from their bind mounts (`<run-dir>/sandboxes/<uid>`), CNI from its IPAM
-//! leases (`NodeNetwork::gc_pods` with the adopted set).
+//! Each pod worker keeps `<run-dir>/pods/<uid>.json` ([`crate::pods::state`]): the sandbox, the
+//! prepared volumes, and per container the start count, back-off, last terminations and the
+//! running instance (container id, init pid, shim pid), written after every change.
 //!
-//! The cheaper alternative, making the agent itself a subreaper, does not help: a restarted
-//! agent is a new process and is not the parent of anything the old one started.
+//! **At start** ([`clean_previous_run`]): every container, bundle, shim directory, sandbox and
+//! volume directory a state file names is kept, everything else a previous run left is removed
+//! as before; CNI keeps the address leases of kept pods (`gc_pods` with that set), so a pod
+//! keeps its IP and its veth. The pod manager then gives each pod its worker as usual, and the
+//! worker re-adopts before anything else: a container whose shim still runs is running (same
+//! id, pid and log; `restartCount` unchanged; probes start over, so readiness is re-established
+//! as kubelet does after a restart); one whose shim recorded an exit meanwhile is processed as
+//! an exit with its real code (then the restart policy applies); one with neither is reported
+//! as exited with code 255. Pods with a state file that are no longer bound to the node (deleted
+//! while no agent ran) get a worker only to be stopped and cleaned up.
+//!
+//! **At stop**: the standalone agent leaves its pods running on SIGTERM (kubelet's behaviour;
+//! the systemd unit has `KillMode=process` so the shims survive too). The server's in-process
+//! agent still stops its pods when the server stops cleanly (as before), and re-adopts them
+//! after a crash. Without a shim binary (the agent embedded in a test binary, which could not
+//! run `shim`), containers are children of the agent as before: stopped at shutdown, removed
+//! at the next start.
+
+#[cfg(target_os = "linux")]
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+#[cfg(target_os = "linux")]
+use crate::layout::Layout;
+#[cfg(target_os = "linux")]
+use crate::runtime::{Runtime, cleanup};
+
+/// This process's binary if it can run shims (`r3s-agent` or `r3s-server`, whose `main`s
+/// dispatch `shim`); `None` otherwise (a test binary embedding the agent).
+pub fn default_shim() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let name = exe.file_name()?.to_str()?;
+    matches!(name, "r3s-agent" | "r3s-server").then_some(exe)
+}
+
+/// Removes what a previous run left that no pod state file names, and returns the uids of the
+/// pods whose containers, sandboxes and volumes were kept for re-adoption.
+#[cfg(target_os = "linux")]
+pub async fn clean_previous_run(
+    layout: &Layout,
+    runtime: &Runtime,
+    images: &r3s_images::ImageService,
+) -> HashSet<String> {
+    use crate::pods::state;
+    let states = if runtime.shimmed() {
+        state::list(&layout.run_dir)
+    } else {
+        let _ = std::fs::remove_dir_all(state::dir(&layout.run_dir));
+        Vec::new()
+    };
+    let uids: HashSet<String> = states.iter().map(|s| s.uid.clone()).collect();
+    let ids: HashSet<String> = states
+        .iter()
+        .flat_map(|s| s.slots.iter())
+        .filter_map(|s| s.running.as_ref().map(|r| r.id.clone()))
+        .collect();
+    let mut removed = 0;
+    for id in runtime.list() {
+        if !ids.contains(&id) {
+            removed += 1;
+            if let Err(e) = runtime.delete(&id).await {
+                tracing::warn!("{e}");
+            }
+        }
+    }
+    if removed > 0 {
+        tracing::warn!(
+            containers = removed,
+            "removed containers left by a previous run"
+        );
+    }
+    if !ids.is_empty() {
+        tracing::info!(
+            pods = uids.len(),
+            containers = ids.len(),
+            "kept containers of a previous run for re-adoption"
+        );
+    }
+    let stale = |dir: PathBuf, keep: &HashSet<String>| -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| !e.file_name().to_str().is_some_and(|n| keep.contains(n)))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    if let Some(shims) = runtime.root().parent().map(|p| p.join("shims")) {
+        for dir in stale(shims, &ids) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    // Each old bundle: unmount its rootfs and drop its image lease, then remove it.
+    for bundle in stale(layout.containers(), &ids) {
+        if let Err(err) = images.release_rootfs(&bundle).await {
+            tracing::warn!("releasing {}: {err}", bundle.display());
+        }
+        cleanup::unmount_below(&bundle);
+        let _ = std::fs::remove_dir_all(bundle);
+    }
+    for dir in stale(layout.sandboxes(), &uids) {
+        cleanup::unmount_below(&dir);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    for dir in stale(layout.agent_dir.join("volumes"), &uids) {
+        cleanup::unmount_below(&dir);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    uids
+}

@@ -153,6 +153,9 @@ pub fn node_options(
             })?;
     opts.flannel_iface = cfg.flannel_iface.clone();
     opts.service_proxy = !cfg.disable_kube_proxy;
+    // As kubelet: stopping (or upgrading) the agent leaves its pods running; the next start
+    // re-adopts them (see crate::restart).
+    opts.keep_pods_on_stop = true;
     let serving = joined.serving.clone();
     opts.kubelet = Some(crate::kubelet::KubeletOptions {
         port: crate::kubelet::DEFAULT_PORT,

@@ -16,6 +16,12 @@ use r3s_server::config::ServerConfig;
 const BIN: &str = "r3s-server";
 
 fn main() -> ExitCode {
+    // The in-process agent's per-container shim (see r3s_agent::runtime::shim).
+    #[cfg(target_os = "linux")]
+    if std::env::args_os().nth(1).is_some_and(|a| a == "shim") {
+        let args: Vec<_> = std::env::args_os().skip(2).collect();
+        return r3s_agent::runtime::shim::main(&args);
+    }
     if std::env::args_os().nth(1).is_some_and(|a| a == "token") {
         return token();
     }

@@ -33,7 +33,7 @@ use tracing::{info, warn};
 
 use crate::layout::Layout;
 use crate::pods::{self, Ctx};
-use crate::runtime::{Runtime, cleanup};
+use crate::runtime::Runtime;
 
 /// How often the Node status (conditions' heartbeat) is written.
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(60);
@@ -119,6 +119,12 @@ pub struct NodeOptions {
     /// Serve the kubelet API (logs, exec, attach, port-forward for the API server); `None`
     /// serves nothing.
     pub kubelet: Option<crate::kubelet::KubeletOptions>,
+    /// The binary that runs each container's shim (`<bin> shim …`); `None` runs containers as
+    /// children of this process, which then cannot survive it (see [`crate::restart`]).
+    pub shim: Option<PathBuf>,
+    /// On shutdown leave the pods running, to be re-adopted by the next start (kubelet's
+    /// behaviour; needs `shim`). Otherwise shutdown stops them.
+    pub keep_pods_on_stop: bool,
 }
 
 impl NodeOptions {
@@ -145,6 +151,8 @@ impl NodeOptions {
             flannel_iface: None,
             service_proxy: true,
             kubelet: None,
+            shim: crate::restart::default_shim(),
+            keep_pods_on_stop: false,
         }
     }
 }
@@ -192,30 +200,10 @@ pub async fn run_node(
     let images = r3s_images::ImageService::open(images_cfg).map_err(AgentError::Images)?;
     images.import_airgap(&layout.airgap_images()).await;
 
-    // No re-adoption yet (see crate::restart): whatever a previous run left is removed, and its
-    // pods start afresh.
-    let runtime = Runtime::new(layout.runtime_state());
-    let stale = cleanup::delete_all(&runtime).await;
-    if !stale.is_empty() {
-        warn!(
-            containers = stale.len(),
-            "removed containers left by a previous run"
-        );
-    }
-    // Each old bundle: unmount its rootfs and drop its image lease, then remove it.
-    if let Ok(entries) = std::fs::read_dir(layout.containers()) {
-        for e in entries.flatten() {
-            if let Err(err) = images.release_rootfs(&e.path()).await {
-                warn!("releasing {}: {err}", e.path().display());
-            }
-            let _ = std::fs::remove_dir_all(e.path());
-        }
-    }
-    cleanup::unmount_below(&layout.containers());
-    cleanup::unmount_below(&layout.sandboxes());
-    cleanup::unmount_below(&layout.agent_dir.join("volumes"));
-    let _ = std::fs::remove_dir_all(layout.agent_dir.join("volumes"));
-    let _ = std::fs::remove_dir_all(layout.sandboxes());
+    // Containers of a previous run that pods' state files name are kept for re-adoption;
+    // everything else it left is removed (see crate::restart).
+    let runtime = Runtime::new(layout.runtime_state()).with_shim(opts.shim.clone());
+    let adopted = crate::restart::clean_previous_run(&layout, &runtime, &images).await;
     mkdir(&layout.sandboxes())?;
 
     let host_ip = opts
@@ -253,7 +241,8 @@ pub async fn run_node(
     let mut overlay_task: Option<overlay::OverlayTask> = None;
     match node.spec.as_ref().and_then(|s| s.pod_cidr.clone()) {
         Some(cidr) => {
-            let (net, task) = start_network(&opts, &layout, &nodes, host_ip, &cidr).await?;
+            let (net, task) =
+                start_network(&opts, &layout, &nodes, host_ip, &cidr, &adopted).await?;
             let _ = network.set(net);
             overlay_task = task;
             // Ready at once, not at the next status tick.
@@ -284,6 +273,7 @@ pub async fn run_node(
         cgroup_root: opts.cgroup_root.clone(),
         node_milli_cpu: (capacity.cpu * 1000) as i64,
         node_memory_bytes: (capacity.memory_kib * 1024) as i64,
+        keep_pods_on_stop: opts.keep_pods_on_stop && opts.shim.is_some(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     // Cluster DNS on this node's copy of the cluster DNS address (see crate::dns).
@@ -327,7 +317,7 @@ pub async fn run_node(
                     .flatten()
                     .and_then(|n| n.spec.and_then(|s| s.pod_cidr));
                 if let Some(cidr) = cidr {
-                    match start_network(&opts, &ctx.layout, &nodes, host_ip, &cidr).await {
+                    match start_network(&opts, &ctx.layout, &nodes, host_ip, &cidr, &adopted).await {
                         Ok((net, task)) => {
                             let _ = ctx.network.set(net);
                             overlay_task = task;
@@ -380,6 +370,7 @@ async fn start_network(
     nodes: &Api<Node>,
     host_ip: IpAddr,
     cidr: &str,
+    adopted: &std::collections::HashSet<String>,
 ) -> Result<(r3s_cni::node::KernelNetwork, Option<overlay::OverlayTask>), AgentError> {
     let subnet: ipnet::Ipv4Net = cidr.parse().map_err(|_| AgentError::PodCidr {
         node: opts.node_name.clone(),
@@ -416,9 +407,14 @@ async fn start_network(
         .await
         .map_err(AgentError::Network)?;
     let task = vtep.map(|v| overlay::spawn(nodes.clone(), opts.node_name.clone(), net.clone(), v));
-    // No pod is attached yet (pods of a previous run were removed): every lease is stale.
+    // No pod is attached yet but those of a previous run kept for re-adoption: every other
+    // lease is stale.
     use r3s_cni::node::NodeNetwork;
-    match net.gc_pods(&std::collections::HashSet::new()).await {
+    let keep = adopted
+        .iter()
+        .map(|uid| r3s_cni::ipam::Owner::new(uid.clone(), "eth0".to_owned()))
+        .collect();
+    match net.gc_pods(&keep).await {
         Ok(freed) if !freed.is_empty() => {
             info!(leases = freed.len(), "released stale pod addresses")
         }

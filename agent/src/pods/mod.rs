@@ -3,7 +3,7 @@
 //!
 //! Module map: [`worker`] (the per-pod state machine), [`sandbox`] (namespaces and /etc files),
 //! [`container`] (pod + image → runtime config), [`env`] (environment), [`status`] (pod status),
-//! [`quantity`] (resource quantities).
+//! [`quantity`] (resource quantities), [`state`] (what a restarted agent re-adopts).
 //!
 //! Invariants: at most one worker per pod UID; the manager never touches containers itself; a
 //! pod missing from a relist is treated as deleted (its worker stops it).
@@ -14,6 +14,7 @@ pub mod events;
 pub mod probe;
 pub mod quantity;
 pub mod sandbox;
+pub mod state;
 pub mod status;
 pub mod volumes;
 pub mod worker;
@@ -51,6 +52,9 @@ pub struct Ctx {
     pub cgroup_root: PathBuf,
     pub node_milli_cpu: i64,
     pub node_memory_bytes: i64,
+    /// On shutdown, leave pods running for the next start to re-adopt (containers run under
+    /// shims); otherwise stop them.
+    pub keep_pods_on_stop: bool,
 }
 
 struct Handle {
@@ -59,7 +63,7 @@ struct Handle {
 }
 
 /// Watches this node's pods until `stop` fires, then stops every worker (and so every
-/// container) and returns.
+/// container, unless [`Ctx::keep_pods_on_stop`]) and returns.
 pub async fn manage(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) -> Result<(), kube::Error> {
     let api: Api<Pod> = Api::all(ctx.client.clone());
     let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.node_name));
@@ -114,6 +118,28 @@ pub async fn manage(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) -> Result<()
                         }
                     }
                     Ok(watcher::Event::InitDone) => {
+                        // Pods a previous run left (state files) that are no longer bound
+                        // here, deleted while no agent ran: adopt them only to stop them.
+                        for st in state::list(&ctx.layout.run_dir) {
+                            if workers.contains_key(&st.uid) {
+                                continue;
+                            }
+                            info!(pod = %format!("{}/{}", st.namespace, st.name), "stopping a pod left by a previous run");
+                            let mut pod = Pod::default();
+                            pod.metadata.uid = Some(st.uid.clone());
+                            pod.metadata.name = Some(st.name.clone());
+                            pod.metadata.namespace = Some(st.namespace.clone());
+                            let pod = Arc::new(pod);
+                            let (tx, rx) = watch::channel(Desired::Gone(pod.clone()));
+                            let w = Worker::new(ctx.clone(), pod.clone());
+                            let done = done_tx.clone();
+                            let u = st.uid.clone();
+                            tasks.spawn(async move {
+                                w.run(rx).await;
+                                let _ = done.send(u);
+                            });
+                            workers.insert(st.uid, Handle { tx, last: pod });
+                        }
                         if let Some(seen) = seen_in_relist.take() {
                             for (uid, h) in &workers {
                                 if !seen.contains(uid) {

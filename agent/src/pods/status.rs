@@ -10,7 +10,7 @@
 use serde_json::{Value, json};
 
 /// How a container instance ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Terminated {
     pub exit_code: i32,
     pub signal: Option<i32>,

@@ -66,6 +66,9 @@ pub enum Desired {
 
 struct Running {
     id: String,
+    /// The init's pid, and its shim's when a shim runs it (saved for re-adoption).
+    pid: i32,
+    shim_pid: Option<i32>,
     started_at: String,
     since: Instant,
     copiers: Vec<tokio::task::JoinHandle<()>>,
@@ -315,6 +318,9 @@ impl Worker {
     /// Runs until the pod is terminated and cleaned up.
     pub async fn run(mut self, mut rx: watch::Receiver<Desired>) {
         info!(pod = %self.key(), "pod worker started");
+        if self.ctx.runtime.shimmed() {
+            self.adopt().await;
+        }
         loop {
             let desired = rx.borrow_and_update().clone();
             match desired {
@@ -331,6 +337,11 @@ impl Worker {
                     self.terminate(grace).await;
                     break;
                 }
+                Desired::Shutdown if self.ctx.keep_pods_on_stop => {
+                    self.save_state();
+                    info!(pod = %self.key(), "leaving the pod running for the next start");
+                    break;
+                }
                 Desired::Shutdown => {
                     let grace = Self::grace(&self.pod, false);
                     self.terminate(grace).await;
@@ -341,11 +352,16 @@ impl Worker {
                 self.sync().await;
             }
             self.write_status().await;
+            self.save_state();
             let deadline = self.next_deadline();
             tokio::select! {
                 changed = rx.changed() => {
                     if changed.is_err() {
                         // The manager is gone: stop as on shutdown.
+                        if self.ctx.keep_pods_on_stop {
+                            self.save_state();
+                            break;
+                        }
                         let grace = Self::grace(&self.pod, false);
                         self.terminate(grace).await;
                         break;
@@ -381,6 +397,146 @@ impl Worker {
 
     fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Writes the pod's state file (only when containers outlive the agent; see `pods::state`).
+    fn save_state(&self) {
+        use super::state::{PodState, RunningState, SandboxState, SlotState};
+        if !self.ctx.runtime.shimmed() {
+            return;
+        }
+        let st = PodState {
+            uid: self.uid.clone(),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            start_time: self.start_time.clone(),
+            sandbox: self.sandbox.as_ref().map(|sb| SandboxState {
+                dir: sb.dir.clone(),
+                net: sb.net.clone(),
+                ipc: sb.ipc.clone(),
+                uts: sb.uts.clone(),
+                pod_ip: sb.pod_ip,
+                cni: sb.cni,
+            }),
+            volumes: self.volumes.clone(),
+            slots: self
+                .slots
+                .iter()
+                .map(|s| SlotState {
+                    name: s.spec.name.clone(),
+                    init: s.init,
+                    starts: s.starts,
+                    done: s.done,
+                    backoff_secs: s.backoff.map(|d| d.as_secs()),
+                    last: s.last.clone(),
+                    prior: s.prior.clone(),
+                    running: s.running.as_ref().and_then(|r| {
+                        Some(RunningState {
+                            id: r.id.clone(),
+                            pid: r.pid,
+                            shim_pid: r.shim_pid?,
+                            started_at: r.started_at.clone(),
+                        })
+                    }),
+                    image: s.image.clone(),
+                    image_id: s.image_id.clone(),
+                })
+                .collect(),
+        };
+        if let Err(e) = super::state::save(&self.ctx.layout.run_dir, &st) {
+            warn!(pod = %self.key(), "saving the pod's state: {e}");
+        }
+    }
+
+    /// Takes over what a previous run of the agent left of this pod (see [`crate::restart`]):
+    /// the sandbox, volumes, start counts, and running containers, whose exits (including those
+    /// that happened while no agent ran) then arrive as usual.
+    async fn adopt(&mut self) {
+        let Some(st) = super::state::load(&self.ctx.layout.run_dir, &self.uid) else {
+            return;
+        };
+        info!(pod = %self.key(), "re-adopting the pod from a previous run");
+        self.start_time = st.start_time;
+        if let Some(sb) = st.sandbox {
+            self.sandbox = Some(Sandbox {
+                dir: sb.dir,
+                net: sb.net,
+                ipc: sb.ipc,
+                uts: sb.uts,
+                pod_ip: sb.pod_ip,
+                cni: sb.cni,
+            });
+        }
+        self.volumes = st.volumes;
+        for ss in st.slots {
+            let i = match self
+                .slots
+                .iter()
+                .position(|s| s.spec.name == ss.name && s.init == ss.init)
+            {
+                Some(i) => i,
+                None => {
+                    // Not in the pod (only for a pod adopted to be stopped): a slot just for it.
+                    let spec = Container {
+                        name: ss.name.clone(),
+                        ..Default::default()
+                    };
+                    self.slots.push(Slot::new(spec, ss.init));
+                    self.slots.len() - 1
+                }
+            };
+            {
+                let slot = &mut self.slots[i];
+                slot.starts = ss.starts;
+                slot.done = ss.done;
+                slot.backoff = ss.backoff_secs.map(Duration::from_secs);
+                slot.last = ss.last;
+                slot.prior = ss.prior;
+                slot.image = ss.image;
+                slot.image_id = ss.image_id;
+                if ss.running.is_none() && ss.starts > 0 && !ss.done {
+                    slot.waiting = ("CrashLoopBackOff".into(), None);
+                }
+            }
+            let Some(r) = ss.running else { continue };
+            match self.ctx.runtime.adopt(&r.id, r.shim_pid).await {
+                crate::runtime::Adopted::Running(started) => {
+                    info!(pod = %self.key(), container = %ss.name, id = %r.id, pid = started.pid, "container re-adopted");
+                    self.watch(i, started, r.started_at);
+                }
+                other => {
+                    let (exit, finished_at) = match other {
+                        crate::runtime::Adopted::Exited(e, at) => (Ok(e), at),
+                        _ => (
+                            Err("its shim ended without recording the exit".to_string()),
+                            now(),
+                        ),
+                    };
+                    info!(pod = %self.key(), container = %ss.name, id = %r.id, "container exited while the agent was away");
+                    let cgroup = self.cgroup_parent().join(&ss.name);
+                    let oom =
+                        exit.as_ref().is_ok_and(|e| e.signal == Some(9)) && oom_killed(&cgroup);
+                    let (started_tx, _) = watch::channel(true);
+                    self.slots[i].running = Some(Running {
+                        id: r.id.clone(),
+                        pid: r.pid,
+                        shim_pid: Some(r.shim_pid),
+                        started_at: r.started_at,
+                        since: Instant::now(),
+                        copiers: Vec::new(),
+                        probers: Vec::new(),
+                        started: started_tx,
+                        ready: false,
+                    });
+                    let _ = self.exits.send(ExitEvent {
+                        id: r.id,
+                        exit,
+                        oom,
+                        finished_at,
+                    });
+                }
+            }
+        }
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -792,18 +948,7 @@ impl Worker {
         let log =
             ctx.layout
                 .container_log(&self.namespace, &self.name, &self.uid, &c.name, restart);
-        let pipes = match crate::runtime::logs::start(&log).await {
-            Ok(p) => p,
-            Err(e) => {
-                undo(ctx, bundle).await;
-                return Err(("CreateContainerError".into(), e.to_string()));
-            }
-        };
-        let started = match ctx
-            .runtime
-            .run(&id, &bundle, pipes.stdout, pipes.stderr)
-            .await
-        {
+        let started = match ctx.runtime.run(&id, &bundle, &log).await {
             Ok(s) => s,
             Err(e) => {
                 let _ = ctx.runtime.delete(&id).await;
@@ -824,8 +969,21 @@ impl Worker {
             "Started",
             format!("Started container {}", c.name),
         );
+        self.slots[i].starts += 1;
+        self.watch(i, started, now());
+        self.slots[i].waiting = ("ContainerCreating".into(), None);
+        Ok(())
+    }
+
+    /// Makes `started` slot `i`'s running instance: a task waits for its exit, probers start.
+    fn watch(&mut self, i: usize, mut started: crate::runtime::Started, started_at: String) {
+        let c = self.slots[i].spec.clone();
+        let id = started.id.clone();
+        let pid = started.pid;
+        let shim_pid = started.shim_pid;
+        let copiers = std::mem::take(&mut started.copiers);
         let tx = self.exits.clone();
-        let cgroup = cfg.cgroups_path.clone();
+        let cgroup = self.cgroup_parent().join(&c.name);
         let wid = id.clone();
         tokio::spawn(async move {
             let exit = Runtime::wait(started).await.map_err(|e| e.to_string());
@@ -837,15 +995,43 @@ impl Worker {
                 finished_at: now(),
             });
         });
+        let probers = self.start_probers(&c, &id);
+        let (started_tx, _) = probers.1;
+        let slot = &mut self.slots[i];
+        slot.running = Some(Running {
+            id,
+            pid,
+            shim_pid,
+            started_at,
+            since: Instant::now(),
+            copiers,
+            probers: probers.0,
+            started: started_tx,
+            ready: false,
+        });
+    }
+
+    /// Starts the container's probers; returns them and the "started" flag they watch.
+    #[allow(clippy::type_complexity)]
+    fn start_probers(
+        &self,
+        c: &Container,
+        id: &str,
+    ) -> (
+        Vec<tokio::task::JoinHandle<()>>,
+        (watch::Sender<bool>, watch::Receiver<bool>),
+    ) {
         let (started_tx, started_rx) = watch::channel(c.startup_probe.is_none());
+        let sb = self.sandbox.as_ref();
+        let pod_ip = sb.and_then(|s| s.pod_ip);
         let target = probe::Target {
-            ip: sb.pod_ip.unwrap_or(IpAddr::from([127, 0, 0, 1])),
-            netns: if sb.pod_ip.is_none() {
-                sb.net.clone()
+            ip: pod_ip.unwrap_or(IpAddr::from([127, 0, 0, 1])),
+            netns: if pod_ip.is_none() {
+                sb.and_then(|s| s.net.clone())
             } else {
                 None
             },
-            exec: Some((ctx.runtime.clone(), id.clone())),
+            exec: Some((self.ctx.runtime.clone(), id.to_owned())),
         };
         let mut probers = Vec::new();
         for (which, p) in [
@@ -858,26 +1044,14 @@ impl Worker {
                     c.clone(),
                     p.clone(),
                     which,
-                    id.clone(),
+                    id.to_owned(),
                     target.clone(),
                     started_rx.clone(),
                     self.probes.clone(),
                 )));
             }
         }
-        let slot = &mut self.slots[i];
-        slot.starts += 1;
-        slot.running = Some(Running {
-            id,
-            started_at: now(),
-            since: Instant::now(),
-            copiers: pipes.copiers,
-            probers,
-            started: started_tx,
-            ready: false,
-        });
-        slot.waiting = ("ContainerCreating".into(), None);
-        Ok(())
+        (probers, (started_tx, started_rx))
     }
 
     /// Records an exit, removes the dead container, decides about a restart. True when the pod
@@ -1113,6 +1287,7 @@ impl Worker {
         self.teardown_sandbox().await;
         // A sandbox might have been half-made by an earlier failed attempt.
         sandbox::remove(&self.ctx.layout.sandbox(&self.uid));
+        super::state::remove(&self.ctx.layout.run_dir, &self.uid);
     }
 
     /// Removes the API object once everything is stopped (after a graceful delete).

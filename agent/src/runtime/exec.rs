@@ -153,11 +153,7 @@ impl Runtime {
         // The process is our unreaped child, so its pid cannot be reused before the pidfd exists.
         let pidfd = pidfd_open(pid.as_raw()).map_err(io("pidfd_open"))?;
         Ok(ExecProcess {
-            started: Started {
-                id: id.to_owned(),
-                pid: pid.as_raw(),
-                pidfd,
-            },
+            started: Started::child(id.to_owned(), pid.as_raw(), pidfd),
             io: ours,
         })
     }

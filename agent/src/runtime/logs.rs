@@ -86,20 +86,7 @@ async fn copy(mut rx: tokio::net::unix::pipe::Receiver, mut file: tokio::fs::Fil
             Ok(n) => n,
         };
         pending.extend_from_slice(&buf[..n]);
-        let mut out = Vec::new();
-        loop {
-            match pending.iter().position(|&b| b == b'\n') {
-                Some(pos) if pos <= MAX_LINE => {
-                    let line: Vec<u8> = pending.drain(..=pos).collect();
-                    record(&mut out, stream, 'F', &line[..pos]);
-                }
-                _ if pending.len() > MAX_LINE => {
-                    let part: Vec<u8> = pending.drain(..MAX_LINE).collect();
-                    record(&mut out, stream, 'P', &part);
-                }
-                _ => break,
-            }
-        }
+        let out = complete_records(&mut pending, stream);
         if !out.is_empty() && file.write_all(&out).await.is_err() {
             // A full disk must not block the container on a full pipe: keep draining.
             continue;
@@ -111,6 +98,51 @@ async fn copy(mut rx: tokio::net::unix::pipe::Receiver, mut file: tokio::fs::Fil
         let _ = file.write_all(&out).await;
     }
     let _ = file.flush().await;
+}
+
+/// The blocking twin of the copier, for the container shim (a process without an async
+/// runtime): copies `rx` into `file` as CRI records until EOF.
+pub fn copy_blocking(mut rx: std::fs::File, mut file: std::fs::File, stream: &str) {
+    use std::io::{Read, Write};
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let n = match rx.read(&mut buf) {
+            Ok(0) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+            Ok(n) => n,
+        };
+        pending.extend_from_slice(&buf[..n]);
+        let out = complete_records(&mut pending, stream);
+        // A full disk must not block the container on a full pipe: keep draining.
+        let _ = file.write_all(&out);
+    }
+    if !pending.is_empty() {
+        let mut out = Vec::new();
+        record(&mut out, stream, 'F', &pending);
+        let _ = file.write_all(&out);
+    }
+}
+
+/// Takes every complete line (and every over-long chunk) off the front of `pending` and returns
+/// them as records.
+fn complete_records(pending: &mut Vec<u8>, stream: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        match pending.iter().position(|&b| b == b'\n') {
+            Some(pos) if pos <= MAX_LINE => {
+                let line: Vec<u8> = pending.drain(..=pos).collect();
+                record(&mut out, stream, 'F', &line[..pos]);
+            }
+            _ if pending.len() > MAX_LINE => {
+                let part: Vec<u8> = pending.drain(..MAX_LINE).collect();
+                record(&mut out, stream, 'P', &part);
+            }
+            _ => break,
+        }
+    }
+    out
 }
 
 fn record(out: &mut Vec<u8>, stream: &str, tag: char, body: &[u8]) {

@@ -9,13 +9,17 @@
 //! - A container's init is cloned with `CLONE_PARENT`, so it is a child of *this* process and only
 //!   this process can reap it; [`Runtime::wait`] does so through a pidfd (no thread parked in
 //!   `waitpid` per container). Surviving an agent restart therefore needs a design of its own:
-//!   see [`crate::restart`].
+//!   see [`crate::restart`]. With a shim binary ([`Runtime::with_shim`]) every container is
+//!   created by its own [`shim`] process instead, which is its parent, writes its log and
+//!   records its exit; the agent waits on the shim through a pidfd and can adopt it after a
+//!   restart ([`Runtime::adopt`]).
 //! - No seccomp profile is ever put in a spec: the crate is built without libseccomp, and
 //!   libcontainer would silently skip the profile.
 
 pub mod cleanup;
 pub mod exec;
 pub mod logs;
+pub mod shim;
 pub mod spec;
 
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -82,6 +86,8 @@ pub enum RuntimeError {
     },
     #[error("container {id}: started but has no pid")]
     NoPid { id: String },
+    #[error("container {id}: shim: {reason}")]
+    Shim { id: String, reason: String },
     #[error("container {id}: runtime task failed: {source}")]
     Task {
         id: String,
@@ -104,19 +110,84 @@ pub struct Exit {
 pub struct Started {
     pub id: String,
     pub pid: i32,
-    pidfd: OwnedFd,
+    /// The pid of the container's shim, when a shim runs it.
+    pub shim_pid: Option<i32>,
+    /// The tasks copying the output into the log (none when a shim does it).
+    pub copiers: Vec<tokio::task::JoinHandle<()>>,
+    waiter: Waiter,
+}
+
+impl Started {
+    /// A process that is this process's child (an exec'd process), waited on through `pidfd`.
+    pub(crate) fn child(id: String, pid: i32, pidfd: OwnedFd) -> Self {
+        Self {
+            id,
+            pid,
+            shim_pid: None,
+            copiers: Vec::new(),
+            waiter: Waiter::Init(pidfd),
+        }
+    }
+}
+
+/// What [`Runtime::wait`] waits on.
+#[derive(Debug)]
+enum Waiter {
+    /// The init is this process's child: a pidfd on it, then `waitpid`.
+    Init(OwnedFd),
+    /// A shim runs the container: a pidfd on the shim (and the shim's `Child` when this process
+    /// spawned it, to reap it), then its `exit.json` in `dir`.
+    Shim {
+        pidfd: OwnedFd,
+        child: Option<std::process::Child>,
+        dir: PathBuf,
+    },
+}
+
+/// What [`Runtime::adopt`] found of a container a previous agent started.
+#[derive(Debug)]
+pub enum Adopted {
+    /// Its shim still runs: wait on it as on a container this agent started.
+    Running(Started),
+    /// It ended while no agent watched; how.
+    Exited(Exit, String),
+    /// Neither a shim nor an exit record: its end is unknown.
+    Lost,
 }
 
 /// A handle on libcontainer's state directory (`<root>/<id>/state.json`, like `runc --root`).
 #[derive(Debug, Clone)]
 pub struct Runtime {
     root: PathBuf,
+    /// The binary to run as `<bin> shim …` for every container; `None` = containers are this
+    /// process's children and do not survive it.
+    shim: Option<PathBuf>,
 }
 
 impl Runtime {
     /// A runtime keeping container state under `root` (created on first use).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            shim: None,
+        }
+    }
+
+    /// Runs every container under a shim, `<bin> shim …` (see [`shim`]).
+    pub fn with_shim(mut self, bin: Option<PathBuf>) -> Self {
+        self.shim = bin;
+        self
+    }
+
+    /// Whether containers outlive this process (they run under shims).
+    pub fn shimmed(&self) -> bool {
+        self.shim.is_some()
+    }
+
+    /// The shim's directory of container `id` (`exit.json`, the shim's own stderr): beside the
+    /// state root, `<run-dir>/shims/<id>`.
+    pub fn shim_dir(&self, id: &str) -> PathBuf {
+        self.root.with_file_name("shims").join(id)
     }
 
     pub fn root(&self) -> &Path {
@@ -124,26 +195,79 @@ impl Runtime {
     }
 
     /// Creates and starts the container of the bundle at `bundle` (which holds `config.json`),
-    /// with stdout and stderr going to the given descriptors.
-    pub async fn run(
-        &self,
-        id: &str,
-        bundle: &Path,
-        stdout: OwnedFd,
-        stderr: OwnedFd,
-    ) -> Result<Started, RuntimeError> {
+    /// with its output appended to the CRI log at `log`.
+    pub async fn run(&self, id: &str, bundle: &Path, log: &Path) -> Result<Started, RuntimeError> {
         let root = self.root.clone();
         let bundle = bundle.to_path_buf();
         let id2 = id.to_owned();
-        tokio::task::spawn_blocking(move || run_blocking(&root, &id2, &bundle, stdout, stderr))
+        let task = |source| RuntimeError::Task {
+            id: id.to_owned(),
+            source,
+        };
+        if let Some(bin) = self.shim.clone() {
+            let dir = self.shim_dir(id);
+            let log = log.to_path_buf();
+            return tokio::task::spawn_blocking(move || {
+                spawn_shim(&bin, &root, &id2, &bundle, &log, &dir)
+            })
             .await
-            .map_err(|source| RuntimeError::Task {
-                id: id.to_owned(),
-                source,
-            })?
+            .map_err(task)?;
+        }
+        let pipes = logs::start(log).await.map_err(|e| RuntimeError::Io {
+            id: id.to_owned(),
+            op: "log pipes",
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let (stdout, stderr) = (pipes.stdout, pipes.stderr);
+        let mut started =
+            tokio::task::spawn_blocking(move || run_blocking(&root, &id2, &bundle, stdout, stderr))
+                .await
+                .map_err(task)??;
+        started.copiers = pipes.copiers;
+        Ok(started)
     }
 
-    /// Waits for the container's init to exit and reaps it.
+    /// Takes over container `id`, started by a previous agent under the shim `shim_pid`.
+    pub async fn adopt(&self, id: &str, shim_pid: i32) -> Adopted {
+        let dir = self.shim_dir(id);
+        let pid = self.init_pid(id);
+        // The pidfd first, then the check that the pid is still that shim: a pid reused by
+        // another process after the check could not be mistaken for it.
+        if let Ok(pidfd) = pidfd_open(shim_pid)
+            && std::fs::read(format!("/proc/{shim_pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == id.as_bytes()))
+        {
+            return Adopted::Running(Started {
+                id: id.to_owned(),
+                pid: pid.unwrap_or(0),
+                shim_pid: Some(shim_pid),
+                copiers: Vec::new(),
+                waiter: Waiter::Shim {
+                    pidfd,
+                    child: None,
+                    dir,
+                },
+            });
+        }
+        match shim::read_exit(&dir) {
+            Some(r) => Adopted::Exited(r.exit(), r.finished_at),
+            None => Adopted::Lost,
+        }
+    }
+
+    /// The init's pid from libcontainer's state, if there is one.
+    fn init_pid(&self, id: &str) -> Option<i32> {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.root.join(id).join("state.json")).ok()?)
+                .ok()?;
+        let pid = v
+            .get("pid")
+            .or_else(|| v.get("init_process_pid"))?
+            .as_i64()?;
+        i32::try_from(pid).ok()
+    }
+
+    /// Waits for the container's init to exit (and reaps it, or its shim).
     pub async fn wait(started: Started) -> Result<Exit, RuntimeError> {
         let id = started.id.clone();
         let pid = started.pid;
@@ -152,9 +276,35 @@ impl Runtime {
             op: "wait",
             source,
         };
+        let pidfd = match started.waiter {
+            Waiter::Init(fd) => fd,
+            Waiter::Shim {
+                pidfd,
+                mut child,
+                dir,
+            } => {
+                // SAFETY: the AsyncFd owns the OwnedFd for its whole lifetime.
+                let fd = unsafe { AsyncFd::register(pidfd) }.map_err(|e| io(e.into_parts().1))?;
+                // The pidfd becomes readable when the shim exits.
+                let guard = fd.readable().await.map_err(io)?;
+                drop(guard);
+                if let Some(c) = child.as_mut() {
+                    let _ = c.wait();
+                }
+                return shim::read_exit(&dir)
+                    .map(|r| r.exit())
+                    .ok_or_else(|| RuntimeError::Shim {
+                        id: id.clone(),
+                        reason: format!(
+                            "ended without recording the exit; see {}",
+                            dir.join("shim.log").display()
+                        ),
+                    });
+            }
+        };
         // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor stays open and the same for
         // the AsyncFd's whole lifetime.
-        let fd = unsafe { AsyncFd::register(started.pidfd) }.map_err(|e| io(e.into_parts().1))?;
+        let fd = unsafe { AsyncFd::register(pidfd) }.map_err(|e| io(e.into_parts().1))?;
         loop {
             match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(_, code)) => return Ok(Exit { code, signal: None }),
@@ -210,12 +360,17 @@ impl Runtime {
     pub async fn delete(&self, id: &str) -> Result<(), RuntimeError> {
         let dir = self.root.join(id);
         let id2 = id.to_owned();
-        tokio::task::spawn_blocking(move || delete_blocking(&dir, &id2))
-            .await
-            .map_err(|source| RuntimeError::Task {
-                id: id.to_owned(),
-                source,
-            })?
+        let shim_dir = self.shim_dir(id);
+        tokio::task::spawn_blocking(move || {
+            let r = delete_blocking(&dir, &id2);
+            let _ = std::fs::remove_dir_all(&shim_dir);
+            r
+        })
+        .await
+        .map_err(|source| RuntimeError::Task {
+            id: id.to_owned(),
+            source,
+        })?
     }
 
     /// Runs `args` inside the running container `id` (a tenant process in its namespaces and
@@ -336,7 +491,79 @@ fn run_blocking(
     Ok(Started {
         id: id.to_owned(),
         pid: pid.as_raw(),
-        pidfd,
+        shim_pid: None,
+        copiers: Vec::new(),
+        waiter: Waiter::Init(pidfd),
+    })
+}
+
+/// Spawns `<bin> shim …` for container `id` and reads its one-line answer (see [`shim`]).
+fn spawn_shim(
+    bin: &Path,
+    root: &Path,
+    id: &str,
+    bundle: &Path,
+    log: &Path,
+    dir: &Path,
+) -> Result<Started, RuntimeError> {
+    use std::io::BufRead;
+    let io = |op: &'static str| {
+        move |source| RuntimeError::Io {
+            id: id.to_owned(),
+            op,
+            source,
+        }
+    };
+    std::fs::create_dir_all(dir).map_err(io("create shim directory"))?;
+    let errlog = std::fs::File::create(dir.join("shim.log")).map_err(io("create shim.log"))?;
+    let mut child = std::process::Command::new(bin)
+        .arg("shim")
+        .arg(root)
+        .arg(id)
+        .arg(bundle)
+        .arg(log)
+        .arg(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(errlog)
+        .spawn()
+        .map_err(io("spawn shim"))?;
+    let shim_pid = i32::try_from(child.id()).map_err(|_| RuntimeError::Shim {
+        id: id.to_owned(),
+        reason: "pid out of range".into(),
+    })?;
+    // Opened before anything can reap the shim, so it names this shim.
+    let pidfd = pidfd_open(shim_pid).map_err(io("pidfd_open"))?;
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = std::io::BufReader::new(out).read_line(&mut line);
+    }
+    let answer: serde_json::Value = serde_json::from_str(line.trim()).unwrap_or_default();
+    let Some(pid) = answer["pid"].as_i64().and_then(|p| i32::try_from(p).ok()) else {
+        let _ = child.wait();
+        let reason = match answer["error"].as_str() {
+            Some(e) => e.to_owned(),
+            None => {
+                let log = std::fs::read_to_string(dir.join("shim.log")).unwrap_or_default();
+                format!("no answer ({})", log.trim())
+            }
+        };
+        let _ = std::fs::remove_dir_all(dir);
+        return Err(RuntimeError::Shim {
+            id: id.to_owned(),
+            reason,
+        });
+    };
+    Ok(Started {
+        id: id.to_owned(),
+        pid,
+        shim_pid: Some(shim_pid),
+        copiers: Vec::new(),
+        waiter: Waiter::Shim {
+            pidfd,
+            child: Some(child),
+            dir: dir.to_path_buf(),
+        },
     })
 }
 

@@ -1,0 +1,213 @@
+//! The per-container shim, `r3s-agent shim <state-root> <id> <bundle> <log> <shim-dir>`: the
+//! process that creates a container, stays its parent, copies its output into the CRI log, and
+//! records how it ended, so the container outlives the agent (see [`crate::restart`]).
+//!
+//! Protocol with the agent (which spawns the shim and reads its stdout):
+//! - on success the shim writes one line `{"pid":<init pid>}` to stdout, then points stdout at
+//!   `/dev/null`; on failure one line `{"error":"<text>"}` and exits 1;
+//! - when the init exits (and the output pipes drained, or 2 s passed), it writes
+//!   `<shim-dir>/exit.json` (`{"code":…,"signal":…,"finished_at":"…"}`) atomically and exits 0.
+//!   The agent learns of that through a pidfd on the shim, whether it spawned the shim or
+//!   adopted it after a restart, and then reads the file.
+//!
+//! Invariants: the shim calls libcontainer while it has a single thread (the copier threads
+//! start after the container did), so nothing in libcontainer's raw `clone3` can inherit a
+//! half-initialized lock; it runs in its own session (`setsid`), so signals aimed at the agent's
+//! process group or terminal never reach it; it is a child subreaper, so it reaps whatever the
+//! container leaves behind. It never writes anything but the log, `exit.json` and stdout.
+
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use libcontainer::workload::default::DefaultExecutor;
+use nix::sys::wait::{WaitStatus, waitpid};
+
+use super::Exit;
+
+/// How long the shim waits, after the init exited, for other holders of the output pipes
+/// (processes of a host-PID container that outlived it) before recording the exit anyway.
+const DRAIN_WAIT: Duration = Duration::from_secs(2);
+
+/// What the shim writes into `exit.json`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ExitRecord {
+    pub code: i32,
+    pub signal: Option<i32>,
+    pub finished_at: String,
+}
+
+impl ExitRecord {
+    pub fn exit(&self) -> Exit {
+        Exit {
+            code: self.code,
+            signal: self.signal,
+        }
+    }
+}
+
+/// The file the shim writes when the container ended.
+pub fn exit_file(dir: &Path) -> PathBuf {
+    dir.join("exit.json")
+}
+
+/// Reads `exit.json` in `dir`, if the shim wrote it.
+pub fn read_exit(dir: &Path) -> Option<ExitRecord> {
+    serde_json::from_slice(&std::fs::read(exit_file(dir)).ok()?).ok()
+}
+
+/// The shim's `main`: `args` are the five operands after `shim`.
+pub fn main(args: &[std::ffi::OsString]) -> ExitCode {
+    let [root, id, bundle, log, dir] = args else {
+        eprintln!("usage: r3s-agent shim <state-root> <id> <bundle> <log> <shim-dir>");
+        return ExitCode::from(2);
+    };
+    let id = id.to_string_lossy().into_owned();
+    let (root, bundle, log, dir) = (
+        PathBuf::from(root),
+        PathBuf::from(bundle),
+        PathBuf::from(log),
+        PathBuf::from(dir),
+    );
+    // Its own session: the agent's process group and terminal are not the shim's.
+    let _ = nix::unistd::setsid();
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes one integer argument and touches no memory.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let (pid, copiers) = match start(&root, &id, &bundle, &log) {
+        Ok(v) => v,
+        Err(e) => {
+            answer(&serde_json::json!({ "error": e }));
+            return ExitCode::FAILURE;
+        }
+    };
+    answer(&serde_json::json!({ "pid": pid }));
+    // Nobody reads stdout any more (the agent may be gone): keep it off the agent's pipe.
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2(null.as_raw_fd(), 1);
+    }
+    let exit = reap(pid);
+    // The copiers end at EOF, once every writer of the pipes exited.
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    for c in copiers {
+        let tx = done_tx.clone();
+        std::thread::spawn(move || {
+            let _ = c.join();
+            let _ = tx.send(());
+        });
+    }
+    drop(done_tx);
+    let deadline = std::time::Instant::now() + DRAIN_WAIT;
+    for _ in 0..2 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if done_rx.recv_timeout(left).is_err() {
+            break;
+        }
+    }
+    let record = ExitRecord {
+        code: exit.code,
+        signal: exit.signal,
+        finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    };
+    let tmp = dir.join("exit.json.tmp");
+    let written = serde_json::to_vec(&record)
+        .map_err(std::io::Error::other)
+        .and_then(|body| std::fs::write(&tmp, body))
+        .and_then(|()| std::fs::rename(&tmp, exit_file(&dir)));
+    if let Err(e) = written {
+        eprintln!("r3s-agent shim {id}: writing exit.json: {e}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+fn answer(v: &serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{v}");
+    let _ = out.flush();
+}
+
+/// Creates and starts the container with its output on two new pipes, then starts copying them
+/// into the log. Single-threaded until the container is started.
+fn start(
+    root: &Path,
+    id: &str,
+    bundle: &Path,
+    log: &Path,
+) -> Result<(i32, Vec<std::thread::JoinHandle<()>>), String> {
+    std::fs::create_dir_all(root).map_err(|e| format!("creating {}: {e}", root.display()))?;
+    if let Some(d) = log.parent() {
+        std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+    }
+    let open_log = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|e| format!("log file {}: {e}", log.display()))
+    };
+    let pipe = || {
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| format!("creating an output pipe: {e}"))
+    };
+    let (out_rx, out_tx) = pipe()?;
+    let (err_rx, err_tx) = pipe()?;
+    let files = (open_log()?, open_log()?);
+    let builder = ContainerBuilder::new(id.to_owned(), SyscallType::default())
+        .with_root_path(root)
+        .map_err(|e| format!("state root: {e}"))?
+        .with_executor(DefaultExecutor {})
+        .with_stdout(out_tx)
+        .with_stderr(err_tx)
+        .as_init(bundle)
+        // InitContainerBuilder defaults to systemd, which needs D-Bus and a systemd PID 1.
+        .with_systemd(false)
+        .with_detach(true);
+    let mut container = builder.build().map_err(|e| format!("create: {e}"))?;
+    let pid = container
+        .pid()
+        .ok_or_else(|| "started but has no pid".to_string())?;
+    if let Err(e) = container.start() {
+        let _ = container.delete(true);
+        let _ = waitpid(pid, None);
+        return Err(format!("start: {e}"));
+    }
+    let copy = |rx: OwnedFd, file: std::fs::File, stream: &'static str| {
+        std::thread::spawn(move || {
+            super::logs::copy_blocking(std::fs::File::from(rx), file, stream)
+        })
+    };
+    let copiers = vec![
+        copy(out_rx, files.0, "stdout"),
+        copy(err_rx, files.1, "stderr"),
+    ];
+    Ok((pid.as_raw(), copiers))
+}
+
+/// Reaps children until the container's init is among them; returns how it ended.
+fn reap(init: i32) -> Exit {
+    loop {
+        match waitpid(None, None) {
+            Ok(WaitStatus::Exited(p, code)) if p.as_raw() == init => {
+                return Exit { code, signal: None };
+            }
+            Ok(WaitStatus::Signaled(p, sig, _)) if p.as_raw() == init => {
+                return Exit {
+                    code: 128 + sig as i32,
+                    signal: Some(sig as i32),
+                };
+            }
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            // No children left without having seen the init: should not happen.
+            Err(_) => {
+                return Exit {
+                    code: 255,
+                    signal: None,
+                };
+            }
+        }
+    }
+}
