@@ -14,8 +14,11 @@
 //! stopped by PID (SIGTERM, so agents stop their pods; SIGKILL after a grace period, then any
 //! container init left in the agent's libcontainer state is killed by its PID), namespaces
 //! (with their links) and the `/etc/netns` files are deleted, and the data dirs are temp dirs.
-//! Agents run under `ip netns exec`, i.e. in a private mount namespace, so their overlay and
-//! namespace bind mounts vanish with them.
+//! Each host has a private mount namespace, held by a `sleep` for the cluster's lifetime, where
+//! its server or agent runs (also after a restart, so a restarted agent sees the overlay and
+//! namespace bind mounts of the pods it re-adopts); the mounts vanish with the namespace. Agents
+//! leave their pods running when they stop (kubelet's behaviour): on teardown the harness kills
+//! the inits recorded in the agent's libcontainer state and removes the pods' cgroups.
 //!
 //! Inside pods, [`Cluster::exec_in_pod`] runs a command in the container's own namespaces (mount,
 //! UTS, IPC, network) with `nsenter` on the container's init PID, which it reads from the agent's
@@ -218,11 +221,24 @@ impl Proc {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
-    /// SIGTERM, wait; the exit status, or `None` if it had to be killed (or was not running).
+    /// SIGTERM, wait, then kill the containers left; the exit status, or `None` if it had to
+    /// be killed (or was not running).
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        // Stopped already (or signalled by `signal_and_wait`, leaving its containers).
+        self.child.as_ref()?;
+        let status = self.signal_and_wait(nix::sys::signal::Signal::SIGTERM);
+        kill_leftover_containers(&self.containers);
+        status
+    }
+
+    /// Sends `signal`, waits (SIGKILL after 90 s); leaves containers alone.
+    pub fn signal_and_wait(
+        &mut self,
+        signal: nix::sys::signal::Signal,
+    ) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(pid, signal);
         let deadline = Instant::now() + Duration::from_secs(90);
         let mut status = None;
         while Instant::now() < deadline {
@@ -237,7 +253,6 @@ impl Proc {
             let _ = child.kill();
             let _ = child.wait();
         }
-        kill_leftover_containers(&self.containers);
         status
     }
 }
@@ -249,7 +264,8 @@ impl Drop for Proc {
 }
 
 /// SIGKILLs the init of every container still recorded in libcontainer's state under `dir`
-/// (only after the agent that started them is gone).
+/// (only after the agent that started them is gone), then removes the cgroups of the pods the
+/// agent left running (its state files, `<dir>/../pods/<uid>.json`).
 fn kill_leftover_containers(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -260,6 +276,46 @@ fn kill_leftover_containers(dir: &Path) {
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
             );
+        }
+    }
+    let pods = dir.with_file_name("pods");
+    let uids: Vec<String> = std::fs::read_dir(&pods)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()?
+                        .strip_suffix(".json")
+                        .map(str::to_owned)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let hierarchies: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    for uid in uids {
+        // The killed processes take a moment to leave their cgroups.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for h in std::iter::once(PathBuf::from("/sys/fs/cgroup")).chain(hierarchies.iter().cloned()) {
+            let pod = h.join("r3s").join(format!("pod{uid}"));
+            while pod.exists() {
+                let children: Vec<PathBuf> = std::fs::read_dir(&pod)
+                    .map(|rd| {
+                        rd.flatten()
+                            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                            .map(|e| e.path())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for c in children {
+                    let _ = std::fs::remove_dir(c);
+                }
+                if std::fs::remove_dir(&pod).is_ok() || Instant::now() > deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
     }
 }
@@ -385,6 +441,8 @@ pub struct Host {
     pub data_dir: PathBuf,
     /// `r3s-server` on host 1, `r3s-agent` on the others.
     pub proc: Option<Proc>,
+    /// The process holding the host's mount namespace (started with the host's first process).
+    mnt: Option<Child>,
 }
 
 impl Host {
@@ -415,6 +473,12 @@ impl Drop for Cluster {
         for h in self.hosts.iter_mut().rev() {
             if let Some(mut p) = h.proc.take() {
                 p.stop();
+            }
+        }
+        for h in &mut self.hosts {
+            if let Some(mut m) = h.mnt.take() {
+                let _ = m.kill();
+                let _ = m.wait();
             }
         }
     }
@@ -463,6 +527,7 @@ impl Cluster {
                 node: format!("{prefix}-n{i}"),
                 data_dir: dir.path().join(format!("host{i}")),
                 proc: None,
+                mnt: None,
             });
         }
 
@@ -514,20 +579,16 @@ impl Cluster {
         cluster
     }
 
-    /// `bin` in host `host`'s network namespace and a mount namespace of its own (slave: the
-    /// machine's mounts, cgroup trees included, stay visible; its own mounts stay private and
-    /// vanish with it), where the test's resolv.conf is bound over /etc/resolv.conf. Not `ip
-    /// netns exec`: it mounts a fresh sysfs over /sys, hiding the cgroup trees under it.
-    fn base_command(&self, host: usize, bin: &Path) -> Command {
+    /// `bin` in host `host`'s network namespace and its mount namespace (a slave of the
+    /// machine's: its mounts, cgroup trees included, stay visible; the host's own mounts stay
+    /// private and vanish with it), where the test's resolv.conf is bound over /etc/resolv.conf.
+    /// Not `ip netns exec`: it mounts a fresh sysfs over /sys, hiding the cgroup trees under it.
+    fn base_command(&mut self, host: usize, bin: &Path) -> Command {
+        let holder = self.mount_holder(host);
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/run/netns/{}", self.hosts[host].ns.0))
-            .args(["--", "unshare", "--mount", "--propagation", "slave", "--"])
-            .args([
-                "sh",
-                "-c",
-                "mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"",
-            ])
-            .arg(self.hosts[host].ns.etc_dir().join("resolv.conf"))
+            .arg(format!("--mount=/proc/{holder}/ns/mnt"))
+            .arg("--")
             .arg(bin);
         cmd.env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
@@ -536,9 +597,40 @@ impl Cluster {
         cmd
     }
 
+    /// The PID of the process holding host `host`'s mount namespace, started on first use.
+    fn mount_holder(&mut self, host: usize) -> u32 {
+        let h = &mut self.hosts[host];
+        if let Some(m) = &h.mnt {
+            return m.id();
+        }
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", h.ns.0))
+            .args(["--", "unshare", "--mount", "--propagation", "slave", "--"])
+            .args([
+                "sh",
+                "-c",
+                "mount --bind \"$0\" /etc/resolv.conf && exec sleep infinity",
+            ])
+            .arg(h.ns.etc_dir().join("resolv.conf"))
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        h.mnt = Some(child);
+        // Ready once the shell has bound resolv.conf and become `sleep`.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map_or(true, |c| c.trim() != "sleep")
+        {
+            assert!(Instant::now() < deadline, "the mount namespace holder did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        pid
+    }
+
     fn start_server(&mut self) {
-        let h = &self.hosts[0];
         let mut cmd = self.base_command(0, &server_bin());
+        let h = &self.hosts[0];
         cmd.arg("--data-dir")
             .arg(&h.data_dir)
             .arg("--write-kubeconfig")
@@ -570,8 +662,8 @@ impl Cluster {
     /// Starts (or restarts) the agent of host `i` (0-based, not 0).
     pub fn start_agent(&mut self, i: usize) {
         assert!(i > 0, "host 1 runs the server");
-        let h = &self.hosts[i];
         let mut cmd = self.base_command(i, &agent_bin());
+        let h = &self.hosts[i];
         cmd.args([
             "--server",
             &format!("https://{}:{API_PORT}", self.hosts[0].ip),
@@ -603,6 +695,17 @@ impl Cluster {
             .take()
             .and_then(|mut p| p.stop())
             .is_some_and(|s| s.success())
+    }
+
+    /// Sends `signal` to the agent of host `i` and waits for it to exit, leaving its pods
+    /// running (for a restart that re-adopts them); the exit status, `None` if it had to be
+    /// killed.
+    pub fn signal_agent(
+        &mut self,
+        i: usize,
+        signal: nix::sys::signal::Signal,
+    ) -> Option<std::process::ExitStatus> {
+        self.hosts[i].proc.as_mut()?.signal_and_wait(signal)
     }
 
     pub fn wait_node_ready(&mut self, i: usize) -> String {
