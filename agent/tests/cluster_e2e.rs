@@ -9,12 +9,10 @@
 //! LoadBalancer Service (ingress = the nodes' IPs) answer from another host; from inside a pod
 //! (its resolv.conf names the cluster DNS), the names of a Service, a headless Service and a pod
 //! resolve, and other names go to the test's own upstream; an endpoint goes when its pod turns
-//! unready and returns when it is ready again; restarting an agent keeps its pods' addresses and
-//! a TCP connection across its overlay open; deleting a Node removes its route, neighbour and FDB
-//! entry on the others.
-//!
-//! Not checked, because it is not built: connections *of the restarted node's pods* surviving
-//! (the agent stops its pods when it stops; see `agent/src/restart.rs`).
+//! unready and returns when it is ready again; restarting an agent keeps its pods running (same
+//! container, same address) and keeps TCP connections open, both one from its host across the
+//! overlay and one from another host to its own pod; deleting a Node removes its route,
+//! neighbour and FDB entry on the others. (`readopt_e2e.rs` checks re-adoption in detail.)
 //!
 //! Here and not in a crate of its own under tests/: the agent's test target already links the
 //! server library and the image test support, and `r3s-server` is built into the same target
@@ -262,33 +260,45 @@ fn three_node_cluster_networking() {
         || endpoints().contains(&ip3).then_some(()),
     );
 
-    // Restarting host 2's agent: its pod keeps its address, and a TCP connection from host 2
-    // across the overlay (to the pod on host 3), opened before the restart, still works after.
+    // Restarting host 2's agent (SIGTERM, then start): its pod keeps running (same container,
+    // same address), a TCP connection from host 2 across the overlay (to the pod on host 3) and
+    // one from host 1 to host 2's own pod, both opened before the restart, still work after.
     let old_container = pods.iter().find(|p| p.0 == p2).unwrap().3.clone();
-    let target = format!("{ip3}:8080");
-    let mut conn = cluster::in_netns(&c.hosts[1].ns.0, move || {
-        std::net::TcpStream::connect(target).unwrap()
-    });
-    conn.write_all(b"GET / HTTP/1.0\r\n").unwrap();
-    assert!(c.stop_host(1), "r3s-agent on host2 did not stop cleanly");
+    let open = |ns: &str, target: String| {
+        let mut conn = cluster::in_netns(ns, move || std::net::TcpStream::connect(target).unwrap());
+        conn.write_all(b"GET / HTTP/1.0\r\n").unwrap();
+        conn
+    };
+    let mut conn = open(&c.hosts[1].ns.0, format!("{ip3}:8080"));
+    let mut to_own = open(&c.hosts[0].ns.0, format!("{ip2}:8080"));
+    let status = c.signal_agent(1, nix::sys::signal::Signal::SIGTERM);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "r3s-agent on host2 did not stop cleanly: {status:?}"
+    );
     c.start_agent(1);
     c.wait_node_ready(1);
-    conn.write_all(b"\r\n").unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut answer = String::new();
-    conn.read_to_string(&mut answer).unwrap();
-    assert!(answer.contains(&p3), "{answer}");
+    for (conn, pod) in [(&mut conn, &p3), (&mut to_own, &p2)] {
+        conn.write_all(b"\r\n").unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).unwrap();
+        assert!(answer.contains(pod.as_str()), "{answer}");
+    }
     let again = eventually(
-        "host2's web pod Running again",
+        "host2's web pod Running and re-adopted",
         Duration::from_secs(120),
         || c.logs(),
         || {
-            // A new container (the agent stopped the old one), so the status is the new run's.
             c.pods("app=web")
                 .into_iter()
-                .find(|p| p.1 == c.hosts[1].node && p.3 != old_container)
+                .find(|p| p.1 == c.hosts[1].node)
         },
+    );
+    assert_eq!(
+        again.3, old_container,
+        "the agent restart replaced the container"
     );
     assert_eq!(
         again.2, ip2,

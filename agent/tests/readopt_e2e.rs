@@ -158,10 +158,12 @@ fn agent_restart_keeps_containers() {
             .find_map(|l| l.strip_prefix("PPid:").map(|v| v.trim().to_owned()))
             .unwrap_or_default()
     };
-    eprintln!(
-        "web {web_pid} parent {} ({})",
-        ppid(web_pid),
-        std::fs::read_to_string(format!("/proc/{}/cmdline", ppid(web_pid))).unwrap_or_default()
+    // Each container's init is the child of its shim, not of the agent.
+    let parent = std::fs::read(format!("/proc/{}/cmdline", ppid(web_pid))).unwrap_or_default();
+    assert!(
+        parent.split(|b| *b == 0).nth(1) == Some(b"shim".as_slice()),
+        "web's parent: {}",
+        String::from_utf8_lossy(&parent)
     );
     // kill -9: while no agent runs, the quitter exits 7 and the ticker keeps logging.
     let status = c.signal_agent(1, Signal::SIGKILL);
@@ -169,7 +171,14 @@ fn agent_restart_keeps_containers() {
     assert!(
         alive(web_pid) && alive(ticker_pid),
         "containers died with the agent\n{}\n{}",
-        cluster::must(&["sh", "-c", &format!("cat {}/agent/run/shims/*/shim.log; ps -eo pid,ppid,stat,comm | grep -v rustc", c.hosts[1].data_dir.display())]),
+        cluster::must(&[
+            "sh",
+            "-c",
+            &format!(
+                "cat {}/agent/run/shims/*/shim.log; ps -eo pid,ppid,stat,comm | grep r3s",
+                c.hosts[1].data_dir.display()
+            )
+        ]),
         c.logs()
     );
     let before = log_lines(&ticker_log);

@@ -297,7 +297,8 @@ fn kill_leftover_containers(dir: &Path) {
     for uid in uids {
         // The killed processes take a moment to leave their cgroups.
         let deadline = Instant::now() + Duration::from_secs(10);
-        for h in std::iter::once(PathBuf::from("/sys/fs/cgroup")).chain(hierarchies.iter().cloned()) {
+        for h in std::iter::once(PathBuf::from("/sys/fs/cgroup")).chain(hierarchies.iter().cloned())
+        {
             let pod = h.join("r3s").join(format!("pod{uid}"));
             while pod.exists() {
                 let children: Vec<PathBuf> = std::fs::read_dir(&pod)
@@ -622,7 +623,10 @@ impl Cluster {
         while std::fs::read_to_string(format!("/proc/{pid}/comm"))
             .map_or(true, |c| c.trim() != "sleep")
         {
-            assert!(Instant::now() < deadline, "the mount namespace holder did not start");
+            assert!(
+                Instant::now() < deadline,
+                "the mount namespace holder did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         pid
