@@ -2,11 +2,12 @@
 //! and status fresh, and runs the pods bound to it, until told to stop.
 //!
 //! Start-up reads as a script (each step wraps its error): preflight (warnings) → directories →
-//! image store → leftovers of a previous run removed → Node registered → pod network and VXLAN
+//! image store → leftovers of a previous run removed, except what pods' state files name (kept
+//! for re-adoption, see [`crate::restart`]) → Node registered → pod network and VXLAN
 //! overlay loop (when the Node has a podCIDR) → heartbeats → pod manager → service proxy.
 //! Shutdown order: stop the overlay loop (its kernel entries stay) → stop the service proxy (its
-//! nftables table is deleted) → stop the pod manager (which stops every pod; see
-//! [`crate::restart`] for why) → stop heartbeats.
+//! nftables table is deleted) → stop the pod manager (which stops every pod, or with
+//! `keep_pods_on_stop` leaves them running for the next start) → stop heartbeats.
 //!
 //! Module map: [`info`] (host facts), [`preflight`] (host checks), [`register`] (Node object and
 //! status), [`lease`] (the heartbeat Lease), [`overlay`] (VTEP annotations and the VXLAN peer loop).
@@ -176,7 +177,7 @@ impl Drop for AbortOnDrop {
 
 /// Runs the node agent until `shutdown` completes, then stops every pod it runs and returns.
 /// Dropping the future instead abandons the pods as a crash would: containers keep running and
-/// the next start removes them (see [`crate::restart`]).
+/// the next start re-adopts them (under shims) or removes them (see [`crate::restart`]).
 pub async fn run_node(
     client: kube::Client,
     opts: NodeOptions,
