@@ -10,6 +10,11 @@
 //! deleted while the agent was down is stopped at its next start (its init gone, its state file
 //! removed); deleting the re-adopted pod leaves no container state, shim directory, state file,
 //! sandbox or cgroup behind.
+//!
+//! Also `kubectl attach -i` (through re-adopted shims): input reaches a `stdin: true`
+//! container; with `stdinOnce` the end of the first attach is EOF for it (it exits 0), a second
+//! attach is refused; without it, a second attach feeds the same stdin; a container without
+//! `stdin: true` refuses `-i` with a clear message.
 #![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used)]
 
@@ -45,6 +50,25 @@ spec:
   - name: quitter
     image: {image}
     command: ["sh", "-c", "while ! test -e /tmp/quit; do sleep 1; done; exit 7"]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: talker
+spec:
+  nodeName: {node}
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: once
+    image: {image}
+    stdin: true
+    stdinOnce: true
+    command: ["sh", "-c", "while read line; do echo got:$line; done; echo eof"]
+  - name: open
+    image: {image}
+    stdin: true
+    command: ["sh", "-c", "while read line; do echo got:$line; done; echo eof"]
 ---
 apiVersion: v1
 kind: Pod
@@ -117,6 +141,43 @@ fn log_lines(path: &PathBuf) -> usize {
         .unwrap_or(0)
 }
 
+/// `kubectl attach -i pod -c container` with `input` on its stdin, then EOF: (exited on its
+/// own, stdout + stderr). kubectl keeps attached to a container that goes on running after its
+/// stdin closed, so after 10 s it is killed.
+fn attach(c: &Cluster, pod: &str, container: &str, input: &str) -> (bool, String) {
+    let out_path = c.dir.path().join(format!("attach-{pod}-{container}.out"));
+    let out = std::fs::File::create(&out_path).unwrap();
+    let mut child = c.hosts[0]
+        .ns
+        .command(cluster::KUBECTL)
+        .env("KUBECONFIG", c.kubeconfig())
+        .env("HOME", c.dir.path().join("home"))
+        .args(["attach", "-i", pod, "-c", container])
+        .stdin(std::process::Stdio::piped())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).unwrap();
+    // Give the input time to arrive before EOF.
+    std::thread::sleep(Duration::from_secs(1));
+    drop(stdin);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let ok = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.success();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    (ok, std::fs::read_to_string(&out_path).unwrap_or_default())
+}
+
 #[test]
 fn agent_restart_keeps_containers() {
     if !cluster::prerequisites() {
@@ -126,10 +187,13 @@ fn agent_restart_keeps_containers() {
     let node = c.hosts[1].node.clone();
     c.apply(&pods(&c.image, &node));
     eventually(
-        "pods keep and orphan running and ready",
+        "pods keep, talker and orphan running and ready",
         Duration::from_secs(180),
         || c.logs(),
-        || (all_ready(&c, "keep") && all_ready(&c, "orphan")).then_some(()),
+        || {
+            (all_ready(&c, "keep") && all_ready(&c, "talker") && all_ready(&c, "orphan"))
+                .then_some(())
+        },
     );
     let ip = c.kubectl_must(&["get", "pod", "keep", "-o", "jsonpath={.status.podIP}"]);
     let uid = c.kubectl_must(&["get", "pod", "keep", "-o", "jsonpath={.metadata.uid}"]);
@@ -247,6 +311,44 @@ fn agent_restart_keeps_containers() {
     let logs = c.kubectl_must(&["logs", "keep", "-c", "ticker", "--tail", "3"]);
     assert!(logs.contains("tick"), "{logs}");
 
+    // attach -i, through shims the restarted agent adopted.
+    attach(&c, "talker", "open", "one\n");
+    attach(&c, "talker", "open", "two\n");
+    eventually(
+        "both attaches' input in the open container's log",
+        Duration::from_secs(30),
+        || c.logs(),
+        || {
+            let logs = c.kubectl_must(&["logs", "talker", "-c", "open"]);
+            (logs.contains("got:one") && logs.contains("got:two")).then_some(())
+        },
+    );
+    let (ok, out) = attach(&c, "talker", "once", "hello\n");
+    assert!(ok, "attach -i to the stdinOnce container: {out}");
+    eventually(
+        "the stdinOnce container to read EOF after the first attach and exit 0",
+        Duration::from_secs(30),
+        || c.logs(),
+        || {
+            let code = c.kubectl_must(&[
+                "get",
+                "pod",
+                "talker",
+                "-o",
+                "jsonpath={.status.containerStatuses[?(@.name==\"once\")].state.terminated.exitCode}",
+            ]);
+            (code.trim() == "0").then_some(())
+        },
+    );
+    let logs = c.kubectl_must(&["logs", "talker", "-c", "once"]);
+    assert!(logs.contains("got:hello") && logs.contains("eof"), "{logs}");
+    let logs = c.kubectl_must(&["logs", "talker", "-c", "open"]);
+    assert!(!logs.contains("eof"), "the open container saw EOF: {logs}");
+    let (ok, out) = attach(&c, "keep", "web", "x\n");
+    assert!(!ok && out.contains("not started with stdin: true"), "{out}");
+    let (ok, out) = attach(&c, "talker", "once", "again\n");
+    assert!(!ok, "a second attach to a stdinOnce container: {out}");
+
     // SIGTERM: the agent stops cleanly and leaves its pods; the orphan is deleted meanwhile.
     let (sleeper, _, _) = container(&c, "orphan", "sleeper");
     let sleeper_pid = init_pid(&c, &sleeper).unwrap();
@@ -274,12 +376,12 @@ fn agent_restart_keeps_containers() {
     assert_eq!((now.as_str(), restarts), (web.as_str(), 0));
     assert_eq!(init_pid(&c, &web), Some(web_pid));
 
-    // Deleting the re-adopted pod leaves nothing behind.
-    c.kubectl_must(&["delete", "pod", "keep", "--wait=false"]);
+    // Deleting the re-adopted pods leaves nothing behind.
+    c.kubectl_must(&["delete", "pod", "keep", "talker", "--wait=false"]);
     let run = c.hosts[1].data_dir.join("agent/run");
     let empty = |p: PathBuf| std::fs::read_dir(p).map_or(true, |mut d| d.next().is_none());
     eventually(
-        "keep's containers, shims, state, sandbox and cgroup gone",
+        "the pods' containers, shims, state, sandboxes and keep's cgroup gone",
         Duration::from_secs(60),
         || c.logs(),
         || {

@@ -7,9 +7,11 @@
 //! is killed (nobody could read its output or give it input any more).
 //!
 //! Attach streams the output of the container's main process (from its log file, as it is
-//! written) until the container stops or the client goes away. Writing to the main process's stdin
-//! is not supported: containers are started without a stdin pipe, so `attach -i` gets a clear
-//! Failure Status instead of a silently ignored stdin.
+//! written) until the container stops or the client goes away. With `-i`, channel 0 goes to the
+//! container's stdin through its shim's FIFO (containers with `stdin: true` under a shim; see
+//! `runtime::shim`); detaching (or the v5 close of stdin) closes it, which with `stdinOnce` is
+//! EOF for the container. Anything else gets a clear Failure Status, never a silently ignored
+//! stdin.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
@@ -308,13 +310,24 @@ pub async fn attach(
 ) -> Result<Response, KubeletError> {
     let q = query_pairs(uri.query());
     let pod = find_pod(&ctx, &namespace, &name).await?;
-    running_container(&pod, &container)?;
-    let (ws, _v5) = negotiate(ws, "attach")?;
+    let id = running_container(&pod, &container)?;
+    let (ws, v5) = negotiate(ws, "attach")?;
     let opts = AttachOptions {
         stdin: query_flag(&q, "stdin"),
         stdout: query_flag(&q, "stdout"),
         stderr: query_flag(&q, "stderr"),
         tty: query_flag(&q, "tty"),
+        v5,
+    };
+    let wants_stdin = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.iter().find(|c| c.name == container))
+        .is_some_and(|c| c.stdin.unwrap_or(false));
+    let fifo = crate::runtime::shim::stdin_fifo(&ctx.runtime.shim_dir(&id));
+    let stdin = AttachStdin {
+        fifo: (opts.stdin && wants_stdin && ctx.runtime.shimmed()).then_some(fifo),
+        declared: wants_stdin,
     };
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let dir = ctx
@@ -323,7 +336,7 @@ pub async fn attach(
         .join(&container);
     Ok(ws
         .on_upgrade(move |socket| {
-            attach_session(ctx, namespace, name, container, dir, opts, socket)
+            attach_session(ctx, namespace, name, container, dir, opts, stdin, socket)
         })
         .into_response())
 }
@@ -334,8 +347,33 @@ struct AttachOptions {
     stdout: bool,
     stderr: bool,
     tty: bool,
+    v5: bool,
 }
 
+/// Where `attach -i` input goes: the container's stdin FIFO, when it has one.
+struct AttachStdin {
+    fifo: Option<std::path::PathBuf>,
+    /// The container has `stdin: true`.
+    declared: bool,
+}
+
+/// Opens the stdin FIFO for writing. The shim's feeder may be between two attachers for a
+/// moment, so a missing reader is retried briefly; a missing FIFO means stdin is closed.
+async fn open_stdin(fifo: &std::path::Path) -> Result<tokio::net::unix::pipe::Sender, String> {
+    for _ in 0..20 {
+        match tokio::net::unix::pipe::OpenOptions::new().open_sender(fifo) {
+            Ok(s) => return Ok(s),
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+            Err(e) => return Err(format!("opening the container's stdin: {e}")),
+        }
+    }
+    Err("the container's stdin is closed (stdinOnce: an earlier attach used it)".into())
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn attach_session(
     ctx: Arc<Ctx>,
     namespace: String,
@@ -343,24 +381,53 @@ async fn attach_session(
     container: String,
     dir: std::path::PathBuf,
     opts: AttachOptions,
+    stdin: AttachStdin,
     socket: WebSocket,
 ) {
     let (sink, mut incoming) = socket.split();
     let (tx, writer_task) = writer(sink);
+    let mut input = None;
     if opts.stdin {
-        let msg = format!(
-            "attaching to the stdin of container {container} is not supported by this node (r3s starts containers without a stdin pipe); attach without -i to see its output"
-        );
-        finish(tx, channel::failure_status(&msg)).await;
-        let _ = writer_task.await;
-        return;
+        let opened = match &stdin.fifo {
+            Some(fifo) => open_stdin(fifo).await,
+            None if !stdin.declared => Err(format!(
+                "container {container} was not started with stdin: true; attach without -i to see its output"
+            )),
+            None => Err(format!(
+                "attaching to the stdin of container {container} is not supported by this node (its containers run without shims); attach without -i to see its output"
+            )),
+        };
+        match opened {
+            Ok(s) => input = Some(s),
+            Err(msg) => {
+                finish(tx, channel::failure_status(&msg)).await;
+                let _ = writer_task.await;
+                return;
+            }
+        }
     }
     let mut follower = super::logs::Tail::at_end(&dir).await;
     let mut tick = 0u32;
+    let v5 = opts.v5;
     let mut client_gone = std::pin::pin!(async move {
         while let Some(Ok(m)) = incoming.next().await {
-            if matches!(m, Message::Close(_)) {
-                break;
+            let data: Vec<u8> = match m {
+                Message::Close(_) => break,
+                Message::Binary(b) => b.to_vec(),
+                Message::Text(t) => t.as_str().as_bytes().to_vec(),
+                _ => continue,
+            };
+            match channel::split(&data) {
+                Some((STDIN, payload)) => {
+                    if let Some(s) = input.as_mut()
+                        && s.write_all(payload).await.is_err()
+                    {
+                        input = None;
+                    }
+                }
+                // EOF: the writer's close is what the shim's feeder sees.
+                Some((CLOSE, payload)) if v5 && payload.first() == Some(&STDIN) => input = None,
+                _ => {}
             }
         }
     });

@@ -948,7 +948,12 @@ impl Worker {
         let log =
             ctx.layout
                 .container_log(&self.namespace, &self.name, &self.uid, &c.name, restart);
-        let started = match ctx.runtime.run(&id, &bundle, &log).await {
+        let stdin = match (c.stdin.unwrap_or(false), c.stdin_once.unwrap_or(false)) {
+            (false, _) => crate::runtime::shim::Stdin::None,
+            (true, false) => crate::runtime::shim::Stdin::Open,
+            (true, true) => crate::runtime::shim::Stdin::Once,
+        };
+        let started = match ctx.runtime.run(&id, &bundle, &log, stdin).await {
             Ok(s) => s,
             Err(e) => {
                 let _ = ctx.runtime.delete(&id).await;

@@ -195,8 +195,15 @@ impl Runtime {
     }
 
     /// Creates and starts the container of the bundle at `bundle` (which holds `config.json`),
-    /// with its output appended to the CRI log at `log`.
-    pub async fn run(&self, id: &str, bundle: &Path, log: &Path) -> Result<Started, RuntimeError> {
+    /// with its output appended to the CRI log at `log`, and its stdin fed by attachers per
+    /// `stdin` (only under a shim; without one, stdin is `/dev/null`).
+    pub async fn run(
+        &self,
+        id: &str,
+        bundle: &Path,
+        log: &Path,
+        stdin: shim::Stdin,
+    ) -> Result<Started, RuntimeError> {
         let root = self.root.clone();
         let bundle = bundle.to_path_buf();
         let id2 = id.to_owned();
@@ -208,7 +215,7 @@ impl Runtime {
             let dir = self.shim_dir(id);
             let log = log.to_path_buf();
             return tokio::task::spawn_blocking(move || {
-                spawn_shim(&bin, &root, &id2, &bundle, &log, &dir)
+                spawn_shim(&bin, &root, &id2, &bundle, &log, &dir, stdin)
             })
             .await
             .map_err(task)?;
@@ -505,6 +512,7 @@ fn spawn_shim(
     bundle: &Path,
     log: &Path,
     dir: &Path,
+    stdin: shim::Stdin,
 ) -> Result<Started, RuntimeError> {
     use std::io::BufRead;
     let io = |op: &'static str| {
@@ -523,6 +531,7 @@ fn spawn_shim(
         .arg(bundle)
         .arg(log)
         .arg(dir)
+        .args(stdin.arg())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(errlog)

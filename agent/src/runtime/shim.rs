@@ -1,4 +1,4 @@
-//! The per-container shim, `r3s-agent shim <state-root> <id> <bundle> <log> <shim-dir>`: the
+//! The per-container shim, `r3s-agent shim <state-root> <id> <bundle> <log> <shim-dir> [stdin|stdin-once]`: the
 //! process that creates a container, stays its parent, copies its output into the CRI log, and
 //! records how it ended, so the container outlives the agent (see [`crate::restart`]).
 //!
@@ -9,6 +9,11 @@
 //!   `<shim-dir>/exit.json` (`{"code":…,"signal":…,"finished_at":"…"}`) atomically and exits 0.
 //!   The agent learns of that through a pidfd on the shim, whether it spawned the shim or
 //!   adopted it after a restart, and then reads the file.
+//!
+//! - with `stdin`/`stdin-once` (a container with `stdin: true`), the container's stdin is a pipe
+//!   the shim holds, fed from the FIFO `<shim-dir>/stdin`: each attacher opens the FIFO for
+//!   writing and closes it when it detaches; with `stdin-once` the first detach closes the
+//!   container's stdin (it reads EOF), otherwise the shim waits for the next attacher.
 //!
 //! Invariants: the shim calls libcontainer while it has a single thread (the copier threads
 //! start after the container did), so nothing in libcontainer's raw `clone3` can inherit a
@@ -50,6 +55,32 @@ impl ExitRecord {
     }
 }
 
+/// How the container's stdin is fed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stdin {
+    /// `/dev/null` (no `stdin: true`).
+    None,
+    /// From attachers, until the container exits.
+    Open,
+    /// From the first attacher, then EOF (`stdinOnce: true`).
+    Once,
+}
+
+impl Stdin {
+    pub(super) fn arg(self) -> Option<&'static str> {
+        match self {
+            Stdin::None => None,
+            Stdin::Open => Some("stdin"),
+            Stdin::Once => Some("stdin-once"),
+        }
+    }
+}
+
+/// The FIFO attachers write the container's stdin into.
+pub fn stdin_fifo(dir: &Path) -> PathBuf {
+    dir.join("stdin")
+}
+
 /// The file the shim writes when the container ended.
 pub fn exit_file(dir: &Path) -> PathBuf {
     dir.join("exit.json")
@@ -62,9 +93,20 @@ pub fn read_exit(dir: &Path) -> Option<ExitRecord> {
 
 /// The shim's `main`: `args` are the five operands after `shim`.
 pub fn main(args: &[std::ffi::OsString]) -> ExitCode {
-    let [root, id, bundle, log, dir] = args else {
-        eprintln!("usage: r3s-agent shim <state-root> <id> <bundle> <log> <shim-dir>");
-        return ExitCode::from(2);
+    let (root, id, bundle, log, dir, stdin) = match args {
+        [root, id, bundle, log, dir] => (root, id, bundle, log, dir, Stdin::None),
+        [root, id, bundle, log, dir, mode] if mode == "stdin" => {
+            (root, id, bundle, log, dir, Stdin::Open)
+        }
+        [root, id, bundle, log, dir, mode] if mode == "stdin-once" => {
+            (root, id, bundle, log, dir, Stdin::Once)
+        }
+        _ => {
+            eprintln!(
+                "usage: r3s-agent shim <state-root> <id> <bundle> <log> <shim-dir> [stdin|stdin-once]"
+            );
+            return ExitCode::from(2);
+        }
     };
     let id = id.to_string_lossy().into_owned();
     let (root, bundle, log, dir) = (
@@ -77,7 +119,7 @@ pub fn main(args: &[std::ffi::OsString]) -> ExitCode {
     let _ = nix::unistd::setsid();
     // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes one integer argument and touches no memory.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-    let (pid, copiers) = match start(&root, &id, &bundle, &log) {
+    let (pid, copiers) = match start(&root, &id, &bundle, &log, &dir, stdin) {
         Ok(v) => v,
         Err(e) => {
             answer(&serde_json::json!({ "error": e }));
@@ -137,6 +179,8 @@ fn start(
     id: &str,
     bundle: &Path,
     log: &Path,
+    dir: &Path,
+    stdin: Stdin,
 ) -> Result<(i32, Vec<std::thread::JoinHandle<()>>), String> {
     std::fs::create_dir_all(root).map_err(|e| format!("creating {}: {e}", root.display()))?;
     if let Some(d) = log.parent() {
@@ -156,10 +200,21 @@ fn start(
     let (out_rx, out_tx) = pipe()?;
     let (err_rx, err_tx) = pipe()?;
     let files = (open_log()?, open_log()?);
-    let builder = ContainerBuilder::new(id.to_owned(), SyscallType::default())
+    let mut builder = ContainerBuilder::new(id.to_owned(), SyscallType::default())
         .with_root_path(root)
         .map_err(|e| format!("state root: {e}"))?
-        .with_executor(DefaultExecutor {})
+        .with_executor(DefaultExecutor {});
+    let mut feed = None;
+    if stdin != Stdin::None {
+        let fifo = stdin_fifo(dir);
+        let _ = std::fs::remove_file(&fifo);
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .map_err(|e| format!("creating {}: {e}", fifo.display()))?;
+        let (in_rx, in_tx) = pipe()?;
+        builder = builder.with_stdin(in_rx);
+        feed = Some((fifo, in_tx));
+    }
+    let builder = builder
         .with_stdout(out_tx)
         .with_stderr(err_tx)
         .as_init(bundle)
@@ -184,7 +239,43 @@ fn start(
         copy(out_rx, files.0, "stdout"),
         copy(err_rx, files.1, "stderr"),
     ];
+    if let Some((fifo, tx)) = feed {
+        // Not joined: it may wait for an attacher forever; the process exit ends it.
+        std::thread::spawn(move || feed_stdin(&fifo, tx, stdin == Stdin::Once));
+    }
     Ok((pid.as_raw(), copiers))
+}
+
+/// Copies what attachers write into the FIFO to the container's stdin: one attacher at a time
+/// (opening the FIFO for reading waits for a writer; EOF = it detached).
+fn feed_stdin(fifo: &Path, tx: OwnedFd, once: bool) {
+    use std::io::Read;
+    let mut tx = std::fs::File::from(tx);
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let Ok(mut rx) = std::fs::File::open(fifo) else {
+            return;
+        };
+        loop {
+            match rx.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if tx.write_all(&buf[..n]).is_err() {
+                        // The container closed its stdin: nothing more to feed.
+                        let _ = std::fs::remove_file(fifo);
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        if once {
+            // Later attachers find no FIFO: stdin is closed for good.
+            let _ = std::fs::remove_file(fifo);
+            return;
+        }
+    }
 }
 
 /// Reaps children until the container's init is among them; returns how it ended.
