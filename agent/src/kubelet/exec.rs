@@ -402,6 +402,16 @@ async fn attach_session(
             Err(msg) => {
                 finish(tx, channel::failure_status(&msg)).await;
                 let _ = writer_task.await;
+                // Read what the client sent (its stdin) until it closes: closing a socket with
+                // unread input resets it, and the client would lose the Status.
+                let _ = tokio::time::timeout(DRAIN, async {
+                    while let Some(Ok(m)) = incoming.next().await {
+                        if matches!(m, Message::Close(_)) {
+                            break;
+                        }
+                    }
+                })
+                .await;
                 return;
             }
         }
