@@ -11,6 +11,8 @@
 //! <data-dir>/agent/cni/                      IPAM leases
 //! <data-dir>/agent/volumes/<uid>/<volume>/   emptyDir, configMap and secret volumes
 //! <run-dir>/containers/<id>/state.json       libcontainer state (runc's --root)
+//! <run-dir>/shims/<id>/{exit.json,stdin,shim.log}   a container's shim (runtime::shim)
+//! <run-dir>/pods/<uid>.json                  a pod worker's state, for re-adoption (pods::state)
 //! <run-dir>/sandboxes/<uid>/{net,ipc,uts}    namespace bind mounts
 //! <run-dir>/sandboxes/<uid>/{hosts,resolv.conf,hostname}
 //! ```

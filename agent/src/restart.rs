@@ -31,6 +31,10 @@
 //! as exited with code 255. Pods with a state file that are no longer bound to the node (deleted
 //! while no agent ran) get a worker only to be stopped and cleaned up.
 //!
+//! The shim also holds the stdin pipe of a container with `stdin: true`, fed through the FIFO
+//! `<run-dir>/shims/<id>/stdin` by `kubectl attach -i` sessions, so attach works the same on a
+//! re-adopted container.
+//!
 //! **At stop**: the standalone agent leaves its pods running on SIGTERM (kubelet's behaviour;
 //! the systemd unit has `KillMode=process` so the shims survive too). The server's in-process
 //! agent still stops its pods when the server stops cleanly (as before), and re-adopts them

@@ -18,7 +18,13 @@
 //! Variants of [`Desired`]: `Run(pod)` is the latest object from the API; `Gone(pod)` means it was
 //! deleted outright (the API server does not implement graceful pod deletion yet, so this is the
 //! usual path); `Shutdown` means the agent is stopping and the pod must be stopped without any
-//! API write.
+//! API write, or, with `Ctx::keep_pods_on_stop`, left running with its state file saved.
+//!
+//! Re-adoption: a worker whose pod has a state file (`pods::state`, written after every loop
+//! turn when containers run under shims) restores the sandbox, volumes, start counts and
+//! back-off from it and re-adopts running containers before anything else (see
+//! [`crate::restart`]). A container waiting out a back-off when the agent stopped is started at
+//! once by the next agent.
 //!
 //! Restarts: the first restart is immediate; later ones wait 10 s doubling to 5 min, reset after
 //! 10 min of running (kubelet's CrashLoopBackOff). Invariant: at most one instance of each

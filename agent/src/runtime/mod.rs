@@ -42,8 +42,8 @@ use tokio::io::unix::AsyncFd;
 /// a cell marked "being initialized" by a thread that does not exist in it, and waits forever
 /// (seen here: an intermediate process parked in pathrs's procfs `Lazy`). With one libcontainer
 /// call at a time no other thread is inside that code at clone time. Container operations are
-/// short (tens of ms), so the lock costs little; a per-container shim process (see `restart`)
-/// would remove the need for it.
+/// short (tens of ms), so the lock costs little. Containers started under a shim are created in
+/// the shim's own single-threaded process; the lock still covers exec, kill and delete here.
 static LIBCONTAINER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn libcontainer_lock() -> std::sync::MutexGuard<'static, ()> {
