@@ -10,96 +10,26 @@
 //! cgroups, the registry process, temp dirs) is removed by guards, on failure too.
 #![allow(clippy::unwrap_used)]
 
+mod common;
 #[path = "../../images/tests/support/mod.rs"]
 mod support;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
+use common::{ApiServer, client, start_api_server};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use oci_client::secrets::RegistryAuth;
 use r3s_agent::NodeOptions;
-use r3s_server::api::{ApiOptions, ServiceNetwork, serve_listener};
-use r3s_server::store::{SqliteStore, Store, StoreOptions};
-use r3s_server::tls::{CertOptions, ensure_certificates, server_config};
 use serde_json::{Value, json};
 use support::{Compression, Entry, Registry, require};
 use tokio::sync::oneshot;
 
 const KUBECTL: &str = "/usr/bin/kubectl";
-
-/// The in-process API server; stops on drop.
-struct Server {
-    kubeconfig: PathBuf,
-    home: PathBuf,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        self.task.abort();
-    }
-}
-
-async fn start_server(dir: &Path) -> Server {
-    let certs = ensure_certificates(
-        dir,
-        &CertOptions {
-            extra_sans: vec![],
-            cluster_domain: "cluster.local".into(),
-            service_ip: "10.43.0.1".parse().unwrap(),
-        },
-    )
-    .unwrap();
-    let tls = server_config(&certs).unwrap();
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(dir.join("server/db/state.db"), StoreOptions::default()).unwrap(),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let kubeconfig = dir.join("kubeconfig.yaml");
-    r3s_server::kubeconfig::write(&kubeconfig, 0o600, &format!("https://{addr}"), &certs).unwrap();
-    let (tx, rx) = oneshot::channel();
-    let opts = ApiOptions {
-        listen: addr,
-        tls,
-        advertise_address: addr.to_string(),
-        services: Arc::new(ServiceNetwork::default()),
-        tokens: None,
-    };
-    let task = tokio::spawn(async move {
-        serve_listener(listener, store, opts, async {
-            let _ = rx.await;
-        })
-        .await
-        .unwrap();
-    });
-    let home = dir.join("home");
-    std::fs::create_dir_all(&home).unwrap();
-    Server {
-        kubeconfig,
-        home,
-        shutdown: Some(tx),
-        task,
-    }
-}
-
-async fn client(kubeconfig: &Path) -> kube::Client {
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-        .await
-        .unwrap();
-    kube::Client::try_from(cfg).unwrap()
-}
 
 /// Removes whatever the agent left if the test fails half-way: containers (killed), mounts,
 /// cgroups. Runs after the agent's own shutdown on success, finding nothing.
@@ -179,7 +109,7 @@ fn http_get(port: u16) -> Option<String> {
     Some(body)
 }
 
-async fn kubectl(server: &Server, args: &[&str]) -> String {
+async fn kubectl(server: &ApiServer, args: &[&str]) -> String {
     let out = tokio::process::Command::new(KUBECTL)
         .args(args)
         .env("KUBECONFIG", &server.kubeconfig)
@@ -224,7 +154,7 @@ struct Harness {
     _guard: AgentGuard,
     agent: Option<tokio::task::JoinHandle<Result<(), r3s_agent::AgentError>>>,
     stop: Option<oneshot::Sender<()>>,
-    server: Server,
+    server: ApiServer,
     client: kube::Client,
     image: String,
     manifest_digest: String,
@@ -285,7 +215,7 @@ async fn harness(suffix: &str, pod_cidr: Option<&str>) -> Option<Harness> {
         .await;
     let image = format!("{}/busybox:1", reg.addr);
 
-    let server = start_server(&tmp.path().join("server")).await;
+    let server = start_api_server(&tmp.path().join("server")).await;
     let client = client(&server.kubeconfig).await;
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     eventually("the default namespace", || async {

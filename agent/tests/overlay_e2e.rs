@@ -22,15 +22,17 @@
 #![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::{ApiServer, client, start_api_server_on};
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -39,9 +41,6 @@ use r3s_cni::netns;
 use r3s_cni::network::BridgeNetwork;
 use r3s_cni::node::{NodeConfig, NodeNetwork};
 use r3s_cni::vxlan::{self, Vtep, annotations, mac::format_mac};
-use r3s_server::api::{ApiOptions, ServiceNetwork, serve_listener};
-use r3s_server::store::{SqliteStore, Store, StoreOptions};
-use r3s_server::tls::{CertOptions, ensure_certificates, server_config};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
@@ -222,47 +221,11 @@ where
     }
 }
 
-async fn client(kubeconfig: &Path) -> kube::Client {
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-        .await
-        .unwrap();
-    kube::Client::try_from(cfg).unwrap()
-}
-
-/// Starts the API server on `API_IP:6443` of the calling thread's namespace; returns the
-/// kubeconfig. The server stops when the runtime does.
-async fn start_server(dir: &Path) -> PathBuf {
-    let certs = ensure_certificates(
-        dir,
-        &CertOptions {
-            extra_sans: vec![API_IP.to_string()],
-            cluster_domain: "cluster.local".into(),
-            service_ip: "10.43.0.1".parse().unwrap(),
-        },
-    )
-    .unwrap();
-    let tls = server_config(&certs).unwrap();
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(dir.join("server/db/state.db"), StoreOptions::default()).unwrap(),
-    );
+/// Starts the API server on `API_IP:6443` of the calling thread's namespace; it stops when the
+/// returned guard is dropped.
+async fn start_server(dir: &Path) -> ApiServer {
     let addr: SocketAddr = format!("{API_IP}:6443").parse().unwrap();
-    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    let kubeconfig = dir.join("kubeconfig.yaml");
-    r3s_server::kubeconfig::write(&kubeconfig, 0o600, &format!("https://{addr}"), &certs).unwrap();
-    let opts = ApiOptions {
-        listen: addr,
-        tls,
-        advertise_address: addr.to_string(),
-        services: Arc::new(ServiceNetwork::default()),
-        tokens: None,
-    };
-    tokio::spawn(async move {
-        serve_listener(listener, store, opts, std::future::pending())
-            .await
-            .unwrap();
-    });
-    kubeconfig
+    start_api_server_on(dir, addr, vec![API_IP.to_string()]).await
 }
 
 type AddPod = (
@@ -474,7 +437,8 @@ fn three_hosts_overlay_follows_nodes() {
 
 async fn scenario(world: &World, tmp: &Path) {
     let [a, b, c] = [&world.hosts[0], &world.hosts[1], &world.hosts[2]];
-    let kubeconfig = start_server(&tmp.join("server")).await;
+    let server = start_server(&tmp.join("server")).await;
+    let kubeconfig = server.kubeconfig.clone();
     let api = client(&kubeconfig).await;
     let nodes: Api<Node> = Api::all(api.clone());
     eventually("the API server", || async {
@@ -820,7 +784,8 @@ fn run_node_brings_up_the_overlay() {
 
 async fn whole_agents(world: &World, tmp: &Path) {
     let [a, b] = [&world.hosts[0], &world.hosts[1]];
-    let kubeconfig = start_server(&tmp.join("server")).await;
+    let server = start_server(&tmp.join("server")).await;
+    let kubeconfig = server.kubeconfig.clone();
     let nodes: Api<Node> = Api::all(client(&kubeconfig).await);
     eventually("the API server", || async {
         nodes.list(&Default::default()).await.ok()

@@ -10,6 +10,8 @@
 #![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
@@ -19,15 +21,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::{client, start_api_server};
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use r3s_agent::proxy::{self, ProxyOptions};
 use r3s_cni::netns;
 use r3s_cni::network::BridgeNetwork;
-use r3s_server::api::{ApiOptions, ServiceNetwork, serve_listener};
-use r3s_server::store::{SqliteStore, Store, StoreOptions};
-use r3s_server::tls::{CertOptions, ensure_certificates, server_config};
 use serde_json::json;
 use tokio::sync::oneshot;
 
@@ -234,70 +234,6 @@ fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
     }
 }
 
-/// The in-process API server; stops on drop.
-struct Server {
-    kubeconfig: PathBuf,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        self.task.abort();
-    }
-}
-
-async fn start_server(dir: &Path) -> Server {
-    let certs = ensure_certificates(
-        dir,
-        &CertOptions {
-            extra_sans: vec![],
-            cluster_domain: "cluster.local".into(),
-            service_ip: "10.43.0.1".parse().unwrap(),
-        },
-    )
-    .unwrap();
-    let tls = server_config(&certs).unwrap();
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(dir.join("server/db/state.db"), StoreOptions::default()).unwrap(),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let kubeconfig = dir.join("kubeconfig.yaml");
-    r3s_server::kubeconfig::write(&kubeconfig, 0o600, &format!("https://{addr}"), &certs).unwrap();
-    let (tx, rx) = oneshot::channel();
-    let opts = ApiOptions {
-        listen: addr,
-        tls,
-        advertise_address: addr.to_string(),
-        services: Arc::new(ServiceNetwork::default()),
-        tokens: None,
-    };
-    let task = tokio::spawn(async move {
-        serve_listener(listener, store, opts, async {
-            let _ = rx.await;
-        })
-        .await
-        .unwrap();
-    });
-    Server {
-        kubeconfig,
-        shutdown: Some(tx),
-        task,
-    }
-}
-
-async fn client(kubeconfig: &Path) -> kube::Client {
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-        .await
-        .unwrap();
-    kube::Client::try_from(cfg).unwrap()
-}
-
 fn endpoints(name: &str, addrs: &[(Ipv4Addr, &str)], ports: serde_json::Value) -> Endpoints {
     let addresses: Vec<_> = addrs
         .iter()
@@ -381,7 +317,7 @@ async fn proxy_serves_services_on_a_simulated_node() {
         .collect();
 
     // The API with the Services and their endpoints.
-    let server = start_server(dir.path()).await;
+    let server = start_api_server(dir.path()).await;
     let kube = client(&server.kubeconfig).await;
     let svcs: Api<Service> = Api::namespaced(kube.clone(), "default");
     let eps: Api<Endpoints> = Api::namespaced(kube.clone(), "default");

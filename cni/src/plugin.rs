@@ -17,6 +17,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
+use r3s_config::exit::chain as error_chain;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -69,17 +70,6 @@ impl From<NetworkError> for PluginError {
             _ => PluginError::new(5, "pod network operation failed", details),
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[derive(Debug, Deserialize)]

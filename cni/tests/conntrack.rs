@@ -49,16 +49,7 @@ fn who_answers(client: &UdpSocket, receivers: &[&UdpSocket]) -> Option<usize> {
 
 #[test]
 fn udp_entries_of_a_removed_backend_are_deleted() {
-    if !support::prerequisites(false) {
-        return;
-    }
-    if !support::have("nft") {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "missing prerequisite: the `nft` command (Debian package nftables)"
-        );
-        eprintln!("skipped: missing the `nft` command (Debian package nftables)");
+    if !support::prerequisites_with_nft() {
         return;
     }
     let ns = Netns::new("ct");

@@ -14,16 +14,7 @@ use support::Netns;
 
 #[test]
 fn pod_egress_is_masqueraded_and_rules_are_atomic_and_removable() {
-    if !support::prerequisites(false) {
-        return;
-    }
-    if !support::have("nft") {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "missing prerequisite: the `nft` command (Debian package nftables), used to inspect rules"
-        );
-        eprintln!("skipped: missing the `nft` command (Debian package nftables)");
+    if !support::prerequisites_with_nft() {
         return;
     }
     let host = Netns::new("h");

@@ -40,8 +40,9 @@ pub fn config_failure(bin: &str, err: ConfigError) -> ExitCode {
 
 /// An error and its causes as one line, `outer: cause: root cause`, leaving out a cause whose text
 /// the message before it already contains (r3s errors print their cause themselves, and
-/// `anyhow`'s `{:#}` would otherwise repeat it).
-pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+/// `anyhow`'s `{:#}` would otherwise repeat it). The one implementation in the workspace: the
+/// images and CNI crates use it for their error messages too.
+pub fn chain(err: &dyn std::error::Error) -> String {
     let mut line = err.to_string();
     let mut cause = err.source();
     while let Some(source) = cause {

@@ -22,6 +22,7 @@ use futures::TryStreamExt as _;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
+use r3s_config::exit::chain;
 
 use crate::registries::TlsConfig;
 
@@ -280,8 +281,4 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
     Ok(resp)
-}
-
-fn chain(err: &dyn std::error::Error) -> String {
-    crate::service::error_chain(err)
 }

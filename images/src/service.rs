@@ -704,20 +704,8 @@ impl Drop for BlobGuard<'_> {
     }
 }
 
-/// `err: cause: cause...`, skipping causes already contained in the previous text.
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        let s = e.to_string();
-        if !out.contains(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
-        }
-        cur = e.source();
-    }
-    out
-}
+/// `err: cause: cause...` on one line, skipping causes already contained in the previous text.
+pub(crate) use r3s_config::exit::chain as error_chain;
 
 fn poisoned() -> ImageError {
     ImageError::Tls {

@@ -6,125 +6,22 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+#[path = "support/binary.rs"]
+mod binary;
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use binary::{BIN, Server, free_port, have_kubectl, kubectl_on as kubectl, logs, wait_ready};
 use r3s_server::tls::renew::{self, Leaf};
 
-const BIN: &str = env!("CARGO_BIN_EXE_r3s-server");
-const KUBECTL: &str = "/usr/bin/kubectl";
-
-/// A running server process, killed (by its PID) if the test ends without stopping it.
-struct Server {
-    child: Option<Child>,
+fn start(dir: &Path, port: u16) -> Server {
+    Server::control_plane(dir, port, "r3st-certs")
 }
 
-impl Server {
-    fn start(dir: &Path, port: u16) -> Server {
-        let empty = dir.join("empty-config.yaml");
-        std::fs::write(&empty, "").unwrap();
-        let log = std::fs::File::create(dir.join(format!("server-{port}.log"))).unwrap();
-        let child = Command::new(BIN)
-            .env_clear()
-            .env("R3S_CONFIG_FILE", &empty)
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .arg("--write-kubeconfig")
-            .arg(dir.join("kubeconfig.yaml"))
-            .args(["--bind-address", "127.0.0.1", "--https-listen-port"])
-            .arg(port.to_string())
-            .args(["--node-name", "r3st-certs", "--disable-agent"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start r3s-server");
-        Server { child: Some(child) }
-    }
-
-    fn stop(mut self) {
-        let mut child = self.child.take().unwrap();
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "r3s-server ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn kubectl(dir: &Path, kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(KUBECTL)
-        .env("KUBECONFIG", kubeconfig)
-        .env("HOME", dir.join("home"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run kubectl");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Waits (bounded) until kubectl reads `/readyz` through the kubeconfig the server wrote.
-fn wait_ready(dir: &Path) {
-    let kubeconfig = dir.join("kubeconfig.yaml");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if kubeconfig.exists() {
-            let (ok, out, _) = kubectl(dir, &kubeconfig, &["get", "--raw", "/readyz"]);
-            if ok && out.trim() == "ok" {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "r3s-server did not become ready; log: {}",
-            logs(dir)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn logs(dir: &Path) -> String {
-    let mut all = String::new();
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let p: PathBuf = entry.path();
-        if p.extension().is_some_and(|e| e == "log") {
-            all.push_str(&std::fs::read_to_string(&p).unwrap_or_default());
-        }
-    }
-    all
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-fn prerequisites() -> bool {
-    if Path::new(KUBECTL).exists() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "kubectl is missing at {KUBECTL}"
-    );
-    eprintln!("skipped: kubectl is missing at {KUBECTL}");
-    false
+fn stop(server: Server) {
+    server.stop(Duration::from_secs(30));
 }
 
 fn tls_dir(dir: &Path) -> PathBuf {
@@ -179,7 +76,7 @@ fn client_kubeconfig(dir: &Path, port: u16, user: &str) -> PathBuf {
 
 #[test]
 fn leaves_near_expiry_are_renewed_at_start_and_rotate_keeps_the_cas() {
-    if !prerequisites() {
+    if !have_kubectl() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -188,9 +85,9 @@ fn leaves_near_expiry_are_renewed_at_start_and_rotate_keeps_the_cas() {
     let kubeconfig = dir.join("kubeconfig.yaml");
 
     // First start makes the CAs and the one-year leaves.
-    let server = Server::start(dir, free_port());
+    let server = start(dir, free_port());
     wait_ready(dir);
-    server.stop();
+    stop(server);
     let cas = ca_files(dir);
     let first = leaves(dir);
     let names: Vec<&str> = first.iter().map(|l| l.name.as_str()).collect();
@@ -206,7 +103,7 @@ fn leaves_near_expiry_are_renewed_at_start_and_rotate_keeps_the_cas() {
 
     // The next start renews them all from the same CAs and rewrites the admin kubeconfig.
     let port = free_port();
-    let server = Server::start(dir, port);
+    let server = start(dir, port);
     wait_ready(dir);
     let renewed = leaves(dir);
     assert_eq!(renewed.len(), short.len());
@@ -229,7 +126,7 @@ fn leaves_near_expiry_are_renewed_at_start_and_rotate_keeps_the_cas() {
     assert!(out.contains("namespace/kube-system"), "{out}");
     // A credential made before rotation, like a joined node's, for the rotation below.
     let node_kubeconfig = client_kubeconfig(dir, port, "r3st-joined-node");
-    server.stop();
+    stop(server);
 
     // `certificate rotate` on the stopped server: new serials, same CAs, one summary line.
     let out = Command::new(BIN)
@@ -295,7 +192,7 @@ fn leaves_near_expiry_are_renewed_at_start_and_rotate_keeps_the_cas() {
     // The server starts on the rotated certificates; the admin kubeconfig is rewritten, and the
     // credential from before rotation still verifies the server and is still accepted.
     let port = free_port();
-    let server = Server::start(dir, port);
+    let server = start(dir, port);
     wait_ready(dir);
     let (ok, _, err) = kubectl(dir, &kubeconfig, &["get", "namespaces"]);
     assert!(ok, "{err}");
@@ -307,7 +204,7 @@ fn leaves_near_expiry_are_renewed_at_start_and_rotate_keeps_the_cas() {
     let (ok, out, err) = kubectl(dir, &node_kubeconfig, &["get", "namespaces", "-o", "name"]);
     assert!(ok, "{err}");
     assert!(out.contains("namespace/default"), "{out}");
-    server.stop();
+    stop(server);
 }
 
 /// The port in a kubeconfig's `server: https://127.0.0.1:<port>` line.

@@ -12,55 +12,17 @@
 #[path = "../../images/tests/support/mod.rs"]
 mod support;
 
+#[path = "support/binary.rs"]
+mod binary;
+
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
+use binary::{KUBECTL, Server, eventually, free_port, kubectl};
 use oci_client::secrets::RegistryAuth;
-use support::{Compression, Entry, Registry, require};
-
-const BIN: &str = env!("CARGO_BIN_EXE_r3s-server");
-const KUBECTL: &str = "/usr/bin/kubectl";
-
-/// The server process; SIGKILLed by PID if the test ends without stopping it.
-struct ServerProcess(Option<Child>);
-
-impl ServerProcess {
-    fn stop(mut self) -> std::process::ExitStatus {
-        let mut child = self.0.take().unwrap();
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "r3s-server did not stop");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for ServerProcess {
-    /// On a failed test: SIGTERM first, so the agent stops the pods it started (a SIGKILLed
-    /// agent leaves its containers running), and SIGKILL only if that does not end it in time.
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
+use support::{Registry, require};
 
 /// Removes the host-side network objects the server made, if they were not there before.
 struct HostNetworkGuard {
@@ -131,40 +93,6 @@ fn nft_table_exists_named(name: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn kubectl(dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(KUBECTL)
-        .env("KUBECONFIG", dir.join("kubeconfig.yaml"))
-        .env("HOME", dir.join("home"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run kubectl");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Polls `f` until it returns `Some`, failing after `limit` with `what` and the server log.
-fn eventually<T>(dir: &Path, what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            panic!(
-                "timed out waiting for {what}; server log (last lines, newest first):\n{}",
-                tail.join("\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
 fn http_get(addr: &str) -> Option<String> {
     let mut stream =
         std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
@@ -196,70 +124,21 @@ async fn deployment_runs_in_a_youki_container_and_serves() {
 
     // A busybox-static image in a real registry on 127.0.0.1.
     let reg = Registry::start();
-    let bb = std::fs::read("/bin/busybox").unwrap();
-    let mut entries = vec![
-        Entry::Dir("bin", 0o755),
-        Entry::File("bin/busybox", bb, 0o755),
-        Entry::Dir("tmp", 0o1777),
-    ];
-    for applet in ["sh", "echo", "sleep", "httpd"] {
-        entries.push(Entry::Symlink(
-            Box::leak(format!("bin/{applet}").into_boxed_str()),
-            "busybox",
-        ));
-    }
-    let img = support::image(
-        vec![support::layer(&entries, Compression::Gzip)],
-        std::env::consts::ARCH
-            .replace("x86_64", "amd64")
-            .replace("aarch64", "arm64")
-            .as_str(),
-        None,
-        false,
-    );
+    let img = support::busybox_image(&["sh", "echo", "sleep", "httpd"], &[]);
     reg.push("busybox", "1", &img, &RegistryAuth::Anonymous)
         .await;
     let image = format!("{}/busybox:1", reg.addr);
     // The registry is plain HTTP: say so in registries.yaml, as a k3s user would.
-    let registries = dir.join("registries.yaml");
-    std::fs::write(
-        &registries,
-        format!(
-            "mirrors:\n  \"{}\":\n    endpoint:\n      - \"http://{}\"\n",
-            reg.addr, reg.addr
-        ),
-    )
-    .unwrap();
+    let registries = binary::plain_http_mirror(dir, &reg.addr);
 
     let _net = HostNetworkGuard::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let empty = dir.join("empty-config.yaml");
-    std::fs::write(&empty, "").unwrap();
     let node = format!("r3st-node-{}", std::process::id());
-    let server = ServerProcess(Some(
-        Command::new(BIN)
-            .env_clear()
-            .env("R3S_CONFIG_FILE", &empty)
-            .env("RUST_LOG", "info")
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .arg("--write-kubeconfig")
-            .arg(dir.join("kubeconfig.yaml"))
-            .args(["--bind-address", "127.0.0.1", "--https-listen-port"])
-            .arg(port.to_string())
-            .args(["--node-name", &node, "--node-ip", "127.0.0.1"])
-            .arg("--private-registry")
-            .arg(&registries)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("server.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    ));
+    let mut cmd = binary::command(dir, free_port(), &node);
+    cmd.env("RUST_LOG", "info")
+        .args(["--node-ip", "127.0.0.1", "--private-registry"])
+        .arg(&registries);
+    // SIGTERM first on a failed test, so the agent stops the pods it started.
+    let server = Server::spawn(cmd, &dir.join("server.log"), Duration::from_secs(120));
 
     // The server's own node registers and becomes Ready, with a podCIDR from the node IPAM.
     let cidr = eventually(
@@ -345,7 +224,7 @@ async fn deployment_runs_in_a_youki_container_and_serves() {
     );
     assert!(ok, "rollout status after scale: {out}{err}");
 
-    let status = server.stop();
+    let status = server.stop(Duration::from_secs(60));
     assert!(status.success(), "exit status {status}");
     drop(reg);
 }

@@ -4,141 +4,34 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+#[path = "support/binary.rs"]
+mod binary;
 
-const BIN: &str = env!("CARGO_BIN_EXE_r3s-server");
-const KUBECTL: &str = "/usr/bin/kubectl";
+use std::time::Duration;
 
-/// A running server process, SIGKILLed (by its PID) if the test ends without stopping it.
-struct Server {
-    child: Option<Child>,
+use binary::{Server, free_port, have_kubectl, kubectl, logs, wait_ready};
+
+const NODE: &str = "r3st-e2e";
+
+fn start(dir: &std::path::Path) -> Server {
+    Server::control_plane(dir, free_port(), NODE)
 }
 
-impl Server {
-    fn start(dir: &Path, port: u16) -> Server {
-        let empty = dir.join("empty-config.yaml");
-        std::fs::write(&empty, "").unwrap();
-        let log = std::fs::File::create(dir.join(format!("server-{port}.log"))).unwrap();
-        let child = Command::new(BIN)
-            .env_clear()
-            .env("R3S_CONFIG_FILE", &empty)
-            .args(["--data-dir"])
-            .arg(dir.join("data"))
-            .args(["--write-kubeconfig"])
-            .arg(dir.join("kubeconfig.yaml"))
-            .args(["--bind-address", "127.0.0.1", "--https-listen-port"])
-            .arg(port.to_string())
-            .args(["--node-name", "r3st-e2e", "--disable-agent"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start r3s-server");
-        Server { child: Some(child) }
-    }
-
-    /// SIGTERM, then the exit status.
-    fn stop(mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().unwrap();
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "r3s-server did not stop on SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn kubectl(dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(KUBECTL)
-        .env("KUBECONFIG", dir.join("kubeconfig.yaml"))
-        .env("HOME", dir.join("home"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run kubectl");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Waits (bounded) until kubectl can read `/readyz` through the written kubeconfig.
-fn wait_ready(dir: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if dir.join("kubeconfig.yaml").exists() {
-            let (ok, out, _) = kubectl(dir, &["get", "--raw", "/readyz"]);
-            if ok && out.trim() == "ok" {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "r3s-server did not become ready; log: {}",
-            logs(dir)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn logs(dir: &Path) -> String {
-    let mut all = String::new();
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let p: PathBuf = entry.path();
-        if p.extension().is_some_and(|e| e == "log") {
-            all.push_str(&std::fs::read_to_string(&p).unwrap_or_default());
-        }
-    }
-    all
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-fn prerequisites() -> bool {
-    if Path::new(KUBECTL).exists() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "kubectl is missing at {KUBECTL}"
-    );
-    eprintln!("skipped: kubectl is missing at {KUBECTL}");
-    false
+/// SIGTERM, then the exit status.
+fn stop(server: Server) -> std::process::ExitStatus {
+    server.stop(Duration::from_secs(30))
 }
 
 #[test]
 fn binary_serves_kubectl_and_keeps_state_and_certificates_across_restarts() {
-    if !prerequisites() {
+    if !have_kubectl() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     std::fs::create_dir_all(dir.join("home")).unwrap();
 
-    let server = Server::start(dir, free_port());
+    let server = start(dir);
     wait_ready(dir);
 
     use std::os::unix::fs::PermissionsExt;
@@ -175,11 +68,11 @@ fn binary_serves_kubectl_and_keeps_state_and_certificates_across_restarts() {
     );
     assert!(ok, "{err}");
 
-    let status = server.stop();
+    let status = stop(server);
     assert!(status.success(), "exit status {status}; log: {}", logs(dir));
 
     // Same data directory, another port: state, CA and admin credentials are reused.
-    let server = Server::start(dir, free_port());
+    let server = start(dir);
     wait_ready(dir);
     let kubeconfig_after = std::fs::read_to_string(dir.join("kubeconfig.yaml")).unwrap();
     let ca = |k: &str| {
@@ -223,38 +116,28 @@ fn binary_serves_kubectl_and_keeps_state_and_certificates_across_restarts() {
     let after: i64 = rv_after.trim().parse().unwrap();
     assert!(after > before, "{after} > {before}");
 
-    let status = server.stop();
+    let status = stop(server);
     assert!(status.success(), "exit status {status}");
 }
 
 #[test]
 fn second_server_on_the_same_data_dir_is_refused_with_one_line() {
-    if !prerequisites() {
+    if !have_kubectl() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     std::fs::create_dir_all(dir.join("home")).unwrap();
-    let first = Server::start(dir, free_port());
+    let first = start(dir);
     wait_ready(dir);
 
-    let empty = dir.join("empty-config.yaml");
-    let out = Command::new(BIN)
-        .env_clear()
-        .env("R3S_CONFIG_FILE", &empty)
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .arg("--write-kubeconfig")
-        .arg(dir.join("second-kubeconfig.yaml"))
-        .args(["--bind-address", "127.0.0.1", "--https-listen-port"])
-        .arg(free_port().to_string())
-        .args(["--node-name", "r3st-e2e", "--disable-agent"])
-        .stdin(Stdio::null())
+    let out = binary::command_writing(dir, &dir.join("second-kubeconfig.yaml"), free_port(), NODE)
+        .arg("--disable-agent")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     let last = stderr.lines().last().unwrap_or_default();
     assert!(last.contains("state.db"), "names the database: {stderr}");
-    assert!(first.stop().success());
+    assert!(stop(first).success());
 }

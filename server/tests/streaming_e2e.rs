@@ -13,16 +13,17 @@
 #[path = "../../images/tests/support/mod.rs"]
 mod support;
 
+#[path = "support/binary.rs"]
+mod binary;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use binary::{KUBECTL, Server, free_port};
 use oci_client::secrets::RegistryAuth;
-use support::{Compression, Entry, Registry, require};
-
-const BIN: &str = env!("CARGO_BIN_EXE_r3s-server");
-const KUBECTL: &str = "/usr/bin/kubectl";
+use support::{Registry, require};
 
 /// A network namespace made for this test; deleted on drop (with every link and table in it).
 struct Netns {
@@ -74,54 +75,13 @@ impl Drop for Kid {
     }
 }
 
-/// The server; SIGTERM (so the agent stops its pods) then SIGKILL if it does not end.
-struct ServerProcess(Option<Child>);
-
-impl ServerProcess {
-    fn stop(mut self) -> std::process::ExitStatus {
-        let mut child = self.0.take().unwrap();
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "r3s-server did not stop");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 struct Env {
     dir: PathBuf,
 }
 
 impl Env {
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(KUBECTL);
-        c.env("KUBECONFIG", self.dir.join("kubeconfig.yaml"))
-            .env("HOME", self.dir.join("home"))
-            .args(args);
-        c
+        binary::kubectl_command(&self.dir, args)
     }
 
     fn kubectl(&self, args: &[&str]) -> (i32, String, String) {
@@ -159,24 +119,11 @@ impl Env {
     }
 
     fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(40).collect();
-        format!("server log (newest first):\n{}", tail.join("\n"))
+        binary::log_tail(&self.dir)
     }
 
-    fn eventually<T>(&self, what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(v) = f() {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; {}",
-                self.log_tail()
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
+    fn eventually<T>(&self, what: &str, limit: Duration, f: impl FnMut() -> Option<T>) -> T {
+        binary::eventually(&self.dir, what, limit, f)
     }
 }
 
@@ -201,14 +148,6 @@ fn read_until(
     rx
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn http_get(port: u16) -> Option<String> {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
@@ -221,28 +160,11 @@ fn http_get(port: u16) -> Option<String> {
 }
 
 async fn push_image(reg: &Registry) -> String {
-    let bb = std::fs::read("/bin/busybox").unwrap();
-    let mut entries = vec![
-        Entry::Dir("bin", 0o755),
-        Entry::File("bin/busybox", bb, 0o755),
-        Entry::Dir("tmp", 0o1777),
-    ];
-    for applet in [
-        "sh", "echo", "sleep", "httpd", "cat", "date", "test", "tty", "true", "wc",
-    ] {
-        entries.push(Entry::Symlink(
-            Box::leak(format!("bin/{applet}").into_boxed_str()),
-            "busybox",
-        ));
-    }
-    let img = support::image(
-        vec![support::layer(&entries, Compression::Gzip)],
-        std::env::consts::ARCH
-            .replace("x86_64", "amd64")
-            .replace("aarch64", "arm64")
-            .as_str(),
-        None,
-        false,
+    let img = support::busybox_image(
+        &[
+            "sh", "echo", "sleep", "httpd", "cat", "date", "test", "tty", "true", "wc",
+        ],
+        &[],
     );
     reg.push("busybox", "1", &img, &RegistryAuth::Anonymous)
         .await;
@@ -300,42 +222,17 @@ fn kubectl_logs_exec_attach_port_forward() {
     std::fs::create_dir_all(dir.join("home")).unwrap();
     let reg = Registry::start();
     let image = rt.block_on(push_image(&reg));
-    let registries = dir.join("registries.yaml");
-    std::fs::write(
-        &registries,
-        format!(
-            "mirrors:\n  \"{}\":\n    endpoint:\n      - \"http://{}\"\n",
-            reg.addr, reg.addr
-        ),
-    )
-    .unwrap();
-    let port = free_port();
-    let empty = dir.join("empty-config.yaml");
-    std::fs::write(&empty, "").unwrap();
+    let registries = binary::plain_http_mirror(dir, &reg.addr);
     let node = format!("r3st-stream-{}", std::process::id());
-    let server = ServerProcess(Some(
-        Command::new(BIN)
-            .env_clear()
-            .env("R3S_CONFIG_FILE", &empty)
-            .env(
-                "RUST_LOG",
-                "info,r3s_agent::kubelet=debug,r3s_server::api::kubelet_proxy=debug",
-            )
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .arg("--write-kubeconfig")
-            .arg(dir.join("kubeconfig.yaml"))
-            .args(["--bind-address", "127.0.0.1", "--https-listen-port"])
-            .arg(port.to_string())
-            .args(["--node-name", &node, "--node-ip", "127.0.0.1"])
-            .arg("--private-registry")
-            .arg(&registries)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("server.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    ));
+    let mut cmd = binary::command(dir, free_port(), &node);
+    cmd.env(
+        "RUST_LOG",
+        "info,r3s_agent::kubelet=debug,r3s_server::api::kubelet_proxy=debug",
+    )
+    .args(["--node-ip", "127.0.0.1", "--private-registry"])
+    .arg(&registries);
+    // SIGTERM first on a failed test, so the agent stops the pods it started.
+    let server = Server::spawn(cmd, &dir.join("server.log"), Duration::from_secs(120));
     env.eventually("the node Ready", Duration::from_secs(120), || {
         let (code, out, _) = env.kubectl(&[
             "get",
@@ -676,7 +573,7 @@ print("PF:" + ("ok" if b"hello-from-pod" in data else repr(data)))
     );
 
     env.ok(&["delete", "pod", "box", "--wait=true", "--timeout=120s"]);
-    let status = server.stop();
+    let status = server.stop(Duration::from_secs(90));
     assert!(status.success(), "exit status {status}");
     drop(reg);
     drop(rt);

@@ -62,6 +62,23 @@ pub fn prerequisites(needs_vxlan: bool) -> bool {
     false
 }
 
+/// [`prerequisites`] (without VXLAN) plus the `nft` command, which the nftables tests use to
+/// inspect what the kernel holds.
+pub fn prerequisites_with_nft() -> bool {
+    if !prerequisites(false) {
+        return false;
+    }
+    if have("nft") {
+        return true;
+    }
+    let why = "the `nft` command (Debian package nftables), used to inspect rules";
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("missing prerequisite: {why}");
+    }
+    eprintln!("skipped: missing {why}");
+    false
+}
+
 /// Runs a command, returning its output (no assertion).
 pub fn run(args: &[&str]) -> Output {
     Command::new(args[0])

@@ -436,6 +436,33 @@ pub fn busybox_layer(c: Compression) -> Layer {
     )
 }
 
+/// The host's architecture as OCI platforms name it (`amd64`, `arm64`, `arm`, …).
+pub fn host_arch() -> String {
+    std::env::consts::ARCH
+        .replace("x86_64", "amd64")
+        .replace("aarch64", "arm64")
+}
+
+/// A one-layer image for the host's architecture: busybox-static with `applets` linked in /bin, a
+/// world-writable /tmp and the given extra directories (mode 0755).
+pub fn busybox_image(applets: &[&str], dirs: &[&str]) -> Image {
+    let bb = std::fs::read("/bin/busybox").expect("busybox-static installed");
+    let links: Vec<String> = applets.iter().map(|a| format!("bin/{a}")).collect();
+    let mut entries = vec![
+        Entry::Dir("bin", 0o755),
+        Entry::File("bin/busybox", bb, 0o755),
+        Entry::Dir("tmp", 0o1777),
+    ];
+    entries.extend(dirs.iter().map(|d| Entry::Dir(d, 0o755)));
+    entries.extend(links.iter().map(|l| Entry::Symlink(l, "busybox")));
+    image(
+        vec![layer(&entries, Compression::Gzip)],
+        &host_arch(),
+        None,
+        false,
+    )
+}
+
 pub fn have_busybox() -> bool {
     require(
         "busybox-static (/bin/busybox)",

@@ -42,16 +42,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Contr
     }
     let namespace = svc.metadata.namespace.clone().unwrap_or_default();
     let name = svc.metadata.name.clone().unwrap_or_default();
-    let selected: Vec<Arc<Pod>> = ctx
-        .pods
-        .state()
-        .into_iter()
-        .filter(|p| p.metadata.namespace.as_deref() == Some(namespace.as_str()))
-        .filter(|p| {
-            let labels = p.metadata.labels.clone().unwrap_or_default();
-            selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-        })
-        .collect();
+    let selected = selected_pods(&ctx.pods, &namespace, &selector);
     let subsets = subsets(&svc, &selected);
     let api: Api<Endpoints> = Api::namespaced(ctx.client.clone(), &namespace);
     let current = api
@@ -122,23 +113,47 @@ pub async fn run(
         pods: pod_store,
     });
     let controller = Controller::new(Api::<Service>::all(client), watcher::Config::default());
-    let services = controller.store();
-    // A pod change may concern any Service of its namespace (its labels may have just changed).
-    let mapper = move |pod: Pod| {
-        let ns = pod.metadata.namespace.clone();
-        services
-            .state()
-            .into_iter()
-            .filter(|s| s.metadata.namespace == ns)
-            .map(|s| ObjectRef::from_obj(&*s))
-            .collect::<Vec<_>>()
-    };
+    let mapper = services_of_pod_namespace(controller.store());
     controller
         .watches_stream(pod_events, mapper)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
         .await;
+}
+
+/// The pods in `namespace` whose labels include every pair of a Service's `selector`.
+pub(super) fn selected_pods(
+    pods: &Store<Pod>,
+    namespace: &str,
+    selector: &BTreeMap<String, String>,
+) -> Vec<Arc<Pod>> {
+    pods.state()
+        .into_iter()
+        .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
+        .filter(|p| {
+            let labels = p.metadata.labels.as_ref();
+            selector
+                .iter()
+                .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+        })
+        .collect()
+}
+
+/// Maps a pod to every Service of its namespace: a pod change may concern any of them (its
+/// labels may have just changed, so the Services selecting it now are not enough).
+pub(super) fn services_of_pod_namespace(
+    services: Store<Service>,
+) -> impl Fn(Pod) -> Vec<ObjectRef<Service>> + Send + Sync + 'static {
+    move |pod: Pod| {
+        let ns = pod.metadata.namespace;
+        services
+            .state()
+            .into_iter()
+            .filter(|s| s.metadata.namespace == ns)
+            .map(|s| ObjectRef::from_obj(&*s))
+            .collect()
+    }
 }
 
 /// The port a Service port reaches on `pod`, if the pod has it.

@@ -22,7 +22,7 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 
 use super::cache;
@@ -190,19 +190,10 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Contr
     let want = match selector {
         // Without a selector the slices are someone else's to write; ours go.
         None => Vec::new(),
-        Some(selector) => {
-            let selected: Vec<Arc<Pod>> = ctx
-                .pods
-                .state()
-                .into_iter()
-                .filter(|p| p.metadata.namespace.as_deref() == Some(namespace.as_str()))
-                .filter(|p| {
-                    let labels = p.metadata.labels.clone().unwrap_or_default();
-                    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-                })
-                .collect();
-            desired(&svc, &selected)
-        }
+        Some(selector) => desired(
+            &svc,
+            &endpoints::selected_pods(&ctx.pods, &namespace, &selector),
+        ),
     };
     // Slices already showing a wanted content stay untouched; the rest are rewritten in place,
     // then created or deleted to make up the count.
@@ -292,17 +283,7 @@ pub async fn run(
         slices: slice_store,
     });
     let controller = Controller::new(Api::<Service>::all(client), watcher::Config::default());
-    let services = controller.store();
-    // A pod change may concern any Service of its namespace (its labels may have just changed).
-    let mapper = move |pod: Pod| {
-        let ns = pod.metadata.namespace.clone();
-        services
-            .state()
-            .into_iter()
-            .filter(|s| s.metadata.namespace == ns)
-            .map(|s| ObjectRef::from_obj(&*s))
-            .collect::<Vec<_>>()
-    };
+    let mapper = endpoints::services_of_pod_namespace(controller.store());
     controller
         .watches_stream(pod_events, mapper)
         .owns_stream(slice_events)
