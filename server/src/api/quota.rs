@@ -1,0 +1,336 @@
+//! ResourceQuota admission: a create that would take a namespace past one of its quotas' `hard`
+//! limits is refused 403 with upstream's wording (`exceeded quota: <name>, requested: ...,
+//! used: ..., limited: ...`), and a pod that omits a request or limit a quota tracks is refused
+//! (`failed quota: <name>: must specify ...`). [`usage`] is what one object counts against a
+//! quota; the quota controller (`controllers/resourcequota.rs`) sums the same function into
+//! `status.used`.
+//!
+//! Tracked: `pods`, `services`, `services.loadbalancers`, `services.nodeports`, `configmaps`,
+//! `secrets`, `persistentvolumeclaims`, `resourcequotas`, `requests.storage`, `count/<plural>`
+//! (core) and `count/<plural>.<group>` for every resource, and the pod compute resources
+//! `requests.cpu`/`cpu`, `requests.memory`/`memory`, `limits.cpu`, `limits.memory` and their
+//! `ephemeral-storage` forms. Pods that finished (`Succeeded`/`Failed`) count for nothing.
+//!
+//! Invariant: usage is summed from the stored objects at admission time, and admissions of
+//! objects that a quota tracks are serialized with their store write by one process-wide lock
+//! (r3s has a single API server per datastore), so two concurrent creates can never both take
+//! the last unit. Only creates are checked (updates of quota-tracked fields are not).
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::error::ApiError;
+use super::object;
+use super::quantity::Quantity;
+use super::registry::{self, Resource};
+use crate::store::{ListOptions, Store};
+
+/// Serializes quota admission with the store write it admits.
+static ADMISSION: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Held from admission until the admitted object is stored.
+pub type Guard = tokio::sync::MutexGuard<'static, ()>;
+
+/// The pod compute resources a quota can track: (quota name, container field, resource).
+const COMPUTE: &[(&str, &str, &str)] = &[
+    ("requests.cpu", "requests", "cpu"),
+    ("cpu", "requests", "cpu"),
+    ("requests.memory", "requests", "memory"),
+    ("memory", "requests", "memory"),
+    ("requests.ephemeral-storage", "requests", "ephemeral-storage"),
+    ("ephemeral-storage", "requests", "ephemeral-storage"),
+    ("limits.cpu", "limits", "cpu"),
+    ("limits.memory", "limits", "memory"),
+    ("limits.ephemeral-storage", "limits", "ephemeral-storage"),
+];
+
+/// The `count/...` name of a resource.
+pub fn count_name(res: &Resource) -> String {
+    if res.group.is_empty() {
+        format!("count/{}", res.plural)
+    } else {
+        format!("count/{}.{}", res.plural, res.group)
+    }
+}
+
+fn finished(pod: &Value) -> bool {
+    matches!(
+        pod["status"]["phase"].as_str(),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+/// One resource of a pod: the sum over its containers, or the largest init container's value
+/// when that is larger (init containers run one at a time), plus `spec.overhead`.
+fn pod_resource(pod: &Value, field: &str, resource: &str) -> Quantity {
+    let of = |c: &Value| {
+        c["resources"][field][resource]
+            .as_str()
+            .and_then(Quantity::parse)
+    };
+    let containers = pod["spec"]["containers"].as_array();
+    let sum = containers
+        .into_iter()
+        .flatten()
+        .filter_map(of)
+        .fold(Quantity::ZERO, Quantity::add);
+    let init = pod["spec"]["initContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(of)
+        .max()
+        .unwrap_or(Quantity::ZERO);
+    let base = if init > sum { init } else { sum };
+    match pod["spec"]["overhead"][resource]
+        .as_str()
+        .and_then(Quantity::parse)
+    {
+        Some(overhead) => base.add(overhead),
+        None => base,
+    }
+}
+
+/// What one object of `res` counts against a quota, by quota resource name.
+pub fn usage(res: &Resource, obj: &Value) -> BTreeMap<String, Quantity> {
+    let mut out = BTreeMap::new();
+    let core = res.group.is_empty();
+    if core && res.plural == "pods" && finished(obj) {
+        return out;
+    }
+    out.insert(count_name(res), Quantity::count(1));
+    if !core {
+        return out;
+    }
+    match res.plural {
+        "pods" => {
+            out.insert("pods".into(), Quantity::count(1));
+            for (name, field, resource) in COMPUTE {
+                let q = pod_resource(obj, field, resource);
+                if q.milli != 0 {
+                    out.insert((*name).into(), q);
+                }
+            }
+        }
+        "services" => {
+            out.insert("services".into(), Quantity::count(1));
+            let kind = obj["spec"]["type"].as_str().unwrap_or("ClusterIP");
+            if kind == "LoadBalancer" {
+                out.insert("services.loadbalancers".into(), Quantity::count(1));
+            }
+            if matches!(kind, "LoadBalancer" | "NodePort") {
+                let ports = obj["spec"]["ports"].as_array().map_or(0, Vec::len);
+                out.insert("services.nodeports".into(), Quantity::count(ports as i128));
+            }
+        }
+        "persistentvolumeclaims" => {
+            out.insert("persistentvolumeclaims".into(), Quantity::count(1));
+            let storage = obj["spec"]["resources"]["requests"]["storage"]
+                .as_str()
+                .and_then(Quantity::parse)
+                .unwrap_or(Quantity::ZERO);
+            out.insert("requests.storage".into(), storage);
+            if let Some(class) = obj["spec"]["storageClassName"]
+                .as_str()
+                .filter(|c| !c.is_empty())
+            {
+                let prefix = format!("{class}.storageclass.storage.k8s.io/");
+                out.insert(format!("{prefix}requests.storage"), storage);
+                out.insert(
+                    format!("{prefix}persistentvolumeclaims"),
+                    Quantity::count(1),
+                );
+            }
+        }
+        "configmaps" | "secrets" | "resourcequotas" => {
+            out.insert(res.plural.into(), Quantity::count(1));
+        }
+        _ => {}
+    }
+    out
+}
+
+/// The containers of a pod missing `field.resource` (for `must specify`).
+fn missing(pod: &Value, field: &str, resource: &str) -> Vec<String> {
+    ["initContainers", "containers"]
+        .iter()
+        .flat_map(|list| pod["spec"][list].as_array().into_iter().flatten())
+        .filter(|c| c["resources"][field][resource].is_null())
+        .map(|c| c["name"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+/// `hard` of a quota, parsed (unparseable values are skipped: validation refuses them).
+pub fn hard(quota: &Value) -> BTreeMap<String, Quantity> {
+    quota["spec"]["hard"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.clone(), Quantity::parse(v.as_str()?)?)))
+        .collect()
+}
+
+/// Sums [`usage`] over objects.
+pub fn total<'a>(
+    res: &Resource,
+    objects: impl IntoIterator<Item = &'a Value>,
+) -> BTreeMap<String, Quantity> {
+    let mut sum: BTreeMap<String, Quantity> = BTreeMap::new();
+    for obj in objects {
+        for (name, q) in usage(res, obj) {
+            let entry = sum.entry(name).or_insert(Quantity::ZERO);
+            *entry = entry.add(q);
+        }
+    }
+    sum
+}
+
+fn list(store: &dyn Store, res: &Resource, namespace: &str) -> Result<Vec<Value>, ApiError> {
+    let page = store
+        .list(&res.list_prefix(Some(namespace)), &ListOptions::default())
+        .map_err(|e| ApiError::from_store(e, &res.name(), ""))?;
+    page.items.iter().map(object::from_store).collect()
+}
+
+fn pretty(map: &BTreeMap<String, Quantity>) -> String {
+    map.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Admits the creation of `obj` (a `res` in `namespace`) against the namespace's quotas. The
+/// returned guard must be held until the object is stored.
+pub async fn admit(
+    store: &dyn Store,
+    res: &Resource,
+    namespace: Option<&str>,
+    obj: &Value,
+) -> Result<Option<Guard>, ApiError> {
+    let Some(namespace) = namespace else {
+        return Ok(None);
+    };
+    let quotas_res = registry::find("", "v1", "resourcequotas")
+        .ok_or_else(|| ApiError::Internal("resourcequotas are not registered".into()))?;
+    let requested = usage(res, obj);
+    if requested.is_empty() {
+        return Ok(None);
+    }
+    let quotas = list(store, quotas_res, namespace)?;
+    let tracked = |quota: &Value| {
+        let hard = hard(quota);
+        requested.keys().any(|k| hard.contains_key(k))
+            || (res.group.is_empty()
+                && res.plural == "pods"
+                && COMPUTE.iter().any(|(n, _, _)| hard.contains_key(*n)))
+    };
+    if !quotas.iter().any(tracked) {
+        return Ok(None);
+    }
+    let guard = ADMISSION.lock().await;
+    // Re-read under the lock: usage now includes every admission that finished before us.
+    let quotas = list(store, quotas_res, namespace)?;
+    let used = total(res, &list(store, res, namespace)?);
+    let is_pod = res.group.is_empty() && res.plural == "pods";
+    let mut quotas = quotas;
+    quotas.sort_by(|a, b| object::name(a).cmp(object::name(b)));
+    for quota in &quotas {
+        let name = object::name(quota);
+        let hard = hard(quota);
+        if is_pod {
+            let mut problems = Vec::new();
+            for (quota_name, field, resource) in COMPUTE {
+                if !hard.contains_key(*quota_name) {
+                    continue;
+                }
+                let lacking = missing(obj, field, resource);
+                if !lacking.is_empty() {
+                    problems.push(format!("{quota_name} for: {}", lacking.join(",")));
+                }
+            }
+            if !problems.is_empty() {
+                return Err(forbidden(
+                    res,
+                    obj,
+                    &format!("failed quota: {name}: must specify {}", problems.join("; ")),
+                ));
+            }
+        }
+        let (mut want, mut have, mut limit) =
+            (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+        for (key, amount) in &requested {
+            let Some(max) = hard.get(key) else {
+                continue;
+            };
+            let current = used.get(key).copied().unwrap_or(Quantity::ZERO);
+            if current.add(*amount) > *max {
+                want.insert(key.clone(), *amount);
+                have.insert(key.clone(), current);
+                limit.insert(key.clone(), *max);
+            }
+        }
+        if !want.is_empty() {
+            return Err(forbidden(
+                res,
+                obj,
+                &format!(
+                    "exceeded quota: {name}, requested: {}, used: {}, limited: {}",
+                    pretty(&want),
+                    pretty(&have),
+                    pretty(&limit)
+                ),
+            ));
+        }
+    }
+    Ok(Some(guard))
+}
+
+fn forbidden(res: &Resource, obj: &Value, why: &str) -> ApiError {
+    ApiError::Forbidden(format!(
+        "{} \"{}\" is forbidden: {why}",
+        res.name(),
+        object::name(obj)
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn pods_count_containers_and_the_largest_init_container() {
+        let pods = registry::find("", "v1", "pods").expect("pods");
+        let pod = json!({"spec": {
+            "initContainers": [{"name": "i", "resources": {"requests": {"cpu": "2"}}}],
+            "containers": [
+                {"name": "a", "resources": {"requests": {"cpu": "500m", "memory": "64Mi"},
+                                            "limits": {"memory": "128Mi"}}},
+                {"name": "b", "resources": {"requests": {"cpu": "700m", "memory": "64Mi"}}}]}});
+        let u = usage(pods, &pod);
+        assert_eq!(u["pods"].to_string(), "1");
+        assert_eq!(u["count/pods"].to_string(), "1");
+        assert_eq!(u["requests.cpu"].to_string(), "2");
+        assert_eq!(u["requests.memory"].to_string(), "128Mi");
+        assert_eq!(u["limits.memory"].to_string(), "128Mi");
+        assert!(!u.contains_key("limits.cpu"));
+        let done = json!({"spec": pod["spec"], "status": {"phase": "Succeeded"}});
+        assert!(usage(pods, &done).is_empty());
+        assert_eq!(missing(&pod, "limits", "memory"), vec!["i", "b"]);
+    }
+
+    #[test]
+    fn services_and_claims_count_their_kinds() {
+        let svc = registry::find("", "v1", "services").expect("services");
+        let lb = json!({"spec": {"type": "LoadBalancer", "ports": [{"port": 80}, {"port": 443}]}});
+        let u = usage(svc, &lb);
+        assert_eq!(u["services.loadbalancers"].to_string(), "1");
+        assert_eq!(u["services.nodeports"].to_string(), "2");
+        let deploy = registry::find("apps", "v1", "deployments").expect("deployments");
+        assert_eq!(
+            usage(deploy, &json!({})).keys().collect::<Vec<_>>(),
+            vec!["count/deployments.apps"]
+        );
+    }
+}
