@@ -188,7 +188,10 @@ pub fn admit(
     let ranges_res = registry::find("", "v1", "limitranges")
         .ok_or_else(|| ApiError::Internal("limitranges are not registered".into()))?;
     let page = store
-        .list(&ranges_res.list_prefix(Some(namespace)), &ListOptions::default())
+        .list(
+            &ranges_res.list_prefix(Some(namespace)),
+            &ListOptions::default(),
+        )
         .map_err(|e| ApiError::from_store(e, &ranges_res.name(), ""))?;
     let mut ranges: Vec<Value> = page
         .items
@@ -254,7 +257,10 @@ mod tests {
         default_items(&mut lr);
         let item = &lr["spec"]["limits"][0];
         assert_eq!(item["default"], json!({"cpu": "1"}));
-        assert_eq!(item["defaultRequest"], json!({"cpu": "1", "memory": "32Mi"}));
+        assert_eq!(
+            item["defaultRequest"],
+            json!({"cpu": "1", "memory": "32Mi"})
+        );
     }
 
     #[test]

@@ -38,7 +38,11 @@ const COMPUTE: &[(&str, &str, &str)] = &[
     ("cpu", "requests", "cpu"),
     ("requests.memory", "requests", "memory"),
     ("memory", "requests", "memory"),
-    ("requests.ephemeral-storage", "requests", "ephemeral-storage"),
+    (
+        "requests.ephemeral-storage",
+        "requests",
+        "ephemeral-storage",
+    ),
     ("ephemeral-storage", "requests", "ephemeral-storage"),
     ("limits.cpu", "limits", "cpu"),
     ("limits.memory", "limits", "memory"),
@@ -239,16 +243,24 @@ pub async fn admit(
         let name = object::name(quota);
         let hard = hard(quota);
         if is_pod {
-            let mut problems = Vec::new();
+            // Only cpu and memory must be explicit (upstream's backward-compatible rule), listed
+            // by resource name, each with its containers in name order.
+            let mut problems = BTreeMap::new();
             for (quota_name, field, resource) in COMPUTE {
-                if !hard.contains_key(*quota_name) {
+                if !hard.contains_key(*quota_name) || resource.starts_with("ephemeral") {
                     continue;
                 }
-                let lacking = missing(obj, field, resource);
+                let mut lacking = missing(obj, field, resource);
+                lacking.sort();
+                lacking.dedup();
                 if !lacking.is_empty() {
-                    problems.push(format!("{quota_name} for: {}", lacking.join(",")));
+                    problems.insert(
+                        *quota_name,
+                        format!("{quota_name} for: {}", lacking.join(",")),
+                    );
                 }
             }
+            let problems: Vec<String> = problems.into_values().collect();
             if !problems.is_empty() {
                 return Err(forbidden(
                     res,
@@ -257,8 +269,7 @@ pub async fn admit(
                 ));
             }
         }
-        let (mut want, mut have, mut limit) =
-            (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+        let (mut want, mut have, mut limit) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
         for (key, amount) in &requested {
             let Some(max) = hard.get(key) else {
                 continue;

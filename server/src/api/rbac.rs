@@ -59,7 +59,9 @@ pub fn allowed_by(
     user: &UserInfo,
     attrs: &Attributes<'_>,
 ) -> Result<Option<String>, ApiError> {
-    granted_by(store, user, attrs.namespace, |rule| rule_matches(rule, attrs))
+    granted_by(store, user, attrs.namespace, |rule| {
+        rule_matches(rule, attrs)
+    })
 }
 
 /// Why RBAC grants `verb` on the non-resource URL `path` (`/healthz`, `/logs/*`), or `None`.

@@ -5,8 +5,8 @@
 //! handlers never name a kind. Invariant: a resource listed here is fully served by the generic
 //! handlers, so discovery never advertises something the server cannot answer.
 
-use super::{reviews, subject_reviews};
 use super::table::{self, Column};
+use super::{reviews, subject_reviews};
 
 /// A subresource served for a resource (`status`, `scale`).
 #[derive(Debug)]

@@ -236,7 +236,12 @@ fn allocate_ip(
 /// `externalTrafficPolicy` for ClusterIP). So `{"spec":{"type":"ClusterIP"}}` as a merge patch
 /// turns a LoadBalancer into a ClusterIP Service instead of failing on its kept node ports.
 fn drop_type_dependent_fields(old: &Value, new: &mut Value) {
-    let kind = |svc: &Value| svc["spec"]["type"].as_str().unwrap_or("ClusterIP").to_string();
+    let kind = |svc: &Value| {
+        svc["spec"]["type"]
+            .as_str()
+            .unwrap_or("ClusterIP")
+            .to_string()
+    };
     let (was, now) = (kind(old), kind(new));
     if was == now {
         return;

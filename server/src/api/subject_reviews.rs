@@ -90,10 +90,7 @@ pub fn local_subject_access_review(
     const KIND: &str = "LocalSubjectAccessReview";
     let namespace = namespace.unwrap_or("");
     let spec = review["spec"].clone();
-    if let Some(nra) = spec
-        .get("nonResourceAttributes")
-        .filter(|v| v.is_object())
-    {
+    if let Some(nra) = spec.get("nonResourceAttributes").filter(|v| v.is_object()) {
         return Err(invalid(
             KIND,
             "spec.nonResourceAttributes",

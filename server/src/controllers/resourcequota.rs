@@ -99,7 +99,12 @@ async fn sync_namespace(client: &kube::Client, namespace: &str) -> Result<(), Co
         // Keys that left `hard` are removed from the status (merge patch: null deletes).
         let mut patch = status.clone();
         for field in ["hard", "used"] {
-            for key in current[field].as_object().into_iter().flatten().map(|(k, _)| k) {
+            for key in current[field]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, _)| k)
+            {
                 if patch[field].get(key).is_none() {
                     patch[field][key.as_str()] = Value::Null;
                 }
@@ -134,8 +139,7 @@ async fn list_objects(
         kind: res.kind.to_string(),
         plural: res.plural.to_string(),
     };
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), namespace, &api_resource);
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &api_resource);
     let list = api
         .list(&ListParams::default())
         .await

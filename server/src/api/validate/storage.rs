@@ -9,7 +9,8 @@ use super::Cause;
 use crate::api::quantity::Quantity;
 use crate::api::registry::Resource;
 
-const QUANTITY_MSG: &str = "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'";
+const QUANTITY_MSG: &str =
+    "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'";
 
 fn cause(reason: &'static str, field: String, message: String) -> Cause {
     Cause {
@@ -74,7 +75,10 @@ pub fn check(res: &Resource, obj: &Value, causes: &mut Vec<Cause>) {
 }
 
 fn limit_range(obj: &Value, causes: &mut Vec<Cause>) {
-    let items = obj["spec"]["limits"].as_array().cloned().unwrap_or_default();
+    let items = obj["spec"]["limits"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     for (i, item) in items.iter().enumerate() {
         let at = format!("spec.limits[{i}]");
         let kind = item["type"].as_str().unwrap_or("");
@@ -172,7 +176,15 @@ fn claim(obj: &Value, causes: &mut Vec<Cause>) {
 
 /// The volume sources r3s knows a PersistentVolume can name.
 const SOURCES: &[&str] = &[
-    "hostPath", "local", "nfs", "csi", "iscsi", "fc", "rbd", "cephfs", "glusterfs",
+    "hostPath",
+    "local",
+    "nfs",
+    "csi",
+    "iscsi",
+    "fc",
+    "rbd",
+    "cephfs",
+    "glusterfs",
 ];
 
 fn volume(obj: &Value, causes: &mut Vec<Cause>) {
@@ -205,7 +217,11 @@ mod tests {
     #[test]
     fn quota_and_limit_range_quantities() {
         assert_eq!(
-            messages("resourcequotas", "", json!({"spec": {"hard": {"pods": "x", "cpu": "-1"}}})),
+            messages(
+                "resourcequotas",
+                "",
+                json!({"spec": {"hard": {"pods": "x", "cpu": "-1"}}})
+            ),
             vec![
                 "spec.hard[cpu]: Invalid value: \"-1\": must be greater than or equal to 0",
                 format!("spec.hard[pods]: Invalid value: \"x\": {QUANTITY_MSG}").as_str(),
@@ -232,8 +248,12 @@ mod tests {
             ]
         );
         assert_eq!(
-            messages("persistentvolumes", "", json!({"spec": {"accessModes": ["ReadWriteOnce"],
-                "capacity": {"storage": "1Gi"}}})),
+            messages(
+                "persistentvolumes",
+                "",
+                json!({"spec": {"accessModes": ["ReadWriteOnce"],
+                "capacity": {"storage": "1Gi"}}})
+            ),
             vec!["spec: Required value: must specify a volume type"]
         );
         assert_eq!(
