@@ -568,6 +568,46 @@ async fn kubectl_resource_quota_admission_and_usage() {
     .await;
     let c = s.write("c.json", &sized("c", "600m"));
     s.ok(&["create", "-n", "q", "-f", &c]).await;
+
+    // A scoped quota (sent as protobuf with its scopes) tracks only the pods in its scope.
+    s.ok(&["create", "namespace", "q2"]).await;
+    s.ok(&[
+        "create",
+        "quota",
+        "besteffort",
+        "-n",
+        "q2",
+        "--hard=pods=1",
+        "--scopes=BestEffort",
+    ])
+    .await;
+    let scoped = s
+        .json(&["get", "quota", "besteffort", "-n", "q2", "-o", "json"])
+        .await;
+    assert_eq!(scoped["spec"]["scopes"], json!(["BestEffort"]));
+    s.ok(&["create", "-n", "q2", "-f", &bare]).await;
+    let other = s.write("other.json", &pod("other", json!({})));
+    let stderr = s.fails(&["create", "-n", "q2", "-f", &other]).await;
+    assert!(
+        stderr.contains(
+            "exceeded quota: besteffort, requested: pods=1, used: pods=1, limited: pods=1"
+        ),
+        "{stderr}"
+    );
+    s.ok(&["create", "-n", "q2", "-f", &a]).await;
+    s.eventually(
+        &[
+            "get",
+            "quota",
+            "besteffort",
+            "-n",
+            "q2",
+            "-o",
+            "jsonpath={.status.used.pods}",
+        ],
+        |out| out == "1",
+    )
+    .await;
 }
 
 const LIMITS: &str = "apiVersion: v1

@@ -167,7 +167,7 @@ fn container_resources(c: &Value) -> (BTreeMap<String, Quantity>, BTreeMap<Strin
 fn sum_into(total: &mut BTreeMap<String, Quantity>, add: &BTreeMap<String, Quantity>) {
     for (k, v) in add {
         let entry = total.entry(k.clone()).or_insert(Quantity::ZERO);
-        *entry = entry.add(*v);
+        *entry = entry.plus(*v);
     }
 }
 

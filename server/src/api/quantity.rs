@@ -126,7 +126,7 @@ impl Quantity {
     }
 
     /// The sum, in the format of `self` (of `other` when `self` is zero), as upstream.
-    pub fn add(self, other: Quantity) -> Quantity {
+    pub fn plus(self, other: Quantity) -> Quantity {
         let format = if self.milli == 0 {
             other.format
         } else {
@@ -203,10 +203,10 @@ mod tests {
 
     #[test]
     fn sums_keep_the_first_format() {
-        assert_eq!(q("100m").add(q("400m")).to_string(), "500m");
-        assert_eq!(q("1").add(q("500m")).to_string(), "1500m");
-        assert_eq!(q("64Mi").add(q("64Mi")).to_string(), "128Mi");
-        assert_eq!(Quantity::ZERO.add(q("64Mi")).to_string(), "64Mi");
+        assert_eq!(q("100m").plus(q("400m")).to_string(), "500m");
+        assert_eq!(q("1").plus(q("500m")).to_string(), "1500m");
+        assert_eq!(q("64Mi").plus(q("64Mi")).to_string(), "128Mi");
+        assert_eq!(Quantity::ZERO.plus(q("64Mi")).to_string(), "64Mi");
         assert!(q("1Gi") > q("1G"));
         assert_eq!(q("1000m"), q("1"));
     }

@@ -10,6 +10,8 @@
 //! (core) and `count/<plural>.<group>` for every resource, and the pod compute resources
 //! `requests.cpu`/`cpu`, `requests.memory`/`memory`, `limits.cpu`, `limits.memory` and their
 //! `ephemeral-storage` forms. Pods that finished (`Succeeded`/`Failed`) count for nothing.
+//! Scoped quotas (`Terminating`, `NotTerminating`, `BestEffort`, `NotBestEffort`, and the
+//! `PriorityClass` scope selector) track only the pods in their scopes.
 //!
 //! Invariant: usage is summed from the stored objects at admission time, and admissions of
 //! objects that a quota tracks are serialized with their store write by one process-wide lock
@@ -78,7 +80,7 @@ fn pod_resource(pod: &Value, field: &str, resource: &str) -> Quantity {
         .into_iter()
         .flatten()
         .filter_map(of)
-        .fold(Quantity::ZERO, Quantity::add);
+        .fold(Quantity::ZERO, Quantity::plus);
     let init = pod["spec"]["initContainers"]
         .as_array()
         .into_iter()
@@ -91,7 +93,7 @@ fn pod_resource(pod: &Value, field: &str, resource: &str) -> Quantity {
         .as_str()
         .and_then(Quantity::parse)
     {
-        Some(overhead) => base.add(overhead),
+        Some(overhead) => base.plus(overhead),
         None => base,
     }
 }
@@ -165,6 +167,79 @@ fn missing(pod: &Value, field: &str, resource: &str) -> Vec<String> {
         .collect()
 }
 
+fn best_effort(pod: &Value) -> bool {
+    ["initContainers", "containers"]
+        .iter()
+        .flat_map(|list| pod["spec"][list].as_array().into_iter().flatten())
+        .all(|c| {
+            let empty = |m: &Value| m.as_object().is_none_or(serde_json::Map::is_empty);
+            empty(&c["resources"]["requests"]) && empty(&c["resources"]["limits"])
+        })
+}
+
+/// Whether a pod is in one quota scope (`Terminating`: has `activeDeadlineSeconds`,
+/// `BestEffort`: no requests or limits at all, `PriorityClass`: by `priorityClassName`).
+fn in_scope(pod: &Value, scope: &str, operator: &str, values: &[&str]) -> bool {
+    let terminating = pod["spec"]["activeDeadlineSeconds"].is_i64();
+    let class = pod["spec"]["priorityClassName"].as_str().unwrap_or("");
+    let is = match scope {
+        "Terminating" => terminating,
+        "NotTerminating" => !terminating,
+        "BestEffort" => best_effort(pod),
+        "NotBestEffort" => !best_effort(pod),
+        "PriorityClass" => match operator {
+            "In" => values.contains(&class),
+            "NotIn" => !values.contains(&class),
+            "Exists" => !class.is_empty(),
+            "DoesNotExist" => class.is_empty(),
+            _ => false,
+        },
+        // CrossNamespacePodAffinity and scopes r3s does not know match nothing.
+        _ => false,
+    };
+    match (scope, operator) {
+        ("PriorityClass", _) | (_, "Exists" | "") => is,
+        (_, "DoesNotExist") => !is,
+        _ => false,
+    }
+}
+
+/// Whether `quota` tracks `obj` (a `res`): unscoped quotas track everything; scoped ones
+/// (`spec.scopes`, `spec.scopeSelector`) only pods in every scope.
+pub fn applies(quota: &Value, res: &Resource, obj: &Value) -> bool {
+    let scopes: Vec<&str> = quota["spec"]["scopes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let selector = quota["spec"]["scopeSelector"]["matchExpressions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if scopes.is_empty() && selector.is_empty() {
+        return true;
+    }
+    if !(res.group.is_empty() && res.plural == "pods") {
+        return false;
+    }
+    scopes.iter().all(|s| in_scope(obj, s, "Exists", &[]))
+        && selector.iter().all(|e| {
+            let values: Vec<&str> = e["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            in_scope(
+                obj,
+                e["scopeName"].as_str().unwrap_or(""),
+                e["operator"].as_str().unwrap_or(""),
+                &values,
+            )
+        })
+}
+
 /// `hard` of a quota, parsed (unparseable values are skipped: validation refuses them).
 pub fn hard(quota: &Value) -> BTreeMap<String, Quantity> {
     quota["spec"]["hard"]
@@ -184,7 +259,7 @@ pub fn total<'a>(
     for obj in objects {
         for (name, q) in usage(res, obj) {
             let entry = sum.entry(name).or_insert(Quantity::ZERO);
-            *entry = entry.add(q);
+            *entry = entry.plus(q);
         }
     }
     sum
@@ -223,6 +298,9 @@ pub async fn admit(
     }
     let quotas = list(store, quotas_res, namespace)?;
     let tracked = |quota: &Value| {
+        if !applies(quota, res, obj) {
+            return false;
+        }
         let hard = hard(quota);
         requested.keys().any(|k| hard.contains_key(k))
             || (res.group.is_empty()
@@ -235,12 +313,13 @@ pub async fn admit(
     let guard = ADMISSION.lock().await;
     // Re-read under the lock: usage now includes every admission that finished before us.
     let quotas = list(store, quotas_res, namespace)?;
-    let used = total(res, &list(store, res, namespace)?);
+    let existing = list(store, res, namespace)?;
     let is_pod = res.group.is_empty() && res.plural == "pods";
     let mut quotas = quotas;
     quotas.sort_by(|a, b| object::name(a).cmp(object::name(b)));
-    for quota in &quotas {
+    for quota in quotas.iter().filter(|q| applies(q, res, obj)) {
         let name = object::name(quota);
+        let used = total(res, existing.iter().filter(|o| applies(quota, res, o)));
         let hard = hard(quota);
         if is_pod {
             // Only cpu and memory must be explicit (upstream's backward-compatible rule), listed
@@ -275,7 +354,7 @@ pub async fn admit(
                 continue;
             };
             let current = used.get(key).copied().unwrap_or(Quantity::ZERO);
-            if current.add(*amount) > *max {
+            if current.plus(*amount) > *max {
                 want.insert(key.clone(), *amount);
                 have.insert(key.clone(), current);
                 limit.insert(key.clone(), *max);

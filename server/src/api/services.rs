@@ -255,11 +255,13 @@ fn drop_type_dependent_fields(old: &Value, new: &mut Value) {
             .collect()
     };
     let needs_node_ports = |t: &str| matches!(t, "NodePort" | "LoadBalancer");
-    if needs_node_ports(&was) && !needs_node_ports(&now) && node_ports(old) == node_ports(new) {
-        if let Some(ports) = new["spec"]["ports"].as_array_mut() {
-            for port in ports.iter_mut().filter_map(Value::as_object_mut) {
-                port.remove("nodePort");
-            }
+    if needs_node_ports(&was)
+        && !needs_node_ports(&now)
+        && node_ports(old) == node_ports(new)
+        && let Some(ports) = new["spec"]["ports"].as_array_mut()
+    {
+        for port in ports.iter_mut().filter_map(Value::as_object_mut) {
+            port.remove("nodePort");
         }
     }
     let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) else {

@@ -70,7 +70,7 @@ async fn sync_namespace(client: &kube::Client, namespace: &str) -> Result<(), Co
             what: format!("resourcequotas in {namespace}"),
             source,
         })?;
-    let mut totals: BTreeMap<&'static str, BTreeMap<String, Quantity>> = BTreeMap::new();
+    let mut objects: BTreeMap<&'static str, Vec<Value>> = BTreeMap::new();
     for rq in list.items {
         let rq_value = serde_json::to_value(&rq)
             .map_err(|e| ControllerError::Invalid(format!("encoding a quota: {e}")))?;
@@ -80,13 +80,16 @@ async fn sync_namespace(client: &kube::Client, namespace: &str) -> Result<(), Co
             let Some(res) = source_of(key) else {
                 continue;
             };
-            if !totals.contains_key(res.plural) {
-                let objects = list_objects(client, res, namespace).await?;
-                totals.insert(res.plural, quota::total(res, objects.iter()));
+            if !objects.contains_key(res.plural) {
+                objects.insert(res.plural, list_objects(client, res, namespace).await?);
             }
-            let amount = totals
+            let tracked = objects
                 .get(res.plural)
-                .and_then(|t| t.get(key))
+                .into_iter()
+                .flatten()
+                .filter(|o| quota::applies(&rq_value, res, o));
+            let amount = quota::total(res, tracked)
+                .get(key)
                 .copied()
                 .unwrap_or(Quantity::ZERO);
             used.insert(key.clone(), json!(amount.to_string()));

@@ -65,10 +65,8 @@ pub fn check(res: &Resource, obj: &Value, causes: &mut Vec<Cause>) {
         "LimitRange" => limit_range(obj, causes),
         "PersistentVolumeClaim" => claim(obj, causes),
         "PersistentVolume" => volume(obj, causes),
-        "StorageClass" => {
-            if obj["provisioner"].as_str().is_none_or(str::is_empty) {
-                required("provisioner".into(), "", causes);
-            }
+        "StorageClass" if obj["provisioner"].as_str().is_none_or(str::is_empty) => {
+            required("provisioner".into(), "", causes);
         }
         _ => {}
     }
