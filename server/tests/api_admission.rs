@@ -758,3 +758,62 @@ async fn kubectl_service_type_change_clears_node_ports() {
     let svc = s.json(&["get", "service", "edge", "-o", "json"]).await;
     assert!(svc["spec"]["ports"][0]["nodePort"].is_u64(), "{svc}");
 }
+
+const PYTHON_REVIEWS: &str = r#"
+import sys
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+config.load_kube_config(config_file=sys.argv[1])
+core = client.CoreV1Api()
+core.create_namespaced_service_account("default", client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="py")))
+token = core.create_namespaced_service_account_token("py", "default", client.AuthenticationV1TokenRequest(
+    spec=client.V1TokenRequestSpec(audiences=[]))).status.token
+review = client.AuthenticationV1Api().create_token_review(client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token)))
+assert review.status.authenticated, review
+assert review.status.user.username == "system:serviceaccount:default:py", review
+sar = client.AuthorizationV1Api().create_subject_access_review(client.V1SubjectAccessReview(spec=client.V1SubjectAccessReviewSpec(
+    user="system:serviceaccount:default:py", groups=["system:serviceaccounts"],
+    resource_attributes=client.V1ResourceAttributes(verb="list", resource="pods", namespace="default"))))
+assert sar.status.allowed is False, sar
+
+core.create_namespaced_resource_quota("default", client.V1ResourceQuota(metadata=client.V1ObjectMeta(name="two"),
+    spec=client.V1ResourceQuotaSpec(hard={"secrets": "1"})))
+core.create_namespaced_secret("default", client.V1Secret(metadata=client.V1ObjectMeta(name="s1")))
+try:
+    core.create_namespaced_secret("default", client.V1Secret(metadata=client.V1ObjectMeta(name="s2")))
+    raise SystemExit("the second secret was admitted")
+except ApiException as e:
+    assert e.status == 403, e
+    assert "exceeded quota: two, requested: secrets=1, used: secrets=1, limited: secrets=1" in e.body, e.body
+print("python reviews ok")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_reviews_and_quota() {
+    let has_client = std::process::Command::new("python3")
+        .args(["-c", "import kubernetes"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_client {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!(
+                "missing prerequisite: the Python `kubernetes` package (pip install kubernetes)"
+            );
+        }
+        eprintln!("skipped: the Python `kubernetes` package is not installed");
+        return;
+    }
+    let s = start().await;
+    let script = s.write("reviews.py", PYTHON_REVIEWS);
+    let out = tokio::process::Command::new("python3")
+        .arg(&script)
+        .arg(&s.kubeconfig)
+        .output()
+        .await
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(stdout.trim(), "python reviews ok");
+}
