@@ -3,7 +3,9 @@
 //!
 //! The request path reads straight through: `router` (routes and layers) → `handlers` (resolve the
 //! URL → authorize → decode → default → validate → admit → store → encode). Only this module turns
-//! errors into `Status` objects ([`error::ApiError`]).
+//! errors into `Status` objects ([`error::ApiError`]). Admission on create, in order: namespace
+//! lifecycle, LimitRange defaults and bounds ([`limitrange`]), validation, Service addresses
+//! ([`services`]), ResourceQuota ([`quota`], held until the object is stored).
 //!
 //! Entry points: [`app`] (the router alone, for in-process clients and tests) and [`serve`] /
 //! [`serve_listener`] (the router behind the rustls listener, after creating the built-in objects:
