@@ -817,3 +817,47 @@ async fn python_client_reviews_and_quota() {
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert_eq!(stdout.trim(), "python reviews ok");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_quota_checks_what_an_update_adds() {
+    if !kubectl_available() {
+        return;
+    }
+    let s = start().await;
+    s.ok(&[
+        "create",
+        "quota",
+        "lbs",
+        "--hard=services.loadbalancers=1,services.nodeports=1",
+    ])
+    .await;
+    s.ok(&["create", "service", "clusterip", "one", "--tcp=80:80"])
+        .await;
+    s.ok(&["create", "service", "clusterip", "two", "--tcp=80:80"])
+        .await;
+    s.ok(&[
+        "patch",
+        "service",
+        "one",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"type":"LoadBalancer"}}"#,
+    ])
+    .await;
+    let stderr = s
+        .fails(&[
+            "patch",
+            "service",
+            "two",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"type":"LoadBalancer"}}"#,
+        ])
+        .await;
+    assert!(
+        stderr.contains("services \"two\" is forbidden: exceeded quota: lbs, requested: services.loadbalancers=1,services.nodeports=1, used: services.loadbalancers=1,services.nodeports=1, limited: services.loadbalancers=1,services.nodeports=1"),
+        "{stderr}"
+    );
+    // Unrelated updates of a counted object pass.
+    s.ok(&["label", "service", "one", "tier=edge"]).await;
+}

@@ -139,6 +139,16 @@ impl Quantity {
     }
 }
 
+impl Quantity {
+    /// The difference, in the format of `self`.
+    pub fn minus(self, other: Quantity) -> Quantity {
+        Quantity {
+            milli: self.milli - other.milli,
+            format: self.format,
+        }
+    }
+}
+
 impl fmt::Display for Quantity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.milli % 1000 != 0 {

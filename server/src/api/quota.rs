@@ -16,7 +16,7 @@
 //! Invariant: usage is summed from the stored objects at admission time, and admissions of
 //! objects that a quota tracks are serialized with their store write by one process-wide lock
 //! (r3s has a single API server per datastore), so two concurrent creates can never both take
-//! the last unit. Only creates are checked (updates of quota-tracked fields are not).
+//! the last unit. Updates are checked for what they add (a Service becoming a LoadBalancer).
 
 use std::collections::BTreeMap;
 
@@ -287,12 +287,35 @@ pub async fn admit(
     namespace: Option<&str>,
     obj: &Value,
 ) -> Result<Option<Guard>, ApiError> {
+    admit_change(store, res, namespace, None, obj).await
+}
+
+/// As [`admit`], for an update of `old` to `obj` (or a create without `old`): only what the
+/// change adds is requested (a Service turning into a LoadBalancer asks for
+/// `services.loadbalancers=1`), measured against usage that already includes `old`.
+pub async fn admit_change(
+    store: &dyn Store,
+    res: &Resource,
+    namespace: Option<&str>,
+    old: Option<&Value>,
+    obj: &Value,
+) -> Result<Option<Guard>, ApiError> {
     let Some(namespace) = namespace else {
         return Ok(None);
     };
     let quotas_res = registry::find("", "v1", "resourcequotas")
         .ok_or_else(|| ApiError::Internal("resourcequotas are not registered".into()))?;
-    let requested = usage(res, obj);
+    let mut requested = usage(res, obj);
+    if let Some(old) = old {
+        let before = usage(res, old);
+        requested = requested
+            .into_iter()
+            .filter_map(|(k, q)| {
+                let was = before.get(&k).copied().unwrap_or(Quantity::ZERO);
+                (q > was).then(|| (k, q.minus(was)))
+            })
+            .collect();
+    }
     if requested.is_empty() {
         return Ok(None);
     }
@@ -314,7 +337,8 @@ pub async fn admit(
     // Re-read under the lock: usage now includes every admission that finished before us.
     let quotas = list(store, quotas_res, namespace)?;
     let existing = list(store, res, namespace)?;
-    let is_pod = res.group.is_empty() && res.plural == "pods";
+    // Pods' resources are fixed once created: only creates must name them.
+    let is_pod = res.group.is_empty() && res.plural == "pods" && old.is_none();
     let mut quotas = quotas;
     quotas.sort_by(|a, b| object::name(a).cmp(object::name(b)));
     for quota in quotas.iter().filter(|q| applies(q, res, obj)) {

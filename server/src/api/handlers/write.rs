@@ -397,6 +397,18 @@ async fn replace_object(
             &mut new,
         )
         .await?;
+        let _quota = if ctx.target.subresource.is_none() {
+            quota::admit_change(
+                state.store.as_ref(),
+                res,
+                ctx.namespace(),
+                Some(&current),
+                &new,
+            )
+            .await?
+        } else {
+            None
+        };
         lifecycle::check_update(res, &current, &new)?;
         validate::validate(res, &new, Some(&current))?;
         object::set_resource_version(&mut new, revision);
