@@ -61,19 +61,33 @@ pub fn bearer(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .ok_or(ApiError::Unauthorized)?;
+    token_user(state, token, super::tokens::API_AUDIENCES).map(|(user, _)| user)
+}
+
+/// The user a bearer token authenticates for one of `audiences` (ServiceAccount tokens), with
+/// the uid of its ServiceAccount (empty for bootstrap tokens), or 401. TokenReviews and every
+/// bearer request decide the same way.
+pub fn token_user(
+    state: &super::ApiState,
+    token: &str,
+    audiences: &[&str],
+) -> Result<(UserInfo, String), ApiError> {
     if r3s_agent::join::token::is_bootstrap_token(token) {
         let id = crate::join::bootstrap::valid(state.store.as_ref(), token)
             .ok_or(ApiError::Unauthorized)?;
-        return Ok(UserInfo {
+        let user = UserInfo {
             username: format!("system:bootstrap:{id}"),
             groups: vec![
                 "system:bootstrappers".to_string(),
                 "system:authenticated".to_string(),
             ],
-        });
+        };
+        return Ok((user, String::new()));
     }
     let issuer = state.tokens.as_ref().ok_or(ApiError::Unauthorized)?;
-    let subject = issuer.verify(token).ok_or(ApiError::Unauthorized)?;
+    let subject = issuer
+        .verify_for(token, audiences)
+        .ok_or(ApiError::Unauthorized)?;
     let accounts = super::registry::find("", "v1", "serviceaccounts")
         .ok_or_else(|| ApiError::Internal("serviceaccounts are not registered".into()))?;
     let key = accounts.key(Some(&subject.namespace), &subject.name);
@@ -88,7 +102,7 @@ pub fn bearer(
     if !uid_matches {
         return Err(ApiError::Unauthorized);
     }
-    Ok(UserInfo {
+    let user = UserInfo {
         username: format!(
             "system:serviceaccount:{}:{}",
             subject.namespace, subject.name
@@ -98,7 +112,8 @@ pub fn bearer(
             format!("system:serviceaccounts:{}", subject.namespace),
             "system:authenticated".to_string(),
         ],
-    })
+    };
+    Ok((user, subject.uid))
 }
 
 /// Allows `user` to do `attrs`, or returns 403 with the apiserver's message.
@@ -107,24 +122,58 @@ pub fn authorize(
     user: &UserInfo,
     attrs: &Attributes<'_>,
 ) -> Result<(), ApiError> {
+    match explain(store, user, attrs)? {
+        Verdict::Allowed(_) => Ok(()),
+        Verdict::Denied { message, .. } => Err(ApiError::Forbidden(message)),
+    }
+}
+
+/// The outcome of authorization, with the reasons an access review reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Allowed; the reason (`RBAC: allowed by ...`, empty for masters).
+    Allowed(String),
+    /// Denied: the 403 message, and the authorizers' own reason (empty when none had an opinion).
+    Denied { message: String, reason: String },
+}
+
+/// Decides `attrs` for `user`: masters and self reviews, the node authorizer, then RBAC.
+pub fn explain(
+    store: &dyn Store,
+    user: &UserInfo,
+    attrs: &Attributes<'_>,
+) -> Result<Verdict, ApiError> {
     // Masters and self reviews never depend on stored policy, so a damaged RBAC setup can
     // always be repaired with the admin kubeconfig.
-    if is_master(user) || self_review(attrs) {
-        return Ok(());
+    if is_master(user) {
+        return Ok(Verdict::Allowed(String::new()));
+    }
+    if self_review(attrs) {
+        return Ok(Verdict::Allowed(
+            "RBAC: allowed by ClusterRoleBinding \"system:basic-user\" of ClusterRole \"system:basic-user\" to Group \"system:authenticated\"".into(),
+        ));
     }
     let reason = match super::rbac_node::decide(store, user, attrs)? {
-        Decision::Allow => return Ok(()),
-        Decision::Deny(message) => return Err(ApiError::Forbidden(message)),
+        Decision::Allow => return Ok(Verdict::Allowed(String::new())),
+        Decision::Deny(message) => {
+            return Ok(Verdict::Denied {
+                reason: message.clone(),
+                message,
+            });
+        }
         Decision::NoOpinion(reason) => reason,
     };
-    if super::rbac::allows(store, user, attrs)? {
-        return Ok(());
+    if let Some(why) = super::rbac::allowed_by(store, user, attrs)? {
+        return Ok(Verdict::Allowed(why));
     }
     let mut message = forbidden_message(user, attrs);
-    if let Some(reason) = reason {
+    if let Some(reason) = &reason {
         message = format!("{message}: {reason}");
     }
-    Err(ApiError::Forbidden(message))
+    Ok(Verdict::Denied {
+        message,
+        reason: reason.unwrap_or_default(),
+    })
 }
 
 /// Every authenticated user may ask about themselves (upstream's `system:basic-user` role).

@@ -17,6 +17,7 @@ pub fn apply(res: &Resource, obj: &mut Value) {
             }
         }
         ("", "Secret") => set_if_missing(obj, "type", json!("Opaque")),
+        ("", "LimitRange") => super::limitrange::default_items(obj),
         ("", "Service") => {
             if let Some(spec) = at(obj, &["spec"]) {
                 service(spec);
@@ -243,6 +244,17 @@ fn container(c: &mut Value) {
     set_if_missing(c, "terminationMessagePath", json!("/dev/termination-log"));
     set_if_missing(c, "terminationMessagePolicy", json!("File"));
     set_if_missing(c, "resources", json!({}));
+    // A limit without a request requests the limit (upstream's pod defaulting).
+    if let Some(limits) = c["resources"]["limits"].as_object().cloned()
+        && let Some(resources) = c["resources"].as_object_mut()
+    {
+        let requests = resources.entry("requests").or_insert_with(|| json!({}));
+        if let Some(requests) = requests.as_object_mut() {
+            for (name, value) in limits {
+                requests.entry(name).or_insert(value);
+            }
+        }
+    }
     if let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) {
         for port in ports.iter_mut().filter(|p| p.is_object()) {
             set_if_missing(port, "protocol", json!("TCP"));

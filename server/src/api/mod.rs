@@ -3,7 +3,9 @@
 //!
 //! The request path reads straight through: `router` (routes and layers) → `handlers` (resolve the
 //! URL → authorize → decode → default → validate → admit → store → encode). Only this module turns
-//! errors into `Status` objects ([`error::ApiError`]).
+//! errors into `Status` objects ([`error::ApiError`]). Admission on create, in order: namespace
+//! lifecycle, LimitRange defaults and bounds ([`limitrange`]), validation, Service addresses
+//! ([`services`]), ResourceQuota ([`quota`], held until the object is stored).
 //!
 //! Entry points: [`app`] (the router alone, for in-process clients and tests) and [`serve`] /
 //! [`serve_listener`] (the router behind the rustls listener, after creating the built-in objects:
@@ -25,12 +27,15 @@ pub mod error;
 mod handlers;
 pub mod kubelet_proxy;
 pub mod lifecycle;
+pub mod limitrange;
 pub mod metrics;
 pub mod object;
 pub mod openapi;
 pub mod patch;
 pub mod podsub;
 pub mod protobuf;
+pub mod quantity;
+pub mod quota;
 pub mod rbac;
 pub mod rbac_defaults;
 pub mod rbac_node;
@@ -42,6 +47,7 @@ pub mod selector;
 pub mod services;
 pub mod smp;
 pub mod strict;
+pub mod subject_reviews;
 pub mod table;
 pub mod target;
 pub mod tokens;

@@ -49,19 +49,81 @@ pub fn allows(
     user: &UserInfo,
     attrs: &Attributes<'_>,
 ) -> Result<bool, ApiError> {
-    for binding in list(store, "clusterrolebindings", None)? {
-        if binds(&binding, user, None) && role_allows(store, &binding, None, attrs)? {
-            return Ok(true);
+    Ok(allowed_by(store, user, attrs)?.is_some())
+}
+
+/// Why RBAC grants `attrs` to `user`, in upstream's words (`RBAC: allowed by ClusterRoleBinding
+/// "b" of ClusterRole "r" to User "u"`), or `None`.
+pub fn allowed_by(
+    store: &dyn Store,
+    user: &UserInfo,
+    attrs: &Attributes<'_>,
+) -> Result<Option<String>, ApiError> {
+    granted_by(store, user, attrs.namespace, |rule| {
+        rule_matches(rule, attrs)
+    })
+}
+
+/// Why RBAC grants `verb` on the non-resource URL `path` (`/healthz`, `/logs/*`), or `None`.
+pub fn non_resource_allowed_by(
+    store: &dyn Store,
+    user: &UserInfo,
+    verb: &str,
+    path: &str,
+) -> Result<Option<String>, ApiError> {
+    granted_by(store, user, None, |rule| {
+        has(&rule["verbs"], verb)
+            && rule["nonResourceURLs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .any(|url| match url.strip_suffix('*') {
+                    Some(prefix) => path.starts_with(prefix),
+                    None => url == path,
+                })
+    })
+}
+
+/// The first binding of `user` whose role has a rule `matches` accepts, described.
+fn granted_by(
+    store: &dyn Store,
+    user: &UserInfo,
+    namespace: Option<&str>,
+    matches: impl Fn(&Value) -> bool,
+) -> Result<Option<String>, ApiError> {
+    let mut bindings: Vec<(Value, Option<&str>)> = list(store, "clusterrolebindings", None)?
+        .into_iter()
+        .map(|b| (b, None))
+        .collect();
+    if let Some(ns) = namespace {
+        bindings.extend(
+            list(store, "rolebindings", Some(ns))?
+                .into_iter()
+                .map(|b| (b, Some(ns))),
+        );
+    }
+    for (binding, ns) in &bindings {
+        let Some(subject) = bound_subject(binding, user, *ns) else {
+            continue;
+        };
+        let Some(role) = role_of(store, binding, *ns)? else {
+            continue;
+        };
+        if role["rules"].as_array().into_iter().flatten().any(&matches) {
+            let name = object::name(binding);
+            let binding_text = match ns {
+                Some(ns) => format!("RoleBinding \"{name}/{ns}\""),
+                None => format!("ClusterRoleBinding \"{name}\""),
+            };
+            return Ok(Some(format!(
+                "RBAC: allowed by {binding_text} of {} \"{}\" to {subject}",
+                binding["roleRef"]["kind"].as_str().unwrap_or(""),
+                binding["roleRef"]["name"].as_str().unwrap_or(""),
+            )));
         }
     }
-    if let Some(ns) = attrs.namespace {
-        for binding in list(store, "rolebindings", Some(ns))? {
-            if binds(&binding, user, Some(ns)) && role_allows(store, &binding, Some(ns), attrs)? {
-                return Ok(true);
-            }
-        }
-    }
-    Ok(false)
+    Ok(None)
 }
 
 /// Every rule granted to `user` cluster-wide and, with `namespace`, in that namespace.
@@ -92,43 +154,34 @@ pub fn rules_for(
 
 /// True if one of the binding's subjects is the user, one of its groups, or its ServiceAccount.
 fn binds(binding: &Value, user: &UserInfo, binding_ns: Option<&str>) -> bool {
+    bound_subject(binding, user, binding_ns).is_some()
+}
+
+/// The subject of the binding that names the user, described as upstream (`User "bob"`,
+/// `Group "devs"`, `ServiceAccount "robot/apps"`).
+fn bound_subject(binding: &Value, user: &UserInfo, binding_ns: Option<&str>) -> Option<String> {
     binding["subjects"]
         .as_array()
         .into_iter()
         .flatten()
-        .any(|s| {
+        .find_map(|s| {
             let name = s["name"].as_str().unwrap_or("");
             match s["kind"].as_str() {
-                Some("User") => name == user.username,
-                Some("Group") => user.groups.iter().any(|g| g == name),
+                Some("User") if name == user.username => Some(format!("User \"{name}\"")),
+                Some("Group") if user.groups.iter().any(|g| g == name) => {
+                    Some(format!("Group \"{name}\""))
+                }
                 Some("ServiceAccount") => {
                     let ns = s["namespace"]
                         .as_str()
                         .filter(|n| !n.is_empty())
-                        .or(binding_ns);
-                    ns.is_some_and(|ns| {
-                        user.username == format!("system:serviceaccount:{ns}:{name}")
-                    })
+                        .or(binding_ns)?;
+                    (user.username == format!("system:serviceaccount:{ns}:{name}"))
+                        .then(|| format!("ServiceAccount \"{name}/{ns}\""))
                 }
-                _ => false,
+                _ => None,
             }
         })
-}
-
-fn role_allows(
-    store: &dyn Store,
-    binding: &Value,
-    binding_ns: Option<&str>,
-    attrs: &Attributes<'_>,
-) -> Result<bool, ApiError> {
-    let role = role_of(store, binding, binding_ns)?;
-    Ok(role.is_some_and(|role| {
-        role["rules"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|rule| rule_matches(rule, attrs))
-    }))
 }
 
 /// The Role or ClusterRole a binding refers to, if it exists.

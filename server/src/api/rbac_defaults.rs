@@ -8,7 +8,9 @@
 //!
 //! Upstream builds `admin`/`edit`/`view` by aggregation; r3s writes their rules out for the
 //! resources it serves, since it has no aggregation controller. Existing objects are never
-//! overwritten, so an administrator's changes survive restarts.
+//! overwritten: a default ClusterRole only gains the rules a newer r3s added (unless annotated
+//! `rbac.authorization.kubernetes.io/autoupdate: "false"`), so an administrator's changes survive
+//! restarts. `system:auth-delegator` (token and access reviews) exists unbound, as upstream.
 
 use serde_json::{Value, json};
 
@@ -38,6 +40,9 @@ const CORE_READABLE: &[&str] = &[
     "configmaps",
     "endpoints",
     "events",
+    "limitranges",
+    "persistentvolumeclaims",
+    "persistentvolumeclaims/status",
     "pods",
     "pods/log",
     "pods/status",
@@ -46,6 +51,8 @@ const CORE_READABLE: &[&str] = &[
     "serviceaccounts",
     "namespaces",
     "namespaces/status",
+    "resourcequotas",
+    "resourcequotas/status",
 ];
 const APPS: &[&str] = &[
     "deployments",
@@ -78,6 +85,7 @@ fn edit_rules() -> Vec<Value> {
     let core_writable = &[
         "configmaps",
         "endpoints",
+        "persistentvolumeclaims",
         "pods",
         "secrets",
         "services",
@@ -108,6 +116,11 @@ fn edit_rules() -> Vec<Value> {
 fn admin_rules() -> Vec<Value> {
     let mut rules = edit_rules();
     rules.push(rule(&[GROUP], &["roles", "rolebindings"], WRITE));
+    rules.push(rule(
+        &["authorization.k8s.io"],
+        &["localsubjectaccessreviews"],
+        &["create"],
+    ));
     rules
 }
 
@@ -184,6 +197,17 @@ pub async fn ensure(store: &dyn Store) -> Result<(), ApiError> {
             ],
         ),
         cluster_role(
+            "system:auth-delegator",
+            vec![
+                rule(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
+                rule(
+                    &["authorization.k8s.io"],
+                    &["subjectaccessreviews"],
+                    &["create"],
+                ),
+            ],
+        ),
+        cluster_role(
             "system:basic-user",
             vec![
                 rule(
@@ -217,11 +241,13 @@ pub async fn ensure(store: &dyn Store) -> Result<(), ApiError> {
         for obj in objects {
             let mut obj = obj.clone();
             let key = res.key(None, object::name(&obj));
-            if store
+            if let Some(kv) = store
                 .get(&key)
                 .map_err(|e| ApiError::from_store(e, &res.name(), ""))?
-                .is_some()
             {
+                if plural == "clusterroles" {
+                    reconcile_rules(store, res, &kv, &obj).await?;
+                }
                 continue;
             }
             object::prepare_create(res, &mut obj)?;
@@ -232,6 +258,45 @@ pub async fn ensure(store: &dyn Store) -> Result<(), ApiError> {
         }
     }
     remove_group_wide_node_binding(store).await
+}
+
+/// Adds the rules a newer r3s gives a default ClusterRole to the stored one, as upstream's
+/// auto-reconciliation does: rules are only added, never removed, and a role annotated
+/// `rbac.authorization.kubernetes.io/autoupdate: "false"` is left as the administrator made it.
+async fn reconcile_rules(
+    store: &dyn Store,
+    res: &registry::Resource,
+    kv: &crate::store::KeyValue,
+    default: &Value,
+) -> Result<(), ApiError> {
+    let mut current = object::from_store(kv)?;
+    if current["metadata"]["annotations"]["rbac.authorization.kubernetes.io/autoupdate"]
+        == json!("false")
+    {
+        return Ok(());
+    }
+    let have = current["rules"].as_array().cloned().unwrap_or_default();
+    let missing: Vec<Value> = default["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|rule| !have.contains(rule))
+        .cloned()
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut rules = have;
+    rules.extend(missing);
+    current["rules"] = Value::Array(rules);
+    match store
+        .update(&kv.key, object::to_store(&current)?, kv.mod_revision)
+        .await
+    {
+        // A concurrent writer won: its version stands, the next start reconciles again.
+        Ok(_) | Err(StoreError::Conflict { .. }) => Ok(()),
+        Err(e) => Err(ApiError::from_store(e, &res.name(), object::name(&current))),
+    }
 }
 
 /// Deletes the `system:node` ClusterRoleBinding earlier versions bound to all of `system:nodes`,

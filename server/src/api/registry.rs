@@ -5,8 +5,8 @@
 //! handlers never name a kind. Invariant: a resource listed here is fully served by the generic
 //! handlers, so discovery never advertises something the server cannot answer.
 
-use super::reviews;
 use super::table::{self, Column};
+use super::{reviews, subject_reviews};
 
 /// A subresource served for a resource (`status`, `scale`).
 #[derive(Debug)]
@@ -47,10 +47,12 @@ pub type AfterWrite =
         &'a super::ApiState,
     ) -> futures::future::BoxFuture<'a, Result<(), super::error::ApiError>>;
 
-/// Computes the answer of a review kind from the requesting user and the request body.
+/// Computes the answer of a review kind from the requesting user, the namespace of the URL (for
+/// namespaced reviews) and the request body.
 pub type Review = fn(
-    &dyn crate::store::Store,
+    &super::ApiState,
     &super::auth::UserInfo,
+    Option<&str>,
     serde_json::Value,
 ) -> Result<serde_json::Value, super::error::ApiError>;
 
@@ -310,6 +312,30 @@ pub static RESOURCES: &[Resource] = &[
         "selfsubjectreviews",
         "selfsubjectreview",
         reviews::self_subject_review,
+    ),
+    review(
+        "authorization.k8s.io",
+        "SubjectAccessReview",
+        "subjectaccessreviews",
+        "subjectaccessreview",
+        subject_reviews::subject_access_review,
+    ),
+    Resource {
+        namespaced: true,
+        ..review(
+            "authorization.k8s.io",
+            "LocalSubjectAccessReview",
+            "localsubjectaccessreviews",
+            "localsubjectaccessreview",
+            subject_reviews::local_subject_access_review,
+        )
+    },
+    review(
+        "authentication.k8s.io",
+        "TokenReview",
+        "tokenreviews",
+        "tokenreview",
+        subject_reviews::token_review,
     ),
 ];
 

@@ -1,68 +1,110 @@
 //! The self-review kinds kubectl uses: `SelfSubjectAccessReview` (`auth can-i`),
 //! `SelfSubjectRulesReview` (`auth can-i --list`) and `SelfSubjectReview` (`auth whoami`).
-//! They are computed from the requesting user through the same [`auth::authorize`] as every
-//! request, and never stored.
+//! They are computed from the requesting user through the same [`auth::explain`] as every
+//! request, and never stored. The reviews about other users (`SubjectAccessReview`,
+//! `TokenReview`) are in [`super::subject_reviews`].
 
 use serde_json::{Value, json};
 
-use super::auth::{self, Attributes, UserInfo};
-use super::error::ApiError;
+use super::ApiState;
+use super::auth::{self, Attributes, UserInfo, Verdict};
+use super::error::{ApiError, Cause};
 use super::rbac;
-use crate::store::Store;
 
 /// `auth can-i VERB RESOURCE`: echoes the request with `status.allowed`.
 pub fn self_subject_access_review(
-    store: &dyn Store,
+    state: &ApiState,
     user: &UserInfo,
+    _namespace: Option<&str>,
     mut review: Value,
 ) -> Result<Value, ApiError> {
     let spec = &review["spec"];
-    let allowed = if let Some(ra) = spec.get("resourceAttributes").filter(|v| v.is_object()) {
-        let text = |k: &str| ra[k].as_str().filter(|s| !s.is_empty());
-        let verb = text("verb").unwrap_or("get");
-        let resource = text("resource").unwrap_or("");
-        let attrs = Attributes {
-            verb,
-            group: text("group").unwrap_or(""),
-            resource,
-            subresource: text("subresource"),
-            namespace: text("namespace"),
-            name: text("name"),
-        };
-        match auth::authorize(store, user, &attrs) {
-            Ok(()) => true,
-            Err(ApiError::Forbidden(_)) => false,
-            Err(other) => return Err(other),
-        }
-    } else if spec
-        .get("nonResourceAttributes")
-        .is_some_and(Value::is_object)
-    {
-        auth::is_master(user)
+    let kind = "SelfSubjectAccessReview";
+    let status = if let Some(ra) = spec.get("resourceAttributes").filter(|v| v.is_object()) {
+        decide(state, user, &resource_attributes(ra))?
+    } else if let Some(nra) = spec.get("nonResourceAttributes").filter(|v| v.is_object()) {
+        decide_non_resource(state, user, nra)?
     } else {
-        return Err(ApiError::Invalid {
-            group: "authorization.k8s.io".into(),
-            kind: "SelfSubjectAccessReview".into(),
-            name: String::new(),
-            causes: vec![super::error::Cause {
-                reason: "FieldValueRequired",
-                field: "spec.resourceAttributes".into(),
-                message: "Required value: exactly one of nonResourceAttributes or resourceAttributes must be specified".into(),
-            }],
-        });
+        return Err(invalid(
+            kind,
+            "spec.resourceAttributes",
+            "Invalid value: \"null\": exactly one of nonResourceAttributes or resourceAttributes must be specified",
+        ));
     };
-    review["status"] = if allowed {
-        json!({"allowed": true, "reason": "allowed by the r3s authorizer"})
-    } else {
-        json!({"allowed": false})
-    };
+    review["status"] = status;
     Ok(review)
+}
+
+/// The authorization attributes of a review's `resourceAttributes` (verb defaults to `get`).
+pub(crate) fn resource_attributes(ra: &Value) -> Attributes<'_> {
+    let text = |k: &str| ra[k].as_str().filter(|s| !s.is_empty());
+    Attributes {
+        verb: text("verb").unwrap_or("get"),
+        group: text("group").unwrap_or(""),
+        resource: text("resource").unwrap_or(""),
+        subresource: text("subresource"),
+        namespace: text("namespace"),
+        name: text("name"),
+    }
+}
+
+/// `status` of an access review for resource attributes: `allowed`, and upstream's `reason`.
+pub(crate) fn decide(
+    state: &ApiState,
+    user: &UserInfo,
+    attrs: &Attributes<'_>,
+) -> Result<Value, ApiError> {
+    Ok(match auth::explain(state.store.as_ref(), user, attrs)? {
+        Verdict::Allowed(reason) if reason.is_empty() => json!({"allowed": true}),
+        Verdict::Allowed(reason) => json!({"allowed": true, "reason": reason}),
+        Verdict::Denied { reason, .. } if reason.is_empty() => json!({"allowed": false}),
+        Verdict::Denied { reason, .. } => json!({"allowed": false, "reason": reason}),
+    })
+}
+
+/// `status` of an access review for a non-resource URL (`/healthz`, `/logs/*`).
+pub(crate) fn decide_non_resource(
+    state: &ApiState,
+    user: &UserInfo,
+    nra: &Value,
+) -> Result<Value, ApiError> {
+    if auth::is_master(user) {
+        return Ok(json!({"allowed": true}));
+    }
+    let verb = nra["verb"].as_str().unwrap_or("get");
+    let path = nra["path"].as_str().unwrap_or("");
+    Ok(
+        match rbac::non_resource_allowed_by(state.store.as_ref(), user, verb, path)? {
+            Some(reason) => json!({"allowed": true, "reason": reason}),
+            None => json!({"allowed": false}),
+        },
+    )
+}
+
+/// A 422 of a review kind (whose objects have no name).
+pub(crate) fn invalid(kind: &str, field: &str, message: &str) -> ApiError {
+    let group = if kind.ends_with("AccessReview") || kind.ends_with("RulesReview") {
+        "authorization.k8s.io"
+    } else {
+        "authentication.k8s.io"
+    };
+    ApiError::Invalid {
+        group: group.into(),
+        kind: kind.into(),
+        name: String::new(),
+        causes: vec![Cause {
+            reason: "FieldValueInvalid",
+            field: field.into(),
+            message: message.into(),
+        }],
+    }
 }
 
 /// `auth can-i --list`: every rule that applies to the user in `spec.namespace`.
 pub fn self_subject_rules_review(
-    store: &dyn Store,
+    state: &ApiState,
     user: &UserInfo,
+    _namespace: Option<&str>,
     mut review: Value,
 ) -> Result<Value, ApiError> {
     if auth::is_master(user) {
@@ -76,7 +118,7 @@ pub fn self_subject_rules_review(
     let namespace = review["spec"]["namespace"]
         .as_str()
         .filter(|n| !n.is_empty());
-    let rules = rbac::rules_for(store, user, namespace)?;
+    let rules = rbac::rules_for(state.store.as_ref(), user, namespace)?;
     let (resource, non_resource): (Vec<Value>, Vec<Value>) = rules
         .into_iter()
         .partition(|r| r.get("nonResourceURLs").is_none_or(Value::is_null));
@@ -88,8 +130,9 @@ pub fn self_subject_rules_review(
 
 /// `auth whoami`.
 pub fn self_subject_review(
-    _store: &dyn Store,
+    _state: &ApiState,
     user: &UserInfo,
+    _namespace: Option<&str>,
     mut review: Value,
 ) -> Result<Value, ApiError> {
     review["status"] = json!({"userInfo": {"username": user.username, "groups": user.groups}});

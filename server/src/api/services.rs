@@ -90,6 +90,9 @@ pub async fn admit<'a>(
     if !(res.group.is_empty() && res.kind == "Service") {
         return Ok(None);
     }
+    if let Some(old) = old {
+        drop_type_dependent_fields(old, obj);
+    }
     let guard = network.lock.lock().await;
     let (ips, ports) = in_use(store, res, obj)?;
     let mut causes = Vec::new();
@@ -223,6 +226,60 @@ fn allocate_ip(
         }
         if spec["ipFamilyPolicy"].is_null() {
             spec["ipFamilyPolicy"] = json!("SingleStack");
+        }
+    }
+}
+
+/// On a type change, clears what only the old type needed when the request left it as it was
+/// (as upstream): node ports leaving NodePort/LoadBalancer, and the LoadBalancer-only fields
+/// (`healthCheckNodePort`, `allocateLoadBalancerNodePorts`, `loadBalancerClass`,
+/// `externalTrafficPolicy` for ClusterIP). So `{"spec":{"type":"ClusterIP"}}` as a merge patch
+/// turns a LoadBalancer into a ClusterIP Service instead of failing on its kept node ports.
+fn drop_type_dependent_fields(old: &Value, new: &mut Value) {
+    let kind = |svc: &Value| {
+        svc["spec"]["type"]
+            .as_str()
+            .unwrap_or("ClusterIP")
+            .to_string()
+    };
+    let (was, now) = (kind(old), kind(new));
+    if was == now {
+        return;
+    }
+    let node_ports = |svc: &Value| -> Vec<Value> {
+        svc["spec"]["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| p["nodePort"].clone())
+            .collect()
+    };
+    let needs_node_ports = |t: &str| matches!(t, "NodePort" | "LoadBalancer");
+    if needs_node_ports(&was)
+        && !needs_node_ports(&now)
+        && node_ports(old) == node_ports(new)
+        && let Some(ports) = new["spec"]["ports"].as_array_mut()
+    {
+        for port in ports.iter_mut().filter_map(Value::as_object_mut) {
+            port.remove("nodePort");
+        }
+    }
+    let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let mut lb_only = vec![
+        "healthCheckNodePort",
+        "allocateLoadBalancerNodePorts",
+        "loadBalancerClass",
+    ];
+    if !needs_node_ports(&now) {
+        lb_only.push("externalTrafficPolicy");
+    }
+    if was == "LoadBalancer" {
+        for field in lb_only {
+            if spec.get(field) == old["spec"].get(field) {
+                spec.remove(field);
+            }
         }
     }
 }

@@ -107,8 +107,14 @@ impl TokenIssuer {
         ))
     }
 
-    /// The ServiceAccount a token names, if the signature, time window and audience are valid.
+    /// The ServiceAccount a token names, if the signature, time window and audience (one of
+    /// the API's) are valid.
     pub fn verify(&self, token: &str) -> Option<TokenSubject> {
+        self.verify_for(token, API_AUDIENCES)
+    }
+
+    /// As [`TokenIssuer::verify`], for a token that must name one of `audiences`.
+    pub fn verify_for(&self, token: &str, audiences: &[&str]) -> Option<TokenSubject> {
         let mut parts = token.split('.');
         let (header, claims, signature) = (parts.next()?, parts.next()?, parts.next()?);
         if parts.next().is_some() {
@@ -129,10 +135,10 @@ impl TokenIssuer {
         let in_window = claims["exp"].as_i64().is_some_and(|exp| now < exp)
             && claims["nbf"].as_i64().is_none_or(|nbf| nbf <= now + 60);
         let audience_ok = match &claims["aud"] {
-            Value::String(a) => API_AUDIENCES.contains(&a.as_str()),
+            Value::String(a) => audiences.contains(&a.as_str()),
             Value::Array(list) => list
                 .iter()
-                .any(|a| a.as_str().is_some_and(|a| API_AUDIENCES.contains(&a))),
+                .any(|a| a.as_str().is_some_and(|a| audiences.contains(&a))),
             _ => false,
         };
         if !(in_window && audience_ok && claims["iss"] == json!(ISSUER)) {

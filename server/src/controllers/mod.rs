@@ -22,6 +22,7 @@
 //! | `disruption.rs` | PodDisruptionBudgets, Pods | PodDisruptionBudget status |
 //! | `serviceaccount.rs` | Namespaces | `default` ServiceAccount, `kube-root-ca.crt` |
 //! | `servicelb.rs` | Services, Nodes | LoadBalancer Service status (ingress = node IPs) |
+//! | `resourcequota.rs` | ResourceQuotas, Pods, Services, ConfigMaps, Secrets, PVCs | ResourceQuota status |
 //!
 //! DaemonSets and StatefulSets keep their template history as ControllerRevisions (`history.rs`).
 //! StatefulSet volumeClaimTemplates become PersistentVolumeClaims (`claims.rs`).
@@ -54,6 +55,7 @@ pub mod nodelifecycle;
 pub mod podgc;
 pub mod pods;
 pub mod replicaset;
+pub mod resourcequota;
 pub mod rollout;
 pub mod selector;
 pub mod serviceaccount;
@@ -194,9 +196,11 @@ async fn run_loops(
     let ds = daemonset::run(client.clone(), shutdown.clone());
     let sts = statefulset::run(client.clone(), shutdown.clone());
     let lb = servicelb::run(client.clone(), shutdown.clone());
+    let quotas = resourcequota::run(client.clone(), shutdown.clone());
     let sa = serviceaccount::run(client, opts, shutdown);
     tokio::join!(
-        rs, deploy, ds, sts, gc, ns, nodes, ipam, podgc, eps, slices, pdbs, jobs, cronjobs, sa, lb
+        rs, deploy, ds, sts, gc, ns, nodes, ipam, podgc, eps, slices, pdbs, jobs, cronjobs, sa, lb,
+        quotas
     );
     tracing::info!("control loops stopped");
 }

@@ -15,8 +15,10 @@ use crate::api::auth::UserInfo;
 use crate::api::codec;
 use crate::api::defaults;
 use crate::api::error::ApiError;
+use crate::api::limitrange;
 use crate::api::patch;
 use crate::api::podsub;
+use crate::api::quota;
 use crate::api::rbac_node;
 use crate::api::registry::Review;
 use crate::api::scale;
@@ -51,11 +53,13 @@ async fn create_object(
     rbac_node::check_create(user, res.group, res.plural, &obj)?;
     validate::default_on_create(res, &mut obj);
     track(&mut obj);
-    validate::validate(res, &obj, None)?;
     admit_namespace(ctx)?;
+    limitrange::admit(ctx.state.store.as_ref(), res, ctx.namespace(), &mut obj)?;
+    validate::validate(res, &obj, None)?;
     let state = &ctx.state;
     let _allocation =
         services::admit(&state.services, state.store.as_ref(), res, None, &mut obj).await?;
+    let _quota = quota::admit(state.store.as_ref(), res, ctx.namespace(), &obj).await?;
     let name = object::name(&obj).to_string();
     if ctx.dry_run() {
         return Ok(codec::respond(StatusCode::CREATED, &obj));
@@ -74,8 +78,8 @@ async fn create_object(
 pub fn review(ctx: &Ctx, user: &UserInfo, review: Review) -> Result<Response, ApiError> {
     let res = ctx.target.resource;
     let mut obj = codec::decode(&ctx.headers, &ctx.body)?;
-    object::check_type_and_namespace(res, &mut obj, None)?;
-    let answer = review(ctx.state.store.as_ref(), user, obj)?;
+    object::check_type_and_namespace(res, &mut obj, ctx.namespace())?;
+    let answer = review(&ctx.state, user, ctx.namespace(), obj)?;
     Ok(codec::respond(StatusCode::CREATED, &answer))
 }
 
@@ -393,6 +397,18 @@ async fn replace_object(
             &mut new,
         )
         .await?;
+        let _quota = if ctx.target.subresource.is_none() {
+            quota::admit_change(
+                state.store.as_ref(),
+                res,
+                ctx.namespace(),
+                Some(&current),
+                &new,
+            )
+            .await?
+        } else {
+            None
+        };
         lifecycle::check_update(res, &current, &new)?;
         validate::validate(res, &new, Some(&current))?;
         object::set_resource_version(&mut new, revision);

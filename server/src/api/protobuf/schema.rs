@@ -1,5 +1,5 @@
 //! Field tables for the kinds kubectl 1.32 writes as protobuf (`create namespace|configmap|secret|
-//! serviceaccount|service|deployment|job|cronjob|pdb`, `auth can-i`, `auth whoami`), with field numbers from
+//! serviceaccount|service|deployment|job|cronjob|pdb|quota`, `auth can-i`, `auth whoami`), with field numbers from
 //! k8s.io/api's `generated.proto`.
 //!
 //! `presence` marks fields that are Go pointers upstream: they are on the wire only when set, so a
@@ -558,6 +558,43 @@ pub static TOKEN_REQUEST: Msg = Msg {
     ],
 };
 
+static SCOPED_RESOURCE_SELECTOR_REQUIREMENT: Msg = Msg {
+    name: "ScopedResourceSelectorRequirement",
+    fields: &[
+        f(1, "scopeName", Str),
+        f(2, "operator", Str),
+        f(3, "values", RepStr),
+    ],
+};
+
+static SCOPE_SELECTOR: Msg = Msg {
+    name: "ScopeSelector",
+    fields: &[f(
+        1,
+        "matchExpressions",
+        RepMsg(&SCOPED_RESOURCE_SELECTOR_REQUIREMENT),
+    )],
+};
+
+static RESOURCE_QUOTA_SPEC: Msg = Msg {
+    name: "ResourceQuotaSpec",
+    fields: &[
+        f(1, "hard", MapQuantity),
+        f(2, "scopes", RepStr),
+        f(3, "scopeSelector", Msg(&SCOPE_SELECTOR)),
+    ],
+};
+
+/// `kubectl create quota`.
+pub static RESOURCE_QUOTA: Msg = Msg {
+    name: "ResourceQuota",
+    fields: &[
+        f(1, "metadata", Msg(&OBJECT_META)),
+        f(2, "spec", Msg(&RESOURCE_QUOTA_SPEC)),
+        f(3, "status", Msg(&EMPTY)),
+    ],
+};
+
 /// The top-level message of `apiVersion`/`kind`, if r3s can decode it.
 pub fn top_level(api_version: &str, kind: &str) -> Option<&'static Msg> {
     Some(match (api_version, kind) {
@@ -566,6 +603,7 @@ pub fn top_level(api_version: &str, kind: &str) -> Option<&'static Msg> {
         ("v1", "Secret") => &SECRET,
         ("v1", "ServiceAccount") => &SERVICE_ACCOUNT,
         ("v1", "Service") => &SERVICE,
+        ("v1", "ResourceQuota") => &RESOURCE_QUOTA,
         ("apps/v1", "Deployment") => &DEPLOYMENT,
         ("batch/v1", "Job") => &JOB,
         ("batch/v1", "CronJob") => &CRON_JOB,

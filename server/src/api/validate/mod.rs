@@ -26,6 +26,7 @@ pub fn default_on_create(res: &Resource, obj: &mut Value) {
 
 mod batch;
 mod kinds;
+mod storage;
 
 const LABEL_VALUE_MSG: &str = "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')";
 const LABEL_KEY_MSG: &str = "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')";
@@ -35,6 +36,7 @@ pub fn validate(res: &Resource, obj: &Value, old: Option<&Value>) -> Result<(), 
     let mut causes = Vec::new();
     labels(&obj["metadata"]["labels"], &mut causes);
     kinds::check(res, obj, old, &mut causes);
+    storage::check(res, obj, &mut causes);
     let name = obj["metadata"]["name"].as_str().unwrap_or("");
     if name.is_empty() {
         causes.push(Cause {
