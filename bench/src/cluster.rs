@@ -2,12 +2,11 @@
 //! `r3s-server` and `r3s-agent` binaries as child processes, a `docker-registry` holding a
 //! busybox-static image, and clients for the API.
 //!
-//! Isolation: the runner re-executes itself inside a network namespace of its own (`r3sb<pid>`),
-//! so the server's bridge, nftables tables, cluster DNS address and ports never touch the host's;
-//! the lone agent runs in a second namespace (`r3sba<pid>`) joined by a veth pair on
-//! 203.0.113.0/24 (server 203.0.113.1, agent 203.0.113.2). Both namespaces are deleted by the
-//! outer process when the run ends, whatever happened. Every child process is stopped by PID
-//! (SIGTERM, then SIGKILL) by a drop guard.
+//! Isolation (see [`crate::outer`]): this process runs inside a network namespace of its own
+//! (`r3sb<pid>`), so the server's bridge, nftables tables, cluster DNS address and ports never touch
+//! the host's; the lone agent runs in a second namespace (`r3sba<pid>`) joined by a veth pair on
+//! 203.0.113.0/24 (server 203.0.113.1, agent 203.0.113.2). Every child process is stopped by PID
+//! (SIGTERM, then SIGKILL) by a drop guard; the outer process sweeps whatever is left.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,81 +19,6 @@ use kube::Api;
 pub const SERVER_IP: &str = "203.0.113.1";
 pub const AGENT_IP: &str = "203.0.113.2";
 pub const KUBECTL: &str = "/usr/bin/kubectl";
-
-const ENV_NS: &str = "R3S_BENCH_NETNS";
-const ENV_AGENT_NS: &str = "R3S_BENCH_AGENT_NETNS";
-
-fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let st = Command::new("ip").args(args).status().context("run ip")?;
-    if !st.success() {
-        bail!("ip {} failed: {st}", args.join(" "));
-    }
-    Ok(())
-}
-
-/// The agent's network namespace (inside the runner's), if the runner made one.
-pub fn agent_netns() -> Option<String> {
-    std::env::var(ENV_AGENT_NS).ok()
-}
-
-/// In the outer process: makes the namespaces and re-runs this binary in the first one, then
-/// deletes them. Returns `None` when already inside (the caller then does the work).
-pub fn reexec_in_netns() -> Option<anyhow::Result<i32>> {
-    if std::env::var_os(ENV_NS).is_some() {
-        return None;
-    }
-    let pid = std::process::id();
-    let (ns, ans) = (format!("r3sb{pid}"), format!("r3sba{pid}"));
-    let (v, w) = (format!("r3sbv{pid}"), format!("r3sbw{pid}"));
-    struct Cleanup(String, String);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = ip(&["netns", "del", &self.0]);
-            let _ = ip(&["netns", "del", &self.1]);
-        }
-    }
-    let run = || -> anyhow::Result<i32> {
-        ip(&["netns", "add", &ns])?;
-        let _guard = Cleanup(ns.clone(), ans.clone());
-        ip(&["netns", "add", &ans])?;
-        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-        ip(&["-n", &ans, "link", "set", "lo", "up"])?;
-        ip(&[
-            "link", "add", &v, "netns", &ns, "type", "veth", "peer", "name", &w, "netns", &ans,
-        ])?;
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{SERVER_IP}/24"),
-            "dev",
-            &v,
-        ])?;
-        ip(&[
-            "-n",
-            &ans,
-            "addr",
-            "add",
-            &format!("{AGENT_IP}/24"),
-            "dev",
-            &w,
-        ])?;
-        ip(&["-n", &ns, "link", "set", &v, "up"])?;
-        ip(&["-n", &ans, "link", "set", &w, "up"])?;
-        let exe = std::env::current_exe().context("current exe")?;
-        let st = Command::new("ip")
-            .args(["netns", "exec", &ns])
-            .arg(exe)
-            .args(std::env::args_os().skip(1))
-            .env(ENV_NS, &ns)
-            .env(ENV_AGENT_NS, &ans)
-            .status()
-            .context("re-run in the network namespace")?;
-        Ok(st.code().unwrap_or(1))
-    };
-    Some(run())
-}
 
 /// A child process stopped by PID on drop: SIGTERM (so an agent stops its pods), SIGKILL after 60 s.
 pub struct Proc {
@@ -225,16 +149,15 @@ pub fn spawn_agent(
     token: &str,
     registries: &Path,
 ) -> anyhow::Result<Proc> {
-    let ns = agent_netns().context("no agent network namespace (run as root)")?;
+    let ns = crate::outer::agent_netns().context("no agent network namespace (run as root)")?;
     let empty = dir.join("empty-config.yaml");
     std::fs::write(&empty, "")?;
-    let mut cmd = Command::new("ip");
+    let mut cmd = Command::new(bin("r3s-agent")?);
+    crate::outer::enter(&mut cmd, &ns)?;
     cmd.env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("R3S_CONFIG_FILE", &empty)
         .env("RUST_LOG", "info")
-        .args(["netns", "exec", &ns])
-        .arg(bin("r3s-agent")?)
         .args([
             "--server",
             &format!("https://{SERVER_IP}:6443"),

@@ -19,6 +19,7 @@ mod machine;
 #[allow(dead_code)]
 #[path = "../../server/tests/support/node_sim.rs"]
 mod node_sim;
+mod outer;
 mod podstart;
 mod procs;
 #[path = "../../images/tests/support/mod.rs"]
@@ -66,7 +67,7 @@ fn main() -> ExitCode {
         eprintln!("r3s-bench: run as root (network namespaces, containers, cgroups)");
         return ExitCode::FAILURE;
     }
-    if let Some(res) = cluster::reexec_in_netns() {
+    if let Some(res) = outer::run_isolated() {
         return match res {
             Ok(0) => ExitCode::SUCCESS,
             Ok(_) => ExitCode::FAILURE,
@@ -86,7 +87,24 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(args)) {
+    let Some(inner) = outer::inner() else {
+        eprintln!("r3s-bench: started as the inner process without its environment");
+        return ExitCode::FAILURE;
+    };
+    // On SIGINT/SIGTERM (forwarded by the outer process) the run is dropped: every drop guard
+    // stops its process by PID (agents stop their pods), then the outer process sweeps.
+    let res = rt.block_on(async {
+        let (mut int, mut term) = (
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?,
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?,
+        );
+        tokio::select! {
+            r = run(args, inner) => r,
+            _ = int.recv() => Err(anyhow::anyhow!("interrupted (SIGINT): stopping")),
+            _ = term.recv() => Err(anyhow::anyhow!("terminated (SIGTERM): stopping")),
+        }
+    });
+    match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("r3s-bench: {e:#}");
@@ -95,7 +113,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+async fn run(args: Args, inner: outer::Inner) -> anyhow::Result<()> {
     let want = |n: u8| args.only.is_empty() || args.only.contains(&n);
     let quick = args.quick;
     let mut r = Report::new(
@@ -133,18 +151,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .into(),
     );
 
+    // Both directories are the outer process's: it removes them when this one has ended.
     let dir = tempfile::Builder::new()
-        .prefix("r3s-bench")
-        .tempdir_in("/var/tmp")?;
-    let logs = PathBuf::from(format!("/dev/shm/r3s-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&logs)?;
-    struct RmLogs(PathBuf);
-    impl Drop for RmLogs {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _logs_guard = RmLogs(logs.clone());
+        .prefix("data")
+        .tempdir_in(&inner.dir)?;
+    let logs = inner.logs.clone();
 
     let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
     let target_dir = std::env::current_exe()?
@@ -168,6 +179,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     &mut r,
                     &mut live,
                     dir.path(),
+                    &inner.tag,
                     &want,
                     idle,
                     secs,
@@ -179,15 +191,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 if let Err(e) = res {
                     r.skip(
                         "1. Idle footprint",
-                        format!(
-                            "the live cluster failed: {e:#}\nserver log:\n{}\nagent log:\n{}",
-                            live.server.log_tail(),
-                            live.agent.log_tail()
-                        ),
+                        format!("the live cluster failed: {e:#}\n{}", live.log_tails()),
                     );
                 }
-                live.agent.stop();
-                live.server.stop();
+                live.stop();
             }
             Err(e) => r.skip(
                 "1. Idle footprint",
@@ -288,6 +295,7 @@ async fn live_items(
     r: &mut Report,
     live: &mut footprint::Live,
     dir: &std::path::Path,
+    tag: &str,
     want: &dyn Fn(u8) -> bool,
     idle: Duration,
     secs: Duration,
@@ -295,11 +303,12 @@ async fn live_items(
     watch_writes: u64,
     store_series: &mut Vec<Series>,
 ) -> anyhow::Result<()> {
+    use footprint::Subject::{LoneAgent, SingleNode};
     if want(1) {
         let res = async {
-            footprint::idle(r, live, "0 pods", idle).await?;
-            footprint::start_pods(live, 20).await?;
-            footprint::idle(r, live, "20 pods per node", idle).await?;
+            footprint::idle(r, live, SingleNode, "0 pods", idle).await?;
+            footprint::start_pods(live, &live.server_node, 20).await?;
+            footprint::idle(r, live, SingleNode, "20 pods", idle).await?;
             footprint::delete_pods(live).await
         }
         .await;
@@ -307,8 +316,23 @@ async fn live_items(
             r.skip(footprint::SEC_IDLE, format!("{e:#}"));
         }
     }
+    if want(1) || want(6) {
+        footprint::join_agent(r, live).await?;
+    }
+    if want(1) {
+        let res = async {
+            footprint::idle(r, live, LoneAgent, "0 pods", idle).await?;
+            footprint::start_pods(live, &live.agent_node, 20).await?;
+            footprint::idle(r, live, LoneAgent, "20 pods", idle).await?;
+            footprint::delete_pods(live).await
+        }
+        .await;
+        if let Err(e) = res {
+            r.skip(footprint::SEC_IDLE, format!("lone agent: {e:#}"));
+        }
+    }
     if want(4)
-        && let Err(e) = podstart::run(r, live, dir, runs).await
+        && let Err(e) = podstart::run(r, live, dir, runs, tag).await
     {
         r.skip(podstart::SEC, format!("{e:#}"));
     }
@@ -339,12 +363,17 @@ async fn live_items(
 
 /// Method and design notes per section, in the report beside the figures.
 fn notes(r: &mut Report) {
-    r.note(footprint::SEC_IDLE, "Single-node cluster: the release `r3s-server` (API, SQLite store, controllers, scheduler and the \
-        in-process agent) in a network namespace of its own, plus a lone `r3s-agent` joined to it from a second namespace. \
-        Pods are busybox-static `sleep` from a local docker-registry. RSS and CPU count only processes running an r3s \
-        executable, never container processes. Targets from issue 9: server + agent ≤ 64 MB, agent ≤ 24 MB, ≤ 1 % of a \
-        core, ≤ 60 kB written per minute. k3s for comparison (anchors §3): server + agent 1.2–1.6 GB and 25–30 % of a \
-        Pi 4 core, agent ~270 MB, idle writes 6–11 kB/s (360–660 kB/min).");
+    r.note(footprint::SEC_IDLE, "Single-node cluster (as issue 9 defines it): the release `r3s-server` (API, SQLite store, \
+        controllers, scheduler and the in-process agent) in a network namespace of its own, measured alone with 0 and then \
+        20 pods on its node. Then a lone `r3s-agent` joins from a second namespace and is measured with 0 and 20 pods of its \
+        own; the server's figures in those windows are listed too, without a target (it then also stores the second node's \
+        Lease renewals). Pods are busybox-static `sleep` from a local docker-registry. RSS and CPU count only processes \
+        running an r3s executable, never container processes. Targets from issue 9: server + agent ≤ 64 MB, agent ≤ 24 MB, \
+        ≤ 1 % of a core, ≤ 60 kB written per minute. k3s for comparison (anchors §3): server + agent 1.2–1.6 GB and 25–30 % \
+        of a Pi 4 core, agent ~270 MB, idle writes 6–11 kB/s (360–660 kB/min). Where the idle writes come from: each node's \
+        Lease renewal every 10 s (kubelet's interval) is one SQLite commit, and the kernel accounts every commit as the 4 KiB \
+        pages of the WAL it dirties (one or two 1 KiB frames, so 4–8 kB per commit); the node status is written only when \
+        it changes or every 5 minutes, as kubelet does.");
     r.note(store::SEC, "Each writer updates its own key with a ~600-byte Lease-shaped value; every write is acknowledged \
         only after it is durable (fsync). etcd is Debian's etcd-server started by the runner on 127.0.0.1 with a temp \
         data dir and default settings, reached through its gRPC-gateway JSON API with hyper (the Rust etcd gRPC client \

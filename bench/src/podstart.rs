@@ -107,7 +107,14 @@ fn runc_once(bundle: &Path, root: &Path, id: &str) -> anyhow::Result<Duration> {
     Ok(took)
 }
 
-pub async fn run(r: &mut Report, live: &Live, dir: &Path, runs: usize) -> anyhow::Result<()> {
+/// `tag` prefixes the runc container ids (and so their cgroups), for the outer process's sweep.
+pub async fn run(
+    r: &mut Report,
+    live: &Live,
+    dir: &Path,
+    runs: usize,
+    tag: &str,
+) -> anyhow::Result<()> {
     let pods: Api<Pod> = Api::namespaced(live.client.clone(), "default");
     let mut r3s = Vec::new();
     for i in 0..runs {
@@ -147,11 +154,7 @@ pub async fn run(r: &mut Report, live: &Live, dir: &Path, runs: usize) -> anyhow
     runc_bundle(&bundle)?;
     let mut rc = Vec::new();
     for i in 0..runs {
-        rc.push(runc_once(
-            &bundle,
-            &state,
-            &format!("r3sb{}-{i}", std::process::id()),
-        )?);
+        rc.push(runc_once(&bundle, &state, &format!("{tag}-{i}"))?);
     }
     let (q50, q99) = percentiles_ms(&mut rc);
     r.add(

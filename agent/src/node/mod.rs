@@ -36,8 +36,15 @@ use crate::layout::Layout;
 use crate::pods::{self, Ctx};
 use crate::runtime::Runtime;
 
-/// How often the Node status (conditions' heartbeat) is written.
-pub const STATUS_INTERVAL: Duration = Duration::from_secs(60);
+/// How often the Node status is recomputed (kubelet's `nodeStatusUpdateFrequency`). It is written
+/// only when it changed (a condition, an address, capacity: [`register::changed`]) or when
+/// [`STATUS_REPORT_INTERVAL`] has passed since the last write.
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The longest time between two Node status writes (kubelet's `nodeStatusReportFrequency`). The
+/// liveness signal is the Lease, renewed every 10 s; rewriting an unchanged status every minute only
+/// cost database writes (a few kB each on the server's disk).
+pub const STATUS_REPORT_INTERVAL: Duration = Duration::from_secs(300);
 
 /// Why the agent stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -301,6 +308,8 @@ pub async fn run_node(
     let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
     lease_tick.tick().await;
     status_tick.tick().await;
+    // The writes before the loop (registration, Ready) count as reports.
+    let mut status_written = tokio::time::Instant::now();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -336,8 +345,16 @@ pub async fn run_node(
             _ = status_tick.tick() => {
                 let network_ready = ctx.network.get().is_some() || opts.cluster_cidr.is_none();
                 let st = write_status(&prev_status, network_ready);
+                if status_written.elapsed() < STATUS_REPORT_INTERVAL
+                    && !register::changed(&prev_status, &st)
+                {
+                    continue;
+                }
                 match register::write_status(&nodes, &opts.node_name, &st).await {
-                    Ok(_) => prev_status = st,
+                    Ok(_) => {
+                        prev_status = st;
+                        status_written = tokio::time::Instant::now();
+                    }
                     Err(e) => warn!("{}", r3s_config::exit::chain(&e)),
                 }
             }

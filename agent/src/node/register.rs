@@ -2,8 +2,9 @@
 //! nodeInfo, conditions with heartbeats), written through `nodes/status`.
 //!
 //! Invariant: registration never removes labels or taints someone else added; the agent only
-//! adds its own. Status is written whole on each heartbeat (a merge patch), with
-//! `lastTransitionTime` kept while a condition's value does not change.
+//! adds its own. Status is written whole (a merge patch) when it changed or every 5 minutes (as
+//! kubelet: the Lease is the frequent heartbeat), with `lastTransitionTime` kept while a
+//! condition's value does not change.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -187,6 +188,32 @@ pub fn status(i: &StatusInput<'_>, prev: &Value) -> Value {
     })
 }
 
+/// True if `next` differs from `prev` in anything but the conditions' `lastHeartbeatTime`: only
+/// the fields `next` sets are compared (others may be written by someone else).
+pub fn changed(prev: &Value, next: &Value) -> bool {
+    fn without_heartbeats(v: &Value) -> Value {
+        let mut v = v.clone();
+        if let Some(cs) = v.as_array_mut() {
+            for c in cs {
+                if let Some(o) = c.as_object_mut() {
+                    o.remove("lastHeartbeatTime");
+                }
+            }
+        }
+        v
+    }
+    let Some(fields) = next.as_object() else {
+        return true;
+    };
+    fields.iter().any(|(k, v)| {
+        if k == "conditions" {
+            without_heartbeats(v) != without_heartbeats(&prev[k])
+        } else {
+            *v != prev[k]
+        }
+    })
+}
+
 /// Writes the status through `nodes/status`.
 pub async fn write_status(api: &Api<Node>, name: &str, status: &Value) -> Result<Node, AgentError> {
     api.patch_status(
@@ -253,5 +280,17 @@ mod tests {
             .unwrap();
         assert_eq!(ready["lastTransitionTime"], "t1");
         assert_eq!(ready["lastHeartbeatTime"], "t2");
+
+        // Only a heartbeat time moved: unchanged. A condition flipping or an address: changed.
+        assert!(!changed(&s1, &s2));
+        let mut extra = s1.clone();
+        extra["images"] = json!([{"names": ["x"]}]);
+        assert!(!changed(&extra, &s2), "fields set by others are ignored");
+        i.pressure = (false, true, false);
+        assert!(changed(&s2, &status(&i, &s2)));
+        i.pressure = (false, false, false);
+        i.internal_ip = "10.0.0.3".parse().unwrap();
+        assert!(changed(&s2, &status(&i, &s2)));
+        assert!(changed(&Value::Null, &s2));
     }
 }
