@@ -17,6 +17,7 @@ use crate::api::defaults;
 use crate::api::error::ApiError;
 use crate::api::patch;
 use crate::api::podsub;
+use crate::api::priority;
 use crate::api::rbac_node;
 use crate::api::registry::Review;
 use crate::api::scale;
@@ -54,6 +55,7 @@ async fn create_object(
     validate::validate(res, &obj, None)?;
     admit_namespace(ctx)?;
     let state = &ctx.state;
+    priority::admit(state.store.as_ref(), res, None, &mut obj)?;
     let _allocation =
         services::admit(&state.services, state.store.as_ref(), res, None, &mut obj).await?;
     let name = object::name(&obj).to_string();
@@ -394,6 +396,7 @@ async fn replace_object(
         )
         .await?;
         lifecycle::check_update(res, &current, &new)?;
+        priority::admit(state.store.as_ref(), res, Some(&current), &mut new)?;
         validate::validate(res, &new, Some(&current))?;
         object::set_resource_version(&mut new, revision);
         if new == current || ctx.dry_run() {
