@@ -162,22 +162,29 @@ async fn finished_pods_are_counted_through_the_finalizer() {
     wait_counts(&jobs, (1, 2)).await;
 
     // The rest succeed: the Job completes with exact counts and nothing left uncounted.
-    let mut seen_done = HashSet::new();
-    support::wait_for("three successes more", T, || async {
-        for name in running_pods(&pods).await {
-            if seen_done.len() < 3 && seen_done.insert(name.clone()) {
-                finish(&pods, &name, "Succeeded").await;
+    let seen_done: Arc<Mutex<HashSet<String>>> = Arc::default();
+    support::wait_for("three successes more", T, || {
+        let (seen_done, pods, jobs) = (seen_done.clone(), pods.clone(), jobs.clone());
+        async move {
+            for name in running_pods(&pods).await {
+                let fresh = {
+                    let mut seen = seen_done.lock().expect("lock");
+                    seen.len() < 3 && seen.insert(name.clone())
+                };
+                if fresh {
+                    finish(&pods, &name, "Succeeded").await;
+                }
             }
+            jobs.get("tracked").await.is_ok_and(|j| {
+                j.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| {
+                        c.iter()
+                            .any(|c| c.type_ == "Complete" && c.status == "True")
+                    })
+            })
         }
-        jobs.get("tracked").await.is_ok_and(|j| {
-            j.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|c| {
-                    c.iter()
-                        .any(|c| c.type_ == "Complete" && c.status == "True")
-                })
-        })
     })
     .await;
     let job = jobs.get("tracked").await.expect("job");
