@@ -340,7 +340,8 @@ async fn preempt(
         .iter()
         .any(|i| i.pods.iter().any(|p| preempt::priority(p) < mine));
     if !anything_lower {
-        let reasons = vec!["No preemption victims found for incoming pod".to_string(); infos.len()];
+        // No victims anywhere: the plan only sorts nodes into "no victims" and "not helpful".
+        let reasons = preempt::plan(pod, infos, &[]).err().unwrap_or_default();
         return (preempt::summary(infos.len(), &reasons), None);
     }
     if budgets.is_none() {
