@@ -143,6 +143,9 @@ struct Memory {
     assumed: HashMap<String, (String, Arc<Pod>)>,
     /// Unschedulable pods: uid → (cluster_changes at the attempt, when).
     unschedulable: HashMap<String, (u64, Instant)>,
+    /// Pods this scheduler nominated: uid → node. The status says so too, but the cache may not
+    /// show it yet, and preempting again meanwhile would pick victims elsewhere.
+    nominated: HashMap<String, String>,
 }
 
 async fn schedule_loop(state: Arc<State>) {
@@ -170,6 +173,8 @@ fn wants_us(pod: &Pod) -> bool {
 
 /// One pass over every pending pod.
 async fn cycle(state: &State, memory: &mut Memory) {
+    // Read before the snapshot: a change that lands in between then makes the next cycle retry.
+    let changes = state.cluster_changes.load(Ordering::SeqCst);
     let all_pods = state.pods.state();
     let bound: HashSet<String> = all_pods
         .iter()
@@ -184,6 +189,9 @@ async fn cycle(state: &State, memory: &mut Memory) {
         .assumed
         .retain(|uid, _| live.contains(uid) && !bound.contains(uid));
     memory.unschedulable.retain(|uid, _| live.contains(uid));
+    memory
+        .nominated
+        .retain(|uid, _| live.contains(uid) && !bound.contains(uid));
 
     let mut infos: Vec<NodeInfo> = state
         .nodes
@@ -215,7 +223,6 @@ async fn cycle(state: &State, memory: &mut Memory) {
         }
     }
 
-    let changes = state.cluster_changes.load(Ordering::SeqCst);
     let mut pending: Vec<Arc<Pod>> = all_pods
         .into_iter()
         .filter(|p| wants_us(p))
@@ -256,13 +263,17 @@ async fn cycle(state: &State, memory: &mut Memory) {
             }
             Err(reasons) => {
                 let head = filter::unschedulable_head(infos.len(), &reasons);
-                let (tail, nominated) = preempt(state, &pod, &infos, &index, &mut budgets).await;
+                let remembered = memory.nominated.get(&uid).cloned();
+                let (tail, nominated) =
+                    preempt(state, &pod, remembered, &infos, &index, &mut budgets).await;
                 // The nominated node is held for this pod for the rest of the cycle, so a
                 // lower-priority pod does not take the room its victims are freeing.
                 if let Some(i) = nominated {
                     infos[i].add_pod(pod.clone());
                 }
-                memory.unschedulable.insert(uid, (changes, Instant::now()));
+                memory
+                    .unschedulable
+                    .insert(uid.clone(), (changes, Instant::now()));
                 let message = if tail.is_empty() {
                     head
                 } else {
@@ -270,6 +281,9 @@ async fn cycle(state: &State, memory: &mut Memory) {
                 };
                 let nominated_name =
                     nominated.map(|i| infos[i].node.metadata.name.clone().unwrap_or_default());
+                if let Some(node) = &nominated_name {
+                    memory.nominated.insert(uid.clone(), node.clone());
+                }
                 mark_unschedulable(state, &pod, &message, nominated_name).await;
             }
         }
@@ -307,6 +321,7 @@ fn place(pod: &Pod, infos: &[NodeInfo]) -> Result<usize, Vec<Vec<String>>> {
 async fn preempt(
     state: &State,
     pod: &Pod,
+    remembered: Option<String>,
     infos: &[NodeInfo],
     index: &HashMap<String, usize>,
     budgets: &mut Option<Vec<preempt::Budget>>,
@@ -319,10 +334,13 @@ async fn preempt(
     }
     let mine = preempt::priority(pod);
     // Victims already on their way out of the nominated node: wait for them, evict no more.
-    let nominated = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.nominated_node_name.as_deref())
+    let nominated = remembered
+        .as_deref()
+        .or_else(|| {
+            pod.status
+                .as_ref()
+                .and_then(|s| s.nominated_node_name.as_deref())
+        })
         .and_then(|n| index.get(n).copied());
     if let Some(i) = nominated
         && infos[i]
