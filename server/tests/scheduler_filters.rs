@@ -86,7 +86,7 @@ async fn requests_taints_selectors_and_explanations() {
     pods.create(&pp, &pod("big-2", "3", false, None))
         .await
         .expect("create");
-    let want = "0/3 nodes are available: 1 Insufficient cpu, 2 node(s) had untolerated taint {dedicated: gpu}. preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling.";
+    let want = "0/3 nodes are available: 1 Insufficient cpu, 2 node(s) had untolerated taint {dedicated: gpu}. preemption: 0/3 nodes are available: 1 No preemption victims found for incoming pod, 2 Preemption is not helpful for scheduling.";
     support::wait_for(
         "PodScheduled=False on big-2",
         Duration::from_secs(20),
@@ -196,7 +196,7 @@ async fn anti_affinity_and_topology_spread() {
         }
     };
     // Anti-affinity: one per node, the fourth explains why it waits.
-    let want = "0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules. preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling.";
+    let want = "0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules. preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod.";
     support::wait_for(
         "three solo pods on three nodes, one unschedulable",
         t,

@@ -33,6 +33,7 @@ pub mod object;
 pub mod openapi;
 pub mod patch;
 pub mod podsub;
+pub mod priority;
 pub mod protobuf;
 pub mod quantity;
 pub mod quota;
@@ -169,6 +170,9 @@ pub async fn prepare(state: &ApiState) -> Result<(), ServeError> {
         .await
         .map_err(ServeError::Bootstrap)?;
     rbac_defaults::ensure(state.store.as_ref())
+        .await
+        .map_err(ServeError::Bootstrap)?;
+    priority::ensure_built_in(state.store.as_ref())
         .await
         .map_err(ServeError::Bootstrap)?;
     let endpoint = match state.advertise_address.parse::<SocketAddr>() {

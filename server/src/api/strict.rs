@@ -130,7 +130,9 @@ fn rt<T: DeserializeOwned + Serialize>(obj: &Value) -> Option<Value> {
 
 /// `obj` decoded into its kind's type and encoded back; `None` for kinds without a type here.
 fn round_trip(res: &Resource, obj: &Value) -> Option<Value> {
-    use k8s_openapi::api::{apps, batch, coordination, core, discovery, policy, rbac, storage};
+    use k8s_openapi::api::{
+        apps, batch, coordination, core, discovery, policy, rbac, scheduling, storage,
+    };
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions;
     // Custom resources may reuse a built-in kind name in their own group: only built-ins here.
     super::registry::find(res.group, res.version, res.plural)?;
@@ -157,6 +159,7 @@ fn round_trip(res: &Resource, obj: &Value) -> Option<Value> {
         ("batch", "CronJob") => rt::<batch::v1::CronJob>(obj),
         ("discovery.k8s.io", "EndpointSlice") => rt::<discovery::v1::EndpointSlice>(obj),
         ("policy", "PodDisruptionBudget") => rt::<policy::v1::PodDisruptionBudget>(obj),
+        ("scheduling.k8s.io", "PriorityClass") => rt::<scheduling::v1::PriorityClass>(obj),
         ("coordination.k8s.io", "Lease") => rt::<coordination::v1::Lease>(obj),
         ("rbac.authorization.k8s.io", "ClusterRole") => rt::<rbac::v1::ClusterRole>(obj),
         ("rbac.authorization.k8s.io", "ClusterRoleBinding") => {

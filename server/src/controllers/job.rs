@@ -19,21 +19,23 @@
 //! never doubles them; a finished Job (`Complete` or `Failed`) never gets new pods; status is
 //! written only when it changed, with the resourceVersion it was computed from.
 //!
-//! Known gap: upstream tracks finished pods with a finalizer so counts survive their deletion;
-//! here `succeeded`/`failed` are the larger of the stored count and what the pods show, so a
-//! finished pod deleted by hand is not double-counted, but one deleted before the controller
-//! saw it finish is lost.
+//! Finished pods are counted through a finalizer, as upstream: every pod carries
+//! [`TRACKING`]; a pod that finished (or was deleted by someone else while the Job runs: counted
+//! failed) is first recorded by uid in `status.uncountedTerminatedPods`, then loses the finalizer,
+//! and only then moves into `succeeded`/`failed`. So a finished pod deleted early (pod GC,
+//! `kubectl delete`) is still counted, and never twice. Pods of a finished, deleted or vanished
+//! Job lose the finalizer without being counted ([`release_orphans`]).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
+use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus, UncountedTerminatedPods};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
@@ -71,6 +73,12 @@ struct Tally {
     /// Indexed Jobs: the indexes with a succeeded pod.
     completed: BTreeSet<i32>,
 }
+
+/// The finalizer that keeps a Job's pod until the Job counted it (upstream's name).
+pub const TRACKING: &str = "batch.kubernetes.io/job-tracking";
+
+/// How often pods of deleted Jobs are looked for (their Job no longer reconciles them).
+const ORPHAN_SWEEP: Duration = Duration::from_secs(2);
 
 /// The index of a pod of an Indexed Job (annotation and label; upstream's name).
 pub const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
@@ -132,7 +140,61 @@ fn count(n: usize) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
-fn tally(job: &Job, owned: &[Arc<Pod>]) -> Tally {
+fn has_tracking(pod: &Pod) -> bool {
+    pod.metadata
+        .finalizers
+        .iter()
+        .flatten()
+        .any(|f| f == TRACKING)
+}
+
+/// What the Job counted so far: `(succeeded, failed)` moved into the counters, and the uids
+/// recorded but not yet released.
+struct Counted {
+    succeeded: i32,
+    failed: i32,
+    uncounted: UncountedTerminatedPods,
+}
+
+impl Counted {
+    /// The stored counts, with every recorded uid whose pod no longer holds the finalizer
+    /// (released, or gone) moved into the counters.
+    fn settle(previous: &JobStatus, owned: &[Arc<Pod>]) -> Counted {
+        let holding: HashSet<&str> = owned
+            .iter()
+            .filter(|p| has_tracking(p))
+            .filter_map(|p| p.metadata.uid.as_deref())
+            .collect();
+        let recorded = previous
+            .uncounted_terminated_pods
+            .clone()
+            .unwrap_or_default();
+        let split = |uids: Option<Vec<String>>| -> (i32, Vec<String>) {
+            let (released, kept): (Vec<String>, Vec<String>) = uids
+                .unwrap_or_default()
+                .into_iter()
+                .partition(|u| !holding.contains(u.as_str()));
+            (count(released.len()), kept)
+        };
+        let (s, s_kept) = split(recorded.succeeded);
+        let (f, f_kept) = split(recorded.failed);
+        Counted {
+            succeeded: previous.succeeded.unwrap_or(0) + s,
+            failed: previous.failed.unwrap_or(0) + f,
+            uncounted: UncountedTerminatedPods {
+                succeeded: Some(s_kept),
+                failed: Some(f_kept),
+            },
+        }
+    }
+
+    fn pending(&self) -> (i32, i32) {
+        let n = |v: &Option<Vec<String>>| count(v.as_ref().map_or(0, Vec::len));
+        (n(&self.uncounted.succeeded), n(&self.uncounted.failed))
+    }
+}
+
+fn tally(job: &Job, owned: &[Arc<Pod>], counted: &Counted) -> Tally {
     let on_failure = job
         .spec
         .as_ref()
@@ -152,18 +214,20 @@ fn tally(job: &Job, owned: &[Arc<Pod>]) -> Tally {
         })
         .count();
     let previous = job.status.clone().unwrap_or_default();
+    let (pending_succeeded, pending_failed) = counted.pending();
+    // Pods that predate tracking have no finalizer: what the cache shows still counts for them.
     let succeeded = count(
         owned
             .iter()
             .filter(|p| phase(p) == Some("Succeeded"))
             .count(),
     )
-    .max(previous.succeeded.unwrap_or(0));
+    .max(counted.succeeded + pending_succeeded);
     let failed_pods: Vec<&Arc<Pod>> = owned
         .iter()
         .filter(|p| phase(p) == Some("Failed"))
         .collect();
-    let failed = count(failed_pods.len()).max(previous.failed.unwrap_or(0));
+    let failed = count(failed_pods.len()).max(counted.failed + pending_failed);
     let restarts: i64 = if on_failure {
         active
             .iter()
@@ -299,9 +363,6 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Controlle
     let namespace = job.metadata.namespace.clone().unwrap_or_default();
     let uid = job.metadata.uid.clone().unwrap_or_default();
     let now = Timestamp::now();
-    if let Some(done) = finish_time(&job) {
-        return expire(&job, &ctx, done, now).await;
-    }
     let owned: Vec<Arc<Pod>> = ctx
         .pods
         .state()
@@ -309,7 +370,36 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Controlle
         .filter(|p| p.metadata.namespace.as_deref() == Some(namespace.as_str()))
         .filter(|p| pods::controller_of(&p.metadata).is_some_and(|r| r.uid == uid))
         .collect();
-    let t = tally(&job, &owned);
+    if let Some(done) = finish_time(&job) {
+        // A finished Job counts nothing more: its pods are simply let go.
+        for pod in owned.iter().filter(|p| has_tracking(p)) {
+            release(&ctx.client, pod).await;
+        }
+        return expire(&job, &ctx, done, now).await;
+    }
+    if record_finished(&job, &ctx, &owned).await? {
+        // The status write brings the Job back with the uids recorded.
+        return Ok(Action::await_change());
+    }
+    let counted = Counted::settle(job.status.as_ref().unwrap_or(&JobStatus::default()), &owned);
+    let recorded: HashSet<&str> = [&counted.uncounted.succeeded, &counted.uncounted.failed]
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    let stopping = stopping(job.status.as_ref());
+    for pod in owned.iter().filter(|p| has_tracking(p)) {
+        let uid = pod.metadata.uid.as_deref().unwrap_or("");
+        let terminal = matches!(phase(pod), Some("Succeeded" | "Failed"));
+        // Recorded ones go; so do pods this Job deletes itself while stopping (not failures).
+        if recorded.contains(uid)
+            || (stopping && !terminal && pod.metadata.deletion_timestamp.is_some())
+        {
+            release(&ctx.client, pod).await;
+        }
+    }
+    let t = tally(&job, &owned, &counted);
     let names: HashSet<String> = owned
         .iter()
         .filter_map(|p| p.metadata.name.clone())
@@ -332,7 +422,8 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Controlle
         .zip(previous.start_time.as_ref())
         .map(|(secs, start)| start.0 + k8s_openapi::jiff::SignedDuration::from_secs(secs));
     let job_ref = reference("batch/v1", "Job", &job.metadata);
-    let all_stopped = t.active.is_empty() && t.terminating == 0;
+    // Finished only once every finished pod is counted, so the final counts are the real ones.
+    let all_stopped = t.active.is_empty() && t.terminating == 0 && counted.pending() == (0, 0);
     let mut requeue: Option<Duration> = None;
     let mut failure = None;
 
@@ -480,8 +571,13 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Controlle
     }
 
     status.active = (!t.active.is_empty()).then(|| count(t.active.len()));
-    status.succeeded = (t.succeeded > 0).then_some(t.succeeded);
-    status.failed = (t.failed > 0).then_some(t.failed);
+    // The counters hold released pods only; recorded ones are in uncountedTerminatedPods.
+    let (pending_succeeded, pending_failed) = counted.pending();
+    let succeeded = t.succeeded - pending_succeeded;
+    let failed = t.failed - pending_failed;
+    status.succeeded = (succeeded > 0).then_some(succeeded);
+    status.failed = (failed > 0).then_some(failed);
+    status.uncounted_terminated_pods = Some(counted.uncounted.clone());
     status.ready = Some(t.ready);
     if spec.completion_mode.as_deref() == Some("Indexed") {
         let text = format_indexes(&t.completed);
@@ -489,9 +585,6 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Controlle
     }
     status.terminating = Some(count(t.terminating));
     status.conditions = (!conditions.is_empty()).then_some(conditions);
-    if status.uncounted_terminated_pods.is_none() {
-        status.uncounted_terminated_pods = Some(Default::default());
-    }
     if job.status.as_ref() != Some(&status) {
         write_status(&job, &ctx, status).await?;
     }
@@ -499,6 +592,138 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Controlle
         return Err(error);
     }
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// True once the Job decided its outcome (its remaining pods are being stopped by it).
+fn stopping(status: Option<&JobStatus>) -> bool {
+    status.is_some_and(|s| {
+        condition(s, "SuccessCriteriaMet").is_some() || condition(s, "FailureTarget").is_some()
+    })
+}
+
+/// Records by uid, in `uncountedTerminatedPods`, every pod that finished (or that someone else
+/// deleted while the Job runs) and still holds the finalizer; true if the status was written.
+async fn record_finished(
+    job: &Job,
+    ctx: &Context,
+    owned: &[Arc<Pod>],
+) -> Result<bool, ControllerError> {
+    let previous = job.status.clone().unwrap_or_default();
+    let mut uncounted = previous
+        .uncounted_terminated_pods
+        .clone()
+        .unwrap_or_default();
+    let known: HashSet<String> = [&uncounted.succeeded, &uncounted.failed]
+        .into_iter()
+        .flatten()
+        .flatten()
+        .cloned()
+        .collect();
+    let stopping = stopping(Some(&previous));
+    let mut indexes = parse_indexes(previous.completed_indexes.as_deref().unwrap_or(""));
+    let mut added = false;
+    for pod in owned.iter().filter(|p| has_tracking(p)) {
+        let Some(uid) = pod.metadata.uid.clone() else {
+            continue;
+        };
+        if known.contains(&uid) {
+            continue;
+        }
+        let list = match phase(pod) {
+            Some("Succeeded") => {
+                indexes.extend(index_of(pod));
+                &mut uncounted.succeeded
+            }
+            Some("Failed") => &mut uncounted.failed,
+            _ if pod.metadata.deletion_timestamp.is_some() && !stopping => &mut uncounted.failed,
+            _ => continue,
+        };
+        list.get_or_insert_with(Vec::new).push(uid);
+        added = true;
+    }
+    if !added {
+        return Ok(false);
+    }
+    let mut status = previous;
+    status.uncounted_terminated_pods = Some(uncounted);
+    let indexed = job.spec.as_ref().and_then(|s| s.completion_mode.as_deref()) == Some("Indexed");
+    if indexed {
+        let completions = job.spec.as_ref().and_then(|s| s.completions).unwrap_or(0);
+        indexes.retain(|i| (0..completions).contains(i));
+        let text = format_indexes(&indexes);
+        status.completed_indexes = (!text.is_empty()).then_some(text);
+    }
+    write_status(job, ctx, status).await?;
+    Ok(true)
+}
+
+/// Removes [`TRACKING`] from `pod` (conditional on the resourceVersion seen, so a concurrent
+/// change is not overwritten; the next event retries).
+async fn release(client: &kube::Client, pod: &Pod) {
+    let meta = &pod.metadata;
+    let rest: Vec<&String> = meta
+        .finalizers
+        .iter()
+        .flatten()
+        .filter(|f| *f != TRACKING)
+        .collect();
+    let patch = serde_json::json!({"metadata": {"finalizers": rest,
+        "resourceVersion": meta.resource_version}});
+    let api: Api<Pod> = Api::namespaced(client.clone(), meta.namespace.as_deref().unwrap_or(""));
+    match api
+        .patch(
+            meta.name.as_deref().unwrap_or(""),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+        Err(error) => tracing::info!(%error, "could not release a job pod"),
+    }
+}
+
+/// Pods holding [`TRACKING`] whose Job is gone, replaced or being deleted lose the finalizer
+/// (their Job will never count them). Runs until the pod cache's owner stops polling it.
+async fn release_orphans(client: kube::Client, pods: Store<Pod>) {
+    loop {
+        tokio::time::sleep(ORPHAN_SWEEP).await;
+        let mut jobs: HashMap<(String, String), Option<Job>> = HashMap::new();
+        // Only finished or deleted pods: a running one of a deleted Job gets deleted by the GC
+        // first, and the Job reconciles its own.
+        let candidates = pods.state().into_iter().filter(|p| {
+            has_tracking(p)
+                && (p.metadata.deletion_timestamp.is_some()
+                    || matches!(phase(p), Some("Succeeded" | "Failed")))
+        });
+        for pod in candidates {
+            let Some(owner) = pods::controller_of(&pod.metadata).filter(|o| o.kind == "Job") else {
+                continue;
+            };
+            let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+            let key = (namespace.clone(), owner.name.clone());
+            if !jobs.contains_key(&key) {
+                let api: Api<Job> = Api::namespaced(client.clone(), &namespace);
+                match api.get_opt(&owner.name).await {
+                    Ok(job) => {
+                        jobs.insert(key.clone(), job);
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "could not read a job");
+                        continue;
+                    }
+                }
+            }
+            let live = jobs.get(&key).and_then(Option::as_ref).is_some_and(|j| {
+                j.metadata.uid.as_deref() == Some(owner.uid.as_str())
+                    && j.metadata.deletion_timestamp.is_none()
+            });
+            if !live {
+                release(&client, &pod).await;
+            }
+        }
+    }
 }
 
 /// How long failed pods still hold back replacements (none when no back-off is left).
@@ -723,7 +948,11 @@ fn pod_from_template(job: &Job, index: Option<i32>) -> Pod {
             namespace: job.metadata.namespace.clone(),
             labels,
             annotations,
-            finalizers: meta.finalizers,
+            finalizers: Some({
+                let mut f = meta.finalizers.unwrap_or_default();
+                f.push(TRACKING.into());
+                f
+            }),
             owner_references: Some(vec![pods::controller_ref("batch/v1", "Job", &job.metadata)]),
             ..ObjectMeta::default()
         },
@@ -751,12 +980,16 @@ pub async fn run(
         recorder: Recorder::new(client.clone(), "job-controller"),
         backoff_base,
     });
-    Controller::new(Api::<Job>::all(client), watcher::Config::default())
+    let orphans = release_orphans(client.clone(), ctx.pods.clone());
+    let controller = Controller::new(Api::<Job>::all(client), watcher::Config::default())
         .owns_stream(pod_events)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
-        .for_each(|_| async {})
-        .await;
+        .for_each(|_| async {});
+    tokio::select! {
+        () = controller => {}
+        () = orphans => {}
+    }
 }
 
 #[cfg(test)]
@@ -798,13 +1031,14 @@ mod tests {
     #[test]
     fn failures_count_restarts_only_under_on_failure() {
         let owned = [pod("Running", 3), pod("Failed", 0), pod("Succeeded", 0)];
-        let never = tally(&job("Never"), &owned);
+        let counted = Counted::settle(&JobStatus::default(), &owned);
+        let never = tally(&job("Never"), &owned, &counted);
         assert_eq!(
             (never.active.len(), never.succeeded, never.failed),
             (1, 1, 1)
         );
         assert_eq!(never.failures, 1);
-        assert_eq!(tally(&job("OnFailure"), &owned).failures, 4);
+        assert_eq!(tally(&job("OnFailure"), &owned, &counted).failures, 4);
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //! insufficient resource. Reasons use upstream's wording, since users paste them into searches.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
+use k8s_openapi::api::core::v1::{Node, Pod, PodSpec, Taint, Toleration};
 
 use super::resources::{self, Resources};
 use crate::controllers::selector;
@@ -15,7 +16,8 @@ use crate::controllers::selector;
 /// A node and what is already bound (or assumed bound) to it.
 #[derive(Clone, Debug, Default)]
 pub struct NodeInfo {
-    pub node: Node,
+    /// Shared with the watch cache: a cycle copies no node and no pod.
+    pub node: Arc<Node>,
     pub requested: Resources,
     /// Requests with scoring defaults, for least-allocated and balanced scores.
     pub scoring_requested: Resources,
@@ -23,28 +25,28 @@ pub struct NodeInfo {
     /// (protocol, hostPort) pairs in use.
     pub host_ports: HashSet<(String, i32)>,
     /// The pods placed here, for inter-pod affinity and topology spread.
-    pub pods: Vec<Pod>,
+    pub pods: Vec<Arc<Pod>>,
     /// Those of [`NodeInfo::pods`] with required anti-affinity terms (usually none), so the
     /// symmetric anti-affinity check does not walk every pod for every candidate.
-    pub anti_affinity_pods: Vec<Pod>,
+    pub anti_affinity_pods: Vec<Arc<Pod>>,
 }
 
 impl NodeInfo {
-    pub fn new(node: Node) -> NodeInfo {
+    pub fn new(node: impl Into<Arc<Node>>) -> NodeInfo {
         NodeInfo {
-            node,
+            node: node.into(),
             ..NodeInfo::default()
         }
     }
 
-    pub fn add_pod(&mut self, pod: &Pod) {
-        resources::accumulate(&mut self.requested, &resources::pod_requests(pod));
+    pub fn add_pod(&mut self, pod: Arc<Pod>) {
+        resources::accumulate(&mut self.requested, &resources::pod_requests(&pod));
         resources::accumulate(
             &mut self.scoring_requested,
-            &resources::pod_requests_for_scoring(pod),
+            &resources::pod_requests_for_scoring(&pod),
         );
         self.pod_count += 1;
-        self.host_ports.extend(host_ports(pod));
+        self.host_ports.extend(host_ports(&pod));
         let has_anti = pod
             .spec
             .as_ref()
@@ -58,7 +60,7 @@ impl NodeInfo {
         if has_anti {
             self.anti_affinity_pods.push(pod.clone());
         }
-        self.pods.push(pod.clone());
+        self.pods.push(pod);
     }
 
     fn name(&self) -> &str {
@@ -174,7 +176,9 @@ pub fn node_affinity_fits(pod: &Pod, node: &Node) -> bool {
 /// Why `pod` cannot run on `info`, as upstream's reason strings; empty if it fits.
 pub fn filter(pod: &Pod, info: &NodeInfo) -> Vec<String> {
     let node = &info.node;
-    let spec = pod.spec.clone().unwrap_or_default();
+    // Borrowed, not cloned: this runs for every (pending pod, node) pair of a cycle.
+    let default_spec = PodSpec::default();
+    let spec = pod.spec.as_ref().unwrap_or(&default_spec);
     if node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true)
         && !spec.tolerations.iter().flatten().any(|t| {
             tolerates(
@@ -196,7 +200,7 @@ pub fn filter(pod: &Pod, info: &NodeInfo) -> Vec<String> {
     {
         return vec!["node(s) didn't match the requested node name".into()];
     }
-    let tolerations = spec.tolerations.clone().unwrap_or_default();
+    let tolerations = spec.tolerations.as_deref().unwrap_or(&[]);
     if let Some(taint) = effective_taints(node)
         .into_iter()
         .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
@@ -262,10 +266,19 @@ pub fn score(pod: &Pod, info: &NodeInfo) -> i64 {
     total
 }
 
-/// Upstream's summary of why no node fits: `0/3 nodes are available: 1 Insufficient cpu, 2 node(s)
-/// had untolerated taint {k: v}. preemption: 0/3 nodes are available: 3 Preemption is not helpful
-/// for scheduling.` (r3s does not preempt, so preemption never helps).
+/// Upstream's summary of why no node fits, when preemption cannot help on any node: `0/3 nodes are
+/// available: 1 Insufficient cpu, 2 node(s) had untolerated taint {k: v}. preemption: 0/3 nodes are
+/// available: 3 Preemption is not helpful for scheduling.`
 pub fn unschedulable_message(total_nodes: usize, reasons: &[Vec<String>]) -> String {
+    format!(
+        "{} preemption: 0/{total_nodes} nodes are available: {total_nodes} Preemption is not helpful for scheduling.",
+        unschedulable_head(total_nodes, reasons)
+    )
+}
+
+/// The first sentence of [`unschedulable_message`] (`0/3 nodes are available: …`, with its
+/// period); the preemption sentence follows it.
+pub fn unschedulable_head(total_nodes: usize, reasons: &[Vec<String>]) -> String {
     let mut histogram: BTreeMap<&str, usize> = BTreeMap::new();
     for r in reasons.iter().flatten() {
         *histogram.entry(r.as_str()).or_default() += 1;
@@ -280,9 +293,7 @@ pub fn unschedulable_message(total_nodes: usize, reasons: &[Vec<String>]) -> Str
     } else {
         format!("0/{total_nodes} nodes are available: {}", parts.join(", "))
     };
-    format!(
-        "{head}. preemption: 0/{total_nodes} nodes are available: {total_nodes} Preemption is not helpful for scheduling."
-    )
+    format!("{head}.")
 }
 
 #[cfg(test)]
@@ -347,11 +358,11 @@ mod tests {
         let mut n = node("n1", "1");
         check(&pod("500m"), &n, &[]);
         check(&pod("2"), &n, &["Insufficient cpu"]);
-        n.add_pod(&pod("600m"));
+        n.add_pod(pod("600m").into());
         check(&pod("500m"), &n, &["Insufficient cpu"]);
 
         let mut tainted = node("n2", "4");
-        tainted.node.spec = Some(NodeSpec {
+        Arc::make_mut(&mut tainted.node).spec = Some(NodeSpec {
             taints: Some(vec![Taint {
                 key: "dedicated".into(),
                 value: Some("gpu".into()),
@@ -407,7 +418,7 @@ mod tests {
     fn emptier_nodes_score_higher() {
         let empty = node("a", "4");
         let mut busy = node("b", "4");
-        busy.add_pod(&pod("3"));
+        busy.add_pod(pod("3").into());
         assert!(score(&pod("100m"), &empty) > score(&pod("100m"), &busy));
     }
 }

@@ -49,7 +49,7 @@ pub(super) fn pods_in_domain<'a>(
     Some(
         all.iter()
             .filter(move |i| label(&i.node, &key) == Some(&value))
-            .flat_map(|i| i.pods.iter()),
+            .flat_map(|i| i.pods.iter().map(|p| &**p)),
     )
 }
 
@@ -210,10 +210,10 @@ mod tests {
     #[test]
     fn spread_and_anti_affinity() {
         let mut a = node("a", "za");
-        a.add_pod(&pod(false));
-        a.add_pod(&pod(false));
+        a.add_pod(pod(false).into());
+        a.add_pod(pod(false).into());
         let mut b1 = node("b1", "zb");
-        b1.add_pod(&pod(false));
+        b1.add_pod(pod(false).into());
         let b2 = node("b2", "zb");
         let all = vec![a.clone(), b1.clone(), b2.clone()];
         assert_eq!(

@@ -14,6 +14,7 @@
 
 pub mod filter;
 pub mod interpod;
+pub mod preempt;
 pub mod resources;
 pub mod score;
 
@@ -139,9 +140,12 @@ async fn run_scheduler(client: kube::Client, shutdown: impl Future<Output = ()> 
 #[derive(Default)]
 struct Memory {
     /// Bound by us, not yet seen bound in the cache: pod uid → (node, pod as bound).
-    assumed: HashMap<String, (String, Pod)>,
+    assumed: HashMap<String, (String, Arc<Pod>)>,
     /// Unschedulable pods: uid → (cluster_changes at the attempt, when).
     unschedulable: HashMap<String, (u64, Instant)>,
+    /// Pods this scheduler nominated: uid → node. The status says so too, but the cache may not
+    /// show it yet, and preempting again meanwhile would pick victims elsewhere.
+    nominated: HashMap<String, String>,
 }
 
 async fn schedule_loop(state: Arc<State>) {
@@ -169,6 +173,8 @@ fn wants_us(pod: &Pod) -> bool {
 
 /// One pass over every pending pod.
 async fn cycle(state: &State, memory: &mut Memory) {
+    // Read before the snapshot: a change that lands in between then makes the next cycle retry.
+    let changes = state.cluster_changes.load(Ordering::SeqCst);
     let all_pods = state.pods.state();
     let bound: HashSet<String> = all_pods
         .iter()
@@ -183,12 +189,15 @@ async fn cycle(state: &State, memory: &mut Memory) {
         .assumed
         .retain(|uid, _| live.contains(uid) && !bound.contains(uid));
     memory.unschedulable.retain(|uid, _| live.contains(uid));
+    memory
+        .nominated
+        .retain(|uid, _| live.contains(uid) && !bound.contains(uid));
 
     let mut infos: Vec<NodeInfo> = state
         .nodes
         .state()
         .iter()
-        .map(|n| NodeInfo::new((**n).clone()))
+        .map(|n| NodeInfo::new(n.clone()))
         .collect();
     infos.sort_by(|a, b| a.node.metadata.name.cmp(&b.node.metadata.name));
     let index: HashMap<String, usize> = infos
@@ -205,16 +214,15 @@ async fn cycle(state: &State, memory: &mut Memory) {
     };
     for pod in all_pods.iter().filter(|p| holds_resources(p)) {
         if let Some(i) = pods::node_name(pod).and_then(|n| index.get(n)) {
-            infos[*i].add_pod(pod);
+            infos[*i].add_pod(pod.clone());
         }
     }
     for (node, pod) in memory.assumed.values() {
         if let Some(i) = index.get(node) {
-            infos[*i].add_pod(pod);
+            infos[*i].add_pod(pod.clone());
         }
     }
 
-    let changes = state.cluster_changes.load(Ordering::SeqCst);
     let mut pending: Vec<Arc<Pod>> = all_pods
         .into_iter()
         .filter(|p| wants_us(p))
@@ -231,6 +239,8 @@ async fn cycle(state: &State, memory: &mut Memory) {
             p.metadata.creation_timestamp.clone(),
         )
     });
+    // PodDisruptionBudgets, read once per cycle and only if some pod tries to preempt.
+    let mut budgets: Option<Vec<preempt::Budget>> = None;
     for pod in pending {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         if let Some((seen, when)) = memory.unschedulable.get(&uid)
@@ -244,23 +254,44 @@ async fn cycle(state: &State, memory: &mut Memory) {
                 let node = infos[i].node.metadata.name.clone().unwrap_or_default();
                 match bind(state, &pod, &node).await {
                     Ok(()) => {
-                        infos[i].add_pod(&pod);
-                        memory.assumed.insert(uid.clone(), (node, (*pod).clone()));
+                        infos[i].add_pod(pod.clone());
+                        memory.assumed.insert(uid.clone(), (node, pod.clone()));
                         memory.unschedulable.remove(&uid);
                     }
                     Err(error) => tracing::info!(%error, "bind failed; will retry"),
                 }
             }
-            Err(message) => {
-                memory.unschedulable.insert(uid, (changes, Instant::now()));
-                mark_unschedulable(state, &pod, &message).await;
+            Err(reasons) => {
+                let head = filter::unschedulable_head(infos.len(), &reasons);
+                let remembered = memory.nominated.get(&uid).cloned();
+                let (tail, nominated) =
+                    preempt(state, &pod, remembered, &infos, &index, &mut budgets).await;
+                // The nominated node is held for this pod for the rest of the cycle, so a
+                // lower-priority pod does not take the room its victims are freeing.
+                if let Some(i) = nominated {
+                    infos[i].add_pod(pod.clone());
+                }
+                memory
+                    .unschedulable
+                    .insert(uid.clone(), (changes, Instant::now()));
+                let message = if tail.is_empty() {
+                    head
+                } else {
+                    format!("{head} {tail}")
+                };
+                let nominated_name =
+                    nominated.map(|i| infos[i].node.metadata.name.clone().unwrap_or_default());
+                if let Some(node) = &nominated_name {
+                    memory.nominated.insert(uid.clone(), node.clone());
+                }
+                mark_unschedulable(state, &pod, &message, nominated_name).await;
             }
         }
     }
 }
 
-/// The index of the best node for `pod`, or upstream's summary of why none fits.
-fn place(pod: &Pod, infos: &[NodeInfo]) -> Result<usize, String> {
+/// The index of the best node for `pod`, or why each node does not fit.
+fn place(pod: &Pod, infos: &[NodeInfo]) -> Result<usize, Vec<Vec<String>>> {
     let mut reasons = Vec::new();
     let mut feasible = Vec::new();
     for (i, info) in infos.iter().enumerate() {
@@ -282,8 +313,149 @@ fn place(pod: &Pod, infos: &[NodeInfo]) -> Result<usize, String> {
             best = Some((score, i));
         }
     }
-    best.map(|(_, i)| i)
-        .ok_or_else(|| filter::unschedulable_message(infos.len(), &reasons))
+    best.map(|(_, i)| i).ok_or(reasons)
+}
+
+/// Tries preemption for `pod`, which fits nowhere: picks victims, nominates their node (the
+/// returned index) and deletes them gracefully. Returns the `preemption: …` sentence.
+async fn preempt(
+    state: &State,
+    pod: &Pod,
+    remembered: Option<String>,
+    infos: &[NodeInfo],
+    index: &HashMap<String, usize>,
+    budgets: &mut Option<Vec<preempt::Budget>>,
+) -> (String, Option<usize>) {
+    if !preempt::may_preempt(pod) {
+        return (
+            "preemption: not eligible due to preemptionPolicy=Never.".into(),
+            None,
+        );
+    }
+    let mine = preempt::priority(pod);
+    // Victims already on their way out of the nominated node: wait for them, evict no more.
+    let nominated = remembered
+        .as_deref()
+        .or_else(|| {
+            pod.status
+                .as_ref()
+                .and_then(|s| s.nominated_node_name.as_deref())
+        })
+        .and_then(|n| index.get(n).copied());
+    if let Some(i) = nominated
+        && infos[i]
+            .pods
+            .iter()
+            .any(|p| p.metadata.deletion_timestamp.is_some() && preempt::priority(p) < mine)
+    {
+        return (
+            "preemption: not eligible due to a terminating pod on the nominated node.".into(),
+            Some(i),
+        );
+    }
+    // Nothing of lower priority anywhere: skip the per-node simulation.
+    let anything_lower = infos
+        .iter()
+        .any(|i| i.pods.iter().any(|p| preempt::priority(p) < mine));
+    if !anything_lower {
+        // No victims anywhere: the plan only sorts nodes into "no victims" and "not helpful".
+        let reasons = preempt::plan(pod, infos, &[]).err().unwrap_or_default();
+        return (preempt::summary(infos.len(), &reasons), None);
+    }
+    if budgets.is_none() {
+        *budgets = Some(read_budgets(&state.client).await);
+    }
+    let plan = match preempt::plan(pod, infos, budgets.as_deref().unwrap_or(&[])) {
+        Ok(plan) => plan,
+        Err(reasons) => return (preempt::summary(infos.len(), &reasons), None),
+    };
+    let node = infos[plan.node]
+        .node
+        .metadata
+        .name
+        .clone()
+        .unwrap_or_default();
+    for victim in &plan.victims {
+        evict(state, pod, victim, &node).await;
+    }
+    // A successful preemption adds no sentence (upstream's post-filter succeeded).
+    (String::new(), Some(plan.node))
+}
+
+/// Every PodDisruptionBudget with how many more disruptions it allows (its status).
+async fn read_budgets(client: &kube::Client) -> Vec<preempt::Budget> {
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    let api: Api<PodDisruptionBudget> = Api::all(client.clone());
+    let list = match api.list(&kube::api::ListParams::default()).await {
+        Ok(list) => list,
+        Err(error) => {
+            tracing::info!(%error, "could not read PodDisruptionBudgets; preempting without them");
+            return Vec::new();
+        }
+    };
+    list.items
+        .into_iter()
+        .filter_map(|pdb| {
+            Some(preempt::Budget {
+                namespace: pdb.metadata.namespace.clone()?,
+                selector: pdb.spec.as_ref()?.selector.clone()?,
+                allowed: pdb
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.disruptions_allowed)
+                    .unwrap_or(0),
+            })
+        })
+        .collect()
+}
+
+/// Marks `victim` (DisruptionTarget), records the Preempted event and deletes it with its grace
+/// period, as upstream does.
+async fn evict(state: &State, preemptor: &Pod, victim: &Pod, node: &str) {
+    let namespace = victim.metadata.namespace.as_deref().unwrap_or("default");
+    let name = victim.metadata.name.as_deref().unwrap_or("");
+    let api: Api<Pod> = Api::namespaced(state.client.clone(), namespace);
+    let condition = json!({"status": {"conditions": [{
+        "type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
+        "message": format!("{SCHEDULER_NAME}: preempting to accommodate a higher priority pod"),
+        "lastTransitionTime": now(),
+    }]}});
+    if let Err(error) = api
+        .patch_status(name, &PatchParams::default(), &Patch::Strategic(&condition))
+        .await
+    {
+        tracing::debug!(%error, "could not mark the preemption victim");
+    }
+    let uid = preemptor.metadata.uid.as_deref().unwrap_or("");
+    state
+        .recorder
+        .record(
+            &reference("v1", "Pod", &victim.metadata),
+            EventType::Normal,
+            "Preempted",
+            &format!("Preempted by pod {uid} on node {node}"),
+        )
+        .await;
+    let params = kube::api::DeleteParams {
+        preconditions: victim
+            .metadata
+            .uid
+            .clone()
+            .map(|uid| kube::api::Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+        ..kube::api::DeleteParams::default()
+    };
+    if let Err(error) = api.delete(name, &params).await {
+        tracing::info!(%error, pod = %name, "could not delete the preemption victim");
+    }
+}
+
+fn now() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 async fn bind(state: &State, pod: &Pod, node: &str) -> Result<(), SchedulerError> {
@@ -319,8 +491,9 @@ async fn bind(state: &State, pod: &Pod, node: &str) -> Result<(), SchedulerError
     Ok(())
 }
 
-/// Writes `PodScheduled=False` (only when the message changed) and a FailedScheduling event.
-async fn mark_unschedulable(state: &State, pod: &Pod, message: &str) {
+/// Writes `PodScheduled=False` and `nominatedNodeName` (only when they changed) and a
+/// FailedScheduling event.
+async fn mark_unschedulable(state: &State, pod: &Pod, message: &str, nominated: Option<String>) {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     let name = pod.metadata.name.as_deref().unwrap_or("");
     let current = pod
@@ -328,15 +501,23 @@ async fn mark_unschedulable(state: &State, pod: &Pod, message: &str) {
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .and_then(|c| c.iter().find(|c| c.type_ == "PodScheduled"));
-    let unchanged =
-        current.is_some_and(|c| c.status == "False" && c.message.as_deref() == Some(message));
+    let was_nominated = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.nominated_node_name.clone());
+    let unchanged = current
+        .is_some_and(|c| c.status == "False" && c.message.as_deref() == Some(message))
+        && (nominated.is_none() || nominated == was_nominated);
     if !unchanged {
         let api: Api<Pod> = Api::namespaced(state.client.clone(), namespace);
-        let status = json!({"status": {"conditions": [json!({
+        let mut status = json!({"status": {"conditions": [json!({
             "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
             "message": message,
-            "lastTransitionTime": k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            "lastTransitionTime": now(),
         })]}});
+        if let Some(node) = nominated {
+            status["status"]["nominatedNodeName"] = json!(node);
+        }
         if let Err(error) = api
             .patch_status(name, &PatchParams::default(), &Patch::Strategic(&status))
             .await

@@ -18,6 +18,7 @@ use crate::api::error::ApiError;
 use crate::api::limitrange;
 use crate::api::patch;
 use crate::api::podsub;
+use crate::api::priority;
 use crate::api::quota;
 use crate::api::rbac_node;
 use crate::api::registry::Review;
@@ -54,9 +55,10 @@ async fn create_object(
     validate::default_on_create(res, &mut obj);
     track(&mut obj);
     admit_namespace(ctx)?;
-    limitrange::admit(ctx.state.store.as_ref(), res, ctx.namespace(), &mut obj)?;
-    validate::validate(res, &obj, None)?;
     let state = &ctx.state;
+    limitrange::admit(state.store.as_ref(), res, ctx.namespace(), &mut obj)?;
+    priority::admit(state.store.as_ref(), res, None, &mut obj)?;
+    validate::validate(res, &obj, None)?;
     let _allocation =
         services::admit(&state.services, state.store.as_ref(), res, None, &mut obj).await?;
     let _quota = quota::admit(state.store.as_ref(), res, ctx.namespace(), &obj).await?;
@@ -410,6 +412,7 @@ async fn replace_object(
             None
         };
         lifecycle::check_update(res, &current, &new)?;
+        priority::admit(state.store.as_ref(), res, Some(&current), &mut new)?;
         validate::validate(res, &new, Some(&current))?;
         object::set_resource_version(&mut new, revision);
         if new == current || ctx.dry_run() {

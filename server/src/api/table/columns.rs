@@ -577,6 +577,14 @@ fn access_modes(v: &Value) -> Value {
     json!(modes.join(","))
 }
 
+pub const PRIORITY_CLASS: &[Column] = &[
+    int("Value", |o| json!(n(&o["value"]))),
+    col("Global-Default", 0, |o| {
+        json!(o["globalDefault"].as_bool().unwrap_or(false))
+    }),
+    AGE,
+    col("PreemptionPolicy", 0, |o| s(&o["preemptionPolicy"])),
+];
 pub const STORAGE_CLASS: &[Column] = &[
     col("Provisioner", 0, |o| s(&o["provisioner"])),
     col("ReclaimPolicy", 0, |o| {
