@@ -70,7 +70,15 @@ pub async fn run(cfg: AgentConfig) -> Result<(), RunError> {
         _ = sigint.recv() => return Ok(()),
     };
     info!(node = %joined.node_name, server = %cfg.server, "joined");
-    let client = client(&joined.kubeconfig).await?;
+    // The client's certificate is renewed while the node runs (join::renew); dropping the guard
+    // when run_node returns stops that.
+    let (client, _renewal) =
+        join::renewing_client(&joined)
+            .await
+            .map_err(|e| RunError::Kubeconfig {
+                path: e.path,
+                reason: e.reason,
+            })?;
     run_node(&cfg, joined, client, async move {
         tokio::select! {
             _ = sigterm.recv() => info!("received SIGTERM, stopping"),

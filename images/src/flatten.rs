@@ -34,6 +34,22 @@ fn err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> Flatte
     }
 }
 
+/// A `timespec` from the 64-bit seconds/nanoseconds `MetadataExt` reports. On 32-bit targets
+/// (armv7 glibc) `time_t` and `c_long` are 32 bits: a time past 2038 is clamped to the largest one
+/// the platform can set rather than wrapped; nanoseconds are always below 10^9 and fit.
+// On 64-bit targets the conversions are identities, which clippy would flag there.
+#[allow(clippy::unnecessary_fallible_conversions, clippy::useless_conversion)]
+pub(crate) fn timespec(sec: i64, nsec: i64) -> libc::timespec {
+    libc::timespec {
+        tv_sec: libc::time_t::try_from(sec).unwrap_or(if sec < 0 {
+            libc::time_t::MIN
+        } else {
+            libc::time_t::MAX
+        }),
+        tv_nsec: libc::c_long::try_from(nsec).unwrap_or(0),
+    }
+}
+
 /// Copies `layers` (snapshot directories, bottom first) into `<container_dir>/rootfs`.
 pub fn flatten(layers: &[PathBuf], container_dir: &Path) -> Result<PathBuf, FlattenError> {
     let target = container_dir.join("rootfs");
@@ -188,14 +204,8 @@ fn copy_meta(s: &Path, d: &Path) -> Result<(), FlattenError> {
         }
     }
     let times = [
-        libc::timespec {
-            tv_sec: meta.atime(),
-            tv_nsec: meta.atime_nsec(),
-        },
-        libc::timespec {
-            tv_sec: meta.mtime(),
-            tv_nsec: meta.mtime_nsec(),
-        },
+        timespec(meta.atime(), meta.atime_nsec()),
+        timespec(meta.mtime(), meta.mtime_nsec()),
     ];
     // SAFETY: valid C string and a two-element timespec array.
     unsafe {

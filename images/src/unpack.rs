@@ -315,7 +315,7 @@ fn copy_meta(from: &Path, to: &Path, mtime: bool) -> Result<(), UnpackError> {
         }
     }
     if mtime {
-        let t = nix::sys::time::TimeSpec::new(m.mtime(), m.mtime_nsec());
+        let t = nix::sys::time::TimeSpec::from(crate::flatten::timespec(m.mtime(), m.mtime_nsec()));
         nix::sys::stat::utimensat(
             None,
             to,

@@ -10,21 +10,27 @@
 //! `<data-dir>/agent/{server-ca.crt, client-kubelet.crt, client-kubelet.key, kubelet.kubeconfig}`.
 //!
 //! The agent joins at every start, so its client certificate (one year, from the server's client
-//! CA, which rotation never changes) is fetched anew each time, not only when under 90 days remain;
-//! an agent that runs a whole year without a restart is not renewed while running.
+//! CA, which rotation never changes) is fetched anew each time. While it runs, [`renewing_client`]
+//! gives the node a `kube::Client` whose certificate [`renew`] replaces two thirds into its
+//! lifetime (and rewrites the files above), and the kubelet API renews its serving certificate the
+//! same way, so an agent that runs longer than its certificates never needs a restart.
 //!
 //! The server answers 401 for a wrong token and 403 when the node name belongs to another machine
 //! (another node password); both end the join with one line naming the server. Module map:
 //! [`token`] (the token format, shared with the server), [`https`] (the pre-kubeconfig HTTPS
-//! requests), [`identity`] (node password and node id files).
+//! requests), [`identity`] (node password and node id files), [`renew`] (certificates swapped
+//! while in use), [`client`] (the node's `kube::Client` over a renewable certificate).
 
+pub mod client;
 pub mod https;
 pub mod identity;
+pub mod renew;
 pub mod token;
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -139,11 +145,16 @@ pub struct Joined {
     pub settings: ClusterSettings,
     /// The client CA (PEM) the kubelet API checks callers against.
     pub client_ca_pem: String,
-    /// How to ask for the kubelet API's serving certificate once the node's addresses are known.
+    /// How to ask for the kubelet API's serving certificate once the node's addresses are known,
+    /// and for new client certificates.
     pub serving: ServingRequest,
+    /// The client certificate (PEM) and key the join fetched, also in the kubeconfig.
+    pub client_cert_pem: String,
+    pub client_key_pem: String,
 }
 
-/// Everything [`fetch_serving_certificate`] needs.
+/// The node's credentials at the server: everything [`fetch_serving_certificate`] and
+/// [`fetch_client_certificate`] need.
 #[derive(Clone)]
 pub struct ServingRequest {
     server: ServerUrl,
@@ -188,6 +199,83 @@ pub async fn fetch_serving_certificate(
         path: SERVING_KUBELET_PATH.into(),
         reason: "expected a PEM certificate followed by a PEM private key".into(),
     })
+}
+
+/// `GET /v1-r3s/client-kubelet.crt`: a new client certificate for the node, `(certificate PEM,
+/// key PEM)`.
+pub async fn fetch_client_certificate(req: &ServingRequest) -> Result<(String, String), JoinError> {
+    let headers = [
+        ("authorization", req.authorization.clone()),
+        (NODE_NAME_HEADER, req.node_name.clone()),
+        (NODE_PASSWORD_HEADER, req.password.clone()),
+    ];
+    let server = &req.server;
+    let answer = https::get(
+        server,
+        CLIENT_KUBELET_PATH,
+        Trust::Ca(&req.ca_pem),
+        &headers,
+    )
+    .await?;
+    check_status(server, CLIENT_KUBELET_PATH, &req.node_name, &answer)?;
+    split_cert_and_key(&answer.text()).ok_or_else(|| JoinError::BadAnswer {
+        server: server.to_string(),
+        path: CLIENT_KUBELET_PATH.into(),
+        reason: "expected a PEM certificate followed by a PEM private key".into(),
+    })
+}
+
+/// The node's `kube::Client` with its client certificate kept renewed by a background task (see
+/// [`renew`]); each new certificate is also written where the join wrote the first. The task
+/// stops when the returned guard is dropped.
+pub async fn renewing_client(
+    joined: &Joined,
+) -> Result<(kube::Client, renew::AbortOnDrop), client::ClientError> {
+    let slot = renew::CertSlot::new("client", &joined.client_cert_pem, &joined.client_key_pem)
+        .map_err(|e| client::ClientError {
+            path: joined.kubeconfig.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    let slot = Arc::new(slot);
+    let client = client::renewable_client(&joined.kubeconfig, slot.clone()).await?;
+    let request = joined.serving.clone();
+    let fetch_request = request.clone();
+    let kubeconfig = joined.kubeconfig.clone();
+    let task = tokio::spawn(renew::keep_renewed(
+        slot,
+        move || {
+            let request = fetch_request.clone();
+            async move {
+                fetch_client_certificate(&request)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        },
+        move |cert, key| {
+            if let Err(e) = write_client_files(&kubeconfig, &request, cert, key) {
+                tracing::warn!("the renewed client certificate is in use but not saved: {e}");
+            }
+        },
+    ));
+    Ok((client, renew::AbortOnDrop(task)))
+}
+
+/// Writes the client certificate, its key and the kubeconfig holding them next to `kubeconfig`.
+fn write_client_files(
+    kubeconfig: &Path,
+    request: &ServingRequest,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<(), JoinError> {
+    let agent_dir = kubeconfig.parent().unwrap_or(Path::new("."));
+    let ca_text = String::from_utf8_lossy(&request.ca_pem);
+    write_private(&agent_dir.join("client-kubelet.crt"), cert_pem, 0o644)?;
+    write_private(&agent_dir.join("client-kubelet.key"), key_pem, 0o600)?;
+    write_private(
+        kubeconfig,
+        &render_kubeconfig(&request.server.to_string(), &ca_text, cert_pem, key_pem),
+        0o600,
+    )
 }
 
 /// Joins the server: see the module documentation for the steps.
@@ -253,39 +341,23 @@ pub async fn join(opts: &JoinOptions) -> Result<Joined, JoinError> {
         ca_pem: ca_pem.clone(),
         authorization: auth.1.clone(),
         node_name: node_name.clone(),
-        password: password.clone(),
+        password,
     };
-    let headers = [
-        auth,
-        (NODE_NAME_HEADER, node_name.clone()),
-        (NODE_PASSWORD_HEADER, password),
-    ];
-    let answer = https::get(server, CLIENT_KUBELET_PATH, Trust::Ca(&ca_pem), &headers).await?;
-    check_status(server, CLIENT_KUBELET_PATH, &node_name, &answer)?;
-    let (cert_pem, key_pem) =
-        split_cert_and_key(&answer.text()).ok_or_else(|| JoinError::BadAnswer {
-            server: server.to_string(),
-            path: CLIENT_KUBELET_PATH.into(),
-            reason: "expected a PEM certificate followed by a PEM private key".into(),
-        })?;
+    let (cert_pem, key_pem) = fetch_client_certificate(&serving).await?;
 
     let agent_dir = opts.data_dir.join("agent");
     let ca_text = String::from_utf8_lossy(&ca_pem).into_owned();
     write_private(&agent_dir.join("server-ca.crt"), &ca_text, 0o644)?;
-    write_private(&agent_dir.join("client-kubelet.crt"), &cert_pem, 0o644)?;
-    write_private(&agent_dir.join("client-kubelet.key"), &key_pem, 0o600)?;
     let kubeconfig = agent_dir.join("kubelet.kubeconfig");
-    write_private(
-        &kubeconfig,
-        &render_kubeconfig(&server.to_string(), &ca_text, &cert_pem, &key_pem),
-        0o600,
-    )?;
+    write_client_files(&kubeconfig, &serving, &cert_pem, &key_pem)?;
     Ok(Joined {
         node_name,
         kubeconfig,
         settings,
         client_ca_pem,
         serving,
+        client_cert_pem: cert_pem,
+        client_key_pem: key_pem,
     })
 }
 

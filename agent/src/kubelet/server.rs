@@ -18,8 +18,8 @@ use axum::routing::{any, get};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use rustls::RootCertStore;
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ServerConfig, WebPkiClientVerifier};
 use tokio::sync::watch;
 use tower::ServiceExt;
@@ -27,6 +27,7 @@ use tracing::{info, warn};
 use x509_parser::prelude::FromDer;
 
 use super::{APISERVER_USER, KubeletOptions, exec, logs, portforward};
+use crate::join::renew::{AbortOnDrop, CertSlot, keep_renewed};
 use crate::pods::Ctx;
 
 /// The verified common name of the caller's certificate.
@@ -79,10 +80,10 @@ async fn only_apiserver(request: Request, next: Next) -> Response {
     next.run(request).await
 }
 
-/// Builds the TLS configuration: our serving certificate, client certificates required.
+/// Builds the TLS configuration: our serving certificate (from `cert`, which renewal swaps),
+/// client certificates required.
 pub fn tls_config(
-    cert_pem: &str,
-    key_pem: &str,
+    cert: Arc<CertSlot>,
     client_ca_pem: &str,
 ) -> Result<Arc<ServerConfig>, ServeError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -94,16 +95,11 @@ pub fn tls_config(
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|e| tls(&e))?;
-    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| tls(&e))?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| tls(&e))?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| tls(&e))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| tls(&e))?;
+        .with_cert_resolver(cert);
     // Upgrades (WebSocket, SPDY) are HTTP/1.1 only.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
@@ -119,7 +115,16 @@ pub async fn serve(
     let (cert, key) = (opts.serving.0)(ctx.node_name.clone(), vec![ip])
         .await
         .map_err(ServeError::Certificate)?;
-    let config = tls_config(&cert, &key, &opts.client_ca_pem)?;
+    let slot = CertSlot::new("serving", &cert, &key).map_err(|e| ServeError::Tls(e.to_string()))?;
+    let slot = Arc::new(slot);
+    let config = tls_config(slot.clone(), &opts.client_ca_pem)?;
+    // Renewed while serving (crate::join::renew): new connections get the new certificate.
+    let (serving, node) = (opts.serving.clone(), ctx.node_name.clone());
+    let _renewal = AbortOnDrop(tokio::spawn(keep_renewed(
+        slot,
+        move || (serving.0)(node.clone(), vec![ip]),
+        |_, _| {},
+    )));
     let addr = SocketAddr::new(ip, opts.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
