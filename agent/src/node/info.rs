@@ -89,9 +89,14 @@ pub fn meminfo_kib(meminfo: &str, field: &str) -> Option<u64> {
 /// (total, available) bytes of the filesystem holding `path`.
 pub fn disk(path: &Path) -> (u64, u64) {
     match nix::sys::statvfs::statvfs(path) {
+        // 32-bit targets report u32 counts: widen before multiplying so disks over 4 GiB don't overflow.
+        #[allow(clippy::useless_conversion)]
         Ok(s) => {
-            let frag = s.fragment_size();
-            (s.blocks() * frag, s.blocks_available() * frag)
+            let frag = u64::from(s.fragment_size());
+            (
+                u64::from(s.blocks()) * frag,
+                u64::from(s.blocks_available()) * frag,
+            )
         }
         Err(_) => (0, 0),
     }
