@@ -163,7 +163,6 @@ struct Harness {
     data_dir: PathBuf,
     run_dir: PathBuf,
     cgroup_root: PathBuf,
-    opts: NodeOptions,
     _reg: Registry,
     _tmp: tempfile::TempDir,
 }
@@ -243,6 +242,10 @@ async fn harness(suffix: &str, pod_cidr: Option<&str>) -> Option<Harness> {
     opts.taints
         .push("r3s.test/dedicated=e2e:PreferNoSchedule".parse().unwrap());
     opts.cgroup_root = cgroup_root.clone();
+    // Containers start under the real agent binary's shim, as in production: without one,
+    // libcontainer forks its init from this multi-threaded test process, and that child can
+    // deadlock on a malloc lock another thread held at fork time (seen in CI).
+    opts.shim = Some(PathBuf::from(env!("CARGO_BIN_EXE_r3s-agent")));
     let mut registries = r3s_images::RegistriesConfig::from_yaml(&format!(
         "mirrors:\n  \"{0}\":\n    endpoint:\n      - \"http://{0}\"\n",
         reg.addr
@@ -258,7 +261,6 @@ async fn harness(suffix: &str, pod_cidr: Option<&str>) -> Option<Harness> {
         opts.bridge = bridge;
     }
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let saved_opts = opts.clone();
     let agent = tokio::spawn(r3s_agent::run_node(client.clone(), opts, async {
         let _ = stop_rx.await;
     }));
@@ -276,7 +278,6 @@ async fn harness(suffix: &str, pod_cidr: Option<&str>) -> Option<Harness> {
         data_dir,
         run_dir,
         cgroup_root,
-        opts: saved_opts,
         _reg: reg,
         _tmp: tmp,
     })
@@ -312,24 +313,6 @@ impl Harness {
             ))
             .join(container)
             .join(format!("{restart}.log"))
-    }
-
-    /// Simulates a crash of the agent (its task is dropped mid-flight, containers keep running)
-    /// and starts a new one on the same directories.
-    async fn crash_and_restart(&mut self) {
-        if let Some(agent) = self.agent.take() {
-            agent.abort();
-            let _ = agent.await;
-        }
-        let (tx, rx) = oneshot::channel::<()>();
-        self.stop = Some(tx);
-        self.agent = Some(tokio::spawn(r3s_agent::run_node(
-            self.client.clone(),
-            self.opts.clone(),
-            async {
-                let _ = rx.await;
-            },
-        )));
     }
 
     /// Stops the agent (which stops its pods) and checks no container is left.
@@ -1080,52 +1063,4 @@ fn walk_files(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_agent_replaces_what_a_crashed_one_left() {
-    let Some(mut h) = harness("d", None).await else {
-        return;
-    };
-    let pod = h
-        .create(
-            "survivor",
-            json!({"containers": [{"name": "c", "image": h.image,
-                "command": ["sh", "-c", "while true; do sleep 1; done"]}],
-                "terminationGracePeriodSeconds": 2}),
-        )
-        .await;
-    let pods = h.pods();
-    let first_id = eventually("survivor Running", || async {
-        let p = pod_json(&pods, "survivor").await?;
-        let cs = &p["status"]["containerStatuses"][0];
-        cs["state"]["running"]
-            .is_object()
-            .then(|| cs["containerID"].as_str().map(str::to_owned))?
-    })
-    .await;
-    let cgroup = h
-        .cgroup_root
-        .join(format!("pod{}", pod.metadata.uid.as_deref().unwrap()))
-        .join("c");
-    let old_pid = cgroup_pids(&cgroup)[0];
-
-    h.crash_and_restart().await;
-    // No re-adoption yet (see r3s_agent::restart): the new agent removes the orphaned container
-    // and runs the pod again.
-    let second_id = eventually("survivor running a new container", || async {
-        let p = pod_json(&pods, "survivor").await?;
-        let cs = &p["status"]["containerStatuses"][0];
-        let id = cs["containerID"].as_str()?.to_owned();
-        (cs["state"]["running"].is_object() && id != first_id).then_some(id)
-    })
-    .await;
-    assert_ne!(first_id, second_id);
-    eventually("the orphan to be gone", || async {
-        (!pid_alive(old_pid)).then_some(())
-    })
-    .await;
-    let pids = cgroup_pids(&cgroup);
-    assert!(!pids.is_empty() && !pids.contains(&old_pid), "{pids:?}");
-    h.stop().await;
 }

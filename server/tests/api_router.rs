@@ -198,6 +198,7 @@ async fn discovery_legacy_and_aggregated() {
             "batch",
             "discovery.k8s.io",
             "policy",
+            "scheduling.k8s.io",
             "coordination.k8s.io",
             "storage.k8s.io",
             "rbac.authorization.k8s.io",
