@@ -28,6 +28,12 @@ fn main() -> ExitCode {
         let args: Vec<_> = std::env::args_os().skip(2).collect();
         return r3s_agent::runtime::shim::main(&args);
     }
+    // The helper that starts an exec'd process in a container (see r3s_agent::runtime::tenant).
+    #[cfg(target_os = "linux")]
+    if std::env::args_os().nth(1).is_some_and(|a| a == "shim-exec") {
+        let args: Vec<_> = std::env::args_os().skip(2).collect();
+        return r3s_agent::runtime::tenant::main(&args);
+    }
     if std::env::args_os()
         .nth(1)
         .is_some_and(|a| a == "check-config")

@@ -14,7 +14,8 @@
 //! writes the CRI log itself (logs keep flowing while no agent runs), and when the init exits
 //! writes `<run-dir>/shims/<id>/exit.json` and exits. The agent waits on the shim with a pidfd,
 //! which works just as well for a shim it did not spawn. Signals (SIGTERM, SIGKILL from the pod
-//! worker) and exec go through libcontainer's state as before, from any process.
+//! worker) go through libcontainer's state, from any process; exec runs under a
+//! `shim-exec` helper ([`crate::runtime::tenant`]).
 //!
 //! Each pod worker keeps `<run-dir>/pods/<uid>.json` ([`crate::pods::state`]): the sandbox, the
 //! prepared volumes, and per container the start count, back-off, last terminations and the
@@ -38,9 +39,8 @@
 //! **At stop**: the standalone agent leaves its pods running on SIGTERM (kubelet's behaviour;
 //! the systemd unit has `KillMode=process` so the shims survive too). The server's in-process
 //! agent still stops its pods when the server stops cleanly (as before), and re-adopts them
-//! after a crash. Without a shim binary (the agent embedded in a test binary, which could not
-//! run `shim`), containers are children of the agent as before: stopped at shutdown, removed
-//! at the next start.
+//! after a crash. Without a shim binary (the agent embedded in a test binary that sets none)
+//! the node runs no containers: starting one fails with an error saying so.
 
 #[cfg(target_os = "linux")]
 use std::collections::HashSet;
@@ -51,12 +51,13 @@ use crate::layout::Layout;
 #[cfg(target_os = "linux")]
 use crate::runtime::{Runtime, cleanup};
 
-/// This process's binary if it can run shims (`r3s-agent` or `r3s-server`, whose `main`s
-/// dispatch `shim`); `None` otherwise (a test binary embedding the agent).
+/// This process's binary if it can run shims: one of ours (`r3s-agent`, `r3s-server`, or a copy
+/// renamed with a suffix such as `r3s-agent-arm64`), whose `main`s dispatch `shim` and
+/// `shim-exec`; `None` for a test binary embedding the agent (it must set a shim itself).
 pub fn default_shim() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let name = exe.file_name()?.to_str()?;
-    matches!(name, "r3s-agent" | "r3s-server").then_some(exe)
+    name.starts_with("r3s").then_some(exe)
 }
 
 /// Removes what a previous run left that no pod state file names, and returns the uids of the

@@ -391,3 +391,27 @@ fn check_config_reports_the_host() {
         );
     }
 }
+
+/// `shim-exec` is a helper the agent starts with a control pipe on descriptor 3; run by hand
+/// without one it says so in one line instead of touching any container.
+#[test]
+fn shim_exec_without_its_control_pipe() {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_r3s-agent"));
+    cmd.args(["shim-exec", "/nonexistent", "c1", "true"])
+        .stdin(Stdio::null());
+    // SAFETY: close is async-signal-safe; whatever descriptor 3 the test runner left is not ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::close(3);
+            Ok(())
+        })
+    };
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.trim_end(),
+        "r3s shim-exec: descriptor 3 is not open; this helper is started by the agent"
+    );
+}

@@ -3,20 +3,17 @@
 //!
 //! Invariants: the caller's ends of the pipes and the pty master are close-on-exec, so no
 //! container process ever inherits them; a stream the caller did not ask for is `/dev/null`
-//! (never the agent's own stdio). The process is a child of the agent, reaped by
-//! [`super::Runtime::wait`] like a container's init. With a TTY the process gets the pty's slave
+//! (never the agent's own stdio). A `shim-exec` helper starts the process, is its parent and
+//! reports its exit (see [`super::tenant`]); [`super::Runtime::wait`] waits for that report. With a TTY the process gets the pty's slave
 //! as stdin, stdout and stderr but not as its controlling terminal (libcontainer starts every
 //! process in a new session and offers the console only through a socket), so line discipline
 //! and window size work while `^C` arrives as a byte, not as SIGINT.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use libcontainer::container::builder::ContainerBuilder;
-use libcontainer::syscall::syscall::SyscallType;
-use libcontainer::workload::default::DefaultExecutor;
 use nix::fcntl::OFlag;
 
-use super::{Runtime, RuntimeError, Started, libcontainer_lock, pidfd_open};
+use super::{Runtime, RuntimeError, Started};
 
 /// What to run and which streams to connect.
 #[derive(Debug, Clone)]
@@ -128,32 +125,9 @@ impl Runtime {
             };
             (stdin, stdout, stderr)
         };
-        let lock = libcontainer_lock();
-        let builder = ContainerBuilder::new(id.to_owned(), SyscallType::default())
-            .with_root_path(&self.root)
-            .map_err(|source| RuntimeError::Libcontainer {
-                id: id.to_owned(),
-                op: "state root",
-                source: Box::new(source),
-            })?
-            .with_executor(DefaultExecutor {})
-            .with_stdin(child_in)
-            .with_stdout(child_out)
-            .with_stderr(child_err)
-            .as_tenant()
-            .with_container_args(req.args.clone())
-            .with_detach(true);
-        let pid =
-            super::quietly(|| builder.build()).map_err(|source| RuntimeError::Libcontainer {
-                id: id.to_owned(),
-                op: "exec",
-                source: Box::new(source),
-            })?;
-        drop(lock);
-        // The process is our unreaped child, so its pid cannot be reused before the pidfd exists.
-        let pidfd = pidfd_open(pid.as_raw()).map_err(io("pidfd_open"))?;
+        let tenant = self.spawn_tenant(id, &req.args, [child_in, child_out, child_err])?;
         Ok(ExecProcess {
-            started: Started::child(id.to_owned(), pid.as_raw(), pidfd),
+            started: Started::tenant(id.to_owned(), tenant),
             io: ours,
         })
     }

@@ -6,13 +6,12 @@
 //! - Every container is created with `with_systemd(false)` and an absolute cgroups path (see
 //!   [`spec`]), so libcgroups uses plain cgroupfs on v1, hybrid and v2 alike.
 //! - libcontainer is blocking; every call into it runs on the blocking pool.
-//! - A container's init is cloned with `CLONE_PARENT`, so it is a child of *this* process and only
-//!   this process can reap it; [`Runtime::wait`] does so through a pidfd (no thread parked in
-//!   `waitpid` per container). Surviving an agent restart therefore needs a design of its own:
-//!   see [`crate::restart`]. With a shim binary ([`Runtime::with_shim`]) every container is
-//!   created by its own [`shim`] process instead, which is its parent, writes its log and
-//!   records its exit; the agent waits on the shim through a pidfd and can adopt it after a
-//!   restart ([`Runtime::adopt`]).
+//! - Every container is created by its own [`shim`] process (the binary given to
+//!   [`Runtime::with_shim`], run as `<bin> shim …`), which is its parent, writes its log and
+//!   records its exit; the agent waits on the shim through a pidfd (no thread parked in
+//!   `waitpid` per container) and can adopt it after a restart ([`Runtime::adopt`], see
+//!   [`crate::restart`]). Exec'd processes likewise start under a [`tenant`] helper
+//!   (`<bin> shim-exec …`). This process never forks through libcontainer itself.
 //! - No seccomp profile is ever put in a spec: the crate is built without libseccomp, and
 //!   libcontainer would silently skip the profile.
 
@@ -21,44 +20,27 @@ pub mod exec;
 pub mod logs;
 pub mod shim;
 pub mod spec;
+pub mod tenant;
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use libcontainer::container::Container;
-use libcontainer::container::builder::ContainerBuilder;
-use libcontainer::syscall::syscall::SyscallType;
-use libcontainer::workload::default::DefaultExecutor;
 use nix::sys::signal::Signal;
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use tokio::io::unix::AsyncFd;
 
-/// Serializes every libcontainer call in this process.
-///
-/// libcontainer forks with a raw `clone3` from whichever thread calls it, and the child runs Rust
-/// code (libcgroups, pathrs) that initializes process-wide lazy statics. If another thread of the
-/// agent is in the middle of initializing one of those when the clone happens, the child inherits
-/// a cell marked "being initialized" by a thread that does not exist in it, and waits forever
-/// (seen here: an intermediate process parked in pathrs's procfs `Lazy`). With one libcontainer
-/// call at a time no other thread is inside that code at clone time. Container operations are
-/// short (tens of ms), so the lock costs little. Containers started under a shim are created in
-/// the shim's own single-threaded process; the lock still covers exec, kill and delete here.
+/// Serializes the libcontainer calls this process still makes itself (kill, delete: neither
+/// forks). Everything that forks container processes (create, exec) runs in a fresh
+/// single-threaded process instead, a [`shim`] or a [`tenant`] helper: libcontainer clones with a
+/// raw `clone3` that skips libc's fork handlers, and a child cloned from this multi-threaded
+/// process could inherit a lock (malloc's, a lazy static's) held by another thread and wait for
+/// it forever.
 static LIBCONTAINER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn libcontainer_lock() -> std::sync::MutexGuard<'static, ()> {
     // A panic while holding the lock leaves nothing to repair: the guard protects no data.
     LIBCONTAINER.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Runs a libcontainer call that forks container processes with tracing silenced on this thread.
-///
-/// The forked processes inherit the thread's tracing dispatcher and write events to *their*
-/// stderr, which by then is the container's: libcontainer's own warnings (e.g. "seccomp not
-/// available") would otherwise appear in the container's log, in `kubectl logs`, and in exec
-/// output. The failure itself still comes back as the call's error.
-fn quietly<T>(f: impl FnOnce() -> T) -> T {
-    tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), f)
 }
 
 /// Runtime failures, each naming the container.
@@ -118,14 +100,14 @@ pub struct Started {
 }
 
 impl Started {
-    /// A process that is this process's child (an exec'd process), waited on through `pidfd`.
-    pub(crate) fn child(id: String, pid: i32, pidfd: OwnedFd) -> Self {
+    /// A process a `shim-exec` helper started (an exec'd process).
+    pub(crate) fn tenant(id: String, tenant: Tenant) -> Self {
         Self {
             id,
-            pid,
+            pid: tenant.pid,
             shim_pid: None,
             copiers: Vec::new(),
-            waiter: Waiter::Init(pidfd),
+            waiter: Waiter::Tenant(tenant),
         }
     }
 }
@@ -133,8 +115,8 @@ impl Started {
 /// What [`Runtime::wait`] waits on.
 #[derive(Debug)]
 enum Waiter {
-    /// The init is this process's child: a pidfd on it, then `waitpid`.
-    Init(OwnedFd),
+    /// A `shim-exec` helper runs the process and reports its exit.
+    Tenant(Tenant),
     /// A shim runs the container: a pidfd on the shim (and the shim's `Child` when this process
     /// spawned it, to reap it), then its `exit.json` in `dir`.
     Shim {
@@ -220,18 +202,10 @@ impl Runtime {
             .await
             .map_err(task)?;
         }
-        let pipes = logs::start(log).await.map_err(|e| RuntimeError::Io {
+        Err(RuntimeError::Shim {
             id: id.to_owned(),
-            op: "log pipes",
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        let (stdout, stderr) = (pipes.stdout, pipes.stderr);
-        let mut started =
-            tokio::task::spawn_blocking(move || run_blocking(&root, &id2, &bundle, stdout, stderr))
-                .await
-                .map_err(task)??;
-        started.copiers = pipes.copiers;
-        Ok(started)
+            reason: "no shim binary: containers run under `r3s-agent shim`; start the node from the r3s-agent or r3s-server binary".into(),
+        })
     }
 
     /// Takes over container `id`, started by a previous agent under the shim `shim_pid`.
@@ -277,14 +251,13 @@ impl Runtime {
     /// Waits for the container's init to exit (and reaps it, or its shim).
     pub async fn wait(started: Started) -> Result<Exit, RuntimeError> {
         let id = started.id.clone();
-        let pid = started.pid;
         let io = |source| RuntimeError::Io {
             id: id.clone(),
             op: "wait",
             source,
         };
-        let pidfd = match started.waiter {
-            Waiter::Init(fd) => fd,
+        match started.waiter {
+            Waiter::Tenant(t) => t.finish_async(&id).await,
             Waiter::Shim {
                 pidfd,
                 mut child,
@@ -298,7 +271,7 @@ impl Runtime {
                 if let Some(c) = child.as_mut() {
                     let _ = c.wait();
                 }
-                return shim::read_exit(&dir)
+                shim::read_exit(&dir)
                     .map(|r| r.exit())
                     .ok_or_else(|| RuntimeError::Shim {
                         id: id.clone(),
@@ -306,34 +279,8 @@ impl Runtime {
                             "ended without recording the exit; see {}",
                             dir.join("shim.log").display()
                         ),
-                    });
+                    })
             }
-        };
-        // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor stays open and the same for
-        // the AsyncFd's whole lifetime.
-        let fd = unsafe { AsyncFd::register(pidfd) }.map_err(|e| io(e.into_parts().1))?;
-        loop {
-            match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(_, code)) => return Ok(Exit { code, signal: None }),
-                Ok(WaitStatus::Signaled(_, sig, _)) => {
-                    return Ok(Exit {
-                        code: 128 + sig as i32,
-                        signal: Some(sig as i32),
-                    });
-                }
-                Ok(_) => {}
-                // Already reaped elsewhere (should not happen): report it as unknown.
-                Err(nix::errno::Errno::ECHILD) => {
-                    return Ok(Exit {
-                        code: 255,
-                        signal: None,
-                    });
-                }
-                Err(e) => return Err(io(e.into())),
-            }
-            // The pidfd becomes readable when the process exits.
-            let mut guard = fd.readable().await.map_err(io)?;
-            guard.clear_ready();
         }
     }
 
@@ -396,45 +343,101 @@ impl Runtime {
                 source,
             }
         };
-        let null = || std::fs::OpenOptions::new().write(true).open("/dev/null");
-        let out = null().map_err(io("open /dev/null"))?;
-        let err = null().map_err(io("open /dev/null"))?;
-        let lock = libcontainer_lock();
-        let builder = ContainerBuilder::new(id.to_owned(), SyscallType::default())
-            .with_root_path(&self.root)
-            .map_err(|source| RuntimeError::Libcontainer {
-                id: id.to_owned(),
-                op: "state root",
-                source: Box::new(source),
-            })?
-            .with_executor(DefaultExecutor {})
-            .with_stdout(out)
-            .with_stderr(err)
-            .as_tenant()
-            .with_container_args(args)
-            .with_detach(true);
-        let pid = quietly(|| builder.build()).map_err(|source| RuntimeError::Libcontainer {
-            id: id.to_owned(),
-            op: "exec",
-            source: Box::new(source),
-        })?;
-        // Waiting for the probe's process needs no lock.
-        drop(lock);
+        let null = |write: bool| -> Result<OwnedFd, RuntimeError> {
+            std::fs::OpenOptions::new()
+                .read(!write)
+                .write(write)
+                .open("/dev/null")
+                .map(OwnedFd::from)
+                .map_err(io("open /dev/null"))
+        };
+        let tenant = self.spawn_tenant(id, &args, [null(false)?, null(true)?, null(true)?])?;
         let deadline = std::time::Instant::now() + timeout;
-        loop {
-            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(_, code)) => return Ok(Some(code)),
-                Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(Some(128 + sig as i32)),
-                Ok(_) => {}
-                Err(e) => return Err(io("wait for exec")(e.into())),
-            }
-            if std::time::Instant::now() >= deadline {
-                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
-                let _ = waitpid(pid, None);
-                return Ok(None);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
+        if !tenant.ended_by(deadline) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(tenant.pid), Signal::SIGKILL);
+            let _ = tenant.finish(id);
+            return Ok(None);
         }
+        tenant.finish(id).map(|e| Some(e.code))
+    }
+
+    /// Starts `args` in container `id` through a `shim-exec` helper (see [`tenant`]) with
+    /// `stdio` as the process's stdin, stdout and stderr. Blocking.
+    pub(crate) fn spawn_tenant(
+        &self,
+        id: &str,
+        args: &[String],
+        stdio: [OwnedFd; 3],
+    ) -> Result<Tenant, RuntimeError> {
+        use std::io::BufRead;
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let io = |op: &'static str| {
+            move |source| RuntimeError::Io {
+                id: id.to_owned(),
+                op,
+                source,
+            }
+        };
+        let Some(bin) = &self.shim else {
+            return Err(RuntimeError::Shim {
+                id: id.to_owned(),
+                reason: "no shim binary: exec runs under `r3s-agent shim-exec`; start the node from the r3s-agent or r3s-server binary".into(),
+            });
+        };
+        let (ctl_rx, ctl_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| io("control pipe")(e.into()))?;
+        let raw = ctl_tx.as_raw_fd();
+        let [stdin, stdout, stderr] = stdio;
+        let mut cmd = std::process::Command::new(bin);
+        cmd.arg("shim-exec")
+            .arg(&self.root)
+            .arg(id)
+            .args(args)
+            .stdin(std::process::Stdio::from(stdin))
+            .stdout(std::process::Stdio::from(stdout))
+            .stderr(std::process::Stdio::from(stderr));
+        // SAFETY: the closure runs in the forked child before exec and only calls dup2 and
+        // fcntl, which are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                let target = tenant::CONTROL_FD;
+                let rc = if raw == target {
+                    libc::fcntl(target, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(raw, target)
+                };
+                if rc < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
+        let spawned = cmd.spawn();
+        // The child has its copies; ours of its stdio and of the control pipe's write end must
+        // close, or the reader never sees end-of-file.
+        drop(cmd);
+        drop(ctl_tx);
+        let mut child = spawned.map_err(io("spawn shim-exec"))?;
+        let mut control = std::io::BufReader::new(std::fs::File::from(ctl_rx));
+        let mut line = String::new();
+        let _ = control.read_line(&mut line);
+        let answer: serde_json::Value = serde_json::from_str(line.trim()).unwrap_or_default();
+        let Some(pid) = answer["pid"].as_i64().and_then(|p| i32::try_from(p).ok()) else {
+            let _ = child.wait();
+            return Err(RuntimeError::Shim {
+                id: id.to_owned(),
+                reason: answer["error"]
+                    .as_str()
+                    .unwrap_or("shim-exec ended without an answer")
+                    .to_owned(),
+            });
+        };
+        Ok(Tenant {
+            pid,
+            control,
+            child,
+        })
     }
 
     /// Ids of every container with state under the root.
@@ -450,58 +453,85 @@ impl Runtime {
     }
 }
 
-fn run_blocking(
-    root: &Path,
-    id: &str,
-    bundle: &Path,
-    stdout: OwnedFd,
-    stderr: OwnedFd,
-) -> Result<Started, RuntimeError> {
-    let lc = |op: &'static str| {
-        move |source| RuntimeError::Libcontainer {
-            id: id.to_owned(),
-            op,
-            source: Box::new(source),
+/// A process started by a `shim-exec` helper: its pid, the helper's control pipe (which
+/// reports the exit) and the helper itself.
+#[derive(Debug)]
+pub(crate) struct Tenant {
+    pub pid: i32,
+    control: std::io::BufReader<std::fs::File>,
+    child: std::process::Child,
+}
+
+impl Tenant {
+    /// Whether the exit report arrived by `deadline` (then [`Tenant::finish`] returns at once).
+    fn ended_by(&self, deadline: std::time::Instant) -> bool {
+        use std::os::fd::AsRawFd;
+        if !self.control.buffer().is_empty() {
+            return true;
         }
-    };
-    std::fs::create_dir_all(root).map_err(|source| RuntimeError::Io {
-        id: id.to_owned(),
-        op: "create state root",
-        source,
-    })?;
-    let _lock = libcontainer_lock();
-    let builder = ContainerBuilder::new(id.to_owned(), SyscallType::default())
-        .with_root_path(root)
-        .map_err(lc("state root"))?
-        .with_executor(DefaultExecutor {})
-        .with_stdout(stdout)
-        .with_stderr(stderr)
-        .as_init(bundle)
-        // InitContainerBuilder defaults to systemd, which needs D-Bus and a systemd PID 1.
-        .with_systemd(false)
-        .with_detach(true);
-    let mut container = quietly(|| builder.build()).map_err(lc("create"))?;
-    let pid = container
-        .pid()
-        .ok_or_else(|| RuntimeError::NoPid { id: id.to_owned() })?;
-    // Open the pidfd before start: the init is our (unreaped) child, so the pid cannot be reused.
-    let pidfd = pidfd_open(pid.as_raw()).map_err(|source| RuntimeError::Io {
-        id: id.to_owned(),
-        op: "pidfd_open",
-        source,
-    })?;
-    if let Err(e) = quietly(|| container.start()) {
-        let _ = container.delete(true);
-        let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
-        return Err(lc("start")(e));
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
+            let mut fd = libc::pollfd {
+                fd: self.control.get_ref().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: poll reads and writes exactly one pollfd, which outlives the call.
+            let n = unsafe { libc::poll(&mut fd, 1, ms) };
+            if n > 0 {
+                return true;
+            }
+            if n == 0 && left.is_zero() {
+                return false;
+            }
+            if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                return true;
+            }
+        }
     }
-    Ok(Started {
-        id: id.to_owned(),
-        pid: pid.as_raw(),
-        shim_pid: None,
-        copiers: Vec::new(),
-        waiter: Waiter::Init(pidfd),
-    })
+
+    /// Waits for the exit report and reaps the helper. Blocking.
+    fn finish(mut self, id: &str) -> Result<Exit, RuntimeError> {
+        use std::io::BufRead;
+        let mut line = String::new();
+        let _ = self.control.read_line(&mut line);
+        let _ = self.child.wait();
+        Self::report(id, line.as_bytes())
+    }
+
+    /// [`Tenant::finish`] without holding a thread while the process runs.
+    async fn finish_async(self, id: &str) -> Result<Exit, RuntimeError> {
+        use tokio::io::AsyncReadExt;
+        let Tenant {
+            control, mut child, ..
+        } = self;
+        let mut text = control.buffer().to_vec();
+        if !text.contains(&b'\n') {
+            let rx = tokio::net::unix::pipe::Receiver::from_file(control.into_inner());
+            if let Ok(mut rx) = rx {
+                let _ = rx.read_to_end(&mut text).await;
+            }
+        }
+        // The helper exits right after its report.
+        let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+        Self::report(id, &text)
+    }
+
+    fn report(id: &str, text: &[u8]) -> Result<Exit, RuntimeError> {
+        let line = text.split(|b| *b == b'\n').next().unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_slice(line).unwrap_or_default();
+        let Some(code) = v["code"].as_i64().and_then(|c| i32::try_from(c).ok()) else {
+            return Err(RuntimeError::Shim {
+                id: id.to_owned(),
+                reason: "shim-exec ended without reporting the exit".into(),
+            });
+        };
+        Ok(Exit {
+            code,
+            signal: v["signal"].as_i64().and_then(|c| i32::try_from(c).ok()),
+        })
+    }
 }
 
 /// Spawns `<bin> shim …` for container `id` and reads its one-line answer (see [`shim`]).
