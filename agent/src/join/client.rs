@@ -5,7 +5,10 @@
 //! and CA, and takes the client certificate from a [`CertSlot`] at every TLS handshake instead, so
 //! [`super::renew::keep_renewed`] can swap it. The rest of the stack is kube's: base URI, the
 //! kubeconfig's other authentication (none for a joined node) and extra headers, over hyper's
-//! HTTP/1.1 connection pool with a connect timeout. Invariants: the server is always verified
+//! HTTP/1.1 connection pool with kube's timeouts (connect 30 s, a request's write 295 s, read
+//! unlimited: watches last minutes and kube's watcher has its own idle timeout) and TCP
+//! keepalive, so a server that vanished without a FIN (a Pi on Wi-Fi) is noticed on an idle
+//! pooled connection. Invariants: the server is always verified
 //! against the kubeconfig's CA only, never the system roots; TLS sessions are never resumed, so
 //! every new connection presents the certificate in use.
 
@@ -23,6 +26,8 @@ use super::renew::CertSlot;
 
 /// How long to wait for the TCP connection to the server (kube's default).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Idle time before TCP keepalive probes start on a connection to the server.
+const KEEPALIVE: Duration = Duration::from_secs(30);
 
 /// Why the client could not be built (the message names the kubeconfig).
 #[derive(Debug, thiserror::Error)]
@@ -67,12 +72,17 @@ pub async fn renewable_client(
     tls.resumption = rustls::client::Resumption::disabled();
     let mut http = HttpConnector::new();
     http.enforce_http(false);
-    http.set_connect_timeout(Some(config.connect_timeout.unwrap_or(CONNECT_TIMEOUT)));
+    http.set_keepalive(Some(KEEPALIVE));
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_only()
         .enable_http1()
         .wrap_connector(http);
+    let mut https = hyper_timeout::TimeoutConnector::new(https);
+    https.set_connect_timeout(Some(config.connect_timeout.unwrap_or(CONNECT_TIMEOUT)));
+    https.set_read_timeout(config.read_timeout);
+    https.set_write_timeout(config.write_timeout);
+    https.set_reset_reader_on_write(config.reset_reader_on_write);
     let hyper = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .build::<_, kube::client::Body>(https);
     let service = ServiceBuilder::new()
