@@ -7,7 +7,8 @@
 //! [`crate::join::bootstrap`]). Authorization: members of `system:masters` may do everything, every
 //! authenticated user may create self reviews (`auth can-i`, `auth whoami`), node identities are
 //! decided by the node authorizer ([`super::rbac_node`]) first, everything else by RBAC
-//! ([`super::rbac`]), and denials carry upstream's wording.
+//! ([`super::rbac`]), and denials carry upstream's wording. Between the two, `Impersonate-*`
+//! headers may replace the user ([`super::impersonate`]).
 
 use crate::store::Store;
 use crate::tls::PeerIdentity;
@@ -15,11 +16,15 @@ use crate::tls::PeerIdentity;
 use super::error::ApiError;
 use super::rbac_node::Decision;
 
-/// The authenticated user of a request.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The authenticated user of a request (after impersonation, the impersonated one).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UserInfo {
     pub username: String,
     pub groups: Vec<String>,
+    /// Empty unless an impersonating request set `Impersonate-Uid`.
+    pub uid: String,
+    /// Extra attributes (`Impersonate-Extra-<key>`), keys lower-case.
+    pub extra: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// What a request wants to do, in the terms authorization and its messages use.
@@ -41,6 +46,7 @@ pub fn authenticate(identity: Option<&PeerIdentity>) -> Result<UserInfo, ApiErro
     Ok(UserInfo {
         username: identity.common_name.clone(),
         groups,
+        ..Default::default()
     })
 }
 
@@ -81,6 +87,7 @@ pub fn token_user(
                 "system:bootstrappers".to_string(),
                 "system:authenticated".to_string(),
             ],
+            ..Default::default()
         };
         return Ok((user, String::new()));
     }
@@ -112,6 +119,7 @@ pub fn token_user(
             format!("system:serviceaccounts:{}", subject.namespace),
             "system:authenticated".to_string(),
         ],
+        ..Default::default()
     };
     Ok((user, subject.uid))
 }

@@ -25,6 +25,7 @@ pub mod defaults;
 pub mod discovery;
 pub mod error;
 mod handlers;
+pub mod impersonate;
 pub mod kubelet_proxy;
 pub mod lifecycle;
 pub mod limitrange;

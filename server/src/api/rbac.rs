@@ -288,6 +288,7 @@ mod tests {
         let user = |name: &str, groups: &[&str]| UserInfo {
             username: name.into(),
             groups: groups.iter().map(|g| g.to_string()).collect(),
+            ..Default::default()
         };
         assert!(binds(&binding, &user("bob", &[]), None));
         assert!(binds(&binding, &user("alice", &["devs"]), None));

@@ -309,6 +309,7 @@ mod tests {
         let n1 = UserInfo {
             username: "system:node:n1".into(),
             groups: vec!["system:nodes".into()],
+            ..Default::default()
         };
         let named = |n: &str| json!({"metadata": {"name": n}});
         assert!(check_create(&n1, "", "nodes", &named("n1")).is_ok());
@@ -329,6 +330,7 @@ mod tests {
         let admin = UserInfo {
             username: "system:admin".into(),
             groups: vec!["system:masters".into()],
+            ..Default::default()
         };
         assert!(check_create(&admin, "", "nodes", &named("n2")).is_ok());
     }
@@ -338,6 +340,7 @@ mod tests {
         let user = |name: &str, groups: &[&str]| UserInfo {
             username: name.into(),
             groups: groups.iter().map(|g| g.to_string()).collect(),
+            ..Default::default()
         };
         assert_eq!(
             node_of(&user("system:node:pi", &["system:nodes"])),

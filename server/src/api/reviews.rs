@@ -135,6 +135,13 @@ pub fn self_subject_review(
     _namespace: Option<&str>,
     mut review: Value,
 ) -> Result<Value, ApiError> {
-    review["status"] = json!({"userInfo": {"username": user.username, "groups": user.groups}});
+    let mut info = json!({"username": user.username, "groups": user.groups});
+    if !user.uid.is_empty() {
+        info["uid"] = json!(user.uid);
+    }
+    if !user.extra.is_empty() {
+        info["extra"] = json!(user.extra);
+    }
+    review["status"] = json!({ "userInfo": info });
     Ok(review)
 }

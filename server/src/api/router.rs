@@ -1,8 +1,8 @@
 //! Every route and every layer of the API on one screen.
 //!
 //! Public (no credentials needed): `/version`, `/healthz`, `/livez`, `/readyz`. Everything else goes
-//! through [`authenticate`] first (client certificate, else bearer token), so an anonymous request
-//! gets 401 before routing decides anything.
+//! through [`authenticate`] first (client certificate, else bearer token, then `Impersonate-*`
+//! headers), so an anonymous request gets 401 before routing decides anything.
 //! Each request runs in a `tracing` span (method, path); resource requests open a nested span with
 //! verb, resource, namespace, name and user.
 
@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use super::auth;
 use super::error::ApiError;
-use super::{ApiState, discovery, handlers, openapi};
+use super::{ApiState, discovery, handlers, impersonate, openapi};
 use crate::tls::PeerIdentity;
 
 /// The API as a router, without a socket: tests drive it with `oneshot`.
@@ -61,10 +61,16 @@ async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let user = match request.extensions().get::<PeerIdentity>() {
+    let caller = match request.extensions().get::<PeerIdentity>() {
         Some(identity) => auth::authenticate(Some(identity))?,
         None => auth::bearer(&state, request.headers())?,
     };
+    let uri = request
+        .uri()
+        .path_and_query()
+        .map_or_else(|| request.uri().path().to_string(), |p| p.to_string());
+    let user = impersonate::apply(state.store.as_ref(), caller, request.headers(), &uri)?;
+    impersonate::strip(request.headers_mut());
     request.extensions_mut().insert(user);
     Ok(next.run(request).await)
 }

@@ -26,6 +26,17 @@ fn subject(spec: &Value) -> UserInfo {
             .filter_map(Value::as_str)
             .map(str::to_string)
             .collect(),
+        uid: spec["uid"].as_str().unwrap_or("").to_string(),
+        extra: spec["extra"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| {
+                let values = v.as_array().into_iter().flatten();
+                let values = values.filter_map(Value::as_str).map(str::to_string);
+                (k.clone(), values.collect())
+            })
+            .collect(),
     }
 }
 

@@ -84,7 +84,10 @@ fn message(msg: &Msg, data: &[u8]) -> Result<Map<String, Value>, ApiError> {
             }
             return Err(unsupported(format!("field {num} of {}", msg.name)));
         };
-        if value.is_zero() && !field.presence && !matches!(field.ty, Ty::Msg(_)) {
+        // A zero scalar is the field's default and can be left out, but a zero element of a
+        // repeated field is data (`apiGroups: [""]`, the core group of `kubectl create role`).
+        let repeated = matches!(field.ty, Ty::RepStr | Ty::RepMsg(_));
+        if value.is_zero() && !field.presence && !repeated && !matches!(field.ty, Ty::Msg(_)) {
             continue;
         }
         let bytes = |v: wire::Value<'_>| match v {
@@ -217,6 +220,21 @@ mod tests {
             .step_by(2)
             .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
             .collect()
+    }
+
+    #[test]
+    fn empty_strings_in_repeated_fields_are_kept() {
+        // PolicyRule{verbs: ["get"], apiGroups: [""], resources: ["pods"]}, as kubectl sends it.
+        let mut data = vec![0x0a, 3];
+        data.extend_from_slice(b"get");
+        data.extend_from_slice(&[0x12, 0]);
+        data.extend_from_slice(&[0x1a, 4]);
+        data.extend_from_slice(b"pods");
+        let rule = message(&schema::POLICY_RULE, &data).expect("decodes");
+        assert_eq!(
+            Value::Object(rule),
+            json!({"verbs": ["get"], "apiGroups": [""], "resources": ["pods"]})
+        );
     }
 
     #[test]
