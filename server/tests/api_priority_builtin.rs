@@ -281,6 +281,17 @@ async fn kubectl_built_in_priority_classes_are_protected() {
     server
         .ok(&["create", "priorityclass", "batch", "--value=1000"])
         .await;
+    // kubectl sends that one as protobuf.
+    let value = server
+        .ok(&[
+            "get",
+            "pc",
+            "batch",
+            "-o",
+            "jsonpath={.value} {.preemptionPolicy}",
+        ])
+        .await;
+    assert_eq!(value, "1000 PreemptLowerPriority");
     server.ok(&["delete", "priorityclass", "batch"]).await;
     let (code, _, err) = server.kubectl(&["get", "pc", "batch"]).await;
     assert_eq!(code, Some(1), "{err}");
