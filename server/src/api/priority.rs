@@ -34,6 +34,45 @@ pub const BUILT_IN: &[(&str, i64, &str)] = &[
     ),
 ];
 
+/// The name prefix reserved for [`BUILT_IN`].
+pub const SYSTEM_PREFIX: &str = "system-";
+
+/// Whether `name` is a built-in class, which no one may delete (the classes every system pod
+/// names must always resolve).
+pub fn is_built_in(name: &str) -> bool {
+    BUILT_IN.iter().any(|(n, _, _)| *n == name)
+}
+
+/// Refuses the deletion of a built-in class with upstream's Forbidden. Only a single-object
+/// delete is refused: upstream's deletecollection goes around this check, and r3s recreates
+/// missing built-ins at the next start, as kube-apiserver does.
+pub fn admit_delete(res: &Resource, name: &str) -> Result<(), ApiError> {
+    if (res.group, res.kind) == ("scheduling.k8s.io", "PriorityClass") && is_built_in(name) {
+        return Err(ApiError::Forbidden(format!(
+            "{} \"{name}\" is forbidden: this is a system priority class and cannot be deleted",
+            res.name()
+        )));
+    }
+    Ok(())
+}
+
+/// Whether a class named with the `system-` prefix is exactly a built-in one (name, value and
+/// globalDefault; the description may differ); the error says what is wrong, as upstream's.
+fn known_system_class(name: &str, obj: &Value) -> Result<(), String> {
+    let Some((_, value, _)) = BUILT_IN.iter().find(|(n, _, _)| *n == name) else {
+        return Err(format!("{name} is not a known system priority class"));
+    };
+    if obj["value"].as_i64() != Some(*value) {
+        return Err(format!("value of {name} PriorityClass must be {value}"));
+    }
+    if obj["globalDefault"].as_bool().unwrap_or(false) {
+        return Err(format!(
+            "globalDefault of {name} PriorityClass must be false"
+        ));
+    }
+    Ok(())
+}
+
 fn classes() -> Result<&'static Resource, ApiError> {
     registry::find("scheduling.k8s.io", "v1", "priorityclasses")
         .ok_or_else(|| ApiError::Internal("priorityclasses are not registered".into()))
@@ -111,38 +150,46 @@ fn admit_class(store: &dyn Store, old: Option<&Value>, obj: &mut Value) -> Resul
         obj["preemptionPolicy"] = json!(DEFAULT_PREEMPTION);
     }
     if let Some(old) = old {
+        // Upstream's update rules: the value is Forbidden to change, the preemption policy is an
+        // immutable field (Invalid). The name prefix is not re-checked, so a built-in class may
+        // still be relabelled or, like any class, become the (single) global default.
         let mut causes = Vec::new();
-        for field in ["value", "preemptionPolicy"] {
-            if old[field] != obj[field] {
-                causes.push(forbidden_cause(field, "may not be changed in an update."));
-            }
+        if old["value"] != obj["value"] {
+            causes.push(forbidden_cause("value", "may not be changed in an update."));
         }
-        if !causes.is_empty() {
-            return Err(invalid(&name, causes));
-        }
-    } else {
-        let built_in = BUILT_IN
-            .iter()
-            .any(|(n, v, _)| *n == name && obj["value"].as_i64() == Some(*v));
-        let mut causes = Vec::new();
-        if name.starts_with("system-") && !built_in {
+        if old["preemptionPolicy"] != obj["preemptionPolicy"] {
             causes.push(Cause {
                 reason: "FieldValueInvalid",
-                field: "metadata.name".into(),
+                field: "preemptionPolicy".into(),
                 message: format!(
-                    "Invalid value: \"{name}\": priority class names with 'system-' prefix are reserved for system use only"
+                    "Invalid value: {}: field is immutable",
+                    obj["preemptionPolicy"]
                 ),
             });
         }
-        if obj["value"].as_i64().is_some_and(|v| v > USER_MAX) && !built_in {
-            causes.push(forbidden_cause(
-                "value",
-                &format!("maximum allowed value of a user defined priority is {USER_MAX}"),
-            ));
-        }
         if !causes.is_empty() {
             return Err(invalid(&name, causes));
         }
+    } else if name.starts_with(SYSTEM_PREFIX) {
+        if let Err(why) = known_system_class(&name, obj) {
+            return Err(invalid(
+                &name,
+                vec![forbidden_cause(
+                    "metadata.name",
+                    &format!(
+                        "priority class names with '{SYSTEM_PREFIX}' prefix are reserved for system use only. error: {why}"
+                    ),
+                )],
+            ));
+        }
+    } else if obj["value"].as_i64().is_some_and(|v| v > USER_MAX) {
+        return Err(invalid(
+            &name,
+            vec![forbidden_cause(
+                "value",
+                &format!("maximum allowed value of a user defined priority is {USER_MAX}"),
+            )],
+        ));
     }
     if obj["globalDefault"].as_bool() == Some(true) {
         let other = list_classes(store)?.into_iter().find(|c| {
@@ -217,4 +264,43 @@ fn admit_pod(store: &dyn Store, pod: &mut Value) -> Result<(), ApiError> {
         spec.insert("preemptionPolicy".into(), policy);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_exact_built_ins_take_the_system_prefix() {
+        let class = |value: i64, default: bool| json!({"value": value, "globalDefault": default});
+        assert_eq!(
+            known_system_class("system-node-critical", &class(2_000_001_000, false)),
+            Ok(())
+        );
+        assert_eq!(
+            known_system_class("system-node-critical", &class(2_000_000_000, false)),
+            Err("value of system-node-critical PriorityClass must be 2000001000".into())
+        );
+        assert_eq!(
+            known_system_class("system-cluster-critical", &class(2_000_000_000, true)),
+            Err("globalDefault of system-cluster-critical PriorityClass must be false".into())
+        );
+        assert_eq!(
+            known_system_class("system-mine", &class(5, false)),
+            Err("system-mine is not a known system priority class".into())
+        );
+    }
+
+    #[test]
+    fn built_in_classes_cannot_be_deleted() {
+        let res = classes().expect("registered");
+        let err = admit_delete(res, "system-node-critical").expect_err("refused");
+        assert_eq!(
+            err.to_string(),
+            "priorityclasses.scheduling.k8s.io \"system-node-critical\" is forbidden: this is a system priority class and cannot be deleted"
+        );
+        assert!(admit_delete(res, "system-mine").is_ok());
+        let pods = registry::find("", "v1", "pods").expect("pods");
+        assert!(admit_delete(pods, "system-node-critical").is_ok());
+    }
 }

@@ -3,7 +3,8 @@
 //!
 //! Watches Nodes and Pods into two caches; any change wakes one scheduling cycle, which walks the
 //! pending pods oldest first against a snapshot of the nodes and what is bound to them. Filters:
-//! [`filter`] (per node) then [`interpod`] (pod affinity / anti-affinity, topology spread).
+//! [`filter`] (per node) then [`interpod`] (pod affinity / anti-affinity, topology spread);
+//! the nodes left are ranked by [`score`] (which adds the ScheduleAnyway spread of [`spread`]).
 //!
 //! Invariants: a pod just bound is *assumed* on its node until the cache shows the binding, so two
 //! cycles never place more on a node than fits; an unschedulable pod gets `PodScheduled=False`
@@ -17,6 +18,7 @@ pub mod interpod;
 pub mod preempt;
 pub mod resources;
 pub mod score;
+pub mod spread;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;

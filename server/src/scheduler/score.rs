@@ -1,8 +1,9 @@
 //! Soft preferences: scores that rank the nodes every filter let through. Each scorer gives a
 //! raw number per node; [`rank`] normalises each to 0..=100 over the candidates (as upstream's
 //! score plugins do) and adds them with upstream's default weights: NodeAffinity 2,
-//! InterPodAffinity 2, TaintToleration 3, ImageLocality 1 (least-allocated and balanced resources
-//! come from [`super::filter::score`], weight 1 each).
+//! InterPodAffinity 2, TaintToleration 3, ImageLocality 1, PodTopologySpread 2 (least-allocated
+//! and balanced resources come from [`super::filter::score`], weight 1 each; the spread score,
+//! normalised its own way, from [`super::spread`]).
 //!
 //! - preferred node affinity: the sum of the weights of the matching preferred terms;
 //! - preferred pod affinity / anti-affinity: per term, + / − its weight for every matching pod
@@ -14,6 +15,7 @@ use k8s_openapi::api::core::v1::{Node, Pod, WeightedPodAffinityTerm};
 
 use super::filter::{NodeInfo, score as resource_score, tolerates};
 use super::interpod::{pods_in_domain, term_selects};
+use super::spread;
 use crate::controllers::selector;
 
 const NODE_AFFINITY_WEIGHT: i64 = 2;
@@ -149,6 +151,7 @@ pub fn rank(pod: &Pod, candidates: &[usize], all: &[NodeInfo]) -> Vec<i64> {
     let pods = normalise(&raw(&|n| inter_pod(pod, n, all)), false);
     let taints = normalise(&raw(&|n| untolerated_soft_taints(pod, &n.node)), true);
     let images = raw(&|n| image_locality(pod, &n.node));
+    let spread = spread::scores(pod, candidates, all);
     candidates
         .iter()
         .enumerate()
@@ -158,6 +161,7 @@ pub fn rank(pod: &Pod, candidates: &[usize], all: &[NodeInfo]) -> Vec<i64> {
                 + INTER_POD_WEIGHT * pods[k]
                 + TAINT_WEIGHT * taints[k]
                 + IMAGE_WEIGHT * images[k]
+                + spread::WEIGHT * spread[k]
         })
         .collect()
 }

@@ -12,7 +12,7 @@ use super::Ctx;
 use super::read::{list_page, load};
 use crate::api::codec;
 use crate::api::error::ApiError;
-use crate::api::{lifecycle, object, podsub};
+use crate::api::{lifecycle, object, podsub, priority};
 use crate::store::{Revision, StoreError};
 
 const RETRIES: usize = 5;
@@ -40,6 +40,7 @@ pub async fn evict(ctx: &Ctx) -> Result<Response, ApiError> {
 
 async fn delete_with(ctx: &Ctx, opts: &Value) -> Result<Value, ApiError> {
     let res = ctx.target.resource;
+    priority::admit_delete(res, ctx.name())?;
     let conflict = || ApiError::Conflict {
         resource: res.name(),
         name: ctx.name().to_string(),

@@ -1,5 +1,5 @@
 //! Field tables for the kinds kubectl 1.32 writes as protobuf (`create namespace|configmap|secret|
-//! serviceaccount|service|deployment|job|cronjob|pdb|quota`, `auth can-i`, `auth whoami`), with field numbers from
+//! serviceaccount|service|deployment|job|cronjob|pdb|quota|priorityclass`, `auth can-i`, `auth whoami`), with field numbers from
 //! k8s.io/api's `generated.proto`.
 //!
 //! `presence` marks fields that are Go pointers upstream: they are on the wire only when set, so a
@@ -595,6 +595,19 @@ pub static RESOURCE_QUOTA: Msg = Msg {
     ],
 };
 
+/// `kubectl create priorityclass`. `value` is a plain int32 upstream, always on the wire, and 0 is
+/// a valid priority: kept like a pointer so a zero survives.
+pub static PRIORITY_CLASS: Msg = Msg {
+    name: "PriorityClass",
+    fields: &[
+        f(1, "metadata", Msg(&OBJECT_META)),
+        p(2, "value", Int),
+        f(3, "globalDefault", Bool),
+        f(4, "description", Str),
+        p(5, "preemptionPolicy", Str),
+    ],
+};
+
 /// The top-level message of `apiVersion`/`kind`, if r3s can decode it.
 pub fn top_level(api_version: &str, kind: &str) -> Option<&'static Msg> {
     Some(match (api_version, kind) {
@@ -608,6 +621,7 @@ pub fn top_level(api_version: &str, kind: &str) -> Option<&'static Msg> {
         ("batch/v1", "Job") => &JOB,
         ("batch/v1", "CronJob") => &CRON_JOB,
         ("policy/v1", "PodDisruptionBudget") => &POD_DISRUPTION_BUDGET,
+        ("scheduling.k8s.io/v1", "PriorityClass") => &PRIORITY_CLASS,
         ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => &SELF_SUBJECT_ACCESS_REVIEW,
         ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => &SELF_SUBJECT_RULES_REVIEW,
         ("authentication.k8s.io/v1", "SelfSubjectReview") => &SELF_SUBJECT_REVIEW,
