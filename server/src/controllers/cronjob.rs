@@ -73,6 +73,7 @@ pub fn job_name(cronjob: &str, scheduled: Timestamp) -> String {
 }
 
 async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
+    cache::synced(&ctx.jobs).await?;
     if cj.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }

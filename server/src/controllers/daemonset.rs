@@ -143,6 +143,9 @@ fn max_unavailable(ds: &DaemonSet, desired: usize) -> usize {
 }
 
 async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
+    cache::synced(&ctx.pods).await?;
+    cache::synced(&ctx.nodes).await?;
+    cache::synced(&ctx.revisions).await?;
     if ds.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }

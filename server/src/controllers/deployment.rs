@@ -80,6 +80,7 @@ impl Context {
 }
 
 async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
+    cache::synced(&ctx.replicasets).await?;
     if d.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }

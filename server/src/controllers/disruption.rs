@@ -62,6 +62,7 @@ async fn reconcile(
     pdb: Arc<PodDisruptionBudget>,
     ctx: Arc<Context>,
 ) -> Result<Action, ControllerError> {
+    cache::synced(&ctx.pods).await?;
     if pdb.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }

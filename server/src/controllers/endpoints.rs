@@ -34,6 +34,7 @@ pub struct Context {
 }
 
 async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
+    cache::synced(&ctx.pods).await?;
     let Some(selector) = svc.spec.as_ref().and_then(|s| s.selector.clone()) else {
         return Ok(Action::await_change());
     };

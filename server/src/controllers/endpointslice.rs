@@ -162,6 +162,8 @@ fn build(svc: &Service, (address_type, ports, endpoints): Content) -> EndpointSl
 }
 
 async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
+    cache::synced(&ctx.pods).await?;
+    cache::synced(&ctx.slices).await?;
     if svc.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }

@@ -30,6 +30,8 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 
+use super::cache;
+
 /// The finalizer that asks for foreground cascading deletion.
 pub const FOREGROUND: &str = "foregroundDeletion";
 /// The finalizer that asks for dependents to be orphaned.
@@ -90,11 +92,11 @@ pub async fn run(client: kube::Client, shutdown: impl Future<Output = ()> + Send
             let writer = reflector::store::Writer::new(ar.clone());
             let store = writer.as_reader();
             let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-            let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
-                .default_backoff()
-                .touched_objects()
-                .map(|_| ())
-                .boxed();
+            let stream = cache::wakes(
+                reflector::reflector(writer, watcher(api, watcher::Config::default()))
+                    .default_backoff(),
+            )
+            .boxed();
             streams.push(stream);
             kinds.push(Kind {
                 resource: ar,
@@ -113,7 +115,11 @@ pub async fn run(client: kube::Client, shutdown: impl Future<Output = ()> + Send
                 }
                 Err(_) => {}
             }
-            sweep(&client, &kinds).await;
+            // A kind still listing would make every object it owns look orphaned (each one
+            // then costs a GET to confirm).
+            if kinds.iter().all(|k| cache::is_synced(&k.store)) {
+                sweep(&client, &kinds).await;
+            }
         }
     };
     tokio::select! {

@@ -354,6 +354,7 @@ pub fn finish_time(job: &Job) -> Option<Timestamp> {
 }
 
 async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
+    cache::synced(&ctx.pods).await?;
     let managed_by = job.spec.as_ref().and_then(|s| s.managed_by.as_deref());
     let foreign = managed_by.is_some_and(|m| m != "kubernetes.io/job-controller");
     if job.metadata.deletion_timestamp.is_some() || foreign {

@@ -137,6 +137,8 @@ pub enum ControllerError {
     },
     #[error("{0}")]
     Invalid(String),
+    #[error("the {0} cache stopped")]
+    CacheStopped(String),
 }
 
 impl ControllerError {

@@ -12,12 +12,12 @@ use std::net::Ipv4Addr;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use serde_json::json;
 
-use super::ControllerOptions;
 use super::events::{EventType, Recorder, reference};
+use super::{ControllerOptions, cache};
 
 /// The per-node blocks of a cluster CIDR.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,14 +88,8 @@ pub async fn run(
             return;
         }
     };
-    let (store, writer) = reflector::store();
-    let mut changes = reflector::reflector(
-        writer,
-        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects()
-    .boxed();
+    let (store, changes) = cache::changes::<Node>(&client, watcher::Config::default());
+    let mut changes = changes.boxed();
     let recorder = Recorder::new(client.clone(), "node-ipam-controller");
     let work = async {
         let mut pending: HashMap<String, String> = HashMap::new();
@@ -124,6 +118,10 @@ async fn allocate(
     pending: &mut HashMap<String, String>,
     recorder: &Recorder,
 ) {
+    // Before the first full list every node's range would look free.
+    if !cache::is_synced(store) {
+        return;
+    }
     let nodes = store.state();
     let names: HashSet<String> = nodes
         .iter()

@@ -41,6 +41,7 @@ pub struct Context {
 }
 
 async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
+    cache::synced(&ctx.pods).await?;
     let key = pods::key(&rs.metadata);
     let namespace = rs.metadata.namespace.clone().unwrap_or_default();
     let uid = rs.metadata.uid.clone().unwrap_or_default();

@@ -15,34 +15,24 @@ use std::future::Future;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use serde_json::json;
+
+use super::cache;
 
 /// Runs the loop until `shutdown`.
 pub async fn run(client: kube::Client, shutdown: impl Future<Output = ()> + Send + 'static) {
-    let (services, svc_writer) = reflector::store();
-    let svc_changes = reflector::reflector(
-        svc_writer,
-        watcher(
-            Api::<Service>::all(client.clone()),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    .touched_objects()
-    .map(|_| ());
-    let (nodes, node_writer) = reflector::store();
-    let node_changes = reflector::reflector(
-        node_writer,
-        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects()
-    .map(|_| ());
+    let (services, svc_changes) = cache::changes::<Service>(&client, watcher::Config::default());
+    let (nodes, node_changes) = cache::changes::<Node>(&client, watcher::Config::default());
     let mut changes = futures::stream::select(svc_changes, node_changes).boxed();
     let work = async {
         while changes.next().await.is_some() {
+            // Both lists first: with the Nodes missing every ingress would be cleared. (Only
+            // polling `changes` fills the stores, so this cannot wait here.)
+            if !(cache::is_synced(&services) && cache::is_synced(&nodes)) {
+                continue;
+            }
             reconcile(&client, &services, &nodes).await;
         }
     };

@@ -155,6 +155,8 @@ fn plan(
 }
 
 async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
+    cache::synced(&ctx.pods).await?;
+    cache::synced(&ctx.revisions).await?;
     if sts.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
