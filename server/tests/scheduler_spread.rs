@@ -199,3 +199,48 @@ async fn schedule_anyway_places_what_do_not_schedule_refuses() {
     let by_node = placement(&pods, "hard", 4).await;
     assert_eq!(by_node.get(""), Some(&3), "{by_node:?}");
 }
+
+/// A Deployment that sets no constraints still spreads over the nodes (upstream's default
+/// constraints over its ReplicaSet's pods), although least-allocated alone would put every
+/// replica on the much bigger node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_without_constraints_spread_by_default() {
+    let cluster = support::start(&["sim-big", "sim-small"], ControllerOptions::default()).await;
+    let nodes: Api<Node> = Api::all(cluster.client.clone());
+    let big = json!({"status": {"capacity": {"cpu": "64", "memory": "256Gi", "pods": "110"},
+        "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "110"}}});
+    nodes
+        .patch_status("sim-big", &PatchParams::default(), &Patch::Merge(&big))
+        .await
+        .expect("grow sim-big");
+    // The new capacity reaches the scheduler's node cache through its own watch.
+    support::wait_for("sim-big's capacity", Duration::from_secs(10), || async {
+        nodes
+            .get("sim-big")
+            .await
+            .ok()
+            .and_then(|n| n.status?.allocatable?.get("cpu").cloned())
+            .is_some_and(|q| q.0 == "64")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let plain: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "plain"},
+        "spec": {"replicas": 4, "selector": {"matchLabels": {"app": "plain"}},
+            "template": {"metadata": {"labels": {"app": "plain"}},
+                "spec": {"containers": [{"name": "c", "image": "registry.example/app:1"}]}}}
+    }))
+    .expect("deployment");
+    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), "default");
+    deployments
+        .create(&PostParams::default(), &plain)
+        .await
+        .expect("create deployment");
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "default");
+    let by_node = all_bound(&pods, "plain", 4).await;
+    assert_eq!(
+        (by_node.get("sim-big"), by_node.get("sim-small")),
+        (Some(&2), Some(&2)),
+        "{by_node:?}"
+    );
+}

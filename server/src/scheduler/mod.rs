@@ -4,7 +4,8 @@
 //! Watches Nodes and Pods into two caches; any change wakes one scheduling cycle, which walks the
 //! pending pods oldest first against a snapshot of the nodes and what is bound to them. Filters:
 //! [`filter`] (per node) then [`interpod`] (pod affinity / anti-affinity, topology spread);
-//! the nodes left are ranked by [`score`] (which adds the ScheduleAnyway spread of [`spread`]).
+//! the nodes left are ranked by [`score`] (which adds the ScheduleAnyway spread of [`spread`],
+//! with upstream's default constraints over the pod's Services and workloads from [`owners`]).
 //!
 //! Invariants: a pod just bound is *assumed* on its node until the cache shows the binding, so two
 //! cycles never place more on a node than fits; an unschedulable pod gets `PodScheduled=False`
@@ -15,6 +16,7 @@
 
 pub mod filter;
 pub mod interpod;
+pub mod owners;
 pub mod preempt;
 pub mod resources;
 pub mod score;
@@ -27,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, TopologySpreadConstraint};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
@@ -67,6 +69,8 @@ struct State {
     client: kube::Client,
     nodes: Store<Node>,
     pods: Store<Pod>,
+    /// Services and workloads: the selector of the default spread constraints.
+    owners: owners::Owners,
     recorder: Recorder,
     /// Bumped on every node change and every change of a bound pod: capacity may have changed.
     cluster_changes: AtomicU64,
@@ -93,10 +97,12 @@ pub async fn run(
 async fn run_scheduler(client: kube::Client, shutdown: impl Future<Output = ()> + Send + 'static) {
     let (nodes, node_writer) = reflector::store();
     let (pod_store, pod_writer) = reflector::store();
+    let (owners, owner_events) = owners::Owners::watch(&client);
     let state = Arc::new(State {
         client: client.clone(),
         nodes,
         pods: pod_store,
+        owners,
         recorder: Recorder::new(client.clone(), SCHEDULER_NAME),
         cluster_changes: AtomicU64::new(0),
         wake: Notify::new(),
@@ -129,9 +135,12 @@ async fn run_scheduler(client: kube::Client, shutdown: impl Future<Output = ()> 
         s2.wake.notify_one();
         async {}
     });
+    // A new Service or workload changes no pod's feasibility: only fill the caches.
+    let watch_owners = owner_events.for_each(|()| async {});
     tokio::select! {
         _ = watch_nodes => {}
         _ = watch_pods => {}
+        _ = watch_owners => {}
         _ = schedule_loop(state) => {}
         _ = shutdown => {}
     }
@@ -157,6 +166,7 @@ async fn schedule_loop(state: Arc<State>) {
         let _ = tokio::time::timeout(RETRY, state.wake.notified()).await;
         if state.nodes.wait_until_ready().await.is_err()
             || state.pods.wait_until_ready().await.is_err()
+            || !state.owners.synced().await
         {
             return;
         }
@@ -251,7 +261,12 @@ async fn cycle(state: &State, memory: &mut Memory) {
         {
             continue;
         }
-        match place(&pod, &infos) {
+        let spread_defaults = state
+            .owners
+            .default_selector(&pod)
+            .map(spread::system_defaults)
+            .unwrap_or_default();
+        match place(&pod, &spread_defaults, &infos) {
             Ok(i) => {
                 let node = infos[i].node.metadata.name.clone().unwrap_or_default();
                 match bind(state, &pod, &node).await {
@@ -293,7 +308,11 @@ async fn cycle(state: &State, memory: &mut Memory) {
 }
 
 /// The index of the best node for `pod`, or why each node does not fit.
-fn place(pod: &Pod, infos: &[NodeInfo]) -> Result<usize, Vec<Vec<String>>> {
+fn place(
+    pod: &Pod,
+    spread_defaults: &[TopologySpreadConstraint],
+    infos: &[NodeInfo],
+) -> Result<usize, Vec<Vec<String>>> {
     let mut reasons = Vec::new();
     let mut feasible = Vec::new();
     for (i, info) in infos.iter().enumerate() {
@@ -307,7 +326,7 @@ fn place(pod: &Pod, infos: &[NodeInfo]) -> Result<usize, Vec<Vec<String>>> {
             reasons.push(why);
         }
     }
-    let scores = score::rank(pod, &feasible, infos);
+    let scores = score::rank(pod, spread_defaults, &feasible, infos);
     // The first of the best (nodes are sorted by name), so placement is deterministic.
     let mut best: Option<(i64, usize)> = None;
     for (score, i) in scores.into_iter().zip(feasible) {

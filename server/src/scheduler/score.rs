@@ -11,7 +11,7 @@
 //! - PreferNoSchedule taints the pod does not tolerate: fewer is better;
 //! - image locality: the share of the pod's images the node reports in `status.images`.
 
-use k8s_openapi::api::core::v1::{Node, Pod, WeightedPodAffinityTerm};
+use k8s_openapi::api::core::v1::{Node, Pod, TopologySpreadConstraint, WeightedPodAffinityTerm};
 
 use super::filter::{NodeInfo, score as resource_score, tolerates};
 use super::interpod::{pods_in_domain, term_selects};
@@ -144,14 +144,20 @@ fn normalise(raw: &[i64], reverse: bool) -> Vec<i64> {
 }
 
 /// The total score of each candidate (indices into `all`), in the order given.
-pub fn rank(pod: &Pod, candidates: &[usize], all: &[NodeInfo]) -> Vec<i64> {
+/// `spread_defaults`: the spread constraints that apply if the pod sets none.
+pub fn rank(
+    pod: &Pod,
+    spread_defaults: &[TopologySpreadConstraint],
+    candidates: &[usize],
+    all: &[NodeInfo],
+) -> Vec<i64> {
     let raw =
         |f: &dyn Fn(&NodeInfo) -> i64| candidates.iter().map(|&i| f(&all[i])).collect::<Vec<_>>();
     let affinity = normalise(&raw(&|n| node_affinity(pod, &n.node)), false);
     let pods = normalise(&raw(&|n| inter_pod(pod, n, all)), false);
     let taints = normalise(&raw(&|n| untolerated_soft_taints(pod, &n.node)), true);
     let images = raw(&|n| image_locality(pod, &n.node));
-    let spread = spread::scores(pod, candidates, all);
+    let spread = spread::scores(pod, spread_defaults, candidates, all);
     candidates
         .iter()
         .enumerate()

@@ -12,13 +12,19 @@
 //! 0..=100: `100 * (max + min - raw) / max`, or 100 for all when the maximum is 0. Pods being
 //! deleted and pods of other namespaces never count.
 //!
-//! Not modelled: the cluster-wide default constraints upstream applies to pods that set none,
-//! `matchLabelKeys`, and the node inclusion policies other than their defaults (node affinity
-//! honoured, taints ignored).
+//! A pod that sets no constraints gets upstream's system defaults ([`system_defaults`]: per node
+//! maxSkew 3, per zone maxSkew 5, both ScheduleAnyway) over the pods of its Services, ReplicaSets
+//! and StatefulSets ([`super::owners`]). For those, as upstream, no node is ignored: a node without
+//! a key simply gets no score from that constraint (a cluster without zone labels spreads by node
+//! only).
+//!
+//! Not modelled: `matchLabelKeys`, and the node inclusion policies other than their defaults
+//! (node affinity honoured, taints ignored).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{Node, Pod, TopologySpreadConstraint};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::filter::{NodeInfo, node_affinity_fits};
 use crate::controllers::selector;
@@ -28,19 +34,45 @@ pub const WEIGHT: i64 = 2;
 /// The best normalised score.
 const MAX_SCORE: i64 = 100;
 const HOSTNAME: &str = "kubernetes.io/hostname";
+const ZONE: &str = "topology.kubernetes.io/zone";
+
+/// Upstream's cluster-wide default constraints over the pods `selector` selects.
+pub fn system_defaults(selector: LabelSelector) -> Vec<TopologySpreadConstraint> {
+    [(HOSTNAME, 3), (ZONE, 5)]
+        .into_iter()
+        .map(|(key, max_skew)| TopologySpreadConstraint {
+            label_selector: Some(selector.clone()),
+            max_skew,
+            topology_key: key.into(),
+            when_unsatisfiable: "ScheduleAnyway".into(),
+            ..TopologySpreadConstraint::default()
+        })
+        .collect()
+}
 
 fn label<'a>(node: &'a Node, key: &str) -> Option<&'a String> {
     node.metadata.labels.as_ref()?.get(key)
 }
 
-fn soft_constraints(pod: &Pod) -> Vec<&TopologySpreadConstraint> {
-    pod.spec
+/// The constraints that score `pod`, and whether a node must carry all their keys to be scored:
+/// its own ScheduleAnyway ones (all keys required), or `defaults` if it sets none at all.
+fn soft_constraints<'a>(
+    pod: &'a Pod,
+    defaults: &'a [TopologySpreadConstraint],
+) -> (Vec<&'a TopologySpreadConstraint>, bool) {
+    let own = pod
+        .spec
         .as_ref()
         .and_then(|s| s.topology_spread_constraints.as_deref())
-        .unwrap_or(&[])
+        .unwrap_or(&[]);
+    if own.is_empty() {
+        return (defaults.iter().collect(), false);
+    }
+    let soft = own
         .iter()
         .filter(|c| c.when_unsatisfiable == "ScheduleAnyway")
-        .collect()
+        .collect();
+    (soft, true)
 }
 
 fn has_all_keys(node: &Node, constraints: &[&TopologySpreadConstraint]) -> bool {
@@ -79,39 +111,53 @@ fn score_for_count(count: i64, max_skew: i32, weight: f64) -> f64 {
 }
 
 /// The normalised spread score (0..=100) of each candidate (indices into `all`), in the order
-/// given; all 0 when the pod has no `ScheduleAnyway` constraint.
-pub fn scores(pod: &Pod, candidates: &[usize], all: &[NodeInfo]) -> Vec<i64> {
-    let constraints = soft_constraints(pod);
+/// given; all 0 when no `ScheduleAnyway` constraint applies. `defaults` apply when the pod sets
+/// no constraint of its own.
+pub fn scores(
+    pod: &Pod,
+    defaults: &[TopologySpreadConstraint],
+    candidates: &[usize],
+    all: &[NodeInfo],
+) -> Vec<i64> {
+    let (constraints, require_all) = soft_constraints(pod, defaults);
     if constraints.is_empty() {
         return vec![0; candidates.len()];
     }
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("");
     let ignored: Vec<bool> = candidates
         .iter()
-        .map(|&i| !has_all_keys(&all[i].node, &constraints))
+        .map(|&i| require_all && !has_all_keys(&all[i].node, &constraints))
         .collect();
     let scored = ignored.iter().filter(|i| !**i).count();
+    // A node's domain for a key; without the key it is upstream's empty-valued domain (only
+    // possible for the defaults), which counts as a domain but scores no node.
+    let domain = |node: &'_ Node, key: &str| -> Option<String> {
+        match label(node, key) {
+            Some(v) => Some(v.clone()),
+            None if !require_all => Some(String::new()),
+            None => None,
+        }
+    };
 
     // Per constraint: the domains of the scored candidates, with their matching pod counts.
-    let mut counts: Vec<BTreeMap<&str, i64>> = Vec::with_capacity(constraints.len());
+    let mut counts: Vec<BTreeMap<String, i64>> = Vec::with_capacity(constraints.len());
     let mut weights = Vec::with_capacity(constraints.len());
     for c in &constraints {
-        let mut domains: BTreeMap<&str, i64> = BTreeMap::new();
+        let mut domains: BTreeMap<String, i64> = BTreeMap::new();
         if c.topology_key != HOSTNAME {
-            let present: BTreeSet<&str> = candidates
+            let present: BTreeSet<String> = candidates
                 .iter()
                 .zip(&ignored)
                 .filter(|(_, ignored)| !**ignored)
-                .filter_map(|(&i, _)| label(&all[i].node, &c.topology_key))
-                .map(String::as_str)
+                .filter_map(|(&i, _)| domain(&all[i].node, &c.topology_key))
                 .collect();
             domains = present.into_iter().map(|d| (d, 0)).collect();
-            for info in all
-                .iter()
-                .filter(|i| node_affinity_fits(pod, &i.node) && has_all_keys(&i.node, &constraints))
-            {
+            for info in all.iter().filter(|i| {
+                node_affinity_fits(pod, &i.node)
+                    && (!require_all || has_all_keys(&i.node, &constraints))
+            }) {
                 if let Some(count) =
-                    label(&info.node, &c.topology_key).and_then(|d| domains.get_mut(d.as_str()))
+                    domain(&info.node, &c.topology_key).and_then(|d| domains.get_mut(&d))
                 {
                     *count += matching(c, namespace, info);
                 }
@@ -136,12 +182,13 @@ pub fn scores(pod: &Pod, candidates: &[usize], all: &[NodeInfo]) -> Vec<i64> {
             let info = &all[i];
             let mut score = 0.0;
             for (k, c) in constraints.iter().enumerate() {
+                let Some(value) = label(&info.node, &c.topology_key) else {
+                    continue;
+                };
                 let count = if c.topology_key == HOSTNAME {
                     matching(c, namespace, info)
                 } else {
-                    label(&info.node, &c.topology_key)
-                        .and_then(|d| counts[k].get(d.as_str()).copied())
-                        .unwrap_or(0)
+                    counts[k].get(value.as_str()).copied().unwrap_or(0)
                 };
                 score += score_for_count(count, c.max_skew, weights[k]);
             }
@@ -221,10 +268,10 @@ mod tests {
         ];
         let p = pod("web", &[("zone", 1, "ScheduleAnyway")]);
         // ln(4) = 1.386: raw a = round(2.77) = 3, b = round(1.39) = 1; 100 * (3 + 1 - s) / 3.
-        assert_eq!(scores(&p, &[0, 1, 2], &all), [33, 33, 100]);
+        assert_eq!(scores(&p, &[], &[0, 1, 2], &all), [33, 33, 100]);
         // DoNotSchedule constraints do not score.
         let hard = pod("web", &[("zone", 1, "DoNotSchedule")]);
-        assert_eq!(scores(&hard, &[0, 1, 2], &all), [0, 0, 0]);
+        assert_eq!(scores(&hard, &[], &[0, 1, 2], &all), [0, 0, 0]);
     }
 
     #[test]
@@ -236,13 +283,13 @@ mod tests {
         ];
         let p = pod("web", &[("zone", 2, "ScheduleAnyway")]);
         // raw a = round(3 ln 4 + 1) = 5, b = 1: a = 100 * 1 / 5 = 20.
-        assert_eq!(scores(&p, &[0, 1, 2], &all), [20, 100, 0]);
+        assert_eq!(scores(&p, &[], &[0, 1, 2], &all), [20, 100, 0]);
         // Nothing matching anywhere: every node with the key gets the maximum, whether or not
         // maxSkew - 1 lifts all raw scores above 0.
         let empty = vec![node("a1", &[("zone", "a")]), node("b1", &[("zone", "b")])];
-        assert_eq!(scores(&p, &[0, 1], &empty), [100, 100]);
+        assert_eq!(scores(&p, &[], &[0, 1], &empty), [100, 100]);
         let tight = pod("web", &[("zone", 1, "ScheduleAnyway")]);
-        assert_eq!(scores(&tight, &[0, 1], &empty), [100, 100]);
+        assert_eq!(scores(&tight, &[], &[0, 1], &empty), [100, 100]);
     }
 
     #[test]
@@ -265,7 +312,7 @@ mod tests {
         ];
         let p = pod("web", &[("zone", 1, "ScheduleAnyway")]);
         // Two candidate domains: ln(4); raw a = 1, b = 0 → a = 100 * (1 + 0 - 1) / 1 = 0.
-        assert_eq!(scores(&p, &[0, 1], &all), [0, 100]);
+        assert_eq!(scores(&p, &[], &[0, 1], &all), [0, 100]);
     }
 
     #[test]
@@ -285,6 +332,35 @@ mod tests {
         // host weight ln(5) = 1.609, zone weight ln(4) = 1.386.
         // a1: 2 * 1.609 + 2 * 1.386 = 5.99 → 6; a2: 0 + 2.77 → 3; b1: 1.609 + 1.386 → 3.
         // min 3, max 6: a1 = 100 * 3 / 6 = 50, a2 = b1 = 100 * 6 / 6 = 100.
-        assert_eq!(scores(&p, &[0, 1, 2], &all), [50, 100, 100]);
+        assert_eq!(scores(&p, &[], &[0, 1, 2], &all), [50, 100, 100]);
+    }
+
+    #[test]
+    fn pods_without_constraints_get_the_system_defaults() {
+        // No zone labels (a typical Pi cluster): only the per-node default scores.
+        let all = vec![
+            with_pods(node("a", &[]), 2),
+            node("b", &[]),
+            with_pods(node("c", &[]), 1),
+        ];
+        let web: LabelSelector =
+            serde_json::from_value(json!({"matchLabels": {"app": "web"}})).expect("selector");
+        let defaults = system_defaults(web);
+        let p = pod("web", &[]);
+        // Host weight ln(5) = 1.609, maxSkew 3: raw a = round(3.22 + 2) = 5, b = 2, c = 4.
+        // min 2, max 5: a = 100 * 2 / 5 = 40, b = 100, c = 100 * 3 / 5 = 60.
+        assert_eq!(scores(&p, &defaults, &[0, 1, 2], &all), [40, 100, 60]);
+        // A pod with a constraint of its own (even a DoNotSchedule one) does not get them.
+        let own = pod("web", &[(HOSTNAME, 1, "DoNotSchedule")]);
+        assert_eq!(scores(&own, &defaults, &[0, 1, 2], &all), [0, 0, 0]);
+        // With zones, the zone constraint adds up where the key exists; a node without it is
+        // still scored (by node only), not ignored.
+        let zoned = vec![
+            with_pods(node("a", &[(ZONE, "z1")]), 2),
+            node("b", &[(ZONE, "z2")]),
+            node("bare", &[]),
+        ];
+        let s = scores(&p, &defaults, &[0, 1, 2], &zoned);
+        assert!(s[1] > s[0] && s[2] > s[0], "{s:?}");
     }
 }
