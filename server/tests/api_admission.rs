@@ -6,199 +6,21 @@
 //!
 //! Without kubectl each test prints `skipped:` (or fails when `CI=true`).
 
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+#[path = "support/kubectl_api.rs"]
+mod kubectl_api;
 
-use r3s_server::api::{ApiOptions, ApiState, TokenIssuer, serve_listener};
-use r3s_server::client;
-use r3s_server::controllers::{self, ControllerOptions};
-use r3s_server::store::{SqliteStore, Store, StoreOptions};
-use r3s_server::tls::{CertOptions, ensure_certificates, server_config};
+use kubectl_api::{ApiServer, Options, have_kubectl, have_python_client};
+use r3s_server::controllers::ControllerOptions;
 use serde_json::{Value, json};
-use tokio::sync::watch;
 
-const KUBECTL: &str = "/usr/bin/kubectl";
-
-/// The API (with ServiceAccount tokens) and the control loops; dropping it stops both and
-/// removes the files.
-struct Server {
-    dir: tempfile::TempDir,
-    kubeconfig: PathBuf,
-    stop: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
-}
-
-fn kubectl_available() -> bool {
-    if std::path::Path::new(KUBECTL).exists() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("missing prerequisite: {KUBECTL} (kubectl 1.32)");
-    }
-    eprintln!("skipped: {KUBECTL} not found");
-    false
-}
-
-async fn start() -> Server {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let certs = ensure_certificates(
-        dir.path(),
-        &CertOptions {
-            extra_sans: vec![],
-            cluster_domain: "cluster.local".into(),
-            service_ip: "10.43.0.1".parse().expect("literal"),
-        },
-    )
-    .expect("certificates");
-    let tls = server_config(&certs).expect("tls config");
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(
-            dir.path().join("server/db/state.db"),
-            StoreOptions::default(),
-        )
-        .expect("store"),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let kubeconfig = dir.path().join("kubeconfig.yaml");
-    r3s_server::kubeconfig::write(&kubeconfig, 0o600, &format!("https://{addr}"), &certs)
-        .expect("kubeconfig");
-    let mut state = ApiState::new(store.clone(), addr.to_string());
-    state.tokens = Some(Arc::new(
-        TokenIssuer::from_pem(&certs.service_account_key_pem).expect("token issuer"),
-    ));
-    let opts = ApiOptions {
-        listen: addr,
-        tls,
-        advertise_address: addr.to_string(),
-        services: state.services.clone(),
-        tokens: state.tokens.clone(),
-    };
-    let (stop, rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let mut tasks = Vec::new();
-    let shutdown = stopped(rx.clone());
-    tasks.push(tokio::spawn(async move {
-        serve_listener(listener, store, opts, shutdown)
-            .await
-            .expect("serve");
-    }));
-    let admin = client::in_process(state.clone(), client::identity("r3s-test-admin"));
-    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(admin);
-    let mut ready = false;
-    for _ in 0..200 {
-        if namespaces.get_opt("default").await.ok().flatten().is_some() {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ready, "the server never served the default namespace");
-    let ctrl = client::in_process(
-        state.clone(),
-        client::identity(client::CONTROLLER_MANAGER_USER),
-    );
-    let shutdown = stopped(rx.clone());
-    tasks.push(tokio::spawn(controllers::run(
-        ctrl,
-        ControllerOptions::default(),
-        shutdown,
-    )));
-    Server {
-        dir,
-        kubeconfig,
-        stop,
-        tasks,
-    }
-}
-
-impl Server {
-    /// Runs kubectl with its own HOME; returns (success, stdout, stderr).
-    async fn kubectl(&self, args: &[&str]) -> (bool, String, String) {
-        let home = self.dir.path().join("home");
-        std::fs::create_dir_all(&home).expect("home");
-        let out = tokio::process::Command::new(KUBECTL)
-            .args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("HOME", &home)
-            .output()
-            .await
-            .expect("run kubectl");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    async fn ok(&self, args: &[&str]) -> String {
-        let (ok, stdout, stderr) = self.kubectl(args).await;
-        assert!(ok, "kubectl {args:?} failed:\n{stdout}\n{stderr}");
-        stdout
-    }
-
-    async fn json(&self, args: &[&str]) -> Value {
-        serde_json::from_str(&self.ok(args).await).expect("kubectl printed JSON")
-    }
-
-    /// kubectl that must fail; returns stderr.
-    async fn fails(&self, args: &[&str]) -> String {
-        let (ok, stdout, stderr) = self.kubectl(args).await;
-        assert!(!ok, "kubectl {args:?} succeeded:\n{stdout}");
-        stderr
-    }
-
-    fn write(&self, name: &str, body: &str) -> String {
-        let path = self.dir.path().join(name);
-        std::fs::write(&path, body).expect("write manifest");
-        path.display().to_string()
-    }
-
-    /// A kubeconfig that authenticates with `token` only.
-    fn token_kubeconfig(&self, name: &str, token: &str) -> String {
-        let admin = std::fs::read_to_string(&self.kubeconfig).expect("admin kubeconfig");
-        let field = |key: &str| {
-            admin
-                .lines()
-                .find_map(|l| l.trim().strip_prefix(key).map(str::to_string))
-                .expect("kubeconfig field")
-        };
-        let config = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u, namespace: default}}\ncurrent-context: c\n",
-            field("server: "),
-            field("certificate-authority-data: ")
-        );
-        self.write(name, &config)
-    }
-
-    /// Polls `kubectl args` until its output satisfies `check` (the controllers work
-    /// asynchronously), failing with the last output after 30 s.
-    async fn eventually(&self, args: &[&str], check: impl Fn(&str) -> bool) -> String {
-        let mut last = String::new();
-        for _ in 0..300 {
-            let (ok, stdout, stderr) = self.kubectl(args).await;
-            if ok && check(&stdout) {
-                return stdout;
-            }
-            last = format!("{stdout}{stderr}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("kubectl {args:?} never reached the expected state; last output:\n{last}");
-    }
+/// The API with ServiceAccount tokens and the control loops.
+async fn start() -> ApiServer {
+    kubectl_api::start(Options {
+        tokens: true,
+        controllers: Some(ControllerOptions::default()),
+        ..Options::default()
+    })
+    .await
 }
 
 fn sar(user: &str, groups: &[&str], verb: &str, resource: &str, namespace: &str) -> String {
@@ -212,7 +34,7 @@ fn sar(user: &str, groups: &[&str], verb: &str, resource: &str, namespace: &str)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_token_and_subject_access_reviews() {
-    if !kubectl_available() {
+    if !have_kubectl() {
         return;
     }
     let s = start().await;
@@ -447,7 +269,7 @@ fn pod(name: &str, resources: Value) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_resource_quota_admission_and_usage() {
-    if !kubectl_available() {
+    if !have_kubectl() {
         return;
     }
     let s = start().await;
@@ -626,7 +448,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_limit_range_defaults_and_bounds() {
-    if !kubectl_available() {
+    if !have_kubectl() {
         return;
     }
     let s = start().await;
@@ -705,7 +527,7 @@ async fn kubectl_limit_range_defaults_and_bounds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_service_type_change_clears_node_ports() {
-    if !kubectl_available() {
+    if !have_kubectl() {
         return;
     }
     let s = start().await;
@@ -791,36 +613,17 @@ print("python reviews ok")
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_client_reviews_and_quota() {
-    let has_client = std::process::Command::new("python3")
-        .args(["-c", "import kubernetes"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_client {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!(
-                "missing prerequisite: the Python `kubernetes` package (pip install kubernetes)"
-            );
-        }
-        eprintln!("skipped: the Python `kubernetes` package is not installed");
+    if !have_python_client() {
         return;
     }
     let s = start().await;
-    let script = s.write("reviews.py", PYTHON_REVIEWS);
-    let out = tokio::process::Command::new("python3")
-        .arg(&script)
-        .arg(&s.kubeconfig)
-        .output()
-        .await
-        .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let stdout = s.python("reviews.py", PYTHON_REVIEWS).await;
     assert_eq!(stdout.trim(), "python reviews ok");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_quota_checks_what_an_update_adds() {
-    if !kubectl_available() {
+    if !have_kubectl() {
         return;
     }
     let s = start().await;

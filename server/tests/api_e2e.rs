@@ -5,8 +5,8 @@
 //! kubectl runs with its own `HOME` so its discovery cache starts empty. Without kubectl the
 //! kubectl test prints `skipped:` (or fails when `CI=true`).
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+#[path = "support/kubectl_api.rs"]
+mod kubectl_api;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -14,153 +14,21 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
-use r3s_server::api::{ApiOptions, ServiceNetwork, TokenIssuer, serve_listener};
-use r3s_server::store::{SqliteStore, Store, StoreOptions};
-use r3s_server::tls::{CertOptions, ensure_certificates, server_config};
+use kubectl_api::{ApiServer, KUBECTL, Options, have_kubectl, have_python_client};
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 
-const KUBECTL: &str = "/usr/bin/kubectl";
-
-/// A running server; dropping it shuts the server down and removes its files.
-struct Server {
-    dir: tempfile::TempDir,
-    kubeconfig: PathBuf,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
-}
-
-async fn start() -> Server {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let certs = ensure_certificates(
-        dir.path(),
-        &CertOptions {
-            extra_sans: vec!["r3s-test-node".into()],
-            cluster_domain: "cluster.local".into(),
-            service_ip: "10.43.0.1".parse().expect("literal"),
-        },
-    )
-    .expect("certificates");
-    let tls = server_config(&certs).expect("tls config");
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(
-            dir.path().join("server/db/state.db"),
-            StoreOptions::default(),
-        )
-        .expect("store"),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let kubeconfig = dir.path().join("kubeconfig.yaml");
-    r3s_server::kubeconfig::write(&kubeconfig, 0o600, &format!("https://{addr}"), &certs)
-        .expect("kubeconfig");
-    let (tx, rx) = oneshot::channel();
-    let opts = ApiOptions {
-        listen: addr,
-        tls,
-        advertise_address: addr.to_string(),
-        services: Arc::new(ServiceNetwork::default()),
-        tokens: Some(Arc::new(
-            TokenIssuer::from_pem(&certs.service_account_key_pem).expect("token issuer"),
-        )),
-    };
-    let task = tokio::spawn(async move {
-        serve_listener(listener, store, opts, async {
-            let _ = rx.await;
-        })
-        .await
-        .expect("serve");
-    });
-    // The namespaces are created before the listener accepts; wait until `default` is served.
-    let server = Server {
-        dir,
-        kubeconfig,
-        shutdown: Some(tx),
-        task: Some(task),
-    };
-    let client = server.client().await;
-    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client);
-    for _ in 0..100 {
-        if namespaces.get_opt("default").await.ok().flatten().is_some() {
-            return server;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("the server never served the default namespace");
-}
-
-impl Server {
-    async fn client(&self) -> kube::Client {
-        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("read kubeconfig");
-        let config =
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await
-                .expect("kube config");
-        kube::Client::try_from(config).expect("client")
-    }
-
-    /// Runs kubectl; returns (success, stdout, stderr).
-    async fn kubectl(&self, args: &[&str]) -> (bool, String, String) {
-        let home = self.dir.path().join("home");
-        std::fs::create_dir_all(&home).expect("home");
-        let out = tokio::process::Command::new(KUBECTL)
-            .args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("HOME", &home)
-            .env_remove("KUBECTL_EXTERNAL_DIFF")
-            .output()
-            .await
-            .expect("run kubectl");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    async fn ok(&self, args: &[&str]) -> String {
-        let (ok, stdout, stderr) = self.kubectl(args).await;
-        assert!(ok, "kubectl {args:?} failed:\n{stdout}\n{stderr}");
-        stdout
-    }
-
-    async fn ok_json(&self, args: &[&str]) -> Value {
-        serde_json::from_str(&self.ok(args).await).expect("kubectl printed JSON")
-    }
-
-    fn write(&self, name: &str, body: &str) -> String {
-        let path = self.dir.path().join(name);
-        std::fs::write(&path, body).expect("write manifest");
-        path.display().to_string()
-    }
+/// The API with ServiceAccount tokens.
+async fn start() -> ApiServer {
+    kubectl_api::start(Options {
+        extra_sans: vec!["r3s-test-node".into()],
+        tokens: true,
+        ..Options::default()
+    })
+    .await
 }
 
 fn refs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
-}
-
-fn kubectl_available() -> bool {
-    if Path::new(KUBECTL).exists() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("missing prerequisite: {KUBECTL} (kubectl 1.32)");
-    }
-    eprintln!("skipped: {KUBECTL} not found");
-    false
 }
 
 const CM_V1: &str = "apiVersion: v1
@@ -197,7 +65,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_drives_the_server() {
-    if !kubectl_available() {
+    if !have_kubectl() {
         return;
     }
     let s = start().await;
@@ -391,7 +259,7 @@ async fn kubectl_drives_the_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_create_sends_protobuf_bodies() {
-    if !kubectl_available() {
+    if !have_kubectl() {
         return;
     }
     let s = start().await;
@@ -434,7 +302,7 @@ async fn kubectl_create_sends_protobuf_bodies() {
     ] {
         assert_eq!(s.ok(&args).await.trim(), want, "{args:?}");
     }
-    let get = async |what: &str| s.ok_json(&["-n", "pb", "get", what, "-o", "json"]).await;
+    let get = async |what: &str| s.json(&["-n", "pb", "get", what, "-o", "json"]).await;
     assert_eq!(get("configmap/cfg").await["data"], json!({"a": "b"}));
     // Secret data arrives as protobuf bytes and is served base64-encoded, as upstream.
     assert_eq!(get("secret/sec").await["data"], json!({"pw": "czNjcjN0"}));
@@ -459,7 +327,7 @@ async fn kubectl_create_sends_protobuf_bodies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_auth_can_i_whoami_and_denial_for_other_users() {
-    if !kubectl_available() {
+    if !have_kubectl() {
         return;
     }
     let s = start().await;
@@ -474,19 +342,7 @@ async fn kubectl_auth_can_i_whoami_and_denial_for_other_users() {
     assert!(list.lines().any(|l| l.starts_with("*.*")), "{list}");
 
     // bob holds a certificate from the client CA but is no master: authenticated, then denied.
-    let (cert, key) =
-        r3s_server::tls::issue_client_certificate(s.dir.path(), "bob", &["dev"]).expect("bob");
-    let ca = std::fs::read_to_string(s.dir.path().join("server/tls/server-ca.crt")).expect("ca");
-    let admin = std::fs::read_to_string(&s.kubeconfig).expect("admin kubeconfig");
-    let server = admin
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("server: "))
-        .expect("server line")
-        .to_string();
-    let bob = s.write(
-        "bob.yaml",
-        &r3s_server::kubeconfig::render_with(&server, &ca, &cert, &key),
-    );
+    let bob = s.user_kubeconfig("bob", &["dev"]);
     let as_bob = |args: &[&'static str]| -> Vec<String> {
         let mut full = vec!["--kubeconfig".to_string(), bob.clone()];
         full.extend(args.iter().map(|a| a.to_string()));
@@ -572,7 +428,7 @@ async fn kubectl_auth_can_i_whoami_and_denial_for_other_users() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_create_token_and_bearer_authentication() {
-    if !kubectl_available() {
+    if !have_kubectl() {
         return;
     }
     let s = start().await;
@@ -582,19 +438,7 @@ async fn kubectl_create_token_and_bearer_authentication() {
     assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
 
     // A kubeconfig that trusts the CA and carries only the bearer token.
-    let admin = std::fs::read_to_string(&s.kubeconfig).expect("admin kubeconfig");
-    let field = |name: &str| {
-        admin
-            .lines()
-            .find_map(|l| l.trim().strip_prefix(name).map(str::to_string))
-            .expect("kubeconfig field")
-    };
-    let config = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: robot\n  user:\n    token: {token}\ncontexts:\n- name: c\n  context: {{cluster: c, user: robot, namespace: default}}\ncurrent-context: c\n",
-        field("server: "),
-        field("certificate-authority-data: ")
-    );
-    let robot = s.write("robot.yaml", &config);
+    let robot = s.token_kubeconfig("robot.yaml", &token);
     let whoami = s
         .ok(&[
             "--kubeconfig",
@@ -620,7 +464,7 @@ async fn kubectl_create_token_and_bearer_authentication() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_describe_edit_restart_and_watch() {
-    if !kubectl_available() {
+    if !have_kubectl() {
         return;
     }
     let s = start().await;
@@ -658,7 +502,6 @@ async fn kubectl_describe_edit_restart_and_watch() {
     );
 
     // `kubectl edit` with a scripted editor sends a strategic merge patch.
-    let home = s.dir.path().join("home");
     let editor = s.write(
         "editor.sh",
         "#!/bin/sh\nsed -i 's/a: \"1\"/a: \"edited\"/' \"$1\"\n",
@@ -668,20 +511,13 @@ async fn kubectl_describe_edit_restart_and_watch() {
         let mode = std::fs::Permissions::from_mode(0o755);
         std::fs::set_permissions(&editor, mode).expect("chmod editor");
     }
-    let out = tokio::process::Command::new(KUBECTL)
-        .args(["edit", "configmap", "e2e-cm"])
-        .env("KUBECONFIG", &s.kubeconfig)
-        .env("HOME", &home)
-        .env("KUBE_EDITOR", &editor)
-        .output()
-        .await
-        .expect("kubectl edit");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, stdout, stderr) = s
+        .kubectl_env(
+            &["edit", "configmap", "e2e-cm"],
+            &[("KUBE_EDITOR", &editor)],
+        )
+        .await;
+    assert_eq!(code, Some(0), "{stdout} {stderr}");
     assert_eq!(stdout.trim(), "configmap/e2e-cm edited");
     let value = s
         .ok(&["get", "cm", "e2e-cm", "-o", "jsonpath={.data.a}"])
@@ -692,7 +528,7 @@ async fn kubectl_describe_edit_restart_and_watch() {
     let mut watch = tokio::process::Command::new(KUBECTL)
         .args(["get", "configmaps", "-w"])
         .env("KUBECONFIG", &s.kubeconfig)
-        .env("HOME", &home)
+        .env("HOME", s.dir.path().join("home"))
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -792,7 +628,7 @@ fn entry<'a>(obj: &'a Value, manager: &str) -> Option<&'a Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_server_side_apply() {
-    if !kubectl_available() {
+    if !have_kubectl() {
         return;
     }
     let s = start().await;
@@ -813,7 +649,7 @@ async fn kubectl_server_side_apply() {
             .trim(),
         "deployment.apps/web serverside-applied"
     );
-    let live = s.ok_json(&get).await;
+    let live = s.json(&get).await;
     let mine = entry(&live, "kubectl").expect("kubectl's entry");
     assert_eq!(mine["operation"], "Apply");
     assert_eq!(mine["apiVersion"], "apps/v1");
@@ -828,12 +664,12 @@ async fn kubectl_server_side_apply() {
     // Re-applying the same file changes nothing.
     let rv = live["metadata"]["resourceVersion"].clone();
     s.ok(&["apply", "--server-side", "-f", &deploy]).await;
-    assert_eq!(s.ok_json(&get).await["metadata"]["resourceVersion"], rv);
+    assert_eq!(s.json(&get).await["metadata"]["resourceVersion"], rv);
 
     // Another manager takes replicas with a patch; applying 2 again conflicts.
     s.ok(&["patch", "deploy", "web", "-p", r#"{"spec":{"replicas":5}}"#])
         .await;
-    let patched = s.ok_json(&get).await;
+    let patched = s.json(&get).await;
     let theirs = entry(&patched, "kubectl-patch").expect("kubectl-patch's entry");
     assert_eq!(theirs["operation"], "Update");
     assert_eq!(theirs["fieldsV1"], json!({"f:spec": {"f:replicas": {}}}));
@@ -868,7 +704,7 @@ async fn kubectl_server_side_apply() {
     // --force-conflicts takes replicas back from both.
     s.ok(&["apply", "--server-side", "--force-conflicts", "-f", &deploy])
         .await;
-    let forced = s.ok_json(&get).await;
+    let forced = s.json(&get).await;
     assert_eq!(forced["spec"]["replicas"], 2);
     assert!(entry(&forced, "kubectl-patch").is_none(), "{forced}");
     assert!(
@@ -903,7 +739,7 @@ async fn kubectl_server_side_apply() {
     let v2 = without_b.replace("      - name: sidecar\n        image: busybox\n", "");
     s.write("ssa.yaml", &v2);
     s.ok(&["apply", "--server-side", "-f", &deploy]).await;
-    let after = s.ok_json(&get).await;
+    let after = s.json(&get).await;
     let pod_spec = &after["spec"]["template"]["spec"];
     let names: Vec<&str> = pod_spec["containers"]
         .as_array()
@@ -925,7 +761,7 @@ async fn kubectl_server_side_apply() {
         &deploy,
     ])
     .await;
-    let after = s.ok_json(&get).await;
+    let after = s.json(&get).await;
     assert_eq!(
         after["spec"]["template"]["spec"]["containers"]
             .as_array()
@@ -941,7 +777,7 @@ async fn kubectl_server_side_apply() {
         .await;
     s.ok(&["label", "configmap", "ssa-cm", "tier=web"]).await;
     let cm = s
-        .ok_json(&["get", "cm", "ssa-cm", "-o", "json", "--show-managed-fields"])
+        .json(&["get", "cm", "ssa-cm", "-o", "json", "--show-managed-fields"])
         .await;
     assert_eq!(
         entry(&cm, "kubectl-create").expect("create")["fieldsV1"],
@@ -954,7 +790,7 @@ async fn kubectl_server_side_apply() {
     let csa = s.write("csa.yaml", CM_V1);
     s.ok(&["apply", "-f", &csa]).await;
     let cm = s
-        .ok_json(&["get", "cm", "e2e-cm", "-o", "json", "--show-managed-fields"])
+        .json(&["get", "cm", "e2e-cm", "-o", "json", "--show-managed-fields"])
         .await;
     let csa_entry = entry(&cm, "kubectl-client-side-apply").expect("client-side apply");
     assert_eq!(csa_entry["operation"], "Update");
@@ -965,13 +801,13 @@ async fn kubectl_server_side_apply() {
         "{csa_entry}"
     );
     // kubectl hides managedFields unless asked.
-    let plain = s.ok_json(&["get", "cm", "e2e-cm", "-o", "json"]).await;
+    let plain = s.json(&["get", "cm", "e2e-cm", "-o", "json"]).await;
     assert!(plain["metadata"].get("managedFields").is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_field_validation() {
-    if !kubectl_available() {
+    if !have_kubectl() {
         return;
     }
     let s = start().await;
@@ -1004,7 +840,7 @@ async fn kubectl_field_validation() {
         "{stderr}"
     );
     // Ignore (--validate=false): accepted silently. Unknown fields are never stored.
-    let stored = s.ok_json(&["get", "deploy", "web", "-o", "json"]).await;
+    let stored = s.json(&["get", "deploy", "web", "-o", "json"]).await;
     assert!(stored["spec"].get("foo").is_none(), "{stored}");
     let (ok, stdout, stderr) = s
         .kubectl(&["replace", "--validate=false", "-f", &file])
@@ -1024,30 +860,11 @@ async fn kubectl_field_validation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_kubernetes_client() {
-    let has_client = std::process::Command::new("python3")
-        .args(["-c", "import kubernetes"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_client {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!(
-                "missing prerequisite: the Python `kubernetes` package (pip install kubernetes)"
-            );
-        }
-        eprintln!("skipped: the Python `kubernetes` package is not installed");
+    if !have_python_client() {
         return;
     }
     let s = start().await;
-    let script = s.write("client.py", PYTHON_CLIENT);
-    let out = tokio::process::Command::new("python3")
-        .arg(&script)
-        .arg(&s.kubeconfig)
-        .output()
-        .await
-        .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let stdout = s.python("client.py", PYTHON_CLIENT).await;
     assert_eq!(stdout.trim(), "python client ok");
 }
 
@@ -1070,7 +887,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_crd_and_custom_resource() {
-    if !kubectl_available() {
+    if !have_kubectl() {
         return;
     }
     let s = start().await;

@@ -5,148 +5,10 @@
 //!
 //! Without kubectl the test prints `skipped:` (or fails when `CI=true`).
 
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+#[path = "support/kubectl_api.rs"]
+mod kubectl_api;
 
-use r3s_server::api::{ApiOptions, ApiState, serve_listener};
-use r3s_server::client;
-use r3s_server::store::{SqliteStore, Store, StoreOptions};
-use r3s_server::tls::{CertOptions, ensure_certificates, server_config};
-use tokio::sync::watch;
-
-const KUBECTL: &str = "/usr/bin/kubectl";
-
-/// The API server; dropping it stops it and removes its files.
-struct Server {
-    dir: tempfile::TempDir,
-    kubeconfig: PathBuf,
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-        self.task.abort();
-    }
-}
-
-fn kubectl_available() -> bool {
-    if std::path::Path::new(KUBECTL).exists() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("missing prerequisite: {KUBECTL} (kubectl 1.32)");
-    }
-    eprintln!("skipped: {KUBECTL} not found");
-    false
-}
-
-async fn start() -> Server {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let certs = ensure_certificates(
-        dir.path(),
-        &CertOptions {
-            extra_sans: vec![],
-            cluster_domain: "cluster.local".into(),
-            service_ip: "10.43.0.1".parse().expect("literal"),
-        },
-    )
-    .expect("certificates");
-    let tls = server_config(&certs).expect("tls config");
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(
-            dir.path().join("server/db/state.db"),
-            StoreOptions::default(),
-        )
-        .expect("store"),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let kubeconfig = dir.path().join("kubeconfig.yaml");
-    r3s_server::kubeconfig::write(&kubeconfig, 0o600, &format!("https://{addr}"), &certs)
-        .expect("kubeconfig");
-    let state = ApiState::new(store.clone(), addr.to_string());
-    let opts = ApiOptions {
-        listen: addr,
-        tls,
-        advertise_address: addr.to_string(),
-        services: state.services.clone(),
-        tokens: None,
-    };
-    let (stop, mut rx) = watch::channel(false);
-    let task = tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
-        serve_listener(listener, store, opts, shutdown)
-            .await
-            .expect("serve");
-    });
-    let admin = client::in_process(state, client::identity("r3s-test-admin"));
-    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(admin);
-    let mut ready = false;
-    for _ in 0..200 {
-        if namespaces.get_opt("default").await.ok().flatten().is_some() {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ready, "the server never served the default namespace");
-    Server {
-        dir,
-        kubeconfig,
-        stop,
-        task,
-    }
-}
-
-impl Server {
-    /// Runs kubectl with its own HOME; returns (exit code, stdout, stderr).
-    async fn kubectl(&self, args: &[&str]) -> (Option<i32>, String, String) {
-        let home = self.dir.path().join("home");
-        std::fs::create_dir_all(&home).expect("home");
-        let out = tokio::process::Command::new(KUBECTL)
-            .args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("HOME", &home)
-            .output()
-            .await
-            .expect("run kubectl");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    async fn ok(&self, args: &[&str]) -> String {
-        let (code, stdout, stderr) = self.kubectl(args).await;
-        assert_eq!(
-            code,
-            Some(0),
-            "kubectl {args:?} failed:\n{stdout}\n{stderr}"
-        );
-        stdout
-    }
-
-    /// kubectl that must exit with 1; returns stderr.
-    async fn fails(&self, args: &[&str]) -> String {
-        let (code, stdout, stderr) = self.kubectl(args).await;
-        assert_eq!(code, Some(1), "kubectl {args:?}:\n{stdout}\n{stderr}");
-        stderr
-    }
-
-    fn write(&self, name: &str, body: &str) -> String {
-        let path = self.dir.path().join(name);
-        std::fs::write(&path, body).expect("write manifest");
-        path.display().to_string()
-    }
-}
+use kubectl_api::{Options, have_kubectl, start};
 
 fn class_yaml(name: &str, value: i64, extra: &str) -> String {
     format!(
@@ -156,10 +18,10 @@ fn class_yaml(name: &str, value: i64, extra: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_built_in_priority_classes_are_protected() {
-    if !kubectl_available() {
+    if !have_kubectl() {
         return;
     }
-    let server = start().await;
+    let server = start(Options::default()).await;
 
     // Both built-ins are served from the start.
     let listed = server.ok(&["get", "priorityclass", "-o", "name"]).await;
@@ -172,7 +34,9 @@ async fn kubectl_built_in_priority_classes_are_protected() {
 
     // Deleting one is Forbidden, with upstream's words, and changes nothing.
     for name in ["system-node-critical", "system-cluster-critical"] {
-        let err = server.fails(&["delete", "priorityclass", name]).await;
+        let err = server
+            .fails_with(1, &["delete", "priorityclass", name])
+            .await;
         assert_eq!(
             err.trim(),
             format!(
@@ -181,7 +45,10 @@ async fn kubectl_built_in_priority_classes_are_protected() {
         );
     }
     let err = server
-        .fails(&["delete", "pc", "system-node-critical", "--dry-run=server"])
+        .fails_with(
+            1,
+            &["delete", "pc", "system-node-critical", "--dry-run=server"],
+        )
         .await;
     assert!(
         err.contains("this is a system priority class and cannot be deleted"),
@@ -205,14 +72,17 @@ async fn kubectl_built_in_priority_classes_are_protected() {
 
     // Their value is immutable like any class's; their labels are not.
     let err = server
-        .fails(&[
-            "patch",
-            "pc",
-            "system-cluster-critical",
-            "--type=merge",
-            "-p",
-            "{\"value\": 5}",
-        ])
+        .fails_with(
+            1,
+            &[
+                "patch",
+                "pc",
+                "system-cluster-critical",
+                "--type=merge",
+                "-p",
+                "{\"value\": 5}",
+            ],
+        )
         .await;
     assert!(
         err.contains("\"system-cluster-critical\" is invalid: value: Forbidden: may not be changed in an update."),
@@ -248,7 +118,7 @@ async fn kubectl_built_in_priority_classes_are_protected() {
         ),
     ] {
         let path = server.write(file, &class_yaml(name, value, extra));
-        let (code, stdout, err) = server.kubectl(&["create", "-f", &path]).await;
+        let (code, stdout, err) = server.kubectl_code(&["create", "-f", &path]).await;
         assert_eq!(code, Some(1), "{stdout}{err}");
         // Validation comes before the store, so a built-in's own name gets the same reason.
         assert_eq!(
@@ -259,7 +129,10 @@ async fn kubectl_built_in_priority_classes_are_protected() {
         );
     }
     let err = server
-        .fails(&["create", "priorityclass", "system-other", "--value=10"])
+        .fails_with(
+            1,
+            &["create", "priorityclass", "system-other", "--value=10"],
+        )
         .await;
     assert!(
         err.contains(
@@ -270,7 +143,10 @@ async fn kubectl_built_in_priority_classes_are_protected() {
 
     // Outside the prefix, the user bound applies; a user class can be deleted.
     let err = server
-        .fails(&["create", "priorityclass", "huge", "--value=1000000001"])
+        .fails_with(
+            1,
+            &["create", "priorityclass", "huge", "--value=1000000001"],
+        )
         .await;
     assert!(
         err.contains(
@@ -293,6 +169,6 @@ async fn kubectl_built_in_priority_classes_are_protected() {
         .await;
     assert_eq!(value, "1000 PreemptLowerPriority");
     server.ok(&["delete", "priorityclass", "batch"]).await;
-    let (code, _, err) = server.kubectl(&["get", "pc", "batch"]).await;
+    let (code, _, err) = server.kubectl_code(&["get", "pc", "batch"]).await;
     assert_eq!(code, Some(1), "{err}");
 }

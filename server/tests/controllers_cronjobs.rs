@@ -32,22 +32,7 @@ fn opts(clock: &Clock) -> ControllerOptions {
 }
 
 fn cronjob(name: &str, extra: &str) -> String {
-    format!(
-        r#"
-apiVersion: batch/v1
-kind: CronJob
-metadata: {{name: {name}, namespace: default}}
-spec:
-  schedule: "* * * * *"
-{extra}
-  jobTemplate:
-    spec:
-      template:
-        spec:
-          restartPolicy: Never
-          containers: [{{name: tick, image: registry.example/tick:1}}]
-"#
-    )
+    support::manifests::cronjob(name, "tick", extra)
 }
 
 async fn jobs_of(jobs: &Api<Job>, cronjob: &str) -> Vec<Job> {
@@ -202,12 +187,7 @@ async fn cronjobs_schedule_on_an_injected_clock() {
     .await;
 
     let out = cluster.ok(&["get", "cronjobs"]).await;
-    let header: Vec<&str> = out
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
+    let header = support::kubectl_api::header(&out);
     assert_eq!(
         header,
         [

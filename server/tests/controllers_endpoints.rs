@@ -7,32 +7,8 @@ mod support;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams};
 use r3s_server::controllers::ControllerOptions;
-use serde_json::json;
-
-const MANIFEST: &str = r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: web, namespace: default}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec:
-      containers:
-      - name: web
-        image: registry.example/web:1
-        ports: [{name: http, containerPort: 8080}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: default, labels: {tier: front}}
-spec:
-  selector: {app: web}
-  ports: [{name: http, port: 80, targetPort: http}]
-"#;
 
 fn counts(ep: &Endpoints) -> (usize, usize, Vec<i32>) {
     let subsets = ep.subsets.clone().unwrap_or_default();
@@ -57,7 +33,10 @@ async fn endpoints_track_selected_pods() {
         return;
     }
     let cluster = support::start(&["sim-a", "sim-b"], ControllerOptions::default()).await;
-    let manifest = cluster.write("web.yaml", MANIFEST);
+    let manifest = cluster.write(
+        "web.yaml",
+        &support::served_app::manifest("web", "{tier: front}"),
+    );
     cluster.ok(&["apply", "-f", &manifest]).await;
     let eps: Api<Endpoints> = Api::namespaced(cluster.client.clone(), "default");
     let t = Duration::from_secs(30);
@@ -91,20 +70,7 @@ async fn endpoints_track_selected_pods() {
 
     // A selected pod that is not ready (on a node nobody runs) is listed as not ready.
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "default");
-    let stray: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "stray", "labels": {"app": "web"}},
-        "spec": {"nodeName": "elsewhere", "containers": [{"name": "web", "image": "x",
-            "ports": [{"name": "http", "containerPort": 8080}]}]}
-    }))
-    .expect("pod");
-    pods.create(&PostParams::default(), &stray)
-        .await
-        .expect("create");
-    let status = json!({"status": {"phase": "Running", "podIP": "10.42.9.9",
-        "conditions": [{"type": "Ready", "status": "False"}]}});
-    pods.patch_status("stray", &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .expect("status");
+    support::served_app::add_not_ready_pod(&pods, "web").await;
     support::wait_for("one not-ready address", t, || has((3, 1, vec![8080]))).await;
 
     // The Endpoints go with their Service.

@@ -9,32 +9,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use r3s_server::controllers::ControllerOptions;
 use serde_json::json;
-
-const MANIFEST: &str = r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: shop, namespace: default}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: shop}}
-  template:
-    metadata: {labels: {app: shop}}
-    spec:
-      containers:
-      - name: shop
-        image: registry.example/shop:1
-        ports: [{name: http, containerPort: 8080}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: shop, namespace: default}
-spec:
-  selector: {app: shop}
-  ports: [{name: http, port: 80, targetPort: http}]
-"#;
 
 /// (ready, not ready) endpoints over every slice of the Service, and their ports.
 fn tally(slices: &[EndpointSlice]) -> (usize, usize, Vec<i32>) {
@@ -67,7 +44,7 @@ async fn endpointslices_track_selected_pods() {
         return;
     }
     let cluster = support::start(&["sim-a", "sim-b"], ControllerOptions::default()).await;
-    let manifest = cluster.write("shop.yaml", MANIFEST);
+    let manifest = cluster.write("shop.yaml", &support::served_app::manifest("shop", ""));
     cluster.ok(&["apply", "-f", &manifest]).await;
     let api: Api<EndpointSlice> = Api::namespaced(cluster.client.clone(), "default");
     let t = Duration::from_secs(30);
@@ -106,12 +83,7 @@ async fn endpointslices_track_selected_pods() {
         assert!(target.name.is_some_and(|n| n.starts_with("shop-")));
     }
     let out = cluster.ok(&["get", "endpointslices"]).await;
-    let header: Vec<&str> = out
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
+    let header = support::kubectl_api::header(&out);
     assert_eq!(header, ["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"]);
     assert!(
         out.lines()
@@ -121,20 +93,7 @@ async fn endpointslices_track_selected_pods() {
 
     // A selected pod that is not ready (on a node nobody runs) is listed with ready: false.
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "default");
-    let stray: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "stray", "labels": {"app": "shop"}},
-        "spec": {"nodeName": "elsewhere", "containers": [{"name": "shop", "image": "x",
-            "ports": [{"name": "http", "containerPort": 8080}]}]}
-    }))
-    .expect("pod");
-    pods.create(&PostParams::default(), &stray)
-        .await
-        .expect("create");
-    let status = json!({"status": {"phase": "Running", "podIP": "10.42.9.9",
-        "conditions": [{"type": "Ready", "status": "False"}]}});
-    pods.patch_status("stray", &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .expect("status");
+    support::served_app::add_not_ready_pod(&pods, "shop").await;
     support::wait_for("one not-ready endpoint", t, || has((2, 1, vec![8080]))).await;
     // It becomes ready: the slice follows.
     let status = json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}});
@@ -161,7 +120,7 @@ async fn pod_disruption_budgets_count_healthy_pods() {
         return;
     }
     let cluster = support::start(&["sim-a"], ControllerOptions::default()).await;
-    let manifest = cluster.write("shop.yaml", MANIFEST);
+    let manifest = cluster.write("shop.yaml", &support::served_app::manifest("shop", ""));
     cluster.ok(&["apply", "-f", &manifest]).await;
     cluster
         .ok(&["rollout", "status", "deployment/shop", "--timeout=60s"])
@@ -196,12 +155,7 @@ async fn pod_disruption_budgets_count_healthy_pods() {
     )
     .await;
     let out = cluster.ok(&["get", "pdb"]).await;
-    let header: Vec<&str> = out
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
+    let header = support::kubectl_api::header(&out);
     assert_eq!(
         header,
         [

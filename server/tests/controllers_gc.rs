@@ -12,19 +12,11 @@ use kube::api::{Api, ListParams};
 use r3s_server::controllers::ControllerOptions;
 
 fn deployment(name: &str, namespace: &str) -> String {
-    format!(
-        r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {name}, namespace: {namespace}}}
-spec:
-  replicas: 2
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata: {{labels: {{app: {name}}}}}
-    spec:
-      containers: [{{name: c, image: registry.example/app:1}}]
-"#
+    support::manifests::deployment(
+        name,
+        namespace,
+        2,
+        "[{name: c, image: registry.example/app:1}]",
     )
 }
 

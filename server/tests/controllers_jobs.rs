@@ -31,19 +31,7 @@ fn opts() -> ControllerOptions {
 }
 
 fn job_manifest(name: &str, spec: &str) -> String {
-    format!(
-        r#"
-apiVersion: batch/v1
-kind: Job
-metadata: {{name: {name}, namespace: default}}
-spec:
-{spec}
-  template:
-    spec:
-      restartPolicy: Never
-      containers: [{{name: work, image: registry.example/work:1}}]
-"#
-    )
+    support::manifests::job(name, "work", spec)
 }
 
 fn is_active(p: &Pod) -> bool {
@@ -193,12 +181,7 @@ async fn job_runs_completions_with_parallelism() {
     observer.abort();
 
     let out = cluster.ok(&["get", "jobs"]).await;
-    let header: Vec<&str> = out
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
+    let header = support::kubectl_api::header(&out);
     assert_eq!(header, ["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"]);
     assert!(
         out.lines()
