@@ -216,13 +216,18 @@ async fn exec_session(ctx: Arc<Ctx>, id: String, req: ExecRequest, socket: WebSo
     };
     let _ = tokio::time::timeout(DRAIN, async { while pumps.join_next().await.is_some() {} }).await;
     pumps.abort_all();
-    input.abort();
     let status = match exit {
         Ok(e) => channel::exit_status(e.code),
         Err(e) => channel::failure_status(&e.to_string()),
     };
     finish(tx, status).await;
     let _ = writer_task.await;
+    // Keep reading until the client answers the Close (the closing handshake): a socket closed
+    // with the client's frames unread is reset, and a reset can destroy the Status still on its
+    // way to the client.
+    if tokio::time::timeout(DRAIN, &mut input).await.is_err() {
+        input.abort();
+    }
 }
 
 async fn pump_pipe(fd: OwnedFd, ch: u8, tx: mpsc::Sender<Message>) {

@@ -218,16 +218,53 @@ pub async fn proxy(
                     return;
                 }
             };
-            let mut client = TokioIo::new(client);
-            let mut kubelet = TokioIo::new(kubelet);
-            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut kubelet).await {
-                tracing::debug!("streaming tunnel ended: {e}");
-            }
+            tunnel(TokioIo::new(client), TokioIo::new(kubelet)).await;
         });
         return Ok(Response::from_parts(parts, Body::empty()));
     }
     let (parts, body) = response.into_parts();
     Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// How long the client may keep its side open once the agent has finished its stream.
+const TUNNEL_GRACE: Duration = Duration::from_secs(10);
+
+/// Copies both directions of an upgraded stream, each to its own end. Unlike
+/// `copy_bidirectional`, a failure of one direction does not cut the other: when the agent has
+/// already closed and the client still sends (a terminal resize, stdin), the write towards the
+/// agent fails, and the agent's last frames (the exit Status, the Close) must still reach the
+/// client.
+async fn tunnel<C, K>(client: C, kubelet: K)
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+    K: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
+    use tokio::io::AsyncWriteExt;
+    let (mut client_rx, mut client_tx) = tokio::io::split(client);
+    let (mut kubelet_rx, mut kubelet_tx) = tokio::io::split(kubelet);
+    let up = async {
+        let r = tokio::io::copy(&mut client_rx, &mut kubelet_tx).await;
+        let _ = kubelet_tx.shutdown().await;
+        r
+    };
+    let down = async {
+        let r = tokio::io::copy(&mut kubelet_rx, &mut client_tx).await;
+        let _ = client_tx.shutdown().await;
+        r
+    };
+    tokio::pin!(up, down);
+    let result = tokio::select! {
+        // The client stopped sending (or its side failed): the agent's output may go on.
+        r = &mut up => down.await.and(r),
+        // The agent is done: the client gets a moment to finish its side, then the tunnel goes.
+        r = &mut down => match tokio::time::timeout(TUNNEL_GRACE, &mut up).await {
+            Ok(u) => r.and(u),
+            Err(_) => r,
+        },
+    };
+    if let Err(e) = result {
+        tracing::debug!("streaming tunnel ended: {e}");
+    }
 }
 
 fn load(
