@@ -202,14 +202,20 @@ pub async fn run(cfg: ServerConfig) -> Result<(), RunError> {
         root_ca_pem: Some(certs.server_ca_pem.clone()),
         ..ControllerOptions::default()
     };
+    let controller_client =
+        client::in_process(state.clone(), client::identity(CONTROLLER_MANAGER_USER));
+    // One Pod and one Node cache for every control loop and the scheduler.
+    let informers = controllers::informer::Informers::start(&controller_client);
     let controllers_task = tokio::spawn(controllers::run(
-        client::in_process(state.clone(), client::identity(CONTROLLER_MANAGER_USER)),
+        controller_client,
         controller_opts,
+        informers.clone(),
         stopped(loops_stopped.clone()),
     ));
     let scheduler_task = tokio::spawn(scheduler::run(
         client::in_process(state.clone(), client::identity(SCHEDULER_USER)),
         SchedulerOptions::default(),
+        informers,
         stopped(loops_stopped),
     ));
 

@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams, PostParams};
 use r3s_server::api::{ApiState, prepare};
 use r3s_server::client::{self, CONTROLLER_MANAGER_USER};
+use r3s_server::controllers::informer::Informers;
 use r3s_server::controllers::{ControllerOptions, nodeipam, replicaset};
 use r3s_server::store::{SqliteStore, Store, StoreOptions};
 use serde_json::json;
@@ -85,12 +86,14 @@ async fn loops_started_after_objects_exist_see_them() {
         let _ = rx.wait_for(|s| *s).await;
     };
     let ctrl = client::in_process(state.clone(), client::identity(CONTROLLER_MANAGER_USER));
-    let ipam = tokio::spawn(nodeipam::run(
-        ctrl.clone(),
-        ControllerOptions::default(),
-        stopped(rx.clone()),
-    ));
-    let rs_loop = tokio::spawn(replicaset::run(ctrl, stopped(rx)));
+    let informers = Informers::start(&ctrl);
+    let shared = informers.clone();
+    let ipam = tokio::spawn({
+        let ctrl = ctrl.clone();
+        let stop = stopped(rx.clone());
+        async move { nodeipam::run(ctrl, &shared, ControllerOptions::default(), stop).await }
+    });
+    let rs_loop = tokio::spawn(async move { replicaset::run(ctrl, &informers, stopped(rx)).await });
 
     wait_for("both pre-existing nodes to get a pod CIDR", || async {
         let mut ranges = Vec::new();

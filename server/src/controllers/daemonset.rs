@@ -31,6 +31,7 @@ use serde_json::json;
 use super::cache;
 use super::events::{EventType, Recorder, reference};
 use super::expectations::Expectations;
+use super::informer::Informers;
 use super::{ControllerError, history, pods, rollout};
 use crate::scheduler::filter::{node_affinity_fits, tolerates};
 
@@ -434,10 +435,11 @@ fn error_policy(_ds: Arc<DaemonSet>, error: &ControllerError, _ctx: Arc<Context>
 /// Runs the DaemonSet control loop until `shutdown`.
 pub async fn run(
     client: kube::Client,
+    informers: &Informers,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (pod_store, pod_events) = cache::watched::<Pod>(&client);
-    let (node_store, node_events) = cache::watched::<Node>(&client);
+    let (pod_store, pod_events) = (informers.pods.store(), informers.pods.subscribe());
+    let (node_store, node_events) = (informers.nodes.store(), informers.nodes.subscribe());
     let (revision_store, revision_events) = cache::watched::<ControllerRevision>(&client);
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -450,16 +452,16 @@ pub async fn run(
     let controller = Controller::new(Api::<DaemonSet>::all(client), watcher::Config::default());
     let all = controller.store();
     // Any node change may make any DaemonSet want (or not want) a pod there.
-    let every_daemonset = move |_node: Node| {
+    let every_daemonset = move |_node: Arc<Node>| {
         all.state()
             .iter()
             .map(|ds| ObjectRef::from_obj(&**ds))
             .collect::<Vec<_>>()
     };
     controller
-        .owns_stream(pod_events)
+        .owns_shared_stream(pod_events)
         .owns_stream(revision_events)
-        .watches_stream(node_events, every_daemonset)
+        .watches_shared_stream(node_events, every_daemonset)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})

@@ -25,6 +25,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 
 use super::cache;
+use super::informer::Informers;
 use super::{ControllerError, pods, selector};
 
 pub struct Context {
@@ -140,9 +141,10 @@ fn error_policy(
 /// Runs the disruption control loop until `shutdown`.
 pub async fn run(
     client: kube::Client,
+    informers: &Informers,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (pod_store, pod_events) = cache::watched::<Pod>(&client);
+    let (pod_store, pod_events) = (informers.pods.store(), informers.pods.subscribe());
     let ctx = Arc::new(Context {
         client: client.clone(),
         pods: pod_store,
@@ -152,7 +154,7 @@ pub async fn run(
         watcher::Config::default(),
     );
     let budgets = controller.store();
-    let mapper = move |pod: Pod| {
+    let mapper = move |pod: Arc<Pod>| {
         let ns = pod.metadata.namespace.clone();
         budgets
             .state()
@@ -162,7 +164,7 @@ pub async fn run(
             .collect::<Vec<_>>()
     };
     controller
-        .watches_stream(pod_events, mapper)
+        .watches_shared_stream(pod_events, mapper)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})

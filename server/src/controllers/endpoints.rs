@@ -26,6 +26,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 
 use super::cache;
+use super::informer::Informers;
 use super::{ControllerError, pods};
 
 pub struct Context {
@@ -106,9 +107,10 @@ fn error_policy(_svc: Arc<Service>, error: &ControllerError, _ctx: Arc<Context>)
 /// Runs the Endpoints control loop until `shutdown`.
 pub async fn run(
     client: kube::Client,
+    informers: &Informers,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (pod_store, pod_events) = cache::watched::<Pod>(&client);
+    let (pod_store, pod_events) = (informers.pods.store(), informers.pods.subscribe());
     let ctx = Arc::new(Context {
         client: client.clone(),
         pods: pod_store,
@@ -116,7 +118,7 @@ pub async fn run(
     let controller = Controller::new(Api::<Service>::all(client), watcher::Config::default());
     let mapper = services_of_pod_namespace(controller.store());
     controller
-        .watches_stream(pod_events, mapper)
+        .watches_shared_stream(pod_events, mapper)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
@@ -145,13 +147,13 @@ pub(super) fn selected_pods(
 /// labels may have just changed, so the Services selecting it now are not enough).
 pub(super) fn services_of_pod_namespace(
     services: Store<Service>,
-) -> impl Fn(Pod) -> Vec<ObjectRef<Service>> + Send + Sync + 'static {
-    move |pod: Pod| {
-        let ns = pod.metadata.namespace;
+) -> impl Fn(Arc<Pod>) -> Vec<ObjectRef<Service>> + Send + Sync + 'static {
+    move |pod: Arc<Pod>| {
+        let ns = &pod.metadata.namespace;
         services
             .state()
             .into_iter()
-            .filter(|s| s.metadata.namespace == ns)
+            .filter(|s| s.metadata.namespace == *ns)
             .map(|s| ObjectRef::from_obj(&*s))
             .collect()
     }

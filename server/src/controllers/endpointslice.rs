@@ -26,6 +26,7 @@ use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 
 use super::cache;
+use super::informer::Informers;
 use super::{ControllerError, endpoints, pods};
 
 /// Endpoints per slice (upstream's `--max-endpoints-per-slice` default).
@@ -265,9 +266,10 @@ fn error_policy(_svc: Arc<Service>, error: &ControllerError, _ctx: Arc<Context>)
 /// Runs the EndpointSlice control loop until `shutdown`.
 pub async fn run(
     client: kube::Client,
+    informers: &Informers,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (pod_store, pod_events) = cache::watched::<Pod>(&client);
+    let (pod_store, pod_events) = (informers.pods.store(), informers.pods.subscribe());
     let (slice_store, slice_writer) = reflector::store();
     let managed = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
     let slice_events = reflector(
@@ -287,7 +289,7 @@ pub async fn run(
     let controller = Controller::new(Api::<Service>::all(client), watcher::Config::default());
     let mapper = endpoints::services_of_pod_namespace(controller.store());
     controller
-        .watches_stream(pod_events, mapper)
+        .watches_shared_stream(pod_events, mapper)
         .owns_stream(slice_events)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

@@ -92,10 +92,16 @@ pub async fn run(client: kube::Client, shutdown: impl Future<Output = ()> + Send
             let writer = reflector::store::Writer::new(ar.clone());
             let store = writer.as_reader();
             let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-            let stream = cache::wakes(
-                reflector::reflector(writer, watcher(api, watcher::Config::default()))
-                    .default_backoff(),
-            )
+            let stream = cache::wakes(reflector::reflector(
+                writer,
+                // The collector reads metadata only: keep nothing else of any object.
+                watcher(api, watcher::Config::default())
+                    .default_backoff()
+                    .modify(|obj| {
+                        obj.data = serde_json::Value::Null;
+                        obj.metadata.managed_fields = None;
+                    }),
+            ))
             .boxed();
             streams.push(stream);
             kinds.push(Kind {

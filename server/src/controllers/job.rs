@@ -43,6 +43,7 @@ use kube::runtime::watcher;
 use super::cache;
 use super::events::{EventType, Recorder, reference};
 use super::expectations::Expectations;
+use super::informer::Informers;
 use super::{ControllerError, pods};
 
 /// Most pods created in one reconcile.
@@ -970,10 +971,11 @@ fn error_policy(_job: Arc<Job>, error: &ControllerError, _ctx: Arc<Context>) -> 
 /// Runs the Job control loop until `shutdown`.
 pub async fn run(
     client: kube::Client,
+    informers: &Informers,
     backoff_base: Duration,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (pod_store, pod_events) = cache::watched::<Pod>(&client);
+    let (pod_store, pod_events) = (informers.pods.store(), informers.pods.subscribe());
     let ctx = Arc::new(Context {
         client: client.clone(),
         pods: pod_store,
@@ -983,7 +985,7 @@ pub async fn run(
     });
     let orphans = release_orphans(client.clone(), ctx.pods.clone());
     let controller = Controller::new(Api::<Job>::all(client), watcher::Config::default())
-        .owns_stream(pod_events)
+        .owns_shared_stream(pod_events)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {});

@@ -47,6 +47,7 @@ pub mod events;
 pub mod expectations;
 pub mod gc;
 pub mod history;
+pub mod informer;
 pub mod job;
 pub mod leader;
 pub mod namespace;
@@ -156,16 +157,20 @@ impl ControllerError {
 }
 
 /// Runs every control loop until `shutdown` resolves (with leader election: while leading).
+///
+/// `informers` are the shared Pod and Node caches (the scheduler reads the same ones); they keep
+/// watching between leadership terms, so a new term starts from a filled cache.
 pub async fn run(
     client: kube::Client,
     opts: ControllerOptions,
+    informers: informer::Informers,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     match opts.leader_election.clone() {
-        None => run_loops(client, opts, shutdown).await,
+        None => run_loops(client, opts, informers, shutdown).await,
         Some(le) => {
             leader::run(client.clone(), le, shutdown, |stop| {
-                run_loops(client.clone(), opts.clone(), stop)
+                run_loops(client.clone(), opts.clone(), informers.clone(), stop)
             })
             .await;
         }
@@ -175,29 +180,35 @@ pub async fn run(
 async fn run_loops(
     client: kube::Client,
     opts: ControllerOptions,
+    informers: informer::Informers,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let shutdown = shutdown.shared();
-    let rs = replicaset::run(client.clone(), shutdown.clone());
+    let rs = replicaset::run(client.clone(), &informers, shutdown.clone());
     let deploy = deployment::run(client.clone(), shutdown.clone());
     let gc = gc::run(client.clone(), shutdown.clone());
     let ns = namespace::run(client.clone(), shutdown.clone());
-    let nodes = nodelifecycle::run(client.clone(), opts.clone(), shutdown.clone());
-    let ipam = nodeipam::run(client.clone(), opts.clone(), shutdown.clone());
-    let podgc = podgc::run(client.clone(), opts.clone(), shutdown.clone());
-    let eps = endpoints::run(client.clone(), shutdown.clone());
-    let slices = endpointslice::run(client.clone(), shutdown.clone());
-    let pdbs = disruption::run(client.clone(), shutdown.clone());
-    let jobs = job::run(client.clone(), opts.job_backoff_base, shutdown.clone());
+    let nodes = nodelifecycle::run(client.clone(), &informers, opts.clone(), shutdown.clone());
+    let ipam = nodeipam::run(client.clone(), &informers, opts.clone(), shutdown.clone());
+    let podgc = podgc::run(client.clone(), &informers, opts.clone(), shutdown.clone());
+    let eps = endpoints::run(client.clone(), &informers, shutdown.clone());
+    let slices = endpointslice::run(client.clone(), &informers, shutdown.clone());
+    let pdbs = disruption::run(client.clone(), &informers, shutdown.clone());
+    let jobs = job::run(
+        client.clone(),
+        &informers,
+        opts.job_backoff_base,
+        shutdown.clone(),
+    );
     let cronjobs = cronjob::run(
         client.clone(),
         opts.clock.clone(),
         opts.cronjob_max_requeue,
         shutdown.clone(),
     );
-    let ds = daemonset::run(client.clone(), shutdown.clone());
-    let sts = statefulset::run(client.clone(), shutdown.clone());
-    let lb = servicelb::run(client.clone(), shutdown.clone());
+    let ds = daemonset::run(client.clone(), &informers, shutdown.clone());
+    let sts = statefulset::run(client.clone(), &informers, shutdown.clone());
+    let lb = servicelb::run(client.clone(), &informers, shutdown.clone());
     let quotas = resourcequota::run(client.clone(), shutdown.clone());
     let sa = serviceaccount::run(client, opts, shutdown);
     tokio::join!(

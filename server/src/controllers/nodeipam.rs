@@ -13,10 +13,10 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
 use serde_json::json;
 
 use super::events::{EventType, Recorder, reference};
+use super::informer::Informers;
 use super::{ControllerOptions, cache};
 
 /// The per-node blocks of a cluster CIDR.
@@ -78,6 +78,7 @@ impl Pool {
 /// Runs node IPAM until `shutdown`.
 pub async fn run(
     client: kube::Client,
+    informers: &Informers,
     opts: ControllerOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
@@ -88,7 +89,7 @@ pub async fn run(
             return;
         }
     };
-    let (store, changes) = cache::changes::<Node>(&client, watcher::Config::default());
+    let (store, changes) = (informers.nodes.store(), informers.nodes.wakes());
     let mut changes = changes.boxed();
     let recorder = Recorder::new(client.clone(), "node-ipam-controller");
     let work = async {

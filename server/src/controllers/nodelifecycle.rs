@@ -34,6 +34,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 
 use super::events::{EventType, Recorder, reference};
+use super::informer::Informers;
 use super::{ControllerOptions, pods};
 use crate::scheduler::filter::tolerates;
 
@@ -65,20 +66,14 @@ impl Heartbeats {
 /// Runs the node lifecycle loop until `shutdown`.
 pub async fn run(
     client: kube::Client,
+    informers: &Informers,
     opts: ControllerOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let (nodes, nw) = reflector::store();
+    let (nodes, pod_store) = (informers.nodes.store(), informers.pods.store());
     let (leases, lw) = reflector::store();
-    let (pod_store, pw) = reflector::store();
-    let node_stream = reflector::reflector(
-        nw,
-        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects()
-    .map(|_| ());
-    let lease_stream = reflector::reflector(
+    // Leases are this loop's alone; Nodes and Pods come from the shared caches.
+    let caches = reflector::reflector(
         lw,
         watcher(
             Api::<Lease>::namespaced(client.clone(), LEASE_NAMESPACE),
@@ -86,21 +81,7 @@ pub async fn run(
         ),
     )
     .default_backoff()
-    .touched_objects()
-    .map(|_| ());
-    let pod_stream = reflector::reflector(
-        pw,
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects()
-    .map(|_| ());
-    let caches = futures::stream::select_all([
-        node_stream.boxed(),
-        lease_stream.boxed(),
-        pod_stream.boxed(),
-    ])
-    .for_each(|()| async {});
+    .for_each(|_| async {});
     let recorder = Recorder::new(client.clone(), "node-controller");
     let monitor = async {
         let mut beats = Heartbeats::default();

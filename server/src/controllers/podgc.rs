@@ -1,47 +1,27 @@
 //! Pod garbage collection: removes pods bound to nodes that no longer exist, and the oldest
 //! terminated (Succeeded/Failed) pods beyond `terminated_pod_gc_threshold`.
 //!
-//! Watches Pods and Nodes into caches and sweeps every `pod_gc_period`. A node is only taken to
+//! Reads the shared Pod and Node caches and sweeps every `pod_gc_period`. A node is only taken to
 //! be gone after a live GET says 404 (the node cache may lag a just-registered node).
 
 use std::collections::HashSet;
 use std::future::Future;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, Preconditions};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
 
+use super::informer::Informers;
 use super::{ControllerOptions, pods};
 
 /// Runs pod GC until `shutdown`.
 pub async fn run(
     client: kube::Client,
+    informers: &Informers,
     opts: ControllerOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let (pod_store, pw) = reflector::store();
-    let (node_store, nw) = reflector::store();
-    let caches = futures::stream::select(
-        reflector::reflector(
-            pw,
-            watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
-        )
-        .default_backoff()
-        .touched_objects()
-        .map(|_| ())
-        .boxed(),
-        reflector::reflector(
-            nw,
-            watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
-        )
-        .default_backoff()
-        .touched_objects()
-        .map(|_| ())
-        .boxed(),
-    )
-    .for_each(|()| async {});
+    let (pod_store, node_store) = (informers.pods.store(), informers.nodes.store());
     let sweeps = async {
         if pod_store.wait_until_ready().await.is_err()
             || node_store.wait_until_ready().await.is_err()
@@ -55,7 +35,6 @@ pub async fn run(
         }
     };
     tokio::select! {
-        _ = caches => {}
         _ = sweeps => {}
         _ = shutdown => {}
     }

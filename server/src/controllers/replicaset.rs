@@ -28,6 +28,7 @@ use serde_json::json;
 use super::cache;
 use super::events::{EventType, Recorder, reference};
 use super::expectations::Expectations;
+use super::informer::Informers;
 use super::{ControllerError, pods, selector};
 
 /// Most pods created in one reconcile (upstream's burst replicas).
@@ -117,9 +118,10 @@ fn error_policy(_rs: Arc<ReplicaSet>, error: &ControllerError, _ctx: Arc<Context
 /// Runs the ReplicaSet control loop until `shutdown`.
 pub async fn run(
     client: kube::Client,
+    informers: &Informers,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (pod_store, pod_events) = cache::watched::<Pod>(&client);
+    let (pod_store, pod_events) = (informers.pods.store(), informers.pods.subscribe());
     let ctx = Arc::new(Context {
         client: client.clone(),
         pods: pod_store,
@@ -127,7 +129,7 @@ pub async fn run(
         recorder: Recorder::new(client.clone(), "replicaset-controller"),
     });
     Controller::new(Api::<ReplicaSet>::all(client), watcher::Config::default())
-        .owns_stream(pod_events)
+        .owns_shared_stream(pod_events)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})

@@ -20,11 +20,16 @@ use kube::runtime::watcher;
 use serde_json::json;
 
 use super::cache;
+use super::informer::Informers;
 
 /// Runs the loop until `shutdown`.
-pub async fn run(client: kube::Client, shutdown: impl Future<Output = ()> + Send + 'static) {
+pub async fn run(
+    client: kube::Client,
+    informers: &Informers,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
     let (services, svc_changes) = cache::changes::<Service>(&client, watcher::Config::default());
-    let (nodes, node_changes) = cache::changes::<Node>(&client, watcher::Config::default());
+    let (nodes, node_changes) = (informers.nodes.store(), informers.nodes.wakes());
     let mut changes = futures::stream::select(svc_changes, node_changes).boxed();
     let work = async {
         while changes.next().await.is_some() {

@@ -32,6 +32,7 @@ use super::cache;
 use super::daemonset::REVISION_HASH;
 use super::events::{EventType, Recorder, reference};
 use super::expectations::Expectations;
+use super::informer::Informers;
 use super::{ControllerError, claims, history, pods, rollout};
 
 pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
@@ -373,9 +374,10 @@ fn error_policy(_s: Arc<StatefulSet>, error: &ControllerError, _ctx: Arc<Context
 /// Runs the StatefulSet control loop until `shutdown`.
 pub async fn run(
     client: kube::Client,
+    informers: &Informers,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (pod_store, pod_events) = cache::watched::<Pod>(&client);
+    let (pod_store, pod_events) = (informers.pods.store(), informers.pods.subscribe());
     let (revision_store, revision_events) = cache::watched::<ControllerRevision>(&client);
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -385,7 +387,7 @@ pub async fn run(
         recorder: Recorder::new(client.clone(), "statefulset-controller"),
     });
     Controller::new(Api::<StatefulSet>::all(client), watcher::Config::default())
-        .owns_stream(pod_events)
+        .owns_shared_stream(pod_events)
         .owns_stream(revision_events)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

@@ -32,11 +32,11 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod, TopologySpreadConstraint};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::Store;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
 use serde_json::json;
 use tokio::sync::Notify;
 
 use crate::controllers::events::{EventType, Recorder, reference};
+use crate::controllers::informer::Informers;
 use crate::controllers::pods;
 use filter::NodeInfo;
 
@@ -81,44 +81,37 @@ struct State {
 pub async fn run(
     client: kube::Client,
     opts: SchedulerOptions,
+    informers: Informers,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     match opts.leader_election {
-        None => run_scheduler(client, shutdown).await,
+        None => run_scheduler(client, &informers, shutdown).await,
         Some(le) => {
             crate::controllers::leader::run(client.clone(), le, shutdown, |stop| {
-                run_scheduler(client.clone(), stop)
+                run_scheduler(client.clone(), &informers, stop)
             })
             .await;
         }
     }
 }
 
-async fn run_scheduler(client: kube::Client, shutdown: impl Future<Output = ()> + Send + 'static) {
-    let (nodes, node_writer) = reflector::store();
-    let (pod_store, pod_writer) = reflector::store();
+async fn run_scheduler(
+    client: kube::Client,
+    informers: &Informers,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
     let (owners, owner_events) = owners::Owners::watch(&client);
     let state = Arc::new(State {
         client: client.clone(),
-        nodes,
-        pods: pod_store,
+        nodes: informers.nodes.store(),
+        pods: informers.pods.store(),
         owners,
         recorder: Recorder::new(client.clone(), SCHEDULER_NAME),
         cluster_changes: AtomicU64::new(0),
         wake: Notify::new(),
     });
-    let node_events = reflector(
-        node_writer,
-        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects();
-    let pod_events = reflector(
-        pod_writer,
-        watcher(Api::<Pod>::all(client), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects();
+    let node_events = informers.nodes.wakes();
+    let pod_events = informers.pods.subscribe();
     let s1 = state.clone();
     let watch_nodes = node_events.for_each(move |_| {
         s1.cluster_changes.fetch_add(1, Ordering::SeqCst);
@@ -126,10 +119,8 @@ async fn run_scheduler(client: kube::Client, shutdown: impl Future<Output = ()> 
         async {}
     });
     let s2 = state.clone();
-    let watch_pods = pod_events.for_each(move |event| {
-        if let Ok(pod) = &event
-            && (pods::node_name(pod).is_some() || pod.metadata.deletion_timestamp.is_some())
-        {
+    let watch_pods = pod_events.for_each(move |pod| {
+        if pods::node_name(&pod).is_some() || pod.metadata.deletion_timestamp.is_some() {
             s2.cluster_changes.fetch_add(1, Ordering::SeqCst);
         }
         s2.wake.notify_one();

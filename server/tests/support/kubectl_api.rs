@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use r3s_server::api::{ApiOptions, ApiState, TokenIssuer, serve_listener};
 use r3s_server::client::{self, CONTROLLER_MANAGER_USER};
+use r3s_server::controllers::informer::Informers;
 use r3s_server::controllers::{self, ControllerOptions};
 use r3s_server::store::{SqliteStore, Store, StoreOptions};
 use r3s_server::tls::{CertOptions, Certificates, ensure_certificates, server_config};
@@ -79,6 +80,8 @@ pub struct ApiServer {
     pub kubeconfig: PathBuf,
     /// Shared with the HTTPS listener: in-process clients see the same store and allocators.
     pub state: ApiState,
+    /// The shared Pod/Node caches of the control loops (when they run), for the scheduler.
+    pub informers: Option<Informers>,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -139,6 +142,7 @@ pub async fn start(opts: Options) -> ApiServer {
         certs,
         kubeconfig,
         state,
+        informers: None,
         stop,
         tasks: Vec::new(),
     };
@@ -167,7 +171,11 @@ pub async fn start(opts: Options) -> ApiServer {
             client::identity(CONTROLLER_MANAGER_USER),
         );
         let shutdown = server.shutdown_signal();
-        server.keep(tokio::spawn(controllers::run(ctrl, ctrl_opts, shutdown)));
+        let informers = Informers::start(&ctrl);
+        server.informers = Some(informers.clone());
+        server.keep(tokio::spawn(controllers::run(
+            ctrl, ctrl_opts, informers, shutdown,
+        )));
     }
     server
 }

@@ -17,6 +17,7 @@ use std::ops::Deref;
 
 use r3s_server::client::{self, SCHEDULER_USER};
 use r3s_server::controllers::ControllerOptions;
+use r3s_server::controllers::informer::Informers;
 use r3s_server::scheduler::{self, SchedulerOptions};
 
 pub use kubectl_api::{have_kubectl, wait_for};
@@ -45,9 +46,14 @@ pub async fn start(nodes: &[&str], opts: ControllerOptions) -> Cluster {
     .await;
     let sched = client::in_process(api.state.clone(), client::identity(SCHEDULER_USER));
     let shutdown = api.shutdown_signal();
+    let informers = match &api.informers {
+        Some(shared) => shared.clone(),
+        None => Informers::start(&sched),
+    };
     api.keep(tokio::spawn(scheduler::run(
         sched,
         SchedulerOptions::default(),
+        informers,
         shutdown,
     )));
     let admin = api.admin();
