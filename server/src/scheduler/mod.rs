@@ -244,6 +244,8 @@ async fn cycle(state: &State, memory: &mut Memory) {
     });
     // PodDisruptionBudgets, read once per cycle and only if some pod tries to preempt.
     let mut budgets: Option<Vec<preempt::Budget>> = None;
+    // Spread counts of this cycle's selectors, kept current as pods are placed below.
+    let mut memo = spread::Memo::default();
     for pod in pending {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         if let Some((seen, when)) = memory.unschedulable.get(&uid)
@@ -257,12 +259,13 @@ async fn cycle(state: &State, memory: &mut Memory) {
             .default_selector(&pod)
             .map(spread::system_defaults)
             .unwrap_or_default();
-        match place(&pod, &spread_defaults, &infos) {
+        match place(&pod, &spread_defaults, &infos, &mut memo) {
             Ok(i) => {
                 let node = infos[i].node.metadata.name.clone().unwrap_or_default();
                 match bind(state, &pod, &node).await {
                     Ok(()) => {
                         infos[i].add_pod(pod.clone());
+                        memo.pod_added(i, &pod);
                         memory.assumed.insert(uid.clone(), (node, pod.clone()));
                         memory.unschedulable.remove(&uid);
                     }
@@ -278,6 +281,7 @@ async fn cycle(state: &State, memory: &mut Memory) {
                 // lower-priority pod does not take the room its victims are freeing.
                 if let Some(i) = nominated {
                     infos[i].add_pod(pod.clone());
+                    memo.pod_added(i, &pod);
                 }
                 memory
                     .unschedulable
@@ -303,6 +307,7 @@ fn place(
     pod: &Pod,
     spread_defaults: &[TopologySpreadConstraint],
     infos: &[NodeInfo],
+    memo: &mut spread::Memo,
 ) -> Result<usize, Vec<Vec<String>>> {
     let mut reasons = Vec::new();
     let mut feasible = Vec::new();
@@ -317,7 +322,7 @@ fn place(
             reasons.push(why);
         }
     }
-    let scores = score::rank(pod, spread_defaults, &feasible, infos);
+    let scores = score::rank(pod, spread_defaults, &feasible, infos, memo);
     // The first of the best (nodes are sorted by name), so placement is deterministic.
     let mut best: Option<(i64, usize)> = None;
     for (score, i) in scores.into_iter().zip(feasible) {

@@ -150,6 +150,7 @@ pub fn rank(
     spread_defaults: &[TopologySpreadConstraint],
     candidates: &[usize],
     all: &[NodeInfo],
+    memo: &mut spread::Memo,
 ) -> Vec<i64> {
     let raw =
         |f: &dyn Fn(&NodeInfo) -> i64| candidates.iter().map(|&i| f(&all[i])).collect::<Vec<_>>();
@@ -157,7 +158,7 @@ pub fn rank(
     let pods = normalise(&raw(&|n| inter_pod(pod, n, all)), false);
     let taints = normalise(&raw(&|n| untolerated_soft_taints(pod, &n.node)), true);
     let images = raw(&|n| image_locality(pod, &n.node));
-    let spread = spread::scores(pod, spread_defaults, candidates, all);
+    let spread = spread::scores(pod, spread_defaults, candidates, all, memo);
     candidates
         .iter()
         .enumerate()

@@ -18,10 +18,16 @@
 //! a key simply gets no score from that constraint (a cluster without zone labels spreads by node
 //! only).
 //!
+//! Counting is the cost (every pod on every node against a selector, for every pending pod), so a
+//! scheduling cycle keeps a [`Memo`]: the per-node counts of each (namespace, selector) it met, kept
+//! current as the cycle places pods. The hundreds of pods of one Deployment then match the
+//! cluster's pods once, not once each. A constraint whose key no scored candidate carries is not
+//! counted at all (it cannot change any score: the zone default on a cluster without zones).
+//!
 //! Not modelled: `matchLabelKeys`, and the node inclusion policies other than their defaults
 //! (node affinity honoured, taints ignored).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use k8s_openapi::api::core::v1::{Node, Pod, TopologySpreadConstraint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -81,20 +87,69 @@ fn has_all_keys(node: &Node, constraints: &[&TopologySpreadConstraint]) -> bool 
         .all(|c| label(node, &c.topology_key).is_some())
 }
 
-/// The pods on `info` that `c` (written in a pod of `namespace`) counts.
-fn matching(c: &TopologySpreadConstraint, namespace: &str, info: &NodeInfo) -> i64 {
-    let n = info
-        .pods
-        .iter()
-        .filter(|p| {
-            p.metadata.deletion_timestamp.is_none()
-                && p.metadata.namespace.as_deref().unwrap_or("") == namespace
-                && c.label_selector
-                    .as_ref()
-                    .is_some_and(|s| selector::matches(s, p.metadata.labels.as_ref()))
-        })
-        .count();
-    i64::try_from(n).unwrap_or(i64::MAX)
+/// Whether `c` (written in a pod of `namespace`) counts `p`.
+fn counts_pod(c: &TopologySpreadConstraint, namespace: &str, p: &Pod) -> bool {
+    p.metadata.deletion_timestamp.is_none()
+        && p.metadata.namespace.as_deref().unwrap_or("") == namespace
+        && c.label_selector
+            .as_ref()
+            .is_some_and(|s| selector::matches(s, p.metadata.labels.as_ref()))
+}
+
+/// Matching-pod counts per node (indexed like the cycle's node list) for each (namespace,
+/// selector) one scheduling cycle has scored with. Call [`Memo::pod_added`] whenever the cycle
+/// places a pod on a node, or the counts go stale.
+#[derive(Default)]
+pub struct Memo {
+    counts: HashMap<(String, String), Counted>,
+}
+
+struct Counted {
+    constraint: TopologySpreadConstraint,
+    namespace: String,
+    per_node: Vec<i64>,
+}
+
+impl Memo {
+    fn per_node(
+        &mut self,
+        c: &TopologySpreadConstraint,
+        namespace: &str,
+        all: &[NodeInfo],
+    ) -> &[i64] {
+        // The selector is the key; serialising it is far cheaper than one pass over the pods.
+        let selector = serde_json::to_string(&c.label_selector).unwrap_or_default();
+        let entry = self
+            .counts
+            .entry((namespace.to_owned(), selector))
+            .or_insert_with(|| Counted {
+                constraint: c.clone(),
+                namespace: namespace.to_owned(),
+                per_node: all
+                    .iter()
+                    .map(|info| {
+                        let n = info
+                            .pods
+                            .iter()
+                            .filter(|p| counts_pod(c, namespace, p))
+                            .count();
+                        i64::try_from(n).unwrap_or(i64::MAX)
+                    })
+                    .collect(),
+            });
+        &entry.per_node
+    }
+
+    /// The cycle placed (or nominated) `pod` on node `node`.
+    pub fn pod_added(&mut self, node: usize, pod: &Pod) {
+        for counted in self.counts.values_mut() {
+            if counts_pod(&counted.constraint, &counted.namespace, pod)
+                && let Some(n) = counted.per_node.get_mut(node)
+            {
+                *n += 1;
+            }
+        }
+    }
 }
 
 /// Upstream's weight for a key with `domains` domains among the candidates.
@@ -118,6 +173,7 @@ pub fn scores(
     defaults: &[TopologySpreadConstraint],
     candidates: &[usize],
     all: &[NodeInfo],
+    memo: &mut Memo,
 ) -> Vec<i64> {
     let (constraints, require_all) = soft_constraints(pod, defaults);
     if constraints.is_empty() {
@@ -139,11 +195,18 @@ pub fn scores(
         }
     };
 
-    // Per constraint: the domains of the scored candidates, with their matching pod counts.
+    // Per constraint: the domains of the scored candidates with their matching pod counts, and
+    // the per-node counts (none for a key no scored candidate has: it scores nobody).
     let mut counts: Vec<BTreeMap<String, i64>> = Vec::with_capacity(constraints.len());
+    let mut per_node: Vec<Option<Vec<i64>>> = Vec::with_capacity(constraints.len());
     let mut weights = Vec::with_capacity(constraints.len());
     for c in &constraints {
         let mut domains: BTreeMap<String, i64> = BTreeMap::new();
+        let used = candidates
+            .iter()
+            .zip(&ignored)
+            .any(|(&i, ignored)| !ignored && label(&all[i].node, &c.topology_key).is_some());
+        let nodes = used.then(|| memo.per_node(c, namespace, all).to_vec());
         if c.topology_key != HOSTNAME {
             let present: BTreeSet<String> = candidates
                 .iter()
@@ -152,14 +215,15 @@ pub fn scores(
                 .filter_map(|(&i, _)| domain(&all[i].node, &c.topology_key))
                 .collect();
             domains = present.into_iter().map(|d| (d, 0)).collect();
-            for info in all.iter().filter(|i| {
+            let eligible = all.iter().enumerate().filter(|(_, i)| {
                 node_affinity_fits(pod, &i.node)
                     && (!require_all || has_all_keys(&i.node, &constraints))
-            }) {
+            });
+            for (k, info) in eligible.filter(|_| nodes.is_some()) {
                 if let Some(count) =
                     domain(&info.node, &c.topology_key).and_then(|d| domains.get_mut(&d))
                 {
-                    *count += matching(c, namespace, info);
+                    *count += nodes.as_ref().and_then(|n| n.get(k)).copied().unwrap_or(0);
                 }
             }
         }
@@ -170,6 +234,7 @@ pub fn scores(
         };
         weights.push(normalizing_weight(size));
         counts.push(domains);
+        per_node.push(nodes);
     }
 
     let raw: Vec<Option<i64>> = candidates
@@ -186,7 +251,10 @@ pub fn scores(
                     continue;
                 };
                 let count = if c.topology_key == HOSTNAME {
-                    matching(c, namespace, info)
+                    per_node[k]
+                        .as_ref()
+                        .and_then(|n| n.get(i).copied())
+                        .unwrap_or(0)
                 } else {
                     counts[k].get(value.as_str()).copied().unwrap_or(0)
                 };
@@ -268,10 +336,16 @@ mod tests {
         ];
         let p = pod("web", &[("zone", 1, "ScheduleAnyway")]);
         // ln(4) = 1.386: raw a = round(2.77) = 3, b = round(1.39) = 1; 100 * (3 + 1 - s) / 3.
-        assert_eq!(scores(&p, &[], &[0, 1, 2], &all), [33, 33, 100]);
+        assert_eq!(
+            scores(&p, &[], &[0, 1, 2], &all, &mut Memo::default()),
+            [33, 33, 100]
+        );
         // DoNotSchedule constraints do not score.
         let hard = pod("web", &[("zone", 1, "DoNotSchedule")]);
-        assert_eq!(scores(&hard, &[], &[0, 1, 2], &all), [0, 0, 0]);
+        assert_eq!(
+            scores(&hard, &[], &[0, 1, 2], &all, &mut Memo::default()),
+            [0, 0, 0]
+        );
     }
 
     #[test]
@@ -283,13 +357,22 @@ mod tests {
         ];
         let p = pod("web", &[("zone", 2, "ScheduleAnyway")]);
         // raw a = round(3 ln 4 + 1) = 5, b = 1: a = 100 * 1 / 5 = 20.
-        assert_eq!(scores(&p, &[], &[0, 1, 2], &all), [20, 100, 0]);
+        assert_eq!(
+            scores(&p, &[], &[0, 1, 2], &all, &mut Memo::default()),
+            [20, 100, 0]
+        );
         // Nothing matching anywhere: every node with the key gets the maximum, whether or not
         // maxSkew - 1 lifts all raw scores above 0.
         let empty = vec![node("a1", &[("zone", "a")]), node("b1", &[("zone", "b")])];
-        assert_eq!(scores(&p, &[], &[0, 1], &empty), [100, 100]);
+        assert_eq!(
+            scores(&p, &[], &[0, 1], &empty, &mut Memo::default()),
+            [100, 100]
+        );
         let tight = pod("web", &[("zone", 1, "ScheduleAnyway")]);
-        assert_eq!(scores(&tight, &[], &[0, 1], &empty), [100, 100]);
+        assert_eq!(
+            scores(&tight, &[], &[0, 1], &empty, &mut Memo::default()),
+            [100, 100]
+        );
     }
 
     #[test]
@@ -312,7 +395,10 @@ mod tests {
         ];
         let p = pod("web", &[("zone", 1, "ScheduleAnyway")]);
         // Two candidate domains: ln(4); raw a = 1, b = 0 → a = 100 * (1 + 0 - 1) / 1 = 0.
-        assert_eq!(scores(&p, &[], &[0, 1], &all), [0, 100]);
+        assert_eq!(
+            scores(&p, &[], &[0, 1], &all, &mut Memo::default()),
+            [0, 100]
+        );
     }
 
     #[test]
@@ -332,7 +418,10 @@ mod tests {
         // host weight ln(5) = 1.609, zone weight ln(4) = 1.386.
         // a1: 2 * 1.609 + 2 * 1.386 = 5.99 → 6; a2: 0 + 2.77 → 3; b1: 1.609 + 1.386 → 3.
         // min 3, max 6: a1 = 100 * 3 / 6 = 50, a2 = b1 = 100 * 6 / 6 = 100.
-        assert_eq!(scores(&p, &[], &[0, 1, 2], &all), [50, 100, 100]);
+        assert_eq!(
+            scores(&p, &[], &[0, 1, 2], &all, &mut Memo::default()),
+            [50, 100, 100]
+        );
     }
 
     #[test]
@@ -349,10 +438,16 @@ mod tests {
         let p = pod("web", &[]);
         // Host weight ln(5) = 1.609, maxSkew 3: raw a = round(3.22 + 2) = 5, b = 2, c = 4.
         // min 2, max 5: a = 100 * 2 / 5 = 40, b = 100, c = 100 * 3 / 5 = 60.
-        assert_eq!(scores(&p, &defaults, &[0, 1, 2], &all), [40, 100, 60]);
+        assert_eq!(
+            scores(&p, &defaults, &[0, 1, 2], &all, &mut Memo::default()),
+            [40, 100, 60]
+        );
         // A pod with a constraint of its own (even a DoNotSchedule one) does not get them.
         let own = pod("web", &[(HOSTNAME, 1, "DoNotSchedule")]);
-        assert_eq!(scores(&own, &defaults, &[0, 1, 2], &all), [0, 0, 0]);
+        assert_eq!(
+            scores(&own, &defaults, &[0, 1, 2], &all, &mut Memo::default()),
+            [0, 0, 0]
+        );
         // With zones, the zone constraint adds up where the key exists; a node without it is
         // still scored (by node only), not ignored.
         let zoned = vec![
@@ -360,7 +455,36 @@ mod tests {
             node("b", &[(ZONE, "z2")]),
             node("bare", &[]),
         ];
-        let s = scores(&p, &defaults, &[0, 1, 2], &zoned);
+        let s = scores(&p, &defaults, &[0, 1, 2], &zoned, &mut Memo::default());
         assert!(s[1] > s[0] && s[2] > s[0], "{s:?}");
+    }
+
+    #[test]
+    fn a_memo_kept_current_counts_as_a_fresh_one() {
+        let web: LabelSelector =
+            serde_json::from_value(json!({"matchLabels": {"app": "web"}})).expect("selector");
+        let defaults = system_defaults(web);
+        let p = pod("web", &[]);
+        let mut all = vec![
+            with_pods(node("a", &[(ZONE, "z1")]), 2),
+            node("b", &[(ZONE, "z1")]),
+            with_pods(node("c", &[(ZONE, "z2")]), 1),
+        ];
+        let mut memo = Memo::default();
+        let before = scores(&p, &defaults, &[0, 1, 2], &all, &mut memo);
+        // The cycle places two pods on b: the kept memo must see them as a fresh count does.
+        for _ in 0..2 {
+            all[1].add_pod(p.clone().into());
+            memo.pod_added(1, &p);
+        }
+        let kept = scores(&p, &defaults, &[0, 1, 2], &all, &mut memo);
+        assert_eq!(
+            kept,
+            scores(&p, &defaults, &[0, 1, 2], &all, &mut Memo::default())
+        );
+        assert_ne!(before, kept, "placing pods changes the scores");
+        // Pods another selector does not count leave its counts alone.
+        memo.pod_added(2, &pod("db", &[]));
+        assert_eq!(kept, scores(&p, &defaults, &[0, 1, 2], &all, &mut memo));
     }
 }
