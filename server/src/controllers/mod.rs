@@ -24,6 +24,9 @@
 //! | `servicelb.rs` | Services, Nodes | LoadBalancer Service status (ingress = node IPs) |
 //! | `resourcequota.rs` | ResourceQuotas, Pods, Services, ConfigMaps, Secrets, PVCs | ResourceQuota status |
 //!
+//! Pods and Nodes are read from the process-wide shared informers (`informer.rs`: one watch and one
+//! cache each, also the scheduler's); other kinds from per-loop caches (`cache.rs`).
+//!
 //! DaemonSets and StatefulSets keep their template history as ControllerRevisions (`history.rs`).
 //! StatefulSet volumeClaimTemplates become PersistentVolumeClaims (`claims.rs`).
 //!
