@@ -4,6 +4,7 @@
 //! and Endpoints, and [`r3s_agent::proxy::run`] (the same code the agent runs) programming the
 //! node's namespace over netlink. Checks ClusterIP spreading over TCP and UDP, hairpin
 //! masquerade, NodePort with externalTrafficPolicy Cluster and Local, a LoadBalancer port,
+//! internalTrafficPolicy Local, externalIPs, loadBalancerSourceRanges,
 //! rejection without endpoints, session affinity, endpoint removal and Service
 //! deletion leaving no trace, and the table gone after shutdown. `nft` (Debian `nftables`) only
 //! inspects. Everything is removed by guards, on failure too; names start with `r3sp<pid>`.
@@ -310,6 +311,15 @@ async fn proxy_serves_services_on_a_simulated_node() {
     node.must(&["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"]);
     client_ns.must(&["ip", "addr", "add", "203.0.113.2/24", "dev", "up0"]);
     client_ns.must(&["ip", "link", "set", "up0", "up"]);
+    // An external IP the client's network routes to the node.
+    client_ns.must(&[
+        "ip",
+        "route",
+        "add",
+        "198.51.100.7/32",
+        "via",
+        "203.0.113.1",
+    ]);
     let _echo: Vec<Echo> = pods
         .iter()
         .enumerate()
@@ -386,6 +396,60 @@ async fn proxy_serves_services_on_a_simulated_node() {
     )
     .await
     .unwrap();
+
+    svcs.create(
+        &pp,
+        &service(json!({
+            "metadata": {"name": "itp"},
+            "spec": {"clusterIP": "10.43.100.15", "internalTrafficPolicy": "Local",
+                     "ports": [{"name": "http", "port": 80, "targetPort": ECHO_PORT}]}
+        })),
+    )
+    .await
+    .unwrap();
+    eps.create(
+        &pp,
+        &endpoints(
+            "itp",
+            &[(pod_ips[0], NODE), (pod_ips[1], "some-other-node")],
+            json!([{"name": "http", "port": ECHO_PORT}]),
+        ),
+    )
+    .await
+    .unwrap();
+    let p2_only = [(pod_ips[2], NODE)];
+    for (name, spec) in [
+        (
+            "ext",
+            json!({"clusterIP": "10.43.100.16", "externalIPs": ["198.51.100.7"],
+            "ports": [{"name": "http", "port": 80, "targetPort": ECHO_PORT}]}),
+        ),
+        (
+            "lb-deny",
+            json!({"type": "LoadBalancer", "clusterIP": "10.43.100.17",
+            "loadBalancerSourceRanges": ["198.51.100.0/24"],
+            "ports": [{"name": "http", "port": 8083, "targetPort": ECHO_PORT, "nodePort": 30083}]}),
+        ),
+        (
+            "lb-allow",
+            json!({"type": "LoadBalancer", "clusterIP": "10.43.100.18",
+            "loadBalancerSourceRanges": ["203.0.113.2/32"],
+            "ports": [{"name": "http", "port": 8084, "targetPort": ECHO_PORT, "nodePort": 30084}]}),
+        ),
+    ] {
+        svcs.create(
+            &pp,
+            &service(json!({"metadata": {"name": name}, "spec": spec})),
+        )
+        .await
+        .unwrap();
+        eps.create(
+            &pp,
+            &endpoints(name, &p2_only, json!([{"name": "http", "port": ECHO_PORT}])),
+        )
+        .await
+        .unwrap();
+    }
 
     // The proxy, programming the node's namespace.
     let mut opts = ProxyOptions::new(NODE, vec![NODE_IP]);
@@ -464,6 +528,33 @@ async fn proxy_serves_services_on_a_simulated_node() {
     let (name, _) =
         blocking(|| tcp_ask(&client_ns.path, SocketAddrV4::new(NODE_IP, 8081))).unwrap();
     assert_eq!(name, "p1");
+
+    // internalTrafficPolicy Local: ClusterIP traffic only to this node's endpoint.
+    let itp = SocketAddrV4::new(Ipv4Addr::new(10, 43, 100, 15), 80);
+    let seen = blocking(|| tcp_many(&p1, itp, 20));
+    assert_eq!(
+        seen.keys().cloned().collect::<Vec<_>>(),
+        vec!["p0"],
+        "{seen:?}"
+    );
+
+    // externalIPs: served at the external IP from outside, masqueraded like a NodePort.
+    let ext = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 7), 80);
+    let seen = blocking(|| tcp_many(&client_ns.path, ext, 5));
+    assert_eq!(
+        seen,
+        BTreeMap::from([("p2".to_string(), BTreeSet::from([GATEWAY.to_string()]))])
+    );
+
+    // loadBalancerSourceRanges: the load-balancer port answers only sources in range; the
+    // NodePort of the same Service is not limited.
+    assert!(blocking(|| tcp_ask(&client_ns.path, SocketAddrV4::new(NODE_IP, 8083))).is_err());
+    let (name, _) =
+        blocking(|| tcp_ask(&client_ns.path, SocketAddrV4::new(NODE_IP, 30083))).unwrap();
+    assert_eq!(name, "p2");
+    let (name, _) =
+        blocking(|| tcp_ask(&client_ns.path, SocketAddrV4::new(NODE_IP, 8084))).unwrap();
+    assert_eq!(name, "p2");
 
     // No endpoints: refused at once, not a timeout.
     let err = blocking(|| tcp_ask(&p0, SocketAddrV4::new(Ipv4Addr::new(10, 43, 100, 13), 80)))

@@ -5,11 +5,16 @@
 //! Rules followed (as kube-proxy does): headless (`clusterIP: None`) and ExternalName Services
 //! are not proxied; only `subsets[].addresses` (ready) are backends, `notReadyAddresses` never;
 //! an Endpoints port belongs to the Service port with the same name and protocol; a backend is
-//! local when its `nodeName` is this node. The output is sorted, so equal inputs give equal rules.
+//! local when its `nodeName` is this node; `externalIPs` are served like NodePorts (external
+//! traffic, subject to `externalTrafficPolicy`); `loadBalancerSourceRanges` limit who may reach the
+//! load-balancer addresses (not the NodePort). IPv6 addresses and ranges are skipped (the proxy is
+//! IPv4-only). The output is sorted, so equal inputs give equal rules.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
+
+use ipnet::Ipv4Net;
 
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 
@@ -71,8 +76,16 @@ pub struct ServicePort {
     pub node_port: Option<u16>,
     /// `type: LoadBalancer`: also served on the node's addresses at `port`.
     pub load_balancer: bool,
-    /// `externalTrafficPolicy: Local`: NodePort/LoadBalancer traffic only to local backends.
+    /// `externalTrafficPolicy: Local`: NodePort/LoadBalancer/external-IP traffic only to local
+    /// backends.
     pub external_local: bool,
+    /// `internalTrafficPolicy: Local`: ClusterIP traffic only to local backends.
+    pub internal_local: bool,
+    /// `spec.externalIPs`: also served at `<ip>:port`, as external traffic.
+    pub external_ips: Vec<Ipv4Addr>,
+    /// `spec.loadBalancerSourceRanges` (LoadBalancer only): when set, the load-balancer
+    /// addresses answer only these sources (and the node itself).
+    pub source_ranges: Vec<Ipv4Net>,
     /// `sessionAffinity: ClientIP` with this timeout.
     pub affinity_timeout_s: Option<u32>,
     /// Ready backends, sorted and without duplicates.
@@ -156,6 +169,22 @@ pub fn service_ports(
             } else {
                 None
             };
+            let external_ips = spec
+                .external_ips
+                .iter()
+                .flatten()
+                .filter_map(|ip| ip.parse::<Ipv4Addr>().ok())
+                .collect();
+            let source_ranges = if ty == "LoadBalancer" {
+                spec.load_balancer_source_ranges
+                    .iter()
+                    .flatten()
+                    .filter_map(|r| r.trim().parse::<Ipv4Net>().ok())
+                    .map(|r| r.trunc())
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let want_name = p.name.as_deref().unwrap_or("");
             let mut backends = Vec::new();
             for subset in eps.and_then(|e| e.subsets.as_ref()).into_iter().flatten() {
@@ -189,6 +218,9 @@ pub fn service_ports(
                 load_balancer: ty == "LoadBalancer",
                 external_local: spec.external_traffic_policy.as_deref() == Some("Local")
                     && (ty == "NodePort" || ty == "LoadBalancer"),
+                internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+                external_ips,
+                source_ranges,
                 affinity_timeout_s,
                 backends,
             });

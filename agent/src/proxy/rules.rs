@@ -13,19 +13,25 @@
 //!                      masquerade fully-random }
 //! chain mark-for-masquerade { meta mark set meta mark | 0x4000 }
 //! chain reject { reject with icmp port-unreachable }
-//! map service-ips           # ClusterIP:port → goto svc-<id>; node IP:nodePort and, for
-//!                           # LoadBalancer, node IP:port → goto ext-<id>
+//! map service-ips           # ClusterIP:port → goto svc-<id>; node IP:nodePort, externalIP:port
+//!                           # and, for LoadBalancer, node IP:port → goto ext-<id> (fw-<id> when
+//!                           # loadBalancerSourceRanges are set)
 //! map no-endpoint-services  # the same keys of Services without ready endpoints → goto reject
 //! chain svc-<id> {          # ClusterIP traffic, spread over every ready endpoint
 //!     ip daddr <clusterIP> ip saddr != <clusterCIDR> jump mark-for-masquerade
 //!     ip saddr @aff-<id>/<ep> goto ep-<id>/<ep>      # per endpoint, with sessionAffinity
 //!     numgen random mod N == 0 goto ep-<id>/<ep1>; numgen random mod N-1 == 0 goto …; goto ep-<id>/<epN>
+//!     (internalTrafficPolicy Local: over the local endpoints only, or drop when there are none)
 //! }
-//! chain ext-<id> {          # NodePort / LoadBalancer traffic
-//!     Cluster policy: jump mark-for-masquerade; goto svc-<id>
-//!     Local policy:   ip saddr <clusterCIDR> goto svc-<id>        # pods: the whole cluster
+//! chain all-<id> { spread over every endpoint }  # only with internalTrafficPolicy Local
+//! chain ext-<id> {          # NodePort / LoadBalancer / externalIPs traffic
+//!     Cluster policy: jump mark-for-masquerade; goto svc-<id> (all-<id>)
+//!     Local policy:   ip saddr <clusterCIDR> goto svc-<id> (all-<id>)  # pods: the whole cluster
 //!                     ip saddr <node IP> jump mark-for-masquerade; ip saddr <node IP> goto svc-<id>
 //!                     spread over local endpoints (as above), or drop when there are none
+//! }
+//! chain fw-<id> {           # loadBalancerSourceRanges
+//!     ip saddr <range> goto ext-<id>  (per range); ip saddr <node IP> goto ext-<id>; drop
 //! }
 //! chain ep-<id>/<ip>:<port> {
 //!     ip saddr <ip> jump mark-for-masquerade           # hairpin: a pod reaching itself
@@ -316,24 +322,34 @@ pub fn desired(ports: &[ServicePort], cfg: &Config) -> Ruleset {
     for sp in ports {
         let id = sp.id();
         let proto = sp.proto.number();
+        // (key, what, is a load-balancer address)
         let mut external = Vec::new();
         for ip in &cfg.node_ips {
             if let Some(np) = sp.node_port {
-                external.push((key(*ip, proto, np), format!("node port {ip}:{np}")));
+                external.push((key(*ip, proto, np), format!("node port {ip}:{np}"), false));
             }
             if sp.load_balancer {
                 external.push((
                     key(*ip, proto, sp.port),
                     format!("load balancer port {ip}:{}", sp.port),
+                    true,
                 ));
             }
+        }
+        for ip in &sp.external_ips {
+            external.push((
+                key(*ip, proto, sp.port),
+                format!("external IP {ip}:{}", sp.port),
+                false,
+            ));
         }
         let cluster = (
             key(sp.cluster_ip, proto, sp.port),
             format!("cluster IP {}:{}", sp.cluster_ip, sp.port),
         );
         if sp.backends.is_empty() {
-            for (k, what) in std::iter::once(cluster).chain(external) {
+            let keys = external.into_iter().map(|(k, what, _)| (k, what));
+            for (k, what) in std::iter::once(cluster).chain(keys) {
                 claim(
                     &mut no_endpoints,
                     &mut rs.conflicts,
@@ -382,6 +398,7 @@ pub fn desired(ports: &[ServicePort], cfg: &Config) -> Ruleset {
         }
         let svc_chain = format!("svc-{id}");
         let all: Vec<&Backend> = sp.backends.iter().collect();
+        let local: Vec<&Backend> = sp.backends.iter().filter(|b| b.local).collect();
         let mut rules = Vec::new();
         if let Some(cidr) = cfg.cluster_cidr {
             let mut r = m::ip_in(16, sp.cluster_ip.octets(), 32, true);
@@ -389,7 +406,14 @@ pub fn desired(ports: &[ServicePort], cfg: &Config) -> Ruleset {
             r.push(jump(MARK_MASQ));
             rules.push(r);
         }
-        rules.extend(spread(&id, &all, affinity.is_some()));
+        if !sp.internal_local {
+            rules.extend(spread(&id, &all, affinity.is_some()));
+        } else if local.is_empty() {
+            // internalTrafficPolicy Local without a local endpoint: dropped, as upstream.
+            rules.push(vec![Expr::Verdict(Verdict::Drop)]);
+        } else {
+            rules.extend(spread(&id, &local, affinity.is_some()));
+        }
         rs.chains.push(chain(svc_chain.clone(), rules));
         claim(
             &mut service_ips,
@@ -402,17 +426,26 @@ pub fn desired(ports: &[ServicePort], cfg: &Config) -> Ruleset {
         if external.is_empty() {
             continue;
         }
+        // External traffic the policy sends cluster-wide: the ClusterIP chain, unless that one
+        // is node-local (internalTrafficPolicy), then a chain of its own over every endpoint.
+        let cluster_wide = if sp.internal_local {
+            let name = format!("all-{id}");
+            rs.chains
+                .push(chain(name.clone(), spread(&id, &all, affinity.is_some())));
+            name
+        } else {
+            svc_chain.clone()
+        };
         let ext_chain = format!("ext-{id}");
         let mut rules = Vec::new();
         if sp.external_local {
             if let Some(cidr) = cfg.cluster_cidr {
-                rules.push(with(saddr_in(cidr, true), goto(&svc_chain)));
+                rules.push(with(saddr_in(cidr, true), goto(&cluster_wide)));
             }
             for ip in &cfg.node_ips {
                 rules.push(with(saddr_is(*ip), jump(MARK_MASQ)));
-                rules.push(with(saddr_is(*ip), goto(&svc_chain)));
+                rules.push(with(saddr_is(*ip), goto(&cluster_wide)));
             }
-            let local: Vec<&Backend> = sp.backends.iter().filter(|b| b.local).collect();
             if local.is_empty() {
                 rules.push(vec![Expr::Verdict(Verdict::Drop)]);
             } else {
@@ -420,15 +453,34 @@ pub fn desired(ports: &[ServicePort], cfg: &Config) -> Ruleset {
             }
         } else {
             rules.push(vec![jump(MARK_MASQ)]);
-            rules.push(vec![goto(&svc_chain)]);
+            rules.push(vec![goto(&cluster_wide)]);
         }
         rs.chains.push(chain(ext_chain.clone(), rules));
-        for (k, what) in external {
+        // loadBalancerSourceRanges: the load-balancer addresses first pass a source check.
+        let fw_chain = format!("fw-{id}");
+        if !sp.source_ranges.is_empty() {
+            let mut rules: Vec<Vec<Expr>> = sp
+                .source_ranges
+                .iter()
+                .map(|r| with(saddr_in(*r, true), goto(&ext_chain)))
+                .collect();
+            for ip in &cfg.node_ips {
+                rules.push(with(saddr_is(*ip), goto(&ext_chain)));
+            }
+            rules.push(vec![Expr::Verdict(Verdict::Drop)]);
+            rs.chains.push(chain(fw_chain.clone(), rules));
+        }
+        for (k, what, lb) in external {
+            let target = if lb && !sp.source_ranges.is_empty() {
+                &fw_chain
+            } else {
+                &ext_chain
+            };
             claim(
                 &mut service_ips,
                 &mut rs.conflicts,
                 k,
-                Verdict::Goto(ext_chain.clone()),
+                Verdict::Goto(target.clone()),
                 &id,
                 what,
             );
@@ -490,6 +542,9 @@ mod tests {
             node_port: None,
             load_balancer: false,
             external_local: false,
+            internal_local: false,
+            external_ips: Vec::new(),
+            source_ranges: Vec::new(),
             affinity_timeout_s: None,
             backends,
         }
@@ -654,6 +709,82 @@ mod tests {
             ext.rules,
             vec![vec![jump(MARK_MASQ)], vec![goto("svc-default/np/tcp/http")]]
         );
+    }
+
+    #[test]
+    fn internal_local_keeps_cluster_ip_traffic_on_the_node() {
+        let mut p = sp(
+            "itp",
+            "10.43.0.23",
+            vec![be("10.42.0.5", true), be("10.42.1.5", false)],
+        );
+        p.internal_local = true;
+        p.node_port = Some(30023);
+        let rs = desired(&[p.clone()], &cfg());
+        assert_closed(&rs);
+        let svc = rs.chain("svc-default/itp/tcp/http").unwrap();
+        assert_eq!(gotos(svc), vec!["ep-default/itp/tcp/http/10.42.0.5:8080"]);
+        // External traffic (policy Cluster) still reaches every endpoint.
+        let ext = rs.chain("ext-default/itp/tcp/http").unwrap();
+        assert_eq!(
+            ext.rules,
+            vec![
+                vec![jump(MARK_MASQ)],
+                vec![goto("all-default/itp/tcp/http")]
+            ]
+        );
+        assert_eq!(
+            gotos(rs.chain("all-default/itp/tcp/http").unwrap()).len(),
+            2
+        );
+        // No local endpoint: ClusterIP traffic is dropped, not sent elsewhere.
+        p.backends = vec![be("10.42.1.5", false)];
+        let rs = desired(&[p], &cfg());
+        let svc = rs.chain("svc-default/itp/tcp/http").unwrap();
+        assert_eq!(
+            svc.rules.last().unwrap(),
+            &vec![Expr::Verdict(Verdict::Drop)]
+        );
+        assert!(gotos(svc).is_empty());
+    }
+
+    #[test]
+    fn external_ips_are_external_traffic_and_source_ranges_guard_the_load_balancer() {
+        let mut p = sp("lb", "10.43.0.24", vec![be("10.42.0.5", true)]);
+        p.external_ips = vec!["198.51.100.7".parse().unwrap()];
+        p.load_balancer = true;
+        p.node_port = Some(30024);
+        p.source_ranges = vec!["198.51.100.0/24".parse().unwrap()];
+        let rs = desired(&[p.clone()], &cfg());
+        assert_closed(&rs);
+        let node: Ipv4Addr = "203.0.113.1".parse().unwrap();
+        let by_key: BTreeMap<Vec<u8>, Verdict> = targets(&rs, SERVICE_IPS).into_iter().collect();
+        let ext = Verdict::Goto("ext-default/lb/tcp/http".into());
+        let fw = Verdict::Goto("fw-default/lb/tcp/http".into());
+        assert_eq!(by_key[&key("198.51.100.7".parse().unwrap(), 6, 80)], ext);
+        assert_eq!(
+            by_key[&key(node, 6, 30024)],
+            ext,
+            "NodePort is not range-limited"
+        );
+        assert_eq!(by_key[&key(node, 6, 80)], fw);
+        let guard = rs.chain("fw-default/lb/tcp/http").unwrap();
+        assert_eq!(
+            guard.rules,
+            vec![
+                with(
+                    saddr_in("198.51.100.0/24".parse().unwrap(), true),
+                    goto("ext-default/lb/tcp/http")
+                ),
+                with(saddr_is(node), goto("ext-default/lb/tcp/http")),
+                vec![Expr::Verdict(Verdict::Drop)],
+            ]
+        );
+        // Without endpoints every one of those addresses rejects.
+        p.backends.clear();
+        let rs = desired(&[p], &cfg());
+        assert_eq!(targets(&rs, NO_ENDPOINTS).len(), 4);
+        assert!(rs.chain("fw-default/lb/tcp/http").is_none());
     }
 
     #[test]
