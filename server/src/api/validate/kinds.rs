@@ -324,6 +324,52 @@ fn service(spec: &Value, causes: &mut Vec<Cause>) {
     if spec["type"] == json!("ExternalName") {
         return;
     }
+    for field in ["internalTrafficPolicy", "externalTrafficPolicy"] {
+        let v = &spec[field];
+        if !v.is_null() && v != "Cluster" && v != "Local" {
+            causes.push(Cause {
+                reason: "FieldValueNotSupported",
+                field: format!("spec.{field}"),
+                message: format!(
+                    "Unsupported value: {v}: supported values: \"Cluster\", \"Local\""
+                ),
+            });
+        }
+    }
+    for (i, ip) in spec["externalIPs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        if ip
+            .as_str()
+            .and_then(|s| s.parse::<std::net::IpAddr>().ok())
+            .is_none()
+        {
+            let msg = "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)";
+            invalid(format!("spec.externalIPs[{i}]"), ip, msg, causes);
+        }
+    }
+    let ranges = spec["loadBalancerSourceRanges"].as_array();
+    if ranges.is_some_and(|r| !r.is_empty()) && spec["type"] != "LoadBalancer" {
+        causes.push(Cause {
+            reason: "FieldValueForbidden",
+            field: "spec.loadBalancerSourceRanges".into(),
+            message: "Forbidden: may only be used when `type` is 'LoadBalancer'".into(),
+        });
+    }
+    for (i, r) in ranges.into_iter().flatten().enumerate() {
+        if !r.as_str().is_some_and(|s| is_cidr(s.trim())) {
+            let msg = "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)";
+            invalid(
+                format!("spec.loadBalancerSourceRanges[{i}]"),
+                r,
+                msg,
+                causes,
+            );
+        }
+    }
     for (i, p) in spec["ports"].as_array().into_iter().flatten().enumerate() {
         if !port_ok(&p["port"]) {
             let msg = "must be between 1 and 65535, inclusive";
@@ -339,6 +385,19 @@ fn service(spec: &Value, causes: &mut Vec<Cause>) {
             );
         }
     }
+}
+
+/// `<ip>/<prefix>` with a prefix no longer than the address.
+fn is_cidr(s: &str) -> bool {
+    let Some((ip, prefix)) = s.split_once('/') else {
+        return false;
+    };
+    let max = match ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(_)) => 32,
+        Ok(std::net::IpAddr::V6(_)) => 128,
+        Err(_) => return false,
+    };
+    prefix.parse::<u8>().is_ok_and(|p| p <= max)
 }
 
 fn data_keys(map: &Value, field: &str, causes: &mut Vec<Cause>) {
@@ -446,6 +505,31 @@ mod tests {
             None,
         );
         assert_eq!(got.len(), 1);
+        let got = causes(
+            "services",
+            "",
+            json!({"spec":{"ports":[{"port":80}], "internalTrafficPolicy": "Nearby",
+                "externalIPs": ["198.51.100.7", "not-an-ip"],
+                "loadBalancerSourceRanges": ["10.0.0.0/8", "10.0.0.0/33"]}}),
+            None,
+        );
+        assert_eq!(
+            got,
+            [
+                "spec.internalTrafficPolicy: Unsupported value: \"Nearby\": supported values: \"Cluster\", \"Local\"",
+                "spec.externalIPs[1]: Invalid value: \"not-an-ip\": must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+                "spec.loadBalancerSourceRanges: Forbidden: may only be used when `type` is 'LoadBalancer'",
+                "spec.loadBalancerSourceRanges[1]: Invalid value: \"10.0.0.0/33\": must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)",
+            ]
+        );
+        let got = causes(
+            "services",
+            "",
+            json!({"spec":{"type": "LoadBalancer", "ports":[{"port":80}],
+                "loadBalancerSourceRanges": [" 203.0.113.0/24"]}}),
+            None,
+        );
+        assert!(got.is_empty(), "{got:?}");
         let got = causes(
             "configmaps",
             "",
