@@ -1035,3 +1035,101 @@ async fn kube_crate_list_watch_create_patch_delete() {
         other => panic!("unexpected error {other:?}"),
     }
 }
+
+const TYPED_CRD: &str = "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: gadgets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: gadgets, singular: gadget, kind: Gadget}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            required: [size]
+            properties:
+              size: {type: integer, minimum: 1}
+              mode: {type: string, enum: [fast, safe], default: safe}
+";
+
+fn gadget(name: &str, spec: &str) -> String {
+    format!("apiVersion: example.com/v1\nkind: Gadget\nmetadata:\n  name: {name}\nspec: {spec}\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_custom_resource_schema_prunes_defaults_and_validates() {
+    if !have_kubectl() {
+        return;
+    }
+    let s = start().await;
+    let crd = s.write("typed-crd.yaml", TYPED_CRD);
+    s.ok(&["apply", "-f", &crd]).await;
+    s.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/gadgets.example.com",
+        "--timeout=20s",
+    ])
+    .await;
+    // Defaults fill what the manifest left out.
+    let g1 = s.write("g1.yaml", &gadget("g1", "{size: 3}"));
+    s.ok(&["apply", "-f", &g1]).await;
+    let mode = s
+        .ok(&["get", "gadget", "g1", "-o", "jsonpath={.spec.mode}"])
+        .await;
+    assert_eq!(mode, "safe");
+    // Wrong types, ranges and values: 422 with field paths, nothing stored.
+    let g2 = s.write("g2.yaml", &gadget("g2", "{size: three}"));
+    let (ok, _, stderr) = s.kubectl(&["apply", "-f", &g2]).await;
+    assert!(!ok);
+    assert!(
+        stderr.contains(
+            r#"spec.size: Invalid value: "string": spec.size in body must be of type integer: "string""#
+        ),
+        "{stderr}"
+    );
+    let g3 = s.write("g3.yaml", &gadget("g3", "{size: 0, mode: slow}"));
+    let (ok, _, stderr) = s.kubectl(&["apply", "-f", &g3]).await;
+    assert!(!ok);
+    assert!(
+        stderr.contains(
+            "spec.size: Invalid value: 0: spec.size in body should be greater than or equal to 1"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .contains(r#"spec.mode: Unsupported value: "slow": supported values: "fast", "safe""#),
+        "{stderr}"
+    );
+    let g4 = s.write("g4.yaml", &gadget("g4", "{mode: fast}"));
+    let (ok, _, stderr) = s.kubectl(&["apply", "-f", &g4]).await;
+    assert!(!ok);
+    assert!(stderr.contains("spec.size: Required value"), "{stderr}");
+    for name in ["g2", "g3", "g4"] {
+        let (found, _, _) = s.kubectl(&["get", "gadget", name]).await;
+        assert!(!found, "{name} must not be stored");
+    }
+    // Unknown fields: refused under kubectl's default strict validation, pruned without it.
+    let g5 = s.write("g5.yaml", &gadget("g5", "{size: 1, bogus: 1}"));
+    let (ok, _, stderr) = s.kubectl(&["apply", "-f", &g5]).await;
+    assert!(!ok);
+    assert!(
+        stderr.contains(r#"strict decoding error: unknown field "spec.bogus""#),
+        "{stderr}"
+    );
+    s.ok(&["apply", "--validate=false", "-f", &g5]).await;
+    let spec = s
+        .ok(&["get", "gadget", "g5", "-o", "jsonpath={.spec}"])
+        .await;
+    let spec: serde_json::Value = serde_json::from_str(&spec).expect("spec json");
+    assert_eq!(spec, serde_json::json!({"size": 1, "mode": "safe"}));
+}

@@ -7,8 +7,11 @@
 //! behind the `customresourcecleanup` finalizer). Registry entries are `'static`; each distinct
 //! definition is leaked once and reused, so repeated syncs do not grow memory.
 //!
-//! Not yet: schema validation (`openAPIV3Schema`), defaulting, `additionalPrinterColumns` (tables
-//! show NAME/AGE), the `scale` subresource, and version conversion (all versions share storage).
+//! Each served version's `openAPIV3Schema` is registered with [`super::crd_schema`] (pruning,
+//! defaults, value checks on every write).
+//!
+//! Not yet: `additionalPrinterColumns` (tables show NAME/AGE), the `scale` subresource, and
+//! version conversion (all versions share storage).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -107,6 +110,7 @@ pub async fn sync(state: &ApiState) -> Result<(), ApiError> {
         .list(&crds.key_prefix(), &ListOptions::default())
         .map_err(|e| ApiError::from_store(e, &crds.name(), ""))?;
     let mut served = Vec::new();
+    let mut schemas = Vec::new();
     for kv in &stored.items {
         let crd = object::from_store(kv)?;
         for version in crd["spec"]["versions"].as_array().into_iter().flatten() {
@@ -115,14 +119,25 @@ pub async fn sync(state: &ApiState) -> Result<(), ApiError> {
             }
             if let Some(res) = resource(&crd, version) {
                 served.push(res);
+                let schema = &version["schema"]["openAPIV3Schema"];
+                if schema.is_object() {
+                    schemas.push((
+                        res.group.to_string(),
+                        res.version.to_string(),
+                        res.plural.to_string(),
+                        schema.clone(),
+                    ));
+                }
             }
         }
     }
+    super::crd_schema::register(schemas);
     let before = state.custom.snapshot();
     state.custom.replace(served.clone());
     for gone in before {
         let still = served.iter().any(|r| r.key_prefix() == gone.key_prefix());
         if !still {
+            super::crd_schema::unregister(gone);
             delete_all(state, gone).await?;
         }
     }

@@ -21,6 +21,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod codec;
 pub mod crd;
+pub mod crd_schema;
 pub mod defaults;
 pub mod discovery;
 pub mod error;

@@ -7,7 +7,8 @@
 //! The schema is the k8s-openapi type of the kind: the object is decoded into it and encoded back,
 //! and every non-null field of the request that did not survive is unknown. An object that does not
 //! decode at all is left to validation (this check never refuses what it cannot read).
-//! Not covered: duplicate fields (the JSON parser keeps the last) and custom resources' schemas.
+//! Custom resources are checked against their CRD's schema instead ([`super::crd_schema::pruned`]).
+//! Not covered: duplicate fields (the JSON parser keeps the last).
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -134,6 +135,10 @@ fn round_trip(res: &Resource, obj: &Value) -> Option<Value> {
         apps, batch, coordination, core, discovery, policy, rbac, scheduling, storage,
     };
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions;
+    // A custom resource's schema says what it keeps (what upstream prunes).
+    if let Some(schema) = super::crd_schema::schema_for(res) {
+        return Some(super::crd_schema::pruned(&schema, obj));
+    }
     // Custom resources may reuse a built-in kind name in their own group: only built-ins here.
     super::registry::find(res.group, res.version, res.plural)?;
     match (res.group, res.kind) {

@@ -53,6 +53,7 @@ async fn create_object(
     object::prepare_create(res, &mut obj)?;
     rbac_node::check_create(user, res.group, res.plural, &obj)?;
     validate::default_on_create(res, &mut obj);
+    validate::schema_defaults(res, &mut obj);
     track(&mut obj);
     admit_namespace(ctx)?;
     let state = &ctx.state;
@@ -413,6 +414,7 @@ async fn replace_object(
         };
         lifecycle::check_update(res, &current, &new)?;
         priority::admit(state.store.as_ref(), res, Some(&current), &mut new)?;
+        validate::schema_defaults(res, &mut new);
         validate::validate(res, &new, Some(&current))?;
         object::set_resource_version(&mut new, revision);
         if new == current || ctx.dry_run() {

@@ -31,11 +31,21 @@ mod storage;
 const LABEL_VALUE_MSG: &str = "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')";
 const LABEL_KEY_MSG: &str = "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')";
 
+/// Fills in a custom resource's schema defaults (every write, as upstream; built-ins: nothing).
+pub fn schema_defaults(res: &Resource, obj: &mut Value) {
+    if let Some(schema) = super::crd_schema::schema_for(res) {
+        super::crd_schema::apply_defaults(&schema, obj);
+    }
+}
+
 /// Validates an object about to be stored (`old`: the stored version, for updates).
 pub fn validate(res: &Resource, obj: &Value, old: Option<&Value>) -> Result<(), ApiError> {
     let mut causes = Vec::new();
     labels(&obj["metadata"]["labels"], &mut causes);
     kinds::check(res, obj, old, &mut causes);
+    if let Some(schema) = super::crd_schema::schema_for(res) {
+        causes.extend(super::crd_schema::validate(&schema, obj));
+    }
     storage::check(res, obj, &mut causes);
     let name = obj["metadata"]["name"].as_str().unwrap_or("");
     if name.is_empty() {
