@@ -178,9 +178,7 @@ fn bound_pod_alive(
     let deleted_long_ago = current["metadata"]["deletionTimestamp"]
         .as_str()
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        .is_some_and(|t| {
-            t.timestamp() < chrono::Utc::now().timestamp() - DELETION_LEEWAY_SECONDS
-        });
+        .is_some_and(|t| t.timestamp() < chrono::Utc::now().timestamp() - DELETION_LEEWAY_SECONDS);
     Ok(!deleted_long_ago)
 }
 

@@ -52,12 +52,16 @@ pub async fn admit(
     }
     let namespace = namespace.unwrap_or("default");
     let name = object::name(obj).to_string();
-    let forbidden = |why: String| ApiError::Forbidden(format!("pods \"{name}\" is forbidden: {why}"));
+    let forbidden =
+        |why: String| ApiError::Forbidden(format!("pods \"{name}\" is forbidden: {why}"));
     if !obj["metadata"]["annotations"][MIRROR_ANNOTATION].is_null() {
         return check_mirror(obj).map_err(forbidden);
     }
     let spec = &mut obj["spec"];
-    let account = match spec["serviceAccountName"].as_str().filter(|s| !s.is_empty()) {
+    let account = match spec["serviceAccountName"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+    {
         Some(a) => a.to_string(),
         None => spec["serviceAccount"]
             .as_str()
@@ -225,9 +229,7 @@ pub fn token_binding(
 ) -> Result<Bound, ApiError> {
     let node_user = rbac_node::node_of(user);
     let forbidden = |why: &str| {
-        ApiError::Forbidden(format!(
-            "serviceaccounts \"{account}\" is forbidden: {why}"
-        ))
+        ApiError::Forbidden(format!("serviceaccounts \"{account}\" is forbidden: {why}"))
     };
     if reference.is_null() {
         return match node_user {
@@ -286,7 +288,11 @@ pub fn token_binding(
             "node requested token bound to a pod scheduled on a different node",
         ));
     }
-    if pod["spec"]["serviceAccountName"].as_str().unwrap_or(DEFAULT_ACCOUNT) != account {
+    if pod["spec"]["serviceAccountName"]
+        .as_str()
+        .unwrap_or(DEFAULT_ACCOUNT)
+        != account
+    {
         return Err(ApiError::BadRequest(format!(
             "cannot bind token for serviceaccount \"{account}\" to pod running with different serviceaccount name."
         )));
@@ -352,7 +358,8 @@ mod tests {
         }));
         mount_token(&mut p["spec"], "abcde");
         let spec = &p["spec"];
-        let mount = json!({"name": "kube-api-access-abcde", "readOnly": true, "mountPath": MOUNT_PATH});
+        let mount =
+            json!({"name": "kube-api-access-abcde", "readOnly": true, "mountPath": MOUNT_PATH});
         assert_eq!(spec["initContainers"][0]["volumeMounts"], json!([mount]));
         assert_eq!(spec["containers"][0]["volumeMounts"][1], mount);
         assert_eq!(
@@ -364,13 +371,13 @@ mod tests {
         assert_eq!(
             spec["volumes"][1],
             json!({"name": "kube-api-access-abcde", "projected": {
-                "defaultMode": 420,
-                "sources": [
-                    {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
-                    {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-                    {"downwardAPI": {"items": [{"path": "namespace",
-                        "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
-                ]}})
+            "defaultMode": 420,
+            "sources": [
+                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace",
+                    "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+            ]}})
         );
         // Admitting again (a pod copied from another) reuses the volume it has.
         mount_token(&mut p["spec"], "zzzzz");
@@ -403,9 +410,7 @@ mod tests {
 
     #[test]
     fn mirror_pods_may_not_reference_accounts_or_secrets() {
-        let mirror = |spec: Value| {
-            json!({"metadata": {"annotations": {MIRROR_ANNOTATION: "x"}}, "spec": spec})
-        };
+        let mirror = |spec: Value| json!({"metadata": {"annotations": {MIRROR_ANNOTATION: "x"}}, "spec": spec});
         assert!(check_mirror(&mirror(json!({"containers": []}))).is_ok());
         assert_eq!(
             check_mirror(&mirror(json!({"serviceAccountName": "robot"}))),
