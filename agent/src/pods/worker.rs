@@ -555,7 +555,13 @@ impl Worker {
             .filter_map(|s| s.not_before)
             .chain(self.sandbox_retry)
             .chain(self.status_retry)
-            .chain(self.sandbox.as_ref().and_then(|_| self.rotation.next()))
+            // Token renewal runs in `sync`, which a finished pod no longer gets.
+            .chain(
+                self.sandbox
+                    .as_ref()
+                    .filter(|_| !self.finished)
+                    .and_then(|_| self.rotation.next()),
+            )
             .min()
     }
 
