@@ -7,7 +7,9 @@
 //! is false (on the pod, else on the ServiceAccount) the pod gets upstream's `kube-api-access-<5>`
 //! projected volume (a bound token, `kube-root-ca.crt`'s `ca.crt`, the namespace) mounted read-only
 //! at [`MOUNT_PATH`] in every container and init container not already mounting something there.
-//! Mirror pods are never changed and may not reference ServiceAccounts or secrets. The volume is
+//! A ServiceAccount annotated `kubernetes.io/enforce-mountable-secrets: "true"` limits the pod's
+//! secret volumes, secret env references and pull secrets to the secrets it lists (upstream's
+//! wording). Mirror pods are never changed and may not reference ServiceAccounts or secrets. The volume is
 //! only added when the server issues tokens (`ApiState::tokens`), since kubelets could not fill it
 //! otherwise.
 //!
@@ -33,6 +35,8 @@ pub const MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 pub const VOLUME_PREFIX: &str = "kube-api-access-";
 /// The ServiceAccount of pods that name none.
 pub const DEFAULT_ACCOUNT: &str = "default";
+/// The ServiceAccount annotation that limits pods to the secrets the account lists.
+const ENFORCE_MOUNTABLE: &str = "kubernetes.io/enforce-mountable-secrets";
 /// The annotation marking mirror pods.
 const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 /// How often a missing `default` ServiceAccount is looked up again, and how long apart (upstream
@@ -91,6 +95,64 @@ pub async fn admit(
             .map(|s| json!({"name": s["name"].as_str().unwrap_or("")}))
             .collect();
         spec["imagePullSecrets"] = Value::Array(names);
+    }
+    let enforce = sa["metadata"]["annotations"][ENFORCE_MOUNTABLE]
+        .as_str()
+        .is_some_and(|v| matches!(v, "true" | "True" | "TRUE" | "1" | "t" | "T"));
+    if enforce {
+        limit_secret_references(&sa, &obj["spec"]).map_err(forbidden)?;
+    }
+    Ok(())
+}
+
+/// Upstream's mountable-secrets check: every secret volume, secret env reference and pull
+/// secret of the pod must be one the ServiceAccount lists.
+fn limit_secret_references(sa: &Value, spec: &Value) -> Result<(), String> {
+    let account = sa["metadata"]["name"].as_str().unwrap_or("");
+    let listed = |key: &str| -> Vec<&str> {
+        sa[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["name"].as_str())
+            .collect()
+    };
+    let (mountable, pullable) = (listed("secrets"), listed("imagePullSecrets"));
+    let items = |v: &'_ Value| v.as_array().cloned().unwrap_or_default();
+    for v in items(&spec["volumes"]) {
+        if let Some(name) = v["secret"]["secretName"].as_str()
+            && !mountable.contains(&name)
+        {
+            return Err(format!(
+                "volume with secret.secretName=\"{name}\" is not allowed because service account {account} does not reference that secret"
+            ));
+        }
+    }
+    for (list, what) in [
+        ("initContainers", "init container"),
+        ("containers", "container"),
+    ] {
+        for c in items(&spec[list]) {
+            for e in items(&c["env"]) {
+                if let Some(name) = e["valueFrom"]["secretKeyRef"]["name"].as_str()
+                    && !mountable.contains(&name)
+                {
+                    return Err(format!(
+                        "{what} {} with envVar {} referencing secret.secretName=\"{name}\" is not allowed because service account {account} does not reference that secret",
+                        c["name"].as_str().unwrap_or(""),
+                        e["name"].as_str().unwrap_or("")
+                    ));
+                }
+            }
+        }
+    }
+    for (i, p) in items(&spec["imagePullSecrets"]).iter().enumerate() {
+        let name = p["name"].as_str().unwrap_or("");
+        if !pullable.contains(&name) {
+            return Err(format!(
+                "imagePullSecrets[{i}].name=\"{name}\" is not allowed because service account {account} does not reference that imagePullSecret"
+            ));
+        }
     }
     Ok(())
 }
@@ -426,6 +488,33 @@ mod tests {
             check_mirror(&mirror(json!({"volumes": [{"name": "t", "projected": {
                 "sources": [{"serviceAccountToken": {"path": "token"}}]}}]})))
             .is_err()
+        );
+    }
+
+    #[test]
+    fn mountable_secrets_are_enforced_with_upstreams_wording() {
+        let sa = json!({"metadata": {"name": "robot"},
+            "secrets": [{"name": "allowed"}], "imagePullSecrets": [{"name": "pull"}]});
+        let ok = json!({"volumes": [{"name": "v", "secret": {"secretName": "allowed"}}],
+            "containers": [{"name": "c", "env": [{"name": "E",
+                "valueFrom": {"secretKeyRef": {"name": "allowed", "key": "k"}}}]}],
+            "imagePullSecrets": [{"name": "pull"}]});
+        assert_eq!(limit_secret_references(&sa, &ok), Ok(()));
+        let volume = json!({"volumes": [{"name": "v", "secret": {"secretName": "other"}}]});
+        assert_eq!(
+            limit_secret_references(&sa, &volume),
+            Err("volume with secret.secretName=\"other\" is not allowed because service account robot does not reference that secret".into())
+        );
+        let env = json!({"initContainers": [{"name": "i", "env": [{"name": "E",
+            "valueFrom": {"secretKeyRef": {"name": "other", "key": "k"}}}]}]});
+        assert_eq!(
+            limit_secret_references(&sa, &env),
+            Err("init container i with envVar E referencing secret.secretName=\"other\" is not allowed because service account robot does not reference that secret".into())
+        );
+        let pull = json!({"imagePullSecrets": [{"name": "pull"}, {"name": "x"}]});
+        assert_eq!(
+            limit_secret_references(&sa, &pull),
+            Err("imagePullSecrets[1].name=\"x\" is not allowed because service account robot does not reference that imagePullSecret".into())
         );
     }
 
