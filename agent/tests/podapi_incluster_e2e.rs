@@ -8,7 +8,8 @@
 //! namespace with exactly what an in-cluster client reads (that address, the pod's `ca.crt` and
 //! token, no kubeconfig), reaches the API server through the service proxy, verifies its
 //! certificate for the Service IP and for `kubernetes.default.svc`, and is the pod's
-//! ServiceAccount. With `automountServiceAccountToken: false` the pod has no credentials directory.
+//! ServiceAccount; so is the Python client's in-cluster loader on the same files. With
+//! `automountServiceAccountToken: false` the pod has no credentials directory.
 #![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used)]
 
@@ -136,6 +137,37 @@ fn an_in_cluster_client_in_a_pod_reaches_the_api_as_its_service_account() {
         assert_eq!(
             info["extra"]["authentication.kubernetes.io/pod-name"],
             serde_json::json!(["incluster"])
+        );
+    }
+
+    // The Python client's in-cluster loader, in the pod's network namespace, on the same files.
+    let python_ok = Command::new("python3")
+        .args(["-c", "import kubernetes"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if support::require("the Python `kubernetes` package", python_ok) {
+        let token_file = c.dir.path().join("pod-token");
+        std::fs::write(&token_file, token.trim()).unwrap();
+        let script = format!(
+            "from kubernetes import client, config\n\
+             from kubernetes.config.incluster_config import InClusterConfigLoader\n\
+             InClusterConfigLoader(token_filename={token:?}, cert_filename={ca:?}, \
+             environ={{'KUBERNETES_SERVICE_HOST': {host:?}, 'KUBERNETES_SERVICE_PORT': {port:?}}}).load_and_set()\n\
+             r = client.AuthenticationV1Api().create_self_subject_review(client.V1SelfSubjectReview())\n\
+             print(r.status.user_info.username)\n",
+            token = token_file.to_string_lossy(),
+            ca = ca_file.to_string_lossy(),
+        );
+        let out = Command::new("nsenter")
+            .args(["-t", &pid.to_string(), "-n", "--", "python3", "-c", &script])
+            .env("HOME", c.dir.path().join("home"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "python: {}", cluster::text(&out));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "system:serviceaccount:default:default"
         );
     }
 

@@ -66,10 +66,18 @@ pub fn bearer(
     let token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(bearer_token)
         .ok_or(ApiError::Unauthorized)?;
     token_user(state, token, super::tokens::API_AUDIENCES).map(|(user, _)| user)
+}
+
+/// The token of an `Authorization` header value: the scheme `Bearer` in any case (the Python
+/// client's in-cluster config sends `bearer`), as upstream's authenticator accepts it.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && !token.contains(' '))
+        .then_some(token)
 }
 
 /// The user a bearer token authenticates for one of `audiences` (ServiceAccount tokens), with
@@ -281,6 +289,17 @@ fn forbidden_message(user: &UserInfo, a: &Attributes<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer abc.def.ghi"), Some("abc.def.ghi"));
+        assert_eq!(bearer_token("bearer abc.def.ghi"), Some("abc.def.ghi"));
+        assert_eq!(bearer_token("BEARER  abc "), Some("abc"));
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer a b"), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+    }
 
     #[test]
     fn denial_uses_upstream_wording() {
