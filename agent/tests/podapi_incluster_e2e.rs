@@ -8,7 +8,7 @@
 //! namespace with exactly what an in-cluster client reads (that address, the pod's `ca.crt` and
 //! token, no kubeconfig), reaches the API server through the service proxy, verifies its
 //! certificate for the Service IP and for `kubernetes.default.svc`, and is the pod's
-//! ServiceAccount; so is the Python client's in-cluster loader on the same files. With
+//! ServiceAccount; so are the Python client's in-cluster loader and kube-rs on the same files. With
 //! `automountServiceAccountToken: false` the pod has no credentials directory.
 #![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used)]
@@ -59,6 +59,52 @@ fn environ(pid: i32, name: &str) -> Option<String> {
     raw.split(|b| *b == 0)
         .filter_map(|kv| std::str::from_utf8(kv).ok())
         .find_map(|kv| kv.strip_prefix(&format!("{name}=")).map(str::to_string))
+}
+
+/// The username a SelfSubjectReview through kube-rs reports, the client made as its in-cluster
+/// config makes it (server URL, CA, bearer token) on a thread that joined `pid`'s network
+/// namespace.
+fn kube_rs_whoami(pid: i32, url: &str, ca_pem: &str, token: &str) -> String {
+    use base64::Engine;
+    let der: Vec<u8> = base64::engine::general_purpose::STANDARD
+        .decode(
+            ca_pem
+                .lines()
+                .filter(|l| !l.starts_with("-----"))
+                .collect::<String>(),
+        )
+        .unwrap();
+    let (url, token) = (url.to_string(), token.to_string());
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).unwrap();
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut config = kube::Config::new(url.parse().unwrap());
+            config.root_cert = Some(vec![der]);
+            config.headers.push((
+                http::header::AUTHORIZATION,
+                format!("Bearer {token}").parse().unwrap(),
+            ));
+            let client = kube::Client::try_from(config).unwrap();
+            let body = serde_json::json!({"apiVersion": "authentication.k8s.io/v1",
+                                          "kind": "SelfSubjectReview"});
+            let request = http::Request::post("/apis/authentication.k8s.io/v1/selfsubjectreviews")
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(serde_json::to_vec(&body).unwrap())
+                .unwrap();
+            let review: serde_json::Value = client.request(request).await.unwrap();
+            review["status"]["userInfo"]["username"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+    })
+    .join()
+    .unwrap()
 }
 
 #[test]
@@ -170,6 +216,10 @@ fn an_in_cluster_client_in_a_pod_reaches_the_api_as_its_service_account() {
             "system:serviceaccount:default:default"
         );
     }
+
+    // kube-rs (rustls), from a thread in the pod's network namespace, on the same address and files.
+    let username = kube_rs_whoami(pid, &format!("https://{host}:{port}"), &ca, token.trim());
+    assert_eq!(username, "system:serviceaccount:default:default");
 
     // No credentials where automount is off.
     let out = c.exec_in_pod("nocreds", &format!("ls {MOUNT}"));
