@@ -227,6 +227,8 @@ pub struct Worker {
     sandbox_error: Option<String>,
     sandbox_retry: Option<Instant>,
     volumes: super::volumes::Prepared,
+    /// When token-holding projected volumes are due for a rewrite.
+    rotation: super::volumes::Rotation,
     exits: mpsc::UnboundedSender<ExitEvent>,
     exits_rx: mpsc::UnboundedReceiver<ExitEvent>,
     probes: mpsc::UnboundedSender<ProbeEvent>,
@@ -285,6 +287,7 @@ impl Worker {
             sandbox_error: None,
             sandbox_retry: None,
             volumes: Default::default(),
+            rotation: Default::default(),
             exits,
             exits_rx,
             probes,
@@ -552,6 +555,13 @@ impl Worker {
             .filter_map(|s| s.not_before)
             .chain(self.sandbox_retry)
             .chain(self.status_retry)
+            // Token renewal runs in `sync`, which a finished pod no longer gets.
+            .chain(
+                self.sandbox
+                    .as_ref()
+                    .filter(|_| !self.finished)
+                    .and_then(|_| self.rotation.next()),
+            )
             .min()
     }
 
@@ -573,6 +583,18 @@ impl Worker {
                     return;
                 }
             }
+        }
+        if let Some(sb) = &self.sandbox {
+            let facts = self.facts(sb.pod_ip);
+            let vdir = self.ctx.layout.volumes(&self.uid);
+            super::volumes::refresh(
+                &self.ctx.client,
+                &self.pod,
+                &vdir,
+                &facts,
+                &mut self.rotation,
+            )
+            .await;
         }
         let now_i = Instant::now();
         let inits_done = self.slots.iter().filter(|s| s.init).all(|s| s.done);
@@ -692,7 +714,16 @@ impl Worker {
             }
         }
         let vdir = self.ctx.layout.volumes(&self.uid);
-        match super::volumes::prepare(&self.ctx.client, &self.pod, &vdir).await {
+        let facts = self.facts(sb.pod_ip);
+        match super::volumes::prepare(
+            &self.ctx.client,
+            &self.pod,
+            &vdir,
+            &facts,
+            &mut self.rotation,
+        )
+        .await
+        {
             Ok(v) => self.volumes = v,
             Err(e) => {
                 super::volumes::remove(&vdir);
@@ -701,6 +732,16 @@ impl Worker {
         }
         info!(pod = %self.key(), ip = ?sb.pod_ip, "sandbox ready");
         Ok(sb)
+    }
+
+    /// What downward API volumes and fieldRefs read besides the pod.
+    fn facts(&self, pod_ip: Option<IpAddr>) -> env::Facts {
+        env::Facts {
+            host_ip: self.ctx.host_ip,
+            pod_ip,
+            node_milli_cpu: self.ctx.node_milli_cpu,
+            node_memory_bytes: self.ctx.node_memory_bytes,
+        }
     }
 
     fn resolv_conf(&self, spec: &k8s_openapi::api::core::v1::PodSpec, host_net: bool) -> String {

@@ -21,9 +21,11 @@ use super::rbac_node::Decision;
 pub struct UserInfo {
     pub username: String,
     pub groups: Vec<String>,
-    /// Empty unless an impersonating request set `Impersonate-Uid`.
+    /// The ServiceAccount's uid for a ServiceAccount token; else empty unless an impersonating
+    /// request set `Impersonate-Uid`.
     pub uid: String,
-    /// Extra attributes (`Impersonate-Extra-<key>`), keys lower-case.
+    /// Extra attributes (`Impersonate-Extra-<key>`; for ServiceAccount tokens upstream's
+    /// `authentication.kubernetes.io/*`: bound pod and node, credential id), keys lower-case.
     pub extra: std::collections::BTreeMap<String, Vec<String>>,
 }
 
@@ -64,10 +66,18 @@ pub fn bearer(
     let token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(bearer_token)
         .ok_or(ApiError::Unauthorized)?;
     token_user(state, token, super::tokens::API_AUDIENCES).map(|(user, _)| user)
+}
+
+/// The token of an `Authorization` header value: the scheme `Bearer` in any case (the Python
+/// client's in-cluster config sends `bearer`), as upstream's authenticator accepts it.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && !token.contains(' '))
+        .then_some(token)
 }
 
 /// The user a bearer token authenticates for one of `audiences` (ServiceAccount tokens), with
@@ -92,9 +102,10 @@ pub fn token_user(
         return Ok((user, String::new()));
     }
     let issuer = state.tokens.as_ref().ok_or(ApiError::Unauthorized)?;
-    let subject = issuer
-        .verify_for(token, audiences)
+    let verified = issuer
+        .verify_claims(token, audiences)
         .ok_or(ApiError::Unauthorized)?;
+    let subject = &verified.subject;
     let accounts = super::registry::find("", "v1", "serviceaccounts")
         .ok_or_else(|| ApiError::Internal("serviceaccounts are not registered".into()))?;
     let key = accounts.key(Some(&subject.namespace), &subject.name);
@@ -109,6 +120,27 @@ pub fn token_user(
     if !uid_matches {
         return Err(ApiError::Unauthorized);
     }
+    if let Some(pod) = &verified.bound.pod
+        && !bound_pod_alive(state.store.as_ref(), &subject.namespace, pod)?
+    {
+        tracing::debug!(pod = %pod.name, namespace = %subject.namespace, "service account token has been invalidated");
+        return Err(ApiError::Unauthorized);
+    }
+    let mut extra = std::collections::BTreeMap::new();
+    if let Some(pod) = &verified.bound.pod {
+        extra.insert(format!("{EXTRA_PREFIX}pod-name"), vec![pod.name.clone()]);
+        extra.insert(format!("{EXTRA_PREFIX}pod-uid"), vec![pod.uid.clone()]);
+    }
+    if let Some(node) = &verified.bound.node {
+        extra.insert(format!("{EXTRA_PREFIX}node-name"), vec![node.name.clone()]);
+        extra.insert(format!("{EXTRA_PREFIX}node-uid"), vec![node.uid.clone()]);
+    }
+    if let Some(jti) = &verified.jti {
+        extra.insert(
+            format!("{EXTRA_PREFIX}credential-id"),
+            vec![format!("JTI={jti}")],
+        );
+    }
     let user = UserInfo {
         username: format!(
             "system:serviceaccount:{}:{}",
@@ -119,9 +151,43 @@ pub fn token_user(
             format!("system:serviceaccounts:{}", subject.namespace),
             "system:authenticated".to_string(),
         ],
-        ..Default::default()
+        uid: subject.uid.clone(),
+        extra,
     };
-    Ok((user, subject.uid))
+    Ok((user, subject.uid.clone()))
+}
+
+/// The prefix of upstream's user extras for ServiceAccount tokens.
+const EXTRA_PREFIX: &str = "authentication.kubernetes.io/";
+
+/// How long a pod being deleted still validates the tokens bound to it (upstream's JWT leeway):
+/// its containers may still call the API during their grace period.
+const DELETION_LEEWAY_SECONDS: i64 = 60;
+
+/// Whether the pod a token is bound to still exists with the token's uid and was not marked for
+/// deletion more than [`DELETION_LEEWAY_SECONDS`] ago (upstream's bound-token validation).
+fn bound_pod_alive(
+    store: &dyn Store,
+    namespace: &str,
+    pod: &super::tokens::ObjectRef,
+) -> Result<bool, ApiError> {
+    let pods = super::registry::find("", "v1", "pods")
+        .ok_or_else(|| ApiError::Internal("pods are not registered".into()))?;
+    let Some(kv) = store
+        .get(&pods.key(Some(namespace), &pod.name))
+        .map_err(|e| ApiError::from_store(e, &pods.name(), &pod.name))?
+    else {
+        return Ok(false);
+    };
+    let current = super::object::from_store(&kv)?;
+    if current["metadata"]["uid"].as_str() != Some(pod.uid.as_str()) {
+        return Ok(false);
+    }
+    let deleted_long_ago = current["metadata"]["deletionTimestamp"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .is_some_and(|t| t.timestamp() < chrono::Utc::now().timestamp() - DELETION_LEEWAY_SECONDS);
+    Ok(!deleted_long_ago)
 }
 
 /// Allows `user` to do `attrs`, or returns 403 with the apiserver's message.
@@ -223,6 +289,17 @@ fn forbidden_message(user: &UserInfo, a: &Attributes<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer abc.def.ghi"), Some("abc.def.ghi"));
+        assert_eq!(bearer_token("bearer abc.def.ghi"), Some("abc.def.ghi"));
+        assert_eq!(bearer_token("BEARER  abc "), Some("abc"));
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer a b"), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+    }
 
     #[test]
     fn denial_uses_upstream_wording() {

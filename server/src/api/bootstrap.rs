@@ -1,5 +1,8 @@
 //! Objects every cluster starts with: the namespaces `default`, `kube-system`, `kube-public` and
-//! `kube-node-lease`, created through the same metadata rules as API creates when absent.
+//! `kube-node-lease`, and the `default` ServiceAccount in each, created through the same metadata
+//! rules as API creates when absent. (The ServiceAccount controller keeps `default` in every
+//! namespace; creating the built-in namespaces' ones here means pods can be admitted there as soon
+//! as the API serves, controllers running or not.)
 
 use serde_json::json;
 
@@ -29,6 +32,32 @@ pub async fn ensure_namespaces(store: &dyn Store) -> Result<(), ApiError> {
             // Someone else (another start racing us) created it: that is the goal anyway.
             Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
             Err(e) => return Err(ApiError::from_store(e, &res.name(), name)),
+        }
+    }
+    ensure_default_accounts(store).await
+}
+
+/// Creates the `default` ServiceAccount of every built-in namespace where it is missing.
+async fn ensure_default_accounts(store: &dyn Store) -> Result<(), ApiError> {
+    let res = registry::find("", "v1", "serviceaccounts")
+        .ok_or_else(|| ApiError::Internal("serviceaccounts are not registered".into()))?;
+    let account = super::serviceaccount::DEFAULT_ACCOUNT;
+    for ns in NAMESPACES {
+        let key = res.key(Some(ns), account);
+        if store
+            .get(&key)
+            .map_err(|e| ApiError::from_store(e, &res.name(), account))?
+            .is_some()
+        {
+            continue;
+        }
+        let mut sa = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                            "metadata": {"name": account, "namespace": ns}});
+        object::prepare_create(res, &mut sa)?;
+        validate::default_on_create(res, &mut sa);
+        match store.create(&key, object::to_store(&sa)?).await {
+            Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(ApiError::from_store(e, &res.name(), account)),
         }
     }
     Ok(())

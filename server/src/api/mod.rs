@@ -4,7 +4,8 @@
 //! The request path reads straight through: `router` (routes and layers) → `handlers` (resolve the
 //! URL → authorize → decode → default → validate → admit → store → encode). Only this module turns
 //! errors into `Status` objects ([`error::ApiError`]). Admission on create, in order: namespace
-//! lifecycle, LimitRange defaults and bounds ([`limitrange`]), validation, Service addresses
+//! lifecycle, LimitRange defaults and bounds ([`limitrange`]), priority, ServiceAccount and token
+//! volume ([`serviceaccount`]), validation, Service addresses
 //! ([`services`]), ResourceQuota ([`quota`], held until the object is stored).
 //!
 //! Entry points: [`app`] (the router alone, for in-process clients and tests) and [`serve`] /
@@ -47,6 +48,7 @@ pub mod reviews;
 mod router;
 pub mod scale;
 pub mod selector;
+pub mod serviceaccount;
 pub mod services;
 pub mod smp;
 pub mod strict;

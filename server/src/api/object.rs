@@ -227,7 +227,7 @@ pub fn now() -> String {
 }
 
 /// Five characters from the apiserver's generateName alphabet (no vowels, no confusables).
-fn random_suffix() -> String {
+pub(crate) fn random_suffix() -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::rng();
     (0..5)

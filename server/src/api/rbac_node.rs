@@ -4,8 +4,9 @@
 //! A node may read nodes, services, endpoints, endpoint slices and pods; write its own Node (and
 //! status), its own Lease in `kube-node-lease`, the status of pods bound to it, delete and evict
 //! pods bound to it; create events; get the configmaps, secrets, PVCs and ServiceAccounts that
-//! pods bound to it reference (and the PVs behind those PVCs), and request tokens for those
-//! ServiceAccounts. Writes to another node's Node or Lease are refused outright (with
+//! pods bound to it reference (and the PVs behind those PVCs), and request tokens for the
+//! ServiceAccounts of those pods, each bound to one of them (not read the ServiceAccounts
+//! themselves, as upstream's). Writes to another node's Node or Lease are refused outright (with
 //! NodeRestriction's wording); anything else gets no opinion here and falls through to RBAC, with
 //! the reason added to the 403 message when RBAC refuses too.
 //!
@@ -99,12 +100,9 @@ pub fn decide(
         {
             Decision::Allow
         }
-        (
-            "",
-            "configmaps" | "secrets" | "persistentvolumeclaims" | "serviceaccounts",
-            None,
-            "get",
-        )
+        ("", "configmaps" | "secrets" | "persistentvolumeclaims", None, "get")
+        // The pod binding of the token is checked on the request body (upstream's
+        // NodeRestriction: `serviceaccount::token_binding`).
         | ("", "serviceaccounts", Some("token"), "create") => {
             allow(referenced_by_pod(store, a, node)?)
         }

@@ -161,6 +161,9 @@ pub fn token_review(
             if !uid.is_empty() {
                 info["uid"] = json!(uid);
             }
+            if !user.extra.is_empty() {
+                info["extra"] = json!(user.extra);
+            }
             json!({"authenticated": true, "user": info, "audiences": audiences})
         }
         Err(ApiError::Unauthorized) => json!({"user": {}, "error": "invalid bearer token"}),

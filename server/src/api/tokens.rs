@@ -4,6 +4,9 @@
 //!
 //! A token authenticates only while it is unexpired, names one of the API's audiences, and its
 //! ServiceAccount still exists with the same uid (so deleting the ServiceAccount revokes its tokens).
+//! A token bound to a pod (TokenRequest `boundObjectRef`, what kubelets ask for projected volumes)
+//! carries the pod's name and uid, and the node's, in its `kubernetes.io` claim, as upstream's;
+//! `auth::token_user` refuses it once that pod is gone (see [`Bound`]).
 //! The signature is the JWS form (r‖s, 64 bytes); rcgen signs in ASN.1 DER and the verifier
 //! (webpki's ECDSA P-256/SHA-256 from rustls' provider) wants DER, so both ways are converted here.
 
@@ -45,6 +48,39 @@ pub struct TokenSubject {
     pub uid: String,
 }
 
+/// A name and uid in a token's claims (the bound pod, its node).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObjectRef {
+    pub name: String,
+    pub uid: String,
+}
+
+/// What a token is bound to besides its ServiceAccount, and upstream's `warnafter` (the time
+/// after which an extended projected token counts as stale).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Bound {
+    pub pod: Option<ObjectRef>,
+    pub node: Option<ObjectRef>,
+    pub warn_after: Option<i64>,
+}
+
+/// Everything a verified token says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    pub subject: TokenSubject,
+    pub bound: Bound,
+    /// The `jti` claim (upstream's credential id is `JTI=<jti>`).
+    pub jti: Option<String>,
+}
+
+/// What a projected `serviceAccountToken` source asks for by default (upstream's
+/// `WarnOnlyBoundTokenExpirationSeconds`): a pod-bound request for exactly this many seconds for
+/// the API's audiences gets a token valid for [`EXTENDED_SECONDS`] that warns after this, so
+/// clients that never reload their token keep working.
+pub const WARN_ONLY_SECONDS: i64 = 3607;
+/// A year: the lifetime of such an extended token (upstream's `ExpirationExtensionSeconds`).
+pub const EXTENDED_SECONDS: i64 = 365 * 24 * 3600;
+
 impl TokenIssuer {
     /// From the PEM of an ECDSA P-256 private key (what `tls::ensure_certificates` writes).
     pub fn from_pem(pem: &str) -> Result<TokenIssuer, String> {
@@ -79,16 +115,37 @@ impl TokenIssuer {
         audiences: &[String],
         seconds: i64,
     ) -> Result<(String, i64), ApiError> {
+        self.issue_bound(subject, &Bound::default(), audiences, seconds)
+    }
+
+    /// A token for a ServiceAccount valid for `seconds` from now, bound to what `bound` names.
+    pub fn issue_bound(
+        &self,
+        subject: &TokenSubject,
+        bound: &Bound,
+        audiences: &[String],
+        seconds: i64,
+    ) -> Result<(String, i64), ApiError> {
         let now = chrono::Utc::now().timestamp();
         let exp = now + seconds;
         let header = json!({"alg": "ES256", "typ": "JWT", "kid": self.kid});
+        let mut k8s = json!({"namespace": subject.namespace,
+                             "serviceaccount": {"name": subject.name, "uid": subject.uid}});
+        if let Some(pod) = &bound.pod {
+            k8s["pod"] = json!({"name": pod.name, "uid": pod.uid});
+        }
+        if let Some(node) = &bound.node {
+            k8s["node"] = json!({"name": node.name, "uid": node.uid});
+        }
+        if let Some(warn) = bound.warn_after {
+            k8s["warnafter"] = json!(warn);
+        }
         let claims = json!({
             "iss": ISSUER,
             "sub": format!("system:serviceaccount:{}:{}", subject.namespace, subject.name),
             "aud": audiences, "iat": now, "nbf": now, "exp": exp,
             "jti": uuid::Uuid::new_v4().to_string(),
-            "kubernetes.io": {"namespace": subject.namespace,
-                              "serviceaccount": {"name": subject.name, "uid": subject.uid}},
+            "kubernetes.io": k8s,
         });
         let signing_input = format!(
             "{}.{}",
@@ -115,6 +172,12 @@ impl TokenIssuer {
 
     /// As [`TokenIssuer::verify`], for a token that must name one of `audiences`.
     pub fn verify_for(&self, token: &str, audiences: &[&str]) -> Option<TokenSubject> {
+        self.verify_claims(token, audiences).map(|v| v.subject)
+    }
+
+    /// As [`TokenIssuer::verify_for`], with what the token is bound to. Whether the bound pod
+    /// still exists is for the caller to check (it needs the store).
+    pub fn verify_claims(&self, token: &str, audiences: &[&str]) -> Option<Verified> {
         let mut parts = token.split('.');
         let (header, claims, signature) = (parts.next()?, parts.next()?, parts.next()?);
         if parts.next().is_some() {
@@ -145,10 +208,24 @@ impl TokenIssuer {
             return None;
         }
         let k8s = &claims["kubernetes.io"];
-        Some(TokenSubject {
-            namespace: k8s["namespace"].as_str()?.to_string(),
-            name: k8s["serviceaccount"]["name"].as_str()?.to_string(),
-            uid: k8s["serviceaccount"]["uid"].as_str()?.to_string(),
+        let object = |v: &Value| {
+            Some(ObjectRef {
+                name: v["name"].as_str()?.to_string(),
+                uid: v["uid"].as_str().unwrap_or("").to_string(),
+            })
+        };
+        Some(Verified {
+            subject: TokenSubject {
+                namespace: k8s["namespace"].as_str()?.to_string(),
+                name: k8s["serviceaccount"]["name"].as_str()?.to_string(),
+                uid: k8s["serviceaccount"]["uid"].as_str()?.to_string(),
+            },
+            bound: Bound {
+                pod: object(&k8s["pod"]),
+                node: object(&k8s["node"]),
+                warn_after: k8s["warnafter"].as_i64(),
+            },
+            jti: claims["jti"].as_str().map(str::to_string),
         })
     }
 }
@@ -242,6 +319,41 @@ mod tests {
             .expect("issue");
         assert_eq!(issuer.verify(&expired), None);
         assert_eq!(self::issuer().verify(&token), None, "another key");
+    }
+
+    #[test]
+    fn bound_tokens_carry_the_pod_and_node() {
+        let issuer = issuer();
+        let subject = TokenSubject {
+            namespace: "apps".into(),
+            name: "robot".into(),
+            uid: "u-1".into(),
+        };
+        let bound = Bound {
+            pod: Some(ObjectRef {
+                name: "web-0".into(),
+                uid: "p-1".into(),
+            }),
+            node: Some(ObjectRef {
+                name: "pi4".into(),
+                uid: "n-1".into(),
+            }),
+            warn_after: Some(12345),
+        };
+        let (token, _) = issuer
+            .issue_bound(&subject, &bound, &[ISSUER.to_string()], 3600)
+            .expect("issue");
+        let verified = issuer.verify_claims(&token, API_AUDIENCES).expect("valid");
+        assert_eq!(verified.subject, subject);
+        assert_eq!(verified.bound, bound);
+        assert!(verified.jti.is_some_and(|j| !j.is_empty()));
+        let (plain, _) = issuer
+            .issue(&subject, &[ISSUER.to_string()], 3600)
+            .expect("issue");
+        assert_eq!(
+            issuer.verify_claims(&plain, API_AUDIENCES).map(|v| v.bound),
+            Some(Bound::default())
+        );
     }
 
     #[test]

@@ -214,7 +214,7 @@ async fn dispatch(ctx: &Ctx, user: &UserInfo, verb: &str) -> Result<Response, Ap
             (Some(review), _) => write::review(ctx, user, review),
             (None, Some("binding")) => write::bind(ctx).await,
             (None, Some("eviction")) => delete::evict(ctx).await,
-            (None, Some("token")) => write::token_request(ctx),
+            (None, Some("token")) => write::token_request(ctx, user),
             (None, _) => write::create(ctx, user).await,
         },
         "update" => write::update(ctx).await,

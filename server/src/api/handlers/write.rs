@@ -23,6 +23,7 @@ use crate::api::quota;
 use crate::api::rbac_node;
 use crate::api::registry::Review;
 use crate::api::scale;
+use crate::api::serviceaccount;
 use crate::api::services;
 use crate::api::tokens;
 use crate::api::validate;
@@ -59,6 +60,7 @@ async fn create_object(
     let state = &ctx.state;
     limitrange::admit(state.store.as_ref(), res, ctx.namespace(), &mut obj)?;
     priority::admit(state.store.as_ref(), res, None, &mut obj)?;
+    serviceaccount::admit(state, res, ctx.namespace(), &mut obj).await?;
     validate::validate(res, &obj, None)?;
     let _allocation =
         services::admit(&state.services, state.store.as_ref(), res, None, &mut obj).await?;
@@ -234,13 +236,15 @@ pub async fn bind(ctx: &Ctx) -> Result<Response, ApiError> {
     Ok(codec::respond(StatusCode::CREATED, &podsub::success()))
 }
 
-/// `serviceaccounts/<name>/token` (TokenRequest): a signed token for an existing ServiceAccount.
-pub fn token_request(ctx: &Ctx) -> Result<Response, ApiError> {
+/// `serviceaccounts/<name>/token` (TokenRequest): a signed token for an existing ServiceAccount,
+/// bound to a pod when `spec.boundObjectRef` names one (see [`crate::api::serviceaccount`]).
+pub fn token_request(ctx: &Ctx, user: &UserInfo) -> Result<Response, ApiError> {
     let issuer = ctx.state.tokens.as_ref().ok_or_else(|| {
         ApiError::ServiceUnavailable("this server has no service-account signing key".into())
     })?;
     let mut request = codec::decode(&ctx.headers, &ctx.body)?;
     let (_, sa) = load(ctx)?;
+    let namespace = ctx.namespace().unwrap_or("");
     let spec = &request["spec"];
     // Upstream's bounds: at least 10 minutes, at most a day unless configured otherwise.
     let seconds = spec["expirationSeconds"]
@@ -254,13 +258,24 @@ pub fn token_request(ctx: &Ctx) -> Result<Response, ApiError> {
             .collect(),
         None => vec![tokens::ISSUER.to_string()],
     };
+    let bound = crate::api::serviceaccount::token_binding(
+        ctx.state.store.as_ref(),
+        user,
+        namespace,
+        ctx.name(),
+        &spec["boundObjectRef"],
+    )?;
     let subject = tokens::TokenSubject {
-        namespace: ctx.namespace().unwrap_or("").to_string(),
+        namespace: namespace.to_string(),
         name: ctx.name().to_string(),
         uid: sa["metadata"]["uid"].as_str().unwrap_or("").to_string(),
     };
-    let (token, exp) = issuer.issue(&subject, &audiences, seconds)?;
-    let expires = chrono::DateTime::from_timestamp(exp, 0)
+    let (lifetime, bound) =
+        crate::api::serviceaccount::extend_projected(bound, seconds, &audiences);
+    let (token, _) = issuer.issue_bound(&subject, &bound, &audiences, lifetime)?;
+    // The status reports the lifetime asked for, also for an extended token (as upstream), so
+    // kubelets keep rotating on the short schedule.
+    let expires = chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp() + seconds, 0)
         .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
         .unwrap_or_default();
     request["apiVersion"] = serde_json::json!("authentication.k8s.io/v1");
