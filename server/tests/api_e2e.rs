@@ -1058,6 +1058,10 @@ spec:
             properties:
               size: {type: integer, minimum: 1}
               mode: {type: string, enum: [fast, safe], default: safe}
+    additionalPrinterColumns:
+    - {name: Size, type: integer, jsonPath: .spec.size}
+    - {name: Mode, type: string, jsonPath: .spec.mode}
+    - {name: Age, type: date, jsonPath: .metadata.creationTimestamp}
 ";
 
 fn gadget(name: &str, spec: &str) -> String {
@@ -1086,6 +1090,15 @@ async fn kubectl_custom_resource_schema_prunes_defaults_and_validates() {
         .ok(&["get", "gadget", "g1", "-o", "jsonpath={.spec.mode}"])
         .await;
     assert_eq!(mode, "safe");
+    // The printer columns are the table kubectl shows.
+    let listed = s.ok(&["get", "gadgets"]).await;
+    let lines: Vec<Vec<&str>> = listed
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines[0], ["NAME", "SIZE", "MODE", "AGE"], "{listed}");
+    assert_eq!(lines[1][..3], ["g1", "3", "safe"], "{listed}");
+    assert!(lines[1][3].ends_with('s'), "an age: {listed}");
     // Wrong types, ranges and values: 422 with field paths, nothing stored.
     let g2 = s.write("g2.yaml", &gadget("g2", "{size: three}"));
     let (ok, _, stderr) = s.kubectl(&["apply", "-f", &g2]).await;

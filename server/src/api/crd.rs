@@ -10,8 +10,8 @@
 //! Each served version's `openAPIV3Schema` is registered with [`super::crd_schema`] (pruning,
 //! defaults, value checks on every write).
 //!
-//! Not yet: `additionalPrinterColumns` (tables show NAME/AGE), the `scale` subresource, and
-//! version conversion (all versions share storage).
+//! `additionalPrinterColumns` become the resource's table columns (JSONPath cells, `date` shown as
+//! an age). Not yet: the `scale` subresource, and version conversion (all versions share storage).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -59,6 +59,7 @@ fn resource(crd: &Value, version: &Value) -> Option<&'static Resource> {
         .map_or_else(|| kind.to_lowercase(), str::to_string);
     let namespaced = spec["scope"] != json!("Cluster");
     let status = version["subresources"]["status"].is_object();
+    let printer = &version["additionalPrinterColumns"];
     let key = json!([
         group,
         version_name,
@@ -68,7 +69,8 @@ fn resource(crd: &Value, version: &Value) -> Option<&'static Resource> {
         namespaced,
         status,
         names["shortNames"],
-        names["categories"]
+        names["categories"],
+        printer
     ])
     .to_string();
     let mut leaked = LEAKED.lock().unwrap_or_else(|e| e.into_inner());
@@ -86,7 +88,7 @@ fn resource(crd: &Value, version: &Value) -> Option<&'static Resource> {
         short_names: leak_list(&names["shortNames"]),
         categories: leak_list(&names["categories"]),
         subresources: if status { registry::STATUS } else { &[] },
-        columns: table::AGE_ONLY,
+        columns: printer_columns(printer),
         generation: true,
         verbs: VERBS,
         review: None,
@@ -94,6 +96,29 @@ fn resource(crd: &Value, version: &Value) -> Option<&'static Resource> {
     }));
     cache.insert(key, made);
     Some(made)
+}
+
+/// The table columns of `additionalPrinterColumns` (upstream: without any, just `Age`).
+fn printer_columns(printer: &Value) -> &'static [table::Column] {
+    let Some(list) = printer.as_array().filter(|l| !l.is_empty()) else {
+        return table::AGE_ONLY;
+    };
+    let columns: Vec<table::Column> = list
+        .iter()
+        .filter_map(|c| {
+            Some(table::Column {
+                name: leak_str(c["name"].as_str()?),
+                kind: leak_str(c["type"].as_str().unwrap_or("string")),
+                priority: c["priority"]
+                    .as_u64()
+                    .and_then(|p| u8::try_from(p).ok())
+                    .unwrap_or(0),
+                description: leak_str(c["description"].as_str().unwrap_or("")),
+                cell: table::Cell::Path(leak_str(c["jsonPath"].as_str()?)),
+            })
+        })
+        .collect();
+    Box::leak(columns.into_boxed_slice())
 }
 
 /// Registry hook of the CRD resource: re-syncs after every write.

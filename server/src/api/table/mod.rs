@@ -15,7 +15,17 @@ pub struct Column {
     pub kind: &'static str,
     pub priority: u8,
     pub description: &'static str,
-    pub cell: fn(&Value) -> Value,
+    pub cell: Cell,
+}
+
+/// How a column's cell is computed.
+#[derive(Clone, Copy, Debug)]
+pub enum Cell {
+    /// Built-in kinds: a function of the object.
+    Fn(fn(&Value) -> Value),
+    /// CRD `additionalPrinterColumns`: a JSONPath into the object (see [`jsonpath`]); `date`
+    /// columns show the time since, as upstream.
+    Path(&'static str),
 }
 
 const fn col(name: &'static str, priority: u8, cell: fn(&Value) -> Value) -> Column {
@@ -24,7 +34,7 @@ const fn col(name: &'static str, priority: u8, cell: fn(&Value) -> Value) -> Col
         kind: "string",
         priority,
         description: "",
-        cell,
+        cell: Cell::Fn(cell),
     }
 }
 
@@ -34,7 +44,7 @@ const fn int(name: &'static str, cell: fn(&Value) -> Value) -> Column {
         kind: "integer",
         priority: 0,
         description: "",
-        cell,
+        cell: Cell::Fn(cell),
     }
 }
 
@@ -44,13 +54,14 @@ const fn int_wide(name: &'static str, cell: fn(&Value) -> Value) -> Column {
         kind: "integer",
         priority: 1,
         description: "",
-        cell,
+        cell: Cell::Fn(cell),
     }
 }
 
 const AGE: Column = col("Age", 0, age);
 
 mod columns;
+pub mod jsonpath;
 
 pub use columns::*;
 
@@ -88,7 +99,17 @@ pub fn column_definitions(columns: &[Column]) -> Value {
 /// One row for `obj`.
 pub fn row(columns: &[Column], obj: &Value, include: IncludeObject) -> Value {
     let mut cells = vec![obj["metadata"]["name"].clone()];
-    cells.extend(columns.iter().map(|c| (c.cell)(obj)));
+    cells.extend(columns.iter().map(|c| match c.cell {
+        Cell::Fn(f) => f(obj),
+        Cell::Path(path) => {
+            let v = jsonpath::first(obj, path);
+            if c.kind == "date" && !v.is_null() {
+                since(&v)
+            } else {
+                v
+            }
+        }
+    }));
     let mut row = json!({ "cells": cells });
     match include {
         IncludeObject::None => {}
