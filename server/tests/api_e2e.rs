@@ -1058,6 +1058,8 @@ spec:
             properties:
               size: {type: integer, minimum: 1}
               mode: {type: string, enum: [fast, safe], default: safe}
+    subresources:
+      scale: {specReplicasPath: .spec.size, statusReplicasPath: .status.size}
     additionalPrinterColumns:
     - {name: Size, type: integer, jsonPath: .spec.size}
     - {name: Mode, type: string, jsonPath: .spec.mode}
@@ -1099,6 +1101,17 @@ async fn kubectl_custom_resource_schema_prunes_defaults_and_validates() {
     assert_eq!(lines[0], ["NAME", "SIZE", "MODE", "AGE"], "{listed}");
     assert_eq!(lines[1][..3], ["g1", "3", "safe"], "{listed}");
     assert!(lines[1][3].ends_with('s'), "an age: {listed}");
+    // The scale subresource maps to the CRD's replica path.
+    assert_eq!(
+        s.ok(&["scale", "gadget", "g1", "--replicas=4"])
+            .await
+            .trim(),
+        "gadget.example.com/g1 scaled"
+    );
+    let size = s
+        .ok(&["get", "gadget", "g1", "-o", "jsonpath={.spec.size}"])
+        .await;
+    assert_eq!(size, "4");
     // Wrong types, ranges and values: 422 with field paths, nothing stored.
     let g2 = s.write("g2.yaml", &gadget("g2", "{size: three}"));
     let (ok, _, stderr) = s.kubectl(&["apply", "-f", &g2]).await;

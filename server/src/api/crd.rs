@@ -11,7 +11,8 @@
 //! defaults, value checks on every write).
 //!
 //! `additionalPrinterColumns` become the resource's table columns (JSONPath cells, `date` shown as
-//! an age). Not yet: the `scale` subresource, and version conversion (all versions share storage).
+//! an age); the `scale` subresource maps through the CRD's replica and selector paths. Not yet:
+//! version conversion (all versions share storage).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -59,6 +60,7 @@ fn resource(crd: &Value, version: &Value) -> Option<&'static Resource> {
         .map_or_else(|| kind.to_lowercase(), str::to_string);
     let namespaced = spec["scope"] != json!("Cluster");
     let status = version["subresources"]["status"].is_object();
+    let scale = version["subresources"]["scale"].is_object();
     let printer = &version["additionalPrinterColumns"];
     let key = json!([
         group,
@@ -68,6 +70,7 @@ fn resource(crd: &Value, version: &Value) -> Option<&'static Resource> {
         singular,
         namespaced,
         status,
+        scale,
         names["shortNames"],
         names["categories"],
         printer
@@ -87,7 +90,12 @@ fn resource(crd: &Value, version: &Value) -> Option<&'static Resource> {
         namespaced,
         short_names: leak_list(&names["shortNames"]),
         categories: leak_list(&names["categories"]),
-        subresources: if status { registry::STATUS } else { &[] },
+        subresources: match (status, scale) {
+            (true, true) => registry::STATUS_SCALE,
+            (true, false) => registry::STATUS,
+            (false, true) => registry::SCALE,
+            (false, false) => &[],
+        },
         columns: printer_columns(printer),
         generation: true,
         verbs: VERBS,
@@ -144,6 +152,21 @@ pub async fn sync(state: &ApiState) -> Result<(), ApiError> {
             }
             if let Some(res) = resource(&crd, version) {
                 served.push(res);
+                let scale = &version["subresources"]["scale"];
+                super::scale::register(
+                    res,
+                    scale.is_object().then(|| super::scale::Paths {
+                        spec_replicas: scale["specReplicasPath"]
+                            .as_str()
+                            .unwrap_or(".spec.replicas")
+                            .into(),
+                        status_replicas: scale["statusReplicasPath"]
+                            .as_str()
+                            .unwrap_or(".status.replicas")
+                            .into(),
+                        label_selector: scale["labelSelectorPath"].as_str().map(Into::into),
+                    }),
+                );
                 let schema = &version["schema"]["openAPIV3Schema"];
                 if schema.is_object() {
                     schemas.push((

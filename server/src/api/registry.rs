@@ -79,6 +79,7 @@ const SCALE_ONLY: Subresource = Subresource {
     kind: Some(("autoscaling", "v1", "Scale")),
 };
 pub(crate) const STATUS: &[Subresource] = &[STATUS_ONLY];
+pub(crate) const SCALE: &[Subresource] = &[SCALE_ONLY];
 const SERVICEACCOUNT_SUBRESOURCES: &[Subresource] = &[Subresource {
     name: "token",
     verbs: &["create"],
@@ -125,7 +126,7 @@ const NAMESPACE_SUBRESOURCES: &[Subresource] = &[
     },
     STATUS_ONLY,
 ];
-const STATUS_SCALE: &[Subresource] = &[SCALE_ONLY, STATUS_ONLY];
+pub(crate) const STATUS_SCALE: &[Subresource] = &[SCALE_ONLY, STATUS_ONLY];
 
 impl Resource {
     /// `group/version`, or `version` for the core group.

@@ -22,7 +22,10 @@ use crate::store::{ListOptions, Revision, StoreError};
 pub fn get(ctx: &Ctx) -> Result<Response, ApiError> {
     let obj = load(ctx)?.1;
     if ctx.target.subresource.as_deref() == Some("scale") {
-        return Ok(codec::respond(StatusCode::OK, &scale::to_scale(&obj)));
+        return Ok(codec::respond(
+            StatusCode::OK,
+            &scale::to_scale_of(ctx.target.resource, &obj),
+        ));
     }
     if codec::wants_table(&ctx.headers) {
         let include = IncludeObject::parse(ctx.param("includeObject"));

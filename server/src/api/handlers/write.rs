@@ -135,7 +135,7 @@ pub async fn update(ctx: &Ctx) -> Result<Response, ApiError> {
     }
     if is_scale(ctx) {
         return replace(ctx, precondition, track, |current| {
-            scale::apply(current, &body)
+            scale::apply_to(ctx.target.resource, current, &body)
         })
         .await;
     }
@@ -207,8 +207,9 @@ pub async fn patch(ctx: &Ctx, user: &UserInfo) -> Result<Response, ApiError> {
     };
     if is_scale(ctx) {
         return replace(ctx, precondition, track, |current| {
-            let patched = patch::apply(kind, &scale::to_scale(current), &patch_doc)?;
-            scale::apply(current, &patched)
+            let res = ctx.target.resource;
+            let patched = patch::apply(kind, &scale::to_scale_of(res, current), &patch_doc)?;
+            scale::apply_to(res, current, &patched)
         })
         .await;
     }
@@ -459,7 +460,10 @@ async fn replace_object(
 /// The response body of a write: the object, or its Scale view for the scale subresource.
 fn present(ctx: &Ctx, obj: &Value) -> Response {
     if is_scale(ctx) {
-        codec::respond(StatusCode::OK, &scale::to_scale(obj))
+        codec::respond(
+            StatusCode::OK,
+            &scale::to_scale_of(ctx.target.resource, obj),
+        )
     } else {
         codec::respond(StatusCode::OK, obj)
     }
