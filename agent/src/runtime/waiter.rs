@@ -79,10 +79,7 @@ pub fn exec_self(w: Wait) -> (Wait, std::io::Error) {
         args.push(fd.as_raw_fd().to_string().into());
         args.push(mode.arg().unwrap_or("stdin").into());
     }
-    let argv: Result<Vec<CString>, _> = args
-        .iter()
-        .map(|a| CString::new(a.as_bytes()))
-        .collect();
+    let argv: Result<Vec<CString>, _> = args.iter().map(|a| CString::new(a.as_bytes())).collect();
     let err = match argv {
         Ok(argv) => match nix::unistd::execv(c"/proc/self/exe", &argv) {
             Err(e) => std::io::Error::from(e),
@@ -367,9 +364,9 @@ pub fn run(w: Wait) -> ExitCode {
             // Drain the queued signals, then reap.
             let mut info = [0u8; 128];
             // SAFETY: reads into a local buffer of the size given.
-            while unsafe { libc::read(sigfd.as_raw_fd(), info.as_mut_ptr().cast(), info.len()) }
-                > 0
-            {}
+            while unsafe { libc::read(sigfd.as_raw_fd(), info.as_mut_ptr().cast(), info.len()) } > 0
+            {
+            }
             if exit.is_none() {
                 exit = sweep(w.init);
                 if exit.is_some() {
