@@ -138,6 +138,12 @@ pub async fn join_agent(r: &mut Report, live: &mut Live) -> anyhow::Result<()> {
 
 struct Window {
     rss_mib: f64,
+    pss_mib: f64,
+    /// The root process alone (server or agent), then the mean of the other processes (shims).
+    root_rss_mib: f64,
+    root_pss_mib: f64,
+    shim_rss_mib: f64,
+    shim_pss_mib: f64,
     cpu_pct: f64,
     kb_per_min: f64,
     threads: u64,
@@ -145,8 +151,14 @@ struct Window {
 }
 
 fn measure(a0: procs::Sample, a1: procs::Sample, secs: f64, pid: i32) -> Window {
+    let others = a1.processes.saturating_sub(1).max(1) as f64;
     Window {
         rss_mib: a1.rss_kib as f64 / 1024.0,
+        pss_mib: a1.pss_kib as f64 / 1024.0,
+        root_rss_mib: a1.root_rss_kib as f64 / 1024.0,
+        root_pss_mib: a1.root_pss_kib as f64 / 1024.0,
+        shim_rss_mib: a1.rss_kib.saturating_sub(a1.root_rss_kib) as f64 / 1024.0 / others,
+        shim_pss_mib: a1.pss_kib.saturating_sub(a1.root_pss_kib) as f64 / 1024.0 / others,
         cpu_pct: (a1.cpu_ticks.saturating_sub(a0.cpu_ticks)) as f64 / procs::ticks_per_sec() / secs
             * 100.0,
         kb_per_min: (a1.write_bytes.saturating_sub(a0.write_bytes)) as f64 / 1000.0 / (secs / 60.0),
@@ -205,11 +217,28 @@ pub async fn idle(
     let s = measure(s0, s1, secs, sp);
     let mins = window.as_secs_f64() / 60.0;
     let threads_note = |w: &Window, pid: i32| {
+        let shims = if w.processes > 1 {
+            format!(
+                "; each of the {} shims {:.1} MiB RSS, {:.2} MiB PSS (mean)",
+                w.processes - 1,
+                w.shim_rss_mib,
+                w.shim_pss_mib
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "{} process(es), {} threads; {}",
+            "{} process(es); main process {:.1} MiB RSS ({} threads; {}){shims}",
             w.processes,
+            w.root_rss_mib,
             w.threads,
             rollup(pid)
+        )
+    };
+    let pss_note = |w: &Window| {
+        format!(
+            "sum of Pss (smaps_rollup) over the same processes: a page shared by n of them counts 1/n; main process {:.1} MiB",
+            w.root_pss_mib
         )
     };
     let (what, target) = match who {
@@ -224,6 +253,14 @@ pub async fn idle(
         "MiB",
         t(64.0),
         &threads_note(&s, sp),
+    );
+    r.add(
+        SEC_IDLE,
+        &format!("{what} PSS, {label}"),
+        s.pss_mib,
+        "MiB",
+        None,
+        &pss_note(&s),
     );
     r.add(
         SEC_IDLE,
@@ -261,6 +298,14 @@ pub async fn idle(
             "MiB",
             Some(Target::AtMost(24.0)),
             &threads_note(&a, ap),
+        );
+        r.add(
+            SEC_IDLE,
+            &format!("lone agent PSS, {label}"),
+            a.pss_mib,
+            "MiB",
+            None,
+            &pss_note(&a),
         );
         r.add(
             SEC_IDLE,

@@ -370,10 +370,20 @@ fn notes(r: &mut Report) {
         Lease renewals). Pods are busybox-static `sleep` from a local docker-registry. RSS and CPU count only processes \
         running an r3s executable, never container processes. Targets from issue 9: server + agent ≤ 64 MB, agent ≤ 24 MB, \
         ≤ 1 % of a core, ≤ 60 kB written per minute. k3s for comparison (anchors §3): server + agent 1.2–1.6 GB and 25–30 % \
-        of a Pi 4 core, agent ~270 MB, idle writes 6–11 kB/s (360–660 kB/min). Where the idle writes come from: each node's \
-        Lease renewal every 10 s (kubelet's interval) is one SQLite commit, and the kernel accounts every commit as the 4 KiB \
-        pages of the WAL it dirties (one or two 1 KiB frames, so 4–8 kB per commit); the node status is written only when \
-        it changes or every 5 minutes, as kubelet does.");
+        of a Pi 4 core, agent ~270 MB, idle writes 6–11 kB/s (360–660 kB/min). RSS is summed per process, as the issue asks, \
+        so every page of the executable a shim maps counts once per shim; the PSS sum beside it (smaps_rollup, a page shared \
+        by n processes counts 1/n) is what the group costs the machine. Where the figures come from: \
+        (a) with pods, one shim process per container (agent/src/runtime/shim.rs) stays the container's parent, the only \
+        process that can reap it; once the container started it execve's its own executable into a waiter \
+        (agent/src/runtime/waiter.rs: one thread, one poll loop over the output pipes, the attach FIFO and a signalfd), so \
+        none of the memory creating the container took (libcontainer, the OCI spec, their heap, the copier threads) stays \
+        per container; (b) the main process's RSS is mostly file-backed pages of its own executable (see the smaps_rollup \
+        split in each note), so it follows the binary's code size; (c) idle writes: the only periodic writer is each node's \
+        Lease renewal every 10 s (kubelet's interval), one SQLite commit each (strace of an idle server shows nothing else), \
+        and with synchronous=FULL every commit's WAL pages are written back, so the next commit dirties the shared 4 KiB page \
+        again. A Lease row is ~515 bytes (69-byte key, ~430-byte zstd value with its managedFields), one per 1 KiB page, so \
+        each renewal appends 4 frames (header page, pointer map, log interior page, new leaf): 2 page-cache pages or more \
+        per commit. The node status is written only when it changes or every 5 minutes, as kubelet does.");
     r.note(store::SEC, "Each writer updates its own key with a ~600-byte Lease-shaped value; every write is acknowledged \
         only after it is durable (fsync). etcd is Debian's etcd-server started by the runner on 127.0.0.1 with a temp \
         data dir and default settings, reached through its gRPC-gateway JSON API with hyper (the Rust etcd gRPC client \

@@ -2,7 +2,7 @@
 //! one line per record, `<RFC 3339 nano timestamp> <stdout|stderr> <F|P> <text>`.
 //!
 //! Each stream is a pipe whose write end the container gets as stdout or stderr; a thread of
-//! the container's shim per stream reads the other end until EOF and appends records. Invariant: each record goes out in one `write` on an `O_APPEND` descriptor, so the
+//! the container's shim (its [`super::waiter`]) reads the other end until EOF and appends records. Invariant: each record goes out in one `write` on an `O_APPEND` descriptor, so the
 //! two streams' records interleave whole. A line longer than [`MAX_LINE`] is split into partial
 //! (`P`) records ending with a full (`F`) one, as containerd does.
 
@@ -10,27 +10,58 @@
 pub const MAX_LINE: usize = 16 * 1024;
 
 /// Copies `rx` into `file` as CRI records until EOF (every holder of the write end exited).
-/// The container's shim runs one per stream (see [`super::shim`]).
-pub fn copy_blocking(mut rx: std::fs::File, mut file: std::fs::File, stream: &str) {
-    use std::io::{Read, Write};
-    let mut pending: Vec<u8> = Vec::new();
+pub fn copy_blocking(mut rx: std::fs::File, file: std::fs::File, stream: &'static str) {
+    use std::io::Read;
+    let mut w = CriWriter::new(file, stream);
     let mut buf = vec![0u8; 8192];
     loop {
-        let n = match rx.read(&mut buf) {
+        match rx.read(&mut buf) {
             Ok(0) => break,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => break,
-            Ok(n) => n,
-        };
-        pending.extend_from_slice(&buf[..n]);
-        let out = complete_records(&mut pending, stream);
-        // A full disk must not block the container on a full pipe: keep draining.
-        let _ = file.write_all(&out);
+            Ok(n) => w.push(&buf[..n]),
+        }
     }
-    if !pending.is_empty() {
-        let mut out = Vec::new();
-        record(&mut out, stream, 'F', &pending);
-        let _ = file.write_all(&out);
+    w.finish();
+}
+
+/// One stream's CRI records, fed with whatever a read returned: whole lines go out at once, an
+/// unfinished line waits in `pending` for the rest (or for [`CriWriter::finish`]). The
+/// container's shim holds one per stream (see [`super::waiter`]).
+pub struct CriWriter {
+    file: std::fs::File,
+    stream: &'static str,
+    pending: Vec<u8>,
+}
+
+impl CriWriter {
+    pub fn new(file: std::fs::File, stream: &'static str) -> Self {
+        CriWriter {
+            file,
+            stream,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Appends `data` and writes every record it completes.
+    pub fn push(&mut self, data: &[u8]) {
+        use std::io::Write;
+        self.pending.extend_from_slice(data);
+        let out = complete_records(&mut self.pending, self.stream);
+        // A full disk must not block the container on a full pipe: keep draining.
+        if !out.is_empty() {
+            let _ = self.file.write_all(&out);
+        }
+    }
+
+    /// Writes what is left as a last full record (the stream ended without a newline).
+    pub fn finish(mut self) {
+        use std::io::Write;
+        if !self.pending.is_empty() {
+            let mut out = Vec::new();
+            record(&mut out, self.stream, 'F', &self.pending);
+            let _ = self.file.write_all(&out);
+        }
     }
 }
 

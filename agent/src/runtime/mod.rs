@@ -21,6 +21,7 @@ pub mod logs;
 pub mod shim;
 pub mod spec;
 pub mod tenant;
+pub mod waiter;
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};

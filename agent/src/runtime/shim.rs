@@ -15,28 +15,26 @@
 //!   writing and closes it when it detaches; with `stdin-once` the first detach closes the
 //!   container's stdin (it reads EOF), otherwise the shim waits for the next attacher.
 //!
-//! Invariants: the shim calls libcontainer while it has a single thread (the copier threads
-//! start after the container did), so nothing in libcontainer's raw `clone3` can inherit a
+//! Once the container started and the pid was answered, the shim `execve`s its own executable as
+//! `shim wait …` (see [`super::waiter`]): same pid, same children, but none of the memory that
+//! creating the container took; that waiter copies the output, feeds stdin and writes `exit.json`.
+//!
+//! Invariants: the shim calls libcontainer while it has a single thread (it never starts one), so nothing in libcontainer's raw `clone3` can inherit a
 //! half-initialized lock; it runs in its own session (`setsid`), so signals aimed at the agent's
 //! process group or terminal never reach it; it is a child subreaper, so it reaps whatever the
 //! container leaves behind. It never writes anything but the log, `exit.json` and stdout.
 
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
 use libcontainer::workload::default::DefaultExecutor;
-use nix::sys::wait::{WaitStatus, waitpid};
+use nix::sys::wait::waitpid;
 
 use super::Exit;
-
-/// How long the shim waits, after the init exited, for other holders of the output pipes
-/// (processes of a host-PID container that outlived it) before recording the exit anyway.
-const DRAIN_WAIT: Duration = Duration::from_secs(2);
 
 /// What the shim writes into `exit.json`.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -93,6 +91,11 @@ pub fn read_exit(dir: &Path) -> Option<ExitRecord> {
 
 /// The shim's `main`: `args` are the five operands after `shim`.
 pub fn main(args: &[std::ffi::OsString]) -> ExitCode {
+    if let Some((first, rest)) = args.split_first()
+        && first == "wait"
+    {
+        return super::waiter::main(rest);
+    }
     let (root, id, bundle, log, dir, stdin) = match args {
         [root, id, bundle, log, dir] => (root, id, bundle, log, dir, Stdin::None),
         [root, id, bundle, log, dir, mode] if mode == "stdin" => {
@@ -119,7 +122,7 @@ pub fn main(args: &[std::ffi::OsString]) -> ExitCode {
     let _ = nix::unistd::setsid();
     // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes one integer argument and touches no memory.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-    let (pid, copiers) = match start(&root, &id, &bundle, &log, &dir, stdin) {
+    let (pid, wait) = match start(&root, &id, &bundle, &log, &dir, stdin) {
         Ok(v) => v,
         Err(e) => {
             answer(&serde_json::json!({ "error": e }));
@@ -131,24 +134,14 @@ pub fn main(args: &[std::ffi::OsString]) -> ExitCode {
     if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
         let _ = nix::unistd::dup2(null.as_raw_fd(), 1);
     }
-    let exit = reap(pid);
-    // The copiers end at EOF, once every writer of the pipes exited.
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    for c in copiers {
-        let tx = done_tx.clone();
-        std::thread::spawn(move || {
-            let _ = c.join();
-            let _ = tx.send(());
-        });
-    }
-    drop(done_tx);
-    let deadline = std::time::Instant::now() + DRAIN_WAIT;
-    for _ in 0..2 {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if done_rx.recv_timeout(left).is_err() {
-            break;
-        }
-    }
+    // Become the waiter (see super::waiter); if that exec fails, wait in this process.
+    let (wait, err) = super::waiter::exec_self(wait);
+    eprintln!("r3s-agent shim {id}: exec of the waiter: {err}; waiting in this process");
+    super::waiter::run(wait)
+}
+
+/// Writes `exit.json` in `dir` atomically (the shim's last act).
+pub(super) fn record_exit(dir: &Path, id: &str, exit: Exit) -> ExitCode {
     let record = ExitRecord {
         code: exit.code,
         signal: exit.signal,
@@ -158,7 +151,7 @@ pub fn main(args: &[std::ffi::OsString]) -> ExitCode {
     let written = serde_json::to_vec(&record)
         .map_err(std::io::Error::other)
         .and_then(|body| std::fs::write(&tmp, body))
-        .and_then(|()| std::fs::rename(&tmp, exit_file(&dir)));
+        .and_then(|()| std::fs::rename(&tmp, exit_file(dir)));
     if let Err(e) = written {
         eprintln!("r3s-agent shim {id}: writing exit.json: {e}");
         return ExitCode::FAILURE;
@@ -172,8 +165,8 @@ fn answer(v: &serde_json::Value) {
     let _ = out.flush();
 }
 
-/// Creates and starts the container with its output on two new pipes, then starts copying them
-/// into the log. Single-threaded until the container is started.
+/// Creates and starts the container with its output on two new pipes; returns the init's pid and
+/// what the waiter needs. Single-threaded throughout.
 fn start(
     root: &Path,
     id: &str,
@@ -181,25 +174,23 @@ fn start(
     log: &Path,
     dir: &Path,
     stdin: Stdin,
-) -> Result<(i32, Vec<std::thread::JoinHandle<()>>), String> {
+) -> Result<(i32, super::waiter::Wait), String> {
     std::fs::create_dir_all(root).map_err(|e| format!("creating {}: {e}", root.display()))?;
     if let Some(d) = log.parent() {
         std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
     }
-    let open_log = || {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .map_err(|e| format!("log file {}: {e}", log.display()))
-    };
+    // Fails early, before a container exists, if the log cannot be written.
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| format!("log file {}: {e}", log.display()))?;
     let pipe = || {
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| format!("creating an output pipe: {e}"))
     };
     let (out_rx, out_tx) = pipe()?;
     let (err_rx, err_tx) = pipe()?;
-    let files = (open_log()?, open_log()?);
     let mut builder = ContainerBuilder::new(id.to_owned(), SyscallType::default())
         .with_root_path(root)
         .map_err(|e| format!("state root: {e}"))?
@@ -212,7 +203,7 @@ fn start(
             .map_err(|e| format!("creating {}: {e}", fifo.display()))?;
         let (in_rx, in_tx) = pipe()?;
         builder = builder.with_stdin(in_rx);
-        feed = Some((fifo, in_tx));
+        feed = Some((in_tx, stdin));
     }
     let builder = builder
         .with_stdout(out_tx)
@@ -230,75 +221,16 @@ fn start(
         let _ = waitpid(pid, None);
         return Err(format!("start: {e}"));
     }
-    let copy = |rx: OwnedFd, file: std::fs::File, stream: &'static str| {
-        std::thread::spawn(move || {
-            super::logs::copy_blocking(std::fs::File::from(rx), file, stream)
-        })
-    };
-    let copiers = vec![
-        copy(out_rx, files.0, "stdout"),
-        copy(err_rx, files.1, "stderr"),
-    ];
-    if let Some((fifo, tx)) = feed {
-        // Not joined: it may wait for an attacher forever; the process exit ends it.
-        std::thread::spawn(move || feed_stdin(&fifo, tx, stdin == Stdin::Once));
-    }
-    Ok((pid.as_raw(), copiers))
-}
-
-/// Copies what attachers write into the FIFO to the container's stdin: one attacher at a time
-/// (opening the FIFO for reading waits for a writer; EOF = it detached).
-fn feed_stdin(fifo: &Path, tx: OwnedFd, once: bool) {
-    use std::io::Read;
-    let mut tx = std::fs::File::from(tx);
-    let mut buf = vec![0u8; 8192];
-    loop {
-        let Ok(mut rx) = std::fs::File::open(fifo) else {
-            return;
-        };
-        loop {
-            match rx.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if tx.write_all(&buf[..n]).is_err() {
-                        // The container closed its stdin: nothing more to feed.
-                        let _ = std::fs::remove_file(fifo);
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => break,
-            }
-        }
-        if once {
-            // Later attachers find no FIFO: stdin is closed for good.
-            let _ = std::fs::remove_file(fifo);
-            return;
-        }
-    }
-}
-
-/// Reaps children until the container's init is among them; returns how it ended.
-fn reap(init: i32) -> Exit {
-    loop {
-        match waitpid(None, None) {
-            Ok(WaitStatus::Exited(p, code)) if p.as_raw() == init => {
-                return Exit { code, signal: None };
-            }
-            Ok(WaitStatus::Signaled(p, sig, _)) if p.as_raw() == init => {
-                return Exit {
-                    code: 128 + sig as i32,
-                    signal: Some(sig as i32),
-                };
-            }
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            // No children left without having seen the init: should not happen.
-            Err(_) => {
-                return Exit {
-                    code: 255,
-                    signal: None,
-                };
-            }
-        }
-    }
+    Ok((
+        pid.as_raw(),
+        super::waiter::Wait {
+            id: id.to_owned(),
+            init: pid.as_raw(),
+            log: log.to_path_buf(),
+            dir: dir.to_path_buf(),
+            out: out_rx,
+            err: err_rx,
+            stdin: feed,
+        },
+    ))
 }
