@@ -293,19 +293,19 @@ pub fn run(w: Wait) -> ExitCode {
             w: CriWriter::new(f2, "stderr"),
         }),
     ];
-    let mut feed = w.stdin.and_then(|(tx, mode)| {
+    let mut feed = w.stdin.map(|(tx, mode)| {
         // SAFETY: F_SETFL with O_NONBLOCK on a descriptor `tx` owns; the container's end of the
         // pipe is a separate open file description and stays blocking.
         unsafe { libc::fcntl(tx.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
         let fifo = shim::stdin_fifo(&w.dir);
-        Some(Feed {
+        Feed {
             rx: Feed::open(&fifo),
             fifo,
             tx: tx.into(),
             buf: Vec::new(),
             once: mode == Stdin::Once,
             closing: false,
-        })
+        }
     });
     let mut scratch = vec![0u8; 8192];
     // The init may have exited before the signalfd existed.
