@@ -175,10 +175,16 @@ async fn dig_until(server: SocketAddr, args: &[&str], ok: impl Fn(&Dig) -> bool)
     }
 }
 
+/// A namespace with its `default` ServiceAccount (no ServiceAccount controller runs here, and pod
+/// admission requires the account, as upstream's does).
 async fn create_ns(client: &kube::Client, ns: &str) {
     let api: Api<Namespace> = Api::all(client.clone());
     let obj: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
     api.create(&PostParams::default(), &obj).await.unwrap();
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), ns);
+    let sa = serde_json::from_value(json!({"metadata": {"name": "default"}})).unwrap();
+    accounts.create(&PostParams::default(), &sa).await.unwrap();
 }
 
 async fn create<K>(client: &kube::Client, ns: &str, v: serde_json::Value) -> K
