@@ -150,7 +150,25 @@ fn three_node_cluster_networking() {
     let names: BTreeSet<String> = pods.iter().map(|p| p.0.clone()).collect();
     let node_of = |pod: &str| pods.iter().find(|p| p.0 == pod).unwrap().1.clone();
 
-    // ClusterIP, from a pod on every node: spread over endpoints on more than one node.
+    // ClusterIP, from a pod on every node: spread over endpoints on more than one node. Running
+    // is not Ready: first wait until every node's pod is an endpoint.
+    eventually(
+        "every web pod in the Service's endpoints",
+        Duration::from_secs(60),
+        || c.logs(),
+        || {
+            let out = c.kubectl_out(&[
+                "get",
+                "endpoints",
+                "web",
+                "-o",
+                "jsonpath={.subsets[*].addresses[*].nodeName}",
+            ]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let nodes: BTreeSet<&str> = text.split_whitespace().collect();
+            (nodes.len() == n).then_some(())
+        },
+    );
     let cluster_ip = c
         .kubectl_must(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"])
         .trim()
