@@ -14,7 +14,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use r3s_config::{DnsName, Label, NodeIp, Taint};
+use r3s_config::{DnsName, KubeletArg, Label, NodeIp, Taint};
 
 use crate::config::ServerUrl;
 
@@ -95,6 +95,11 @@ pub struct Cli {
         value_delimiter = ','
     )]
     pub node_taint: Vec<Taint>,
+
+    /// kubelet setting, key=value (repeatable): sync-frequency (how often configMap and secret
+    /// volumes are refreshed, default 1m) or max-pods (default 110)
+    #[arg(long, value_name = "ARG")]
+    pub kubelet_arg: Vec<KubeletArg>,
 
     /// Private registry configuration file (mirrors and credentials)
     #[arg(

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use r3s_config::{DnsName, Host, Label, Source, Sources, Taint, TokenError};
+use r3s_config::{DnsName, Host, KubeletArg, Label, Source, Sources, Taint, TokenError};
 
 use crate::cli::Cli;
 
@@ -135,6 +135,8 @@ pub struct AgentConfig {
     pub node_external_ip: Option<IpAddr>,
     pub node_labels: Vec<Label>,
     pub node_taints: Vec<Taint>,
+    /// `--kubelet-arg` settings, in order (a later one wins).
+    pub kubelet_args: Vec<KubeletArg>,
     /// The registries file; it may be absent when left at its default.
     pub private_registry: PathBuf,
     pub with_node_id: bool,
@@ -182,6 +184,7 @@ impl AgentConfig {
             node_external_ip: cli.node_external_ip.map(|ip| ip.addr()),
             node_labels: cli.node_label,
             node_taints: cli.node_taint,
+            kubelet_args: cli.kubelet_arg,
             private_registry,
             with_node_id: cli.with_node_id,
             flannel_backend: cli.flannel_backend,
@@ -212,6 +215,7 @@ impl AgentConfig {
             ("node-external-ip", opt(&self.node_external_ip)),
             ("node-label", list(&self.node_labels)),
             ("node-taint", list(&self.node_taints)),
+            ("kubelet-arg", list(&self.kubelet_args)),
             (
                 "private-registry",
                 self.private_registry.display().to_string(),

@@ -152,6 +152,7 @@ pub fn node_options(
     opts.node_external_ip = cfg.node_external_ip;
     opts.labels = cfg.node_labels.clone();
     opts.taints = cfg.node_taints.clone();
+    opts.apply_kubelet_args(&cfg.kubelet_args);
     opts.flannel_backend =
         cfg.flannel_backend
             .parse()

@@ -71,6 +71,7 @@ fn help_lists_every_flag() {
         "--node-external-ip",
         "--node-label",
         "--node-taint",
+        "--kubelet-arg",
         "--private-registry",
         "--config",
         "--debug",
@@ -178,6 +179,16 @@ fn bad_flag_value() {
     assert_eq!(
         line,
         "r3s-agent: invalid value 'http://127.0.0.1:6443' for '--server <URL>': the server URL must start with https://"
+    );
+    // k3s users pass kubelet flags through; an unsupported one is refused by name.
+    let line = fails(agent(
+        dir.path(),
+        &["--kubelet-arg", "eviction-hard=memory.available<100Mi"],
+        &[],
+    ));
+    assert_eq!(
+        line,
+        "r3s-agent: invalid value 'eviction-hard=memory.available<100Mi' for '--kubelet-arg <ARG>': kubelet argument \"eviction-hard\" is not supported by r3s (supported: sync-frequency, max-pods)"
     );
     let line = fails(agent(dir.path(), &["--node-label", "bad label=x"], &[]));
     assert!(
@@ -331,7 +342,7 @@ fn precedence_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let config = write(
         &dir.path().join("config.yaml"),
-        "server: https://127.0.0.2:6443\ntoken: K10abc::server:from-file\nnode-name: file-node\nnode-label: [from=file]\ndebug: true\n",
+        "server: https://127.0.0.2:6443\ntoken: K10abc::server:from-file\nnode-name: file-node\nnode-label: [from=file]\ndebug: true\nkubelet-arg: [sync-frequency=10s, max-pods=250]\n",
     );
     std::fs::create_dir(dir.path().join("config.yaml.d")).unwrap();
     let dropin = write(
@@ -362,6 +373,10 @@ fn precedence_end_to_end() {
             dropin.display()
         ),
         format!("setting debug=true (from file {})", config.display()),
+        format!(
+            "setting kubelet-arg=sync-frequency=10s,max-pods=250 (from file {})",
+            config.display()
+        ),
         "setting private-registry=/etc/r3s/registries.yaml (from default)".to_owned(),
     ] {
         assert!(log.contains(&want), "missing {want:?} in:\n{log}");

@@ -10,7 +10,8 @@
 //! `/var/run/secrets/kubernetes.io/serviceaccount`; kubectl with exactly those (CA, token, TLS name
 //! `kubernetes.default.svc` or the `kubernetes` Service IP) is the pod's ServiceAccount, bound to the
 //! pod; `automountServiceAccountToken: false` gives no credentials; a downwardAPI volume shows the
-//! pod's labels and follows a label change; a missing ServiceAccount is refused with upstream's
+//! pod's labels and follows a label change; configMap and secret volumes follow changes of their
+//! objects in the running container (keeping the last contents when the object is deleted); a missing ServiceAccount is refused with upstream's
 //! Forbidden; a node cannot get an unbound token; the token stops working once the pod is deleted.
 //!
 //! Everything the test creates (containers, mounts, cgroups, the registry, temp dirs) is removed by
@@ -246,6 +247,9 @@ async fn pods_get_working_in_cluster_credentials() {
     // Nothing host-wide: no cluster DNS address on lo, no service proxy rules.
     opts.cluster_dns = None;
     opts.service_proxy = false;
+    // configMap and secret volumes are compared with the API every second here (kubelet's
+    // --sync-frequency; one minute by default).
+    opts.sync_frequency = Duration::from_secs(1);
     let (stop_agent, agent_stopped) = oneshot::channel::<()>();
     let agent = tokio::spawn(r3s_agent::run_node(node_client.clone(), opts, async {
         let _ = agent_stopped.await;
@@ -491,6 +495,106 @@ async fn pods_get_working_in_cluster_credentials() {
     })
     .await;
 
+    // 3b. configMap and secret volumes follow their objects, atomically, in the running
+    // container; the projected token is kept between its renewals.
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(admin.clone(), "default");
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(admin.clone(), "default");
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(
+            json!({"metadata": {"name": "cfg"}, "data": {"greeting": "hello"}}),
+        )
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": "creds"}, "stringData": {"password": "one"}}),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let watch_files = "last=; while :; do v=\"$(cat /etc/cfg/greeting) $(cat /etc/creds/password)\"; \
+                       [ \"$v\" != \"$last\" ] && echo \"SEEN $v\"; last=$v; sleep 1; done";
+    create(
+        "objects",
+        json!({"automountServiceAccountToken": false,
+               "volumes": [{"name": "cfg", "configMap": {"name": "cfg"}},
+                           {"name": "creds", "secret": {"secretName": "creds", "defaultMode": 0o400}}],
+               "containers": [{"name": "c", "image": image, "command": ["sh", "-c", watch_files],
+                   "volumeMounts": [{"name": "cfg", "mountPath": "/etc/cfg"},
+                                    {"name": "creds", "mountPath": "/etc/creds"}]}]}),
+        "",
+    )
+    .await
+    .unwrap();
+    let objects_pod = running("objects").await;
+    eventually("the first contents in the container", || async {
+        output(&data_dir, &objects_pod, "c")
+            .contains("SEEN hello one")
+            .then_some(())
+    })
+    .await;
+    cms.patch(
+        "cfg",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"greeting": "bonjour"}})),
+    )
+    .await
+    .unwrap();
+    secrets
+        .patch(
+            "creds",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"password": "two"}})),
+        )
+        .await
+        .unwrap();
+    let seen = eventually("the updated contents in the container", || async {
+        let text = output(&data_dir, &objects_pod, "c");
+        text.contains("SEEN bonjour two").then_some(text)
+    })
+    .await;
+    let lines: Vec<&str> = seen.lines().filter(|l| l.starts_with("SEEN")).collect();
+    assert_eq!(lines.first(), Some(&"SEEN hello one"), "{seen}");
+    let objects_dir = data_dir
+        .join("agent/volumes")
+        .join(objects_pod.metadata.uid.as_deref().unwrap());
+    let mode = |p: PathBuf| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    };
+    assert_eq!(mode(objects_dir.join("creds/password")), 0o400);
+    assert_eq!(mode(objects_dir.join("cfg/greeting")), 0o644);
+    // One version directory per volume: the old one went with the `..data` swap.
+    let versions = std::fs::read_dir(objects_dir.join("cfg"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            n.starts_with("..") && n != "..data"
+        })
+        .count();
+    assert_eq!(versions, 1);
+    // A deleted configMap leaves the last contents in place (kubelet keeps them too).
+    cms.delete("cfg", &DeleteParams::default()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        std::fs::read_to_string(objects_dir.join("cfg/greeting")).unwrap(),
+        "bonjour"
+    );
+    // Many sync periods have passed: the api pod's token is still the one it was issued.
+    assert_eq!(
+        std::fs::read_to_string(vol_dir.join("token")).unwrap(),
+        token
+    );
+
     // 4. A missing ServiceAccount is refused as upstream refuses it.
     let refused = create("ghost", json!({"serviceAccountName": "ghost"}), "sleep 1")
         .await
@@ -544,7 +648,7 @@ async fn pods_get_working_in_cluster_credentials() {
     assert!(!ok, "the deleted pod's token still works");
     assert!(err.contains("Unauthorized"), "{err}");
 
-    for name in ["noauto", "labels"] {
+    for name in ["noauto", "labels", "objects"] {
         pods.delete(name, &DeleteParams::default()).await.unwrap();
     }
     eventually("every pod gone", || async {

@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
-use r3s_config::{DnsName, FileMode, Host, Ipv4Cidr, Label, NodeIp, PortRange, Taint};
+use r3s_config::{DnsName, FileMode, Host, Ipv4Cidr, KubeletArg, Label, NodeIp, PortRange, Taint};
 
 use crate::config::DatastoreEndpoint;
 
@@ -194,6 +194,11 @@ pub struct Cli {
         value_delimiter = ','
     )]
     pub node_taint: Vec<Taint>,
+
+    /// kubelet setting, key=value (repeatable): sync-frequency (how often configMap and secret
+    /// volumes are refreshed, default 1m) or max-pods (default 110)
+    #[arg(long, value_name = "ARG")]
+    pub kubelet_arg: Vec<KubeletArg>,
 
     /// Private registry configuration file (mirrors and credentials) for the in-process agent
     #[arg(

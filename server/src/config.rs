@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use r3s_config::{
-    DnsName, FileMode, Host, Ipv4Cidr, Label, PortRange, Source, Sources, Taint, TokenError,
+    DnsName, FileMode, Host, Ipv4Cidr, KubeletArg, Label, PortRange, Source, Sources, Taint,
+    TokenError,
 };
 
 use crate::cli::Cli;
@@ -177,6 +178,8 @@ pub struct ServerConfig {
     pub node_ip: Option<IpAddr>,
     pub node_labels: Vec<Label>,
     pub node_taints: Vec<Taint>,
+    /// `--kubelet-arg` settings of the embedded agent, in order (a later one wins).
+    pub kubelet_args: Vec<KubeletArg>,
     /// `registries.yaml` for the in-process agent's image pulls.
     pub private_registry: PathBuf,
     /// Where each setting came from, by flag name, for logs and error messages.
@@ -269,6 +272,7 @@ impl ServerConfig {
             node_ip: cli.node_ip.map(|ip| ip.addr()),
             node_labels: cli.node_label,
             node_taints: cli.node_taint,
+            kubelet_args: cli.kubelet_arg,
             private_registry,
             sources,
         })
@@ -330,6 +334,7 @@ impl ServerConfig {
             ("node-ip", opt(&self.node_ip)),
             ("node-label", list(&self.node_labels)),
             ("node-taint", list(&self.node_taints)),
+            ("kubelet-arg", list(&self.kubelet_args)),
             (
                 "private-registry",
                 self.private_registry.display().to_string(),

@@ -353,6 +353,7 @@ fn node_options(cfg: &ServerConfig) -> Result<r3s_agent::NodeOptions, RunError> 
     opts.node_ip = cfg.node_ip;
     opts.labels = cfg.node_labels.clone();
     opts.taints = cfg.node_taints.clone();
+    opts.apply_kubelet_args(&cfg.kubelet_args);
     opts.control_plane = true;
     opts.flannel_backend =
         cfg.flannel_backend

@@ -81,6 +81,7 @@ fn help_lists_every_flag() {
         "--node-ip",
         "--node-label",
         "--node-taint",
+        "--kubelet-arg",
         "--config",
         "--debug",
     ] {
@@ -159,6 +160,11 @@ fn bad_flag_value() {
     assert!(
         line.ends_with("effect \"Never\" is not one of NoSchedule, PreferNoSchedule, NoExecute"),
         "{line}"
+    );
+    let line = fails(server(dir.path(), &["--kubelet-arg", "max-pods=lots"], &[]));
+    assert_eq!(
+        line,
+        "r3s-server: invalid value 'max-pods=lots' for '--kubelet-arg <ARG>': max-pods=\"lots\": expected a positive whole number"
     );
     let line = fails(server(
         dir.path(),

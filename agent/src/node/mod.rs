@@ -133,9 +133,22 @@ pub struct NodeOptions {
     /// On shutdown leave the pods running, to be re-adopted by the next start (kubelet's
     /// behaviour; needs `shim`). Otherwise shutdown stops them.
     pub keep_pods_on_stop: bool,
+    /// kubelet's `--sync-frequency`: how often mounted configMap and secret volumes are compared
+    /// with the API and updated (kubelet's default, one minute).
+    pub sync_frequency: std::time::Duration,
 }
 
 impl NodeOptions {
+    /// Applies `--kubelet-arg` settings in order.
+    pub fn apply_kubelet_args(&mut self, args: &[r3s_config::KubeletArg]) {
+        for arg in args {
+            match arg {
+                r3s_config::KubeletArg::SyncFrequency(d) => self.sync_frequency = *d,
+                r3s_config::KubeletArg::MaxPods(n) => self.max_pods = *n,
+            }
+        }
+    }
+
     /// k3s's defaults for everything but the name and data directory.
     pub fn new(node_name: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
         Self {
@@ -161,6 +174,7 @@ impl NodeOptions {
             kubelet: None,
             shim: crate::restart::default_shim(),
             keep_pods_on_stop: false,
+            sync_frequency: crate::pods::DEFAULT_SYNC_FREQUENCY,
         }
     }
 }
@@ -282,6 +296,7 @@ pub async fn run_node(
         node_milli_cpu: (capacity.cpu * 1000) as i64,
         node_memory_bytes: (capacity.memory_kib * 1024) as i64,
         keep_pods_on_stop: opts.keep_pods_on_stop && opts.shim.is_some(),
+        sync_frequency: opts.sync_frequency,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     // Cluster DNS on this node's copy of the cluster DNS address (see crate::dns).

@@ -55,7 +55,13 @@ pub struct Ctx {
     /// On shutdown, leave pods running for the next start to re-adopt (containers run under
     /// shims); otherwise stop them.
     pub keep_pods_on_stop: bool,
+    /// How often configMap and secret volumes are compared with the API (kubelet's
+    /// `--sync-frequency`).
+    pub sync_frequency: std::time::Duration,
 }
+
+/// kubelet's default `--sync-frequency`.
+pub const DEFAULT_SYNC_FREQUENCY: std::time::Duration = std::time::Duration::from_secs(60);
 
 struct Handle {
     tx: watch::Sender<Desired>,

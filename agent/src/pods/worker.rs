@@ -268,6 +268,7 @@ impl Worker {
             .as_ref()
             .and_then(|s| serde_json::to_value(s).ok())
             .unwrap_or(Value::Null);
+        let sync_frequency = ctx.sync_frequency;
         let start_time = last_status["startTime"]
             .as_str()
             .map(str::to_owned)
@@ -287,7 +288,7 @@ impl Worker {
             sandbox_error: None,
             sandbox_retry: None,
             volumes: Default::default(),
-            rotation: Default::default(),
+            rotation: super::volumes::Rotation::new(sync_frequency),
             exits,
             exits_rx,
             probes,

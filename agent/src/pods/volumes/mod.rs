@@ -4,12 +4,17 @@
 //! downwardAPI sources in one directory, [`token`] for the ServiceAccount tokens); [`atomic`] is
 //! kubelet's atomic-writer layout all API-backed kinds are written in.
 //!
-//! Updates after the start: [`refresh`] (called on every turn of the pod worker) rewrites a
-//! projected volume holding a token when the token is due (see [`token::refresh_at`]; re-reading
-//! its configMap/secret sources then too) and a downwardAPI volume whenever the pod's labels or
-//! annotations change; each rewrite is atomic. Plain configMap and secret volumes are written once
-//! (updates of those objects do not reach running pods yet), and persistentVolumeClaim volumes are
-//! not supported: a pod using one gets a clear error in its status rather than a missing volume.
+//! Updates after the start: [`refresh`] (called on every turn of the pod worker) rewrites
+//! - a projected volume holding a token when the token is due (see [`token::refresh_at`]);
+//! - a downwardAPI volume whenever the pod's labels or annotations change;
+//! - configMap and secret volumes, and the configMap/secret sources of projected volumes, when
+//!   their objects changed: they are read again every sync period (kubelet's `--sync-frequency`,
+//!   one minute by default), as kubelet does, so an update reaches running pods within about that.
+//!   A read that fails (the object deleted, the server away) keeps the current files.
+//!
+//! Each rewrite is atomic and only happens when a file's bytes or mode changed.
+//! persistentVolumeClaim volumes are not supported: a pod using one gets a clear error in its
+//! status rather than a missing volume.
 //!
 //! Invariant: every API-backed volume directory either has no `..data` yet or a complete version.
 
@@ -92,20 +97,89 @@ fn missing_key(kind: &str, key: &str) -> String {
 /// When each token-holding projected volume of a pod is to be rendered again (Unix seconds), kept
 /// by the pod worker. A volume missing here (after the agent restarted and re-adopted the pod) is
 /// due at once, as kubelet renews every token when it starts.
-#[derive(Debug, Default)]
+///
+/// It also keeps when the pod's configMap and secret contents are next compared with the API.
+#[derive(Debug)]
 pub struct Rotation {
     due: HashMap<String, i64>,
+    /// Next read of the configMaps and secrets the volumes show (Unix seconds); `None` when the
+    /// pod has no such volume.
+    objects_due: Option<i64>,
+    /// The sync period between two such reads.
+    resync: Duration,
 }
 
 impl Rotation {
+    /// Nothing due yet; configMaps and secrets are read again every `resync`.
+    pub fn new(resync: Duration) -> Self {
+        Self {
+            due: HashMap::new(),
+            objects_due: None,
+            resync,
+        }
+    }
+
     /// The earliest moment a volume is due, for the worker's wake-up.
     pub fn next(&self) -> Option<Instant> {
         let now = chrono::Utc::now().timestamp();
         self.due
             .values()
+            .chain(self.objects_due.as_ref())
             .min()
             .map(|at| Instant::now() + Duration::from_secs((*at - now).max(0) as u64))
     }
+
+    fn schedule_objects(&mut self, now: i64) {
+        self.objects_due = Some(now + self.resync.as_secs().max(1) as i64);
+    }
+}
+
+/// Whether the volume shows a configMap or secret, directly or as a projected source.
+fn shows_objects(v: &Volume) -> bool {
+    v.config_map.is_some()
+        || v.secret.is_some()
+        || v.projected.as_ref().is_some_and(projected::has_objects)
+}
+
+/// The files of a configMap or secret volume (`None` for another kind).
+async fn object_files(
+    client: &kube::Client,
+    ns: &str,
+    v: &Volume,
+) -> Option<Result<Vec<atomic::File>, VolumeError>> {
+    let (kind, name, items, mode, optional) = if let Some(c) = &v.config_map {
+        (
+            Kind::ConfigMap,
+            c.name.clone(),
+            c.items.as_deref(),
+            c.default_mode,
+            c.optional,
+        )
+    } else if let Some(s) = &v.secret {
+        (
+            Kind::Secret,
+            s.secret_name.clone().unwrap_or_default(),
+            s.items.as_deref(),
+            s.default_mode,
+            s.optional,
+        )
+    } else {
+        return None;
+    };
+    let optional = optional.unwrap_or(false);
+    Some(
+        async {
+            let data = objects::read(client, kind, ns, &name, optional).await?;
+            objects::select(
+                kind,
+                &data.unwrap_or_default(),
+                items,
+                mode.unwrap_or(0o644),
+                optional,
+            )
+        }
+        .await,
+    )
 }
 
 /// Prepares every volume of `pod` under `dir` (`<agent>/volumes/<uid>`); returns each volume's
@@ -128,6 +202,9 @@ pub async fn prepare(
             || v.projected.is_some()
             || v.downward_api.is_some();
         out.insert(v.name.clone(), (path, readonly));
+    }
+    if volumes(pod).iter().any(shows_objects) {
+        rotation.schedule_objects(chrono::Utc::now().timestamp());
     }
     Ok(out)
 }
@@ -154,36 +231,10 @@ async fn prepare_one(
     if let Some(h) = &v.host_path {
         return local::host_path(h);
     }
-    // Written once: a restarted worker finds the version it wrote.
-    let once = atomic::has_version(target);
-    if let Some(c) = &v.config_map {
-        if !once {
-            let optional = c.optional.unwrap_or(false);
-            let data = objects::read(client, Kind::ConfigMap, ns, &c.name, optional).await?;
-            let files = objects::select(
-                Kind::ConfigMap,
-                &data.unwrap_or_default(),
-                c.items.as_deref(),
-                c.default_mode.unwrap_or(0o644),
-                optional,
-            )?;
-            atomic::write(target, &files)?;
-        }
-        return Ok(target.to_path_buf());
-    }
-    if let Some(s) = &v.secret {
-        if !once {
-            let name = s.secret_name.clone().unwrap_or_default();
-            let optional = s.optional.unwrap_or(false);
-            let data = objects::read(client, Kind::Secret, ns, &name, optional).await?;
-            let files = objects::select(
-                Kind::Secret,
-                &data.unwrap_or_default(),
-                s.items.as_deref(),
-                s.default_mode.unwrap_or(0o644),
-                optional,
-            )?;
-            atomic::write(target, &files)?;
+    // A restarted worker finds the version it wrote; the sync period updates it.
+    if let Some(files) = object_files(client, ns, v).await {
+        if !atomic::has_version(target) {
+            atomic::write(target, &files?)?;
         }
         return Ok(target.to_path_buf());
     }
@@ -198,7 +249,7 @@ async fn prepare_one(
         return Ok(target.to_path_buf());
     }
     if let Some(p) = &v.projected {
-        let rendered = projected::render(client, pod, facts, p).await?;
+        let rendered = projected::render(client, pod, facts, p, None).await?;
         atomic::write(target, &rendered.files)?;
         if let Some(at) = rendered.refresh_at {
             rotation.due.insert(v.name.clone(), at);
@@ -225,6 +276,8 @@ pub async fn refresh(
     rotation: &mut Rotation,
 ) {
     let now = chrono::Utc::now().timestamp();
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let resync = rotation.objects_due.is_some_and(|at| at <= now);
     for v in volumes(pod) {
         let target = dir.join(&v.name);
         if !atomic::has_version(&target) {
@@ -238,19 +291,34 @@ pub async fn refresh(
                 d.default_mode.unwrap_or(0o644),
             )
             .and_then(|files| atomic::write(&target, &files).map_err(VolumeError::from));
-            match written {
-                Ok(true) => info!(volume = %v.name, "downwardAPI volume updated"),
-                Ok(false) => {}
-                Err(e) => warn!(volume = %v.name, "updating the downwardAPI volume: {e}"),
-            }
+            log_update(&v.name, "downwardAPI", written);
         }
-        let Some(p) = v.projected.as_ref().filter(|p| projected::has_token(p)) else {
+        if resync && let Some(files) = object_files(client, ns, v).await {
+            let written =
+                files.and_then(|files| atomic::write(&target, &files).map_err(VolumeError::from));
+            let kind = if v.config_map.is_some() {
+                "configMap"
+            } else {
+                "secret"
+            };
+            log_update(&v.name, kind, written);
+        }
+        let Some(p) = &v.projected else {
             continue;
         };
-        if rotation.due.get(&v.name).is_some_and(|at| *at > now) {
+        let token_due =
+            projected::has_token(p) && rotation.due.get(&v.name).is_none_or(|at| *at <= now);
+        if !token_due {
+            if resync && projected::has_objects(p) {
+                // Same token, fresh configMap/secret sources.
+                let written = projected::render(client, pod, facts, p, Some(&target))
+                    .await
+                    .and_then(|r| atomic::write(&target, &r.files).map_err(VolumeError::from));
+                log_update(&v.name, "projected", written);
+            }
             continue;
         }
-        match projected::render(client, pod, facts, p).await {
+        match projected::render(client, pod, facts, p, None).await {
             Ok(rendered) => match atomic::write(&target, &rendered.files) {
                 Ok(_) => {
                     info!(volume = %v.name, "projected volume's token renewed");
@@ -271,6 +339,18 @@ pub async fn refresh(
                     .insert(v.name.clone(), now + RETRY.as_secs() as i64);
             }
         }
+    }
+    if resync {
+        rotation.schedule_objects(now);
+    }
+}
+
+fn log_update(volume: &str, kind: &str, written: Result<bool, VolumeError>) {
+    match written {
+        Ok(true) => info!(volume, "{kind} volume updated"),
+        Ok(false) => {}
+        // The containers keep the current version; the next sync tries again.
+        Err(e) => warn!(volume, "updating the {kind} volume: {e}"),
     }
 }
 

@@ -2,9 +2,9 @@
 //! directory, rendered into one atomic-writer version. Modes: an item's own `mode`, else the
 //! volume's `defaultMode` (0644). `clusterTrustBundle` sources are refused with a clear error.
 //!
-//! The token is the only source that must change on a schedule; the whole volume is rendered again
-//! when it is due (so configMap and secret sources are re-read then too), and the other sources
-//! are otherwise written once.
+//! The token must change on a schedule: the whole volume is rendered again when it is due. Between
+//! renewals the configMap and secret sources are re-read every sync period, keeping the token
+//! already in the volume (see [`render`]'s `keep_token_of`).
 
 use k8s_openapi::api::core::v1::{Pod, ProjectedVolumeSource};
 
@@ -30,12 +30,23 @@ pub fn has_token(p: &ProjectedVolumeSource) -> bool {
         .any(|s| s.service_account_token.is_some())
 }
 
-/// Reads every source and renders the files.
+/// Whether the volume shows a configMap or a secret.
+pub fn has_objects(p: &ProjectedVolumeSource) -> bool {
+    p.sources
+        .iter()
+        .flatten()
+        .any(|s| s.config_map.is_some() || s.secret.is_some())
+}
+
+/// Reads every source and renders the files. With `keep_token_of` (the volume's directory), a
+/// token source reuses the token the current version holds instead of requesting a new one
+/// (requesting one when that file cannot be read); `refresh_at` then stays `None`.
 pub async fn render(
     client: &kube::Client,
     pod: &Pod,
     facts: &Facts,
     p: &ProjectedVolumeSource,
+    keep_token_of: Option<&std::path::Path>,
 ) -> Result<Rendered, VolumeError> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let default_mode = p.default_mode.unwrap_or(DEFAULT_MODE);
@@ -77,12 +88,22 @@ pub async fn render(
             )?);
         }
         if let Some(t) = &source.service_account_token {
-            let issued = token::request(client, pod, t).await?;
-            let at = token::refresh_at(issued.issued_at, issued.expires_at, token::jitter());
-            refresh_at = Some(refresh_at.map_or(at, |r| r.min(at)));
+            let kept = keep_token_of
+                .and_then(|dir| std::fs::read(dir.join("..data").join(&t.path)).ok())
+                .filter(|token| !token.is_empty());
+            let data = match kept {
+                Some(token) => token,
+                None => {
+                    let issued = token::request(client, pod, t).await?;
+                    let at =
+                        token::refresh_at(issued.issued_at, issued.expires_at, token::jitter());
+                    refresh_at = Some(refresh_at.map_or(at, |r| r.min(at)));
+                    issued.token.into_bytes()
+                }
+            };
             files.push(File {
                 path: t.path.clone(),
-                data: issued.token.into_bytes(),
+                data,
                 mode: (default_mode as u32) & 0o777,
             });
         }
