@@ -109,9 +109,12 @@ pub async fn client(path: &std::path::Path) -> Result<kube::Client, RunError> {
         reason,
     };
     let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| err(e.to_string()))?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
         .await
         .map_err(|e| err(e.to_string()))?;
+    if let Ok(agent) = http::HeaderValue::from_str(&r3s_config::user_agent::user_agent("kubelet")) {
+        config.headers.push((http::header::USER_AGENT, agent));
+    }
     kube::Client::try_from(config).map_err(|e| err(e.to_string()))
 }
 

@@ -20,6 +20,7 @@ pub mod port_range;
 pub mod resolve;
 pub mod taint;
 pub mod token;
+pub mod user_agent;
 
 pub use cidr::Ipv4Cidr;
 pub use dns::{DnsName, Host};

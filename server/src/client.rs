@@ -38,14 +38,35 @@ pub fn node_identity(node: &str) -> PeerIdentity {
     }
 }
 
+/// The upstream component a user name belongs to, for its User-Agent (and so the field manager
+/// of its writes).
+fn product_of(user: &str) -> &'static str {
+    match user {
+        CONTROLLER_MANAGER_USER => "kube-controller-manager",
+        SCHEDULER_USER => "kube-scheduler",
+        u if u.starts_with("system:node:") => "kubelet",
+        _ => "r3s-server",
+    }
+}
+
 /// A client that sends every request straight into `app(state)` as `identity`.
 ///
 /// Must be called inside a tokio runtime (the client buffers requests on a spawned task).
 pub fn in_process(state: ApiState, identity: PeerIdentity) -> kube::Client {
     let router = app(state);
+    let agent = axum::http::HeaderValue::from_str(&r3s_config::user_agent::user_agent(
+        product_of(&identity.common_name),
+    ))
+    .ok();
     let service = tower::ServiceBuilder::new()
         .map_request(move |mut request: Request<kube::client::Body>| {
             request.extensions_mut().insert(identity.clone());
+            if let Some(agent) = &agent {
+                request
+                    .headers_mut()
+                    .entry(axum::http::header::USER_AGENT)
+                    .or_insert_with(|| agent.clone());
+            }
             request
         })
         .service(router);

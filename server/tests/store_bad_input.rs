@@ -131,17 +131,74 @@ fn newer_schema_version_is_refused_untouched() {
     let db = dir.path().join("state.db");
     make_db(&db, 3);
     let conn = rusqlite::Connection::open(&db).expect("sqlite");
-    conn.pragma_update(None, "user_version", 2)
+    conn.pragma_update(None, "user_version", 3)
         .expect("set user_version");
     drop(conn);
     let msg = expect_open_error(&db, "");
     assert_eq!(
         msg,
         format!(
-            "{}: database schema version 2 is newer than this r3s-server supports (1); upgrade r3s-server",
+            "{}: database schema version 3 is newer than this r3s-server supports (2); upgrade r3s-server",
             db.display()
         )
     );
+}
+
+#[test]
+fn a_version_1_database_is_read_and_upgraded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("state.db");
+    make_db(&db, 1);
+    // What version 1 wrote: plain zstd values (encoding 1), and user_version 1.
+    let json = br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"old","namespace":"default"},"data":{"k":"written by schema version 1, written by schema version 1"}}"#;
+    let conn = rusqlite::Connection::open(&db).expect("sqlite");
+    conn.execute(
+        "INSERT INTO log (rev, key, create_rev, prev_rev, deleted, enc, value) VALUES (100, '/registry/configmaps/default/old', 100, 0, 0, 1, ?1)",
+        [zstd::bulk::compress(json, 1).expect("compress")],
+    )
+    .expect("insert");
+    conn.pragma_update(None, "user_version", 1)
+        .expect("set user_version");
+    drop(conn);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    {
+        let s = SqliteStore::open(&db, opts()).expect("a version-1 file opens");
+        let got = s
+            .get("/registry/configmaps/default/old")
+            .expect("get")
+            .expect("the version-1 row");
+        assert_eq!(&got.value[..], &json[..]);
+        rt.block_on(s.create(
+            "/registry/configmaps/default/new",
+            Bytes::from(json.repeat(2)),
+        ))
+        .expect("a write in the new encoding");
+    }
+    let conn = rusqlite::Connection::open(&db).expect("sqlite");
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("user_version");
+    assert_eq!(
+        version, 2,
+        "upgraded, so an older r3s-server refuses it clearly"
+    );
+    let enc: i64 = conn
+        .query_row(
+            "SELECT enc FROM log WHERE key = '/registry/configmaps/default/new'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("new row");
+    assert_eq!(enc, 2);
+    drop(conn);
+    let s = SqliteStore::open(&db, opts()).expect("reopen");
+    let got = s
+        .get("/registry/configmaps/default/new")
+        .expect("get")
+        .expect("the new row");
+    assert_eq!(&got.value[..], &json.repeat(2)[..]);
 }
 
 #[test]

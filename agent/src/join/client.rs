@@ -47,9 +47,13 @@ pub async fn renewable_client(
         reason,
     };
     let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| err(e.to_string()))?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
         .await
         .map_err(|e| err(e.to_string()))?;
+    // The agent is this node's kubelet: its writes are managed by `kubelet`, as on k3s.
+    if let Ok(agent) = http::HeaderValue::from_str(&r3s_config::user_agent::user_agent("kubelet")) {
+        config.headers.push((http::header::USER_AGENT, agent));
+    }
     let mut roots = RootCertStore::empty();
     for der in config.root_cert.iter().flatten() {
         roots

@@ -164,6 +164,9 @@ impl SqliteStore {
             if existing == schema::Existing::New {
                 schema::create(conn)?;
             }
+            if existing == schema::Existing::Upgradable {
+                schema::upgrade(conn)?;
+            }
             Ok(())
         };
         setup(&mut conn).map_err(|e| {
