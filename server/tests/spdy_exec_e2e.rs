@@ -106,7 +106,8 @@ impl Term {
         };
         assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
         // SAFETY: both descriptors were just returned by openpty and are owned by nobody else.
-        let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+        let (master, slave) =
+            unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
         let dup = || Stdio::from(slave.try_clone().unwrap());
         cmd.stdin(dup()).stdout(dup()).stderr(dup());
         // SAFETY: setsid and ioctl are async-signal-safe; the closure touches no shared memory.
@@ -410,7 +411,11 @@ fn kubectl_exec_and_attach_over_spdy_and_terminals() {
     assert!(err.contains("command terminated with exit code 3"), "{err}");
     // kubectl really took the SPDY path (its -v=6 log names the POST upgrade).
     assert!(err.contains("POST"), "{err}");
-    let (code, out, err) = env.run(true, &["exec", "box", "-c", "main", "--", "echo", "ok"], None);
+    let (code, out, err) = env.run(
+        true,
+        &["exec", "box", "-c", "main", "--", "echo", "ok"],
+        None,
+    );
     assert_eq!((code, out.as_str()), (0, "ok\n"), "{err}");
     let (code, out, err) = env.run(
         true,
@@ -423,7 +428,17 @@ fn kubectl_exec_and_attach_over_spdy_and_terminals() {
     let big = "0123456789abcdef".repeat(16 * 1024);
     let (code, out, err) = env.run(
         true,
-        &["exec", "-i", "box", "-c", "main", "--", "sh", "-c", "cat | wc -c"],
+        &[
+            "exec",
+            "-i",
+            "box",
+            "-c",
+            "main",
+            "--",
+            "sh",
+            "-c",
+            "cat | wc -c",
+        ],
         Some(&big),
     );
     assert_eq!(code, 0, "{err}");
@@ -456,12 +471,13 @@ fn kubectl_exec_and_attach_over_spdy_and_terminals() {
     let mut input = attach.0.stdin.take().unwrap();
     input.write_all(b"spdy-in\n").unwrap();
     input.flush().unwrap();
-    seen.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
-        panic!(
-            "attach -i over SPDY did not reach the container; {}",
-            env.log_tail()
-        )
-    });
+    seen.recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| {
+            panic!(
+                "attach -i over SPDY did not reach the container; {}",
+                env.log_tail()
+            )
+        });
     drop(input);
     drop(attach);
 

@@ -55,7 +55,11 @@ impl Version {
 /// comma-separated. No header at all means a client from before negotiation: v1.
 pub fn negotiate<'a>(offered: impl IntoIterator<Item = &'a str>) -> Option<Version> {
     let mut any = false;
-    for name in offered.into_iter().flat_map(|v| v.split(',')).map(str::trim) {
+    for name in offered
+        .into_iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+    {
         any = true;
         if let Some(i) = PROTOCOLS.iter().position(|p| *p == name) {
             return Some(Version(4 - i as u8));
@@ -218,7 +222,10 @@ pub async fn accept(
     let mut early: Vec<Frame> = Vec::new();
     let waited = tokio::time::timeout(STREAM_TIMEOUT, async {
         while !ids.complete(version, expect) {
-            let frame = reader.next().await.ok_or("the client closed the connection")?;
+            let frame = reader
+                .next()
+                .await
+                .ok_or("the client closed the connection")?;
             match frame {
                 Frame::SynStream {
                     stream, headers, ..
@@ -423,7 +430,10 @@ mod tests {
         assert!(ids.record("stdin", 3));
         assert!(ids.record("stdout", 5));
         assert!(!ids.complete(Version(4), e), "v4 with a tty needs resize");
-        assert!(ids.complete(Version(2), e), "v2 has no resize, no stderr with a tty");
+        assert!(
+            ids.complete(Version(2), e),
+            "v2 has no resize, no stderr with a tty"
+        );
         assert!(ids.record("resize", 7));
         assert!(ids.complete(Version(4), e));
         assert!(!ids.record("bogus", 9));
@@ -443,14 +453,20 @@ mod tests {
         assert_eq!(v4["details"]["causes"][0]["message"], "3");
         assert_eq!(status_bytes(Version(3), &ok), None);
         let text = String::from_utf8(status_bytes(Version(2), &exit3).unwrap()).unwrap();
-        assert!(text.starts_with("command terminated with non-zero exit code"), "{text}");
+        assert!(
+            text.starts_with("command terminated with non-zero exit code"),
+            "{text}"
+        );
     }
 
     #[test]
     fn resize_objects_split_and_packed() {
         let mut d = ResizeDecoder::default();
         assert_eq!(d.push(br#"{"Width":80,"#), vec![]);
-        assert_eq!(d.push(b"\"Height\":24}\n{\"Width\":100,\"Height\":30}\n"), vec![(80, 24), (100, 30)]);
+        assert_eq!(
+            d.push(b"\"Height\":24}\n{\"Width\":100,\"Height\":30}\n"),
+            vec![(80, 24), (100, 30)]
+        );
         assert_eq!(d.push(b"{\"Width\":1"), vec![]);
         assert_eq!(d.push(b"20,\"Height\":40}"), vec![(120, 40)]);
         assert_eq!(d.push(b"nonsense"), vec![]);
@@ -499,13 +515,31 @@ mod tests {
         });
         to_server.send(fin3).await.unwrap();
         to_server.send(send(Frame::Ping { id: 1 })).await.unwrap();
-        assert_eq!(streams.input.recv().await, Some(Input::Stdin(b"early ".to_vec())));
-        assert_eq!(streams.input.recv().await, Some(Input::Stdin(b"hi".to_vec())));
+        assert_eq!(
+            streams.input.recv().await,
+            Some(Input::Stdin(b"early ".to_vec()))
+        );
+        assert_eq!(
+            streams.input.recv().await,
+            Some(Input::Stdin(b"hi".to_vec()))
+        );
         assert_eq!(streams.input.recv().await, Some(Input::StdinEof));
-        streams.output.send(Output::Stdout(b"out".to_vec())).await.unwrap();
-        streams.output.send(Output::Stderr(b"err".to_vec())).await.unwrap();
+        streams
+            .output
+            .send(Output::Stdout(b"out".to_vec()))
+            .await
+            .unwrap();
+        streams
+            .output
+            .send(Output::Stderr(b"err".to_vec()))
+            .await
+            .unwrap();
         let output = streams.output.clone();
-        let finish = tokio::spawn(streams.done.finish(output, super::super::channel::exit_status(3)));
+        let finish = tokio::spawn(
+            streams
+                .done
+                .finish(output, super::super::channel::exit_status(3)),
+        );
         drop(streams.output);
         drop(streams.input);
 
@@ -513,7 +547,12 @@ mod tests {
         let mut inflater = Inflater::new();
         let mut buf = Vec::new();
         let mut seen = Vec::new();
-        while seen.iter().filter(|f| matches!(f, Frame::Data { flags, .. } if flags & FLAG_FIN != 0)).count() < 3 {
+        while seen
+            .iter()
+            .filter(|f| matches!(f, Frame::Data { flags, .. } if flags & FLAG_FIN != 0))
+            .count()
+            < 3
+        {
             let chunk = tokio::time::timeout(Duration::from_secs(10), from_server.recv())
                 .await
                 .expect("server output")

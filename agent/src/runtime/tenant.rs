@@ -28,9 +28,11 @@ use std::process::ExitCode;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
 use libcontainer::workload::default::DefaultExecutor;
-use libcontainer::workload::{Executor, ExecutorError, ExecutorSetEnvsError, ExecutorValidationError};
-use oci_spec::runtime::Spec;
+use libcontainer::workload::{
+    Executor, ExecutorError, ExecutorSetEnvsError, ExecutorValidationError,
+};
 use nix::sys::wait::{WaitStatus, waitpid};
+use oci_spec::runtime::Spec;
 
 /// The descriptor the agent hands the control pipe on.
 pub const CONTROL_FD: i32 = 3;
