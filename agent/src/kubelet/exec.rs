@@ -46,82 +46,80 @@ const DRAIN: Duration = Duration::from_secs(2);
 const STREAM_PROTOCOL: &str = "x-stream-protocol-version";
 
 /// Upgrades `request` to whichever transport it asks for and runs `session` on its streams.
-fn upgrade<F, Fut>(
+async fn upgrade<F, Fut>(
     request: Request,
     what: &'static str,
     expect: Expect,
     session: F,
-) -> impl Future<Output = Result<Response, KubeletError>>
+) -> Result<Response, KubeletError>
 where
     F: FnOnce(Streams) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    async move {
-        let kind = request
-            .headers()
-            .get(header::UPGRADE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_ascii_lowercase();
-        if kind == "websocket" {
-            let (mut parts, _) = request.into_parts();
-            let ws = WebSocketUpgrade::from_request_parts(&mut parts, &())
-                .await
-                .map_err(|e| KubeletError::BadRequest(e.to_string()))?
-                .protocols(channel::EXEC_PROTOCOLS);
-            let v5 = match ws.selected_protocol() {
-                Some(p) => p.as_bytes() == channel::EXEC_PROTOCOLS[0].as_bytes(),
-                None => return Err(upgrade_required(what)),
-            };
-            return Ok(ws
-                .on_upgrade(move |socket| session(streams::websocket(socket, v5)))
-                .into_response());
-        }
-        if !kind.starts_with("spdy/3.1") {
-            return Err(upgrade_required(what));
-        }
-        let offered: Vec<String> = request
-            .headers()
-            .get_all(STREAM_PROTOCOL)
-            .iter()
-            .filter_map(|v| v.to_str().ok().map(str::to_owned))
-            .collect();
-        let Some(version) = remotecommand::negotiate(offered.iter().map(String::as_str)) else {
-            return Ok(not_negotiated(&offered));
+    let kind = request
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if kind == "websocket" {
+        let (mut parts, _) = request.into_parts();
+        let ws = WebSocketUpgrade::from_request_parts(&mut parts, &())
+            .await
+            .map_err(|e| KubeletError::BadRequest(e.to_string()))?
+            .protocols(channel::EXEC_PROTOCOLS);
+        let v5 = match ws.selected_protocol() {
+            Some(p) => p.as_bytes() == channel::EXEC_PROTOCOLS[0].as_bytes(),
+            None => return Err(upgrade_required(what)),
         };
-        let mut request = request;
-        let on_upgrade = hyper::upgrade::on(&mut request);
-        tokio::spawn(async move {
-            let upgraded = match on_upgrade.await {
-                Ok(u) => u,
-                Err(e) => {
-                    debug!("{what}: SPDY upgrade failed: {e}");
-                    return;
-                }
-            };
-            let (inbound, outbound, mut pump) = super::portforward::io_pipe(TokioIo::new(upgraded));
-            match remotecommand::accept(inbound, outbound, version, expect).await {
-                Ok(streams) => session(streams).await,
-                Err(e) => debug!("{what}: {e}"),
-            }
-            // Everything is queued: let it reach the client, unless the client hangs.
-            if tokio::time::timeout(DRAIN, &mut pump).await.is_err() {
-                pump.abort();
-            }
-        });
-        Ok((
-            StatusCode::SWITCHING_PROTOCOLS,
-            [
-                (header::CONNECTION, HeaderValue::from_static("Upgrade")),
-                (header::UPGRADE, HeaderValue::from_static("SPDY/3.1")),
-                (
-                    header::HeaderName::from_static(STREAM_PROTOCOL),
-                    HeaderValue::from_static(version.name()),
-                ),
-            ],
-        )
-            .into_response())
+        return Ok(ws
+            .on_upgrade(move |socket| session(streams::websocket(socket, v5)))
+            .into_response());
     }
+    if !kind.starts_with("spdy/3.1") {
+        return Err(upgrade_required(what));
+    }
+    let offered: Vec<String> = request
+        .headers()
+        .get_all(STREAM_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_owned))
+        .collect();
+    let Some(version) = remotecommand::negotiate(offered.iter().map(String::as_str)) else {
+        return Ok(not_negotiated(&offered));
+    };
+    let mut request = request;
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                debug!("{what}: SPDY upgrade failed: {e}");
+                return;
+            }
+        };
+        let (inbound, outbound, mut pump) = super::portforward::io_pipe(TokioIo::new(upgraded));
+        match remotecommand::accept(inbound, outbound, version, expect).await {
+            Ok(streams) => session(streams).await,
+            Err(e) => debug!("{what}: {e}"),
+        }
+        // Everything is queued: let it reach the client, unless the client hangs.
+        if tokio::time::timeout(DRAIN, &mut pump).await.is_err() {
+            pump.abort();
+        }
+    });
+    Ok((
+        StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (header::CONNECTION, HeaderValue::from_static("Upgrade")),
+            (header::UPGRADE, HeaderValue::from_static("SPDY/3.1")),
+            (
+                header::HeaderName::from_static(STREAM_PROTOCOL),
+                HeaderValue::from_static(version.name()),
+            ),
+        ],
+    )
+        .into_response())
 }
 
 fn upgrade_required(what: &str) -> KubeletError {
