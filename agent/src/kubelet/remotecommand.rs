@@ -594,6 +594,120 @@ mod tests {
             .unwrap();
     }
 
+    /// Decodes everything the server sent until `fins` streams were finished.
+    async fn client_view(from_server: &mut mpsc::Receiver<Vec<u8>>, fins: usize) -> Vec<Frame> {
+        let mut inflater = Inflater::new();
+        let (mut buf, mut seen) = (Vec::new(), Vec::new());
+        let finished = |seen: &Vec<Frame>| {
+            seen.iter()
+                .filter(|f| matches!(f, Frame::Data { flags, .. } if flags & FLAG_FIN != 0))
+                .count()
+        };
+        while finished(&seen) < fins {
+            let chunk = tokio::time::timeout(Duration::from_secs(10), from_server.recv())
+                .await
+                .expect("server output")
+                .expect("server open");
+            buf.extend_from_slice(&chunk);
+            while let Some((f, used)) = spdy::decode(&mut inflater, &buf).unwrap() {
+                buf.drain(..used);
+                seen.push(f);
+            }
+        }
+        seen
+    }
+
+    /// v1 with a tty: no resize stream exists before v3, the server closes its half of stdin
+    /// at once (v1 clients wait for it), and a failure is plain text on the error stream.
+    #[tokio::test]
+    async fn v1_session_with_a_tty() {
+        let (to_server, inbound) = mpsc::channel::<Vec<u8>>(64);
+        let (outbound, mut from_server) = mpsc::channel::<Vec<u8>>(64);
+        let expect = Expect {
+            stdin: true,
+            stdout: true,
+            stderr: false,
+            tty: true,
+        };
+        let server = tokio::spawn(accept(inbound, outbound, Version(1), expect));
+        let mut deflater = Deflater::new();
+        for (stream, kind) in [(1, "error"), (3, "stdin"), (5, "stdout")] {
+            let syn = Frame::SynStream {
+                stream,
+                associated: 0,
+                priority: 0,
+                flags: 0,
+                headers: vec![("streamtype".into(), kind.into())],
+            };
+            to_server
+                .send(spdy::encode(&mut deflater, &syn).unwrap())
+                .await
+                .unwrap();
+        }
+        let streams = server.await.unwrap().unwrap();
+        let seen = client_view(&mut from_server, 1).await;
+        assert!(seen.contains(&fin(3)), "{seen:?}");
+        let output = streams.output.clone();
+        let status = super::super::channel::failure_status("boom");
+        let finish = tokio::spawn(streams.done.finish(output, status));
+        drop(streams.output);
+        let seen = client_view(&mut from_server, 2).await;
+        let error: Vec<u8> = seen
+            .iter()
+            .filter_map(|f| match f {
+                Frame::Data {
+                    stream: 1, data, ..
+                } => Some(data.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(error, b"boom");
+        drop(to_server);
+        tokio::time::timeout(Duration::from_secs(10), finish)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    /// A v4 tty session gets its sizes from the resize stream.
+    #[tokio::test]
+    async fn v4_resize_stream() {
+        let (to_server, inbound) = mpsc::channel::<Vec<u8>>(64);
+        let (outbound, _from_server) = mpsc::channel::<Vec<u8>>(64);
+        let expect = Expect {
+            stdin: false,
+            stdout: true,
+            stderr: true,
+            tty: true,
+        };
+        let server = tokio::spawn(accept(inbound, outbound, Version(4), expect));
+        let mut deflater = Deflater::new();
+        let mut wire = Vec::new();
+        for (stream, kind) in [(1, "error"), (3, "stdout"), (5, "resize")] {
+            let syn = Frame::SynStream {
+                stream,
+                associated: 0,
+                priority: 0,
+                flags: 0,
+                headers: vec![("streamtype".into(), kind.into())],
+            };
+            wire.extend(spdy::encode(&mut deflater, &syn).unwrap());
+        }
+        let resize = Frame::Data {
+            stream: 5,
+            flags: 0,
+            data: b"{\"Width\":132,\"Height\":43}\n".to_vec(),
+        };
+        wire.extend(spdy::encode(&mut deflater, &resize).unwrap());
+        // One write carrying every frame: the reader splits them itself.
+        to_server.send(wire).await.unwrap();
+        let mut streams = server.await.unwrap().unwrap();
+        assert_eq!(streams.input.recv().await, Some(Input::Resize(132, 43)));
+        drop(to_server);
+        assert_eq!(streams.input.recv().await, None, "the client is gone");
+    }
+
     #[tokio::test]
     async fn missing_streams_fail_when_the_client_leaves() {
         let (to_server, inbound) = mpsc::channel::<Vec<u8>>(4);
