@@ -1,36 +1,40 @@
-//! `/exec/{namespace}/{pod}/{container}` and `/attach/...` over WebSocket `v5.channel.k8s.io`
-//! (or `v4`): see [`super::channel`] for the framing.
+//! `/exec/{namespace}/{pod}/{container}` and `/attach/...`, over WebSocket `v5.channel.k8s.io`
+//! (or `v4`; see [`super::channel`]) or over SPDY/3.1 (`v4.channel.k8s.io` down to
+//! `channel.k8s.io`; see [`super::remotecommand`]). Both transports become the same
+//! [`Streams`], so the session logic here exists once.
 //!
-//! Exec starts a new process in the container ([`crate::runtime::exec`]) with pipes or a pty,
-//! copies its output to channels 1/2, channel 0 to its stdin, resizes the pty on channel 4 and
-//! ends with the exit Status on channel 3, then a Close. If the client goes away first, the process
-//! is killed (nobody could read its output or give it input any more).
+//! Exec starts a new process in the container ([`crate::runtime::exec`]) with pipes or a pty
+//! (the pty is its controlling terminal, so `^C` typed by the user interrupts its foreground
+//! job), copies its output to stdout/stderr, stdin to its stdin, resizes the pty and ends with
+//! the exit Status. If the client goes away first, the process is killed (nobody could read its
+//! output or give it input any more).
 //!
 //! Attach streams the output of the container's main process (from its log file, as it is
-//! written) until the container stops or the client goes away. With `-i`, channel 0 goes to the
+//! written) until the container stops or the client goes away. With `-i`, stdin goes to the
 //! container's stdin through its shim's FIFO (containers with `stdin: true` under a shim; see
-//! `runtime::shim`); detaching (or the v5 close of stdin) closes it, which with `stdinOnce` is
-//! EOF for the container. Anything else gets a clear Failure Status, never a silently ignored
-//! stdin.
+//! `runtime::shim`); detaching (or closing stdin) closes it, which with `stdinOnce` is EOF for the
+//! container. Anything else gets a clear Failure Status, never a silently ignored stdin.
+//! Containers here never have a terminal of their own, so kubectl (which reads `tty` from the pod
+//! spec) warns `Unable to use a TTY - container ... did not allocate one` and attaches without
+//! one, as upstream; a raw client asking for a tty anyway gets stdout and stderr merged.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{
-    CloseFrame, Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
-};
-use axum::extract::{Path as UrlPath, State};
-use axum::http::Uri;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{FromRequestParts, Path as UrlPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use super::channel::{self, CLOSE, ERROR, RESIZE, STDERR, STDIN, STDOUT};
-use super::{KubeletError, find_pod, query_flag, query_pairs, running_container};
+use super::remotecommand::{self, Expect};
+use super::streams::{self, Input, Output, Streams};
+use super::{KubeletError, channel, find_pod, query_flag, query_pairs, running_container};
 use crate::pods::Ctx;
 use crate::runtime::Runtime;
 use crate::runtime::exec::{ExecRequest, resize};
@@ -39,34 +43,116 @@ use crate::runtime::exec::{ExecRequest, resize};
 /// pipes open forever).
 const DRAIN: Duration = Duration::from_secs(2);
 
+const STREAM_PROTOCOL: &str = "x-stream-protocol-version";
+
+/// Upgrades `request` to whichever transport it asks for and runs `session` on its streams.
+async fn upgrade<F, Fut>(
+    request: Request,
+    what: &'static str,
+    expect: Expect,
+    session: F,
+) -> Result<Response, KubeletError>
+where
+    F: FnOnce(Streams) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let kind = request
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if kind == "websocket" {
+        let (mut parts, _) = request.into_parts();
+        let ws = WebSocketUpgrade::from_request_parts(&mut parts, &())
+            .await
+            .map_err(|e| KubeletError::BadRequest(e.to_string()))?
+            .protocols(channel::EXEC_PROTOCOLS);
+        let v5 = match ws.selected_protocol() {
+            Some(p) => p.as_bytes() == channel::EXEC_PROTOCOLS[0].as_bytes(),
+            None => return Err(upgrade_required(what)),
+        };
+        return Ok(ws
+            .on_upgrade(move |socket| session(streams::websocket(socket, v5)))
+            .into_response());
+    }
+    if !kind.starts_with("spdy/3.1") {
+        return Err(upgrade_required(what));
+    }
+    let offered: Vec<String> = request
+        .headers()
+        .get_all(STREAM_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_owned))
+        .collect();
+    let Some(version) = remotecommand::negotiate(offered.iter().map(String::as_str)) else {
+        return Ok(not_negotiated(&offered));
+    };
+    let mut request = request;
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                debug!("{what}: SPDY upgrade failed: {e}");
+                return;
+            }
+        };
+        let (inbound, outbound, mut pump) = super::portforward::io_pipe(TokioIo::new(upgraded));
+        match remotecommand::accept(inbound, outbound, version, expect).await {
+            Ok(streams) => session(streams).await,
+            Err(e) => debug!("{what}: {e}"),
+        }
+        // Everything is queued: let it reach the client, unless the client hangs.
+        if tokio::time::timeout(DRAIN, &mut pump).await.is_err() {
+            pump.abort();
+        }
+    });
+    Ok((
+        StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (header::CONNECTION, HeaderValue::from_static("Upgrade")),
+            (header::UPGRADE, HeaderValue::from_static("SPDY/3.1")),
+            (
+                header::HeaderName::from_static(STREAM_PROTOCOL),
+                HeaderValue::from_static(version.name()),
+            ),
+        ],
+    )
+        .into_response())
+}
+
 fn upgrade_required(what: &str) -> KubeletError {
     KubeletError::BadRequest(format!(
-        "{what} needs a WebSocket upgrade with subprotocol v5.channel.k8s.io or v4.channel.k8s.io (SPDY is not supported for {what})"
+        "{what} needs an upgrade: WebSocket with subprotocol v5.channel.k8s.io or v4.channel.k8s.io, or SPDY/3.1"
     ))
 }
 
-/// Picks the subprotocol; `Ok(true)` for v5.
-fn negotiate(
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-    what: &str,
-) -> Result<(WebSocketUpgrade, bool), KubeletError> {
-    let ws = ws
-        .map_err(|_| upgrade_required(what))?
-        .protocols(channel::EXEC_PROTOCOLS);
-    let v5 = match ws.selected_protocol() {
-        Some(p) => p.as_bytes() == channel::EXEC_PROTOCOLS[0].as_bytes(),
-        None => return Err(upgrade_required(what)),
-    };
-    Ok((ws, v5))
+/// Upstream's answer when no offered version is served: 403, the versions we accept.
+fn not_negotiated(offered: &[String]) -> Response {
+    let mut response = (
+        StatusCode::FORBIDDEN,
+        format!(
+            "unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server accepts {:?}\n",
+            remotecommand::PROTOCOLS
+        ),
+    )
+        .into_response();
+    for p in remotecommand::PROTOCOLS {
+        response.headers_mut().append(
+            header::HeaderName::from_static("x-accepted-stream-protocol-versions"),
+            HeaderValue::from_static(p),
+        );
+    }
+    response
 }
 
 pub async fn exec(
     State(ctx): State<Arc<Ctx>>,
     UrlPath((namespace, name, container)): UrlPath<(String, String, String)>,
-    uri: Uri,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    request: Request,
 ) -> Result<Response, KubeletError> {
-    let q = query_pairs(uri.query());
+    let q = query_pairs(request.uri().query());
     let args: Vec<String> = q
         .iter()
         .filter(|(k, _)| k == "command")
@@ -87,77 +173,60 @@ pub async fn exec(
     };
     let pod = find_pod(&ctx, &namespace, &name).await?;
     let id = running_container(&pod, &container)?;
-    let (ws, v5) = negotiate(ws, "exec")?;
-    Ok(ws
-        .on_upgrade(move |socket| exec_session(ctx, id, req, socket, v5))
-        .into_response())
+    let expect = Expect {
+        stdin: req.stdin,
+        stdout: req.stdout,
+        stderr: req.stderr,
+        tty,
+    };
+    upgrade(request, "exec", expect, move |streams| {
+        exec_session(ctx, id, req, streams)
+    })
+    .await
 }
 
-/// Sends messages to the client from several tasks; closes the socket when all senders are gone.
-fn writer(
-    mut sink: futures::stream::SplitSink<WebSocket, Message>,
-) -> (mpsc::Sender<Message>, tokio::task::JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::channel::<Message>(64);
-    let task = tokio::spawn(async move {
-        while let Some(m) = rx.recv().await {
-            let close = matches!(m, Message::Close(_));
-            if sink.send(m).await.is_err() || close {
-                break;
-            }
-        }
-        let _ = sink.close().await;
-    });
-    (tx, task)
+fn kill(pid: i32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
 }
 
-fn binary(channel: u8, data: &[u8]) -> Message {
-    Message::Binary(channel::frame(channel, data).into())
-}
-
-async fn finish(tx: mpsc::Sender<Message>, status: serde_json::Value) {
-    let _ = tx.send(binary(ERROR, status.to_string().as_bytes())).await;
-    let _ = tx
-        .send(Message::Close(Some(CloseFrame {
-            code: 1000,
-            reason: "".into(),
-        })))
-        .await;
-}
-
-async fn exec_session(ctx: Arc<Ctx>, id: String, req: ExecRequest, socket: WebSocket, v5: bool) {
-    let (sink, mut incoming) = socket.split();
-    let (tx, writer_task) = writer(sink);
+async fn exec_session(ctx: Arc<Ctx>, id: String, req: ExecRequest, streams: Streams) {
+    let Streams {
+        input: mut incoming,
+        output,
+        done,
+    } = streams;
     let process = match ctx.runtime.exec_streaming(&id, req).await {
         Ok(p) => p,
         Err(e) => {
-            finish(tx, channel::failure_status(&e.to_string())).await;
-            let _ = writer_task.await;
+            done.finish(output, channel::failure_status(&e.to_string()))
+                .await;
             return;
         }
     };
     let pid = process.started.pid;
     let io = process.io;
     let mut pumps = tokio::task::JoinSet::new();
-    for (fd, ch) in [(io.stdout, STDOUT), (io.stderr, STDERR)] {
-        if let Some(fd) = fd {
-            pumps.spawn(pump_pipe(fd, ch, tx.clone()));
-        }
+    if let Some(fd) = io.stdout {
+        pumps.spawn(pump_pipe(fd, Output::Stdout, output.clone()));
+    }
+    if let Some(fd) = io.stderr {
+        pumps.spawn(pump_pipe(fd, Output::Stderr, output.clone()));
     }
     let pty = match io.pty.map(Pty::new).transpose() {
         Ok(p) => p.map(Arc::new),
         Err(e) => {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            kill(pid);
             let _ = Runtime::wait(process.started).await;
-            finish(tx, channel::failure_status(&format!("pty: {e}"))).await;
-            let _ = writer_task.await;
+            done.finish(output, channel::failure_status(&format!("pty: {e}")))
+                .await;
             return;
         }
     };
     if let Some(pty) = &pty {
-        pumps.spawn(pump_pty(pty.clone(), tx.clone()));
+        pumps.spawn(pump_pty(pty.clone(), output.clone()));
     }
     let mut stdin = match io.stdin.map(tokio::net::unix::pipe::Sender::from_owned_fd) {
         Some(Ok(s)) => Some(s),
@@ -165,39 +234,26 @@ async fn exec_session(ctx: Arc<Ctx>, id: String, req: ExecRequest, socket: WebSo
     };
     let input_pty = pty.clone();
     let mut input = tokio::spawn(async move {
-        while let Some(msg) = incoming.next().await {
-            let data: Vec<u8> = match msg {
-                Ok(Message::Binary(b)) => b.to_vec(),
-                Ok(Message::Text(t)) => t.as_str().as_bytes().to_vec(),
-                Ok(Message::Close(_)) | Err(_) => break,
-                Ok(_) => continue,
-            };
-            let Some((ch, payload)) = channel::split(&data) else {
-                continue;
-            };
-            match ch {
-                STDIN => {
+        while let Some(msg) = incoming.recv().await {
+            match msg {
+                Input::Stdin(payload) => {
                     if let Some(pty) = &input_pty {
-                        if pty.write_all(payload).await.is_err() {
+                        if pty.write_all(&payload).await.is_err() {
                             debug!("exec: writing to the pty failed");
                         }
                     } else if let Some(s) = stdin.as_mut()
-                        && s.write_all(payload).await.is_err()
+                        && s.write_all(&payload).await.is_err()
                     {
                         stdin = None;
                     }
                 }
-                RESIZE => {
-                    if let (Some(pty), Some((w, h))) = (&input_pty, channel::parse_resize(payload))
-                    {
+                Input::Resize(w, h) => {
+                    if let Some(pty) = &input_pty {
                         let _ = resize(&pty.fd, w, h);
                     }
                 }
-                CLOSE if v5 && payload.first() == Some(&STDIN) => {
-                    // EOF for the process; with a pty, EOF is ^D, which the client sends itself.
-                    stdin = None;
-                }
-                _ => {}
+                // EOF for the process; with a pty, EOF is ^D, which the client sends itself.
+                Input::StdinEof => stdin = None,
             }
         }
     });
@@ -207,30 +263,21 @@ async fn exec_session(ctx: Arc<Ctx>, id: String, req: ExecRequest, socket: WebSo
         exit = &mut wait => exit,
         _ = &mut input => {
             // The client is gone: nobody can see this process any more.
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            kill(pid);
             wait.await
         }
     };
+    input.abort();
     let _ = tokio::time::timeout(DRAIN, async { while pumps.join_next().await.is_some() {} }).await;
     pumps.abort_all();
     let status = match exit {
         Ok(e) => channel::exit_status(e.code),
         Err(e) => channel::failure_status(&e.to_string()),
     };
-    finish(tx, status).await;
-    let _ = writer_task.await;
-    // Keep reading until the client answers the Close (the closing handshake): a socket closed
-    // with the client's frames unread is reset, and a reset can destroy the Status still on its
-    // way to the client.
-    if tokio::time::timeout(DRAIN, &mut input).await.is_err() {
-        input.abort();
-    }
+    done.finish(output, status).await;
 }
 
-async fn pump_pipe(fd: OwnedFd, ch: u8, tx: mpsc::Sender<Message>) {
+async fn pump_pipe(fd: OwnedFd, wrap: fn(Vec<u8>) -> Output, tx: mpsc::Sender<Output>) {
     use tokio::io::AsyncReadExt;
     let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
         return;
@@ -240,7 +287,7 @@ async fn pump_pipe(fd: OwnedFd, ch: u8, tx: mpsc::Sender<Message>) {
         match rx.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => {
-                if tx.send(binary(ch, &buf[..n])).await.is_err() {
+                if tx.send(wrap(buf[..n].to_vec())).await.is_err() {
                     return;
                 }
             }
@@ -293,13 +340,13 @@ impl Pty {
     }
 }
 
-async fn pump_pty(pty: Arc<Pty>, tx: mpsc::Sender<Message>) {
+async fn pump_pty(pty: Arc<Pty>, tx: mpsc::Sender<Output>) {
     let mut buf = vec![0u8; 32 * 1024];
     loop {
         match pty.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => {
-                if tx.send(binary(STDOUT, &buf[..n])).await.is_err() {
+                if tx.send(Output::Stdout(buf[..n].to_vec())).await.is_err() {
                     return;
                 }
             }
@@ -310,19 +357,16 @@ async fn pump_pty(pty: Arc<Pty>, tx: mpsc::Sender<Message>) {
 pub async fn attach(
     State(ctx): State<Arc<Ctx>>,
     UrlPath((namespace, name, container)): UrlPath<(String, String, String)>,
-    uri: Uri,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    request: Request,
 ) -> Result<Response, KubeletError> {
-    let q = query_pairs(uri.query());
+    let q = query_pairs(request.uri().query());
     let pod = find_pod(&ctx, &namespace, &name).await?;
     let id = running_container(&pod, &container)?;
-    let (ws, v5) = negotiate(ws, "attach")?;
     let opts = AttachOptions {
         stdin: query_flag(&q, "stdin"),
         stdout: query_flag(&q, "stdout"),
         stderr: query_flag(&q, "stderr"),
         tty: query_flag(&q, "tty"),
-        v5,
     };
     let wants_stdin = pod
         .spec
@@ -339,11 +383,22 @@ pub async fn attach(
         .layout
         .pod_logs(&namespace, &name, &uid)
         .join(&container);
-    Ok(ws
-        .on_upgrade(move |socket| {
-            attach_session(ctx, namespace, name, container, dir, opts, stdin, socket)
-        })
-        .into_response())
+    let expect = Expect {
+        stdin: opts.stdin,
+        stdout: opts.stdout,
+        stderr: opts.stderr,
+        tty: opts.tty,
+    };
+    let target = AttachTarget {
+        namespace,
+        name,
+        container,
+        dir,
+    };
+    upgrade(request, "attach", expect, move |streams| {
+        attach_session(ctx, target, opts, stdin, streams)
+    })
+    .await
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -352,7 +407,14 @@ struct AttachOptions {
     stdout: bool,
     stderr: bool,
     tty: bool,
-    v5: bool,
+}
+
+/// The container attached to, and the directory of its log files.
+struct AttachTarget {
+    namespace: String,
+    name: String,
+    container: String,
+    dir: std::path::PathBuf,
 }
 
 /// Where `attach -i` input goes: the container's stdin FIFO, when it has one.
@@ -378,19 +440,34 @@ async fn open_stdin(fifo: &std::path::Path) -> Result<tokio::net::unix::pipe::Se
     Err("the container's stdin is closed (stdinOnce: an earlier attach used it)".into())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// A log chunk as output: stderr keeps its stream unless a terminal was asked for (which has
+/// only one); `None` for a stream the client did not ask for.
+fn attach_output(opts: AttachOptions, stream: &str, body: Vec<u8>) -> Option<Output> {
+    if stream == "stderr" && !opts.tty {
+        opts.stderr.then_some(Output::Stderr(body))
+    } else {
+        (opts.stdout || opts.tty).then_some(Output::Stdout(body))
+    }
+}
+
 async fn attach_session(
     ctx: Arc<Ctx>,
-    namespace: String,
-    name: String,
-    container: String,
-    dir: std::path::PathBuf,
+    target: AttachTarget,
     opts: AttachOptions,
     stdin: AttachStdin,
-    socket: WebSocket,
+    streams: Streams,
 ) {
-    let (sink, mut incoming) = socket.split();
-    let (tx, writer_task) = writer(sink);
+    let Streams {
+        input: mut incoming,
+        output,
+        done,
+    } = streams;
+    let AttachTarget {
+        namespace,
+        name,
+        container,
+        dir,
+    } = target;
     let mut input = None;
     if opts.stdin {
         let opened = match &stdin.fifo {
@@ -405,60 +482,34 @@ async fn attach_session(
         match opened {
             Ok(s) => input = Some(s),
             Err(msg) => {
-                finish(tx, channel::failure_status(&msg)).await;
-                let _ = writer_task.await;
-                // Read what the client sent (its stdin) until it closes: closing a socket with
-                // unread input resets it, and the client would lose the Status.
-                let _ = tokio::time::timeout(DRAIN, async {
-                    while let Some(Ok(m)) = incoming.next().await {
-                        if matches!(m, Message::Close(_)) {
-                            break;
-                        }
-                    }
-                })
-                .await;
+                done.finish(output, channel::failure_status(&msg)).await;
                 return;
             }
         }
     }
     let mut follower = super::logs::Tail::at_end(&dir).await;
     let mut tick = 0u32;
-    let v5 = opts.v5;
     let mut client_gone = std::pin::pin!(async move {
-        while let Some(Ok(m)) = incoming.next().await {
-            let data: Vec<u8> = match m {
-                Message::Close(_) => break,
-                Message::Binary(b) => b.to_vec(),
-                Message::Text(t) => t.as_str().as_bytes().to_vec(),
-                _ => continue,
-            };
-            match channel::split(&data) {
-                Some((STDIN, payload)) => {
+        while let Some(m) = incoming.recv().await {
+            match m {
+                Input::Stdin(payload) => {
                     if let Some(s) = input.as_mut()
-                        && s.write_all(payload).await.is_err()
+                        && s.write_all(&payload).await.is_err()
                     {
                         input = None;
                     }
                 }
                 // EOF: the writer's close is what the shim's feeder sees.
-                Some((CLOSE, payload)) if v5 && payload.first() == Some(&STDIN) => input = None,
-                _ => {}
+                Input::StdinEof => input = None,
+                Input::Resize(..) => {}
             }
         }
     });
     loop {
         for (stream, body) in follower.read_new().await {
-            let ch = if stream == "stderr" && !opts.tty {
-                STDERR
-            } else {
-                STDOUT
-            };
-            let wanted = if ch == STDERR {
-                opts.stderr
-            } else {
-                opts.stdout || opts.tty
-            };
-            if wanted && tx.send(binary(ch, &body)).await.is_err() {
+            if let Some(out) = attach_output(opts, &stream, body)
+                && output.send(out).await.is_err()
+            {
                 return;
             }
         }
@@ -470,12 +521,9 @@ async fn attach_session(
             };
             if !running || follower.superseded() {
                 for (stream, body) in follower.read_new().await {
-                    let ch = if stream == "stderr" && !opts.tty {
-                        STDERR
-                    } else {
-                        STDOUT
-                    };
-                    let _ = tx.send(binary(ch, &body)).await;
+                    if let Some(out) = attach_output(opts, &stream, body) {
+                        let _ = output.send(out).await;
+                    }
                 }
                 break;
             }
@@ -484,12 +532,10 @@ async fn attach_session(
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
             _ = &mut client_gone => {
-                drop(tx);
-                let _ = writer_task.await;
+                done.finish(output, channel::exit_status(0)).await;
                 return;
             }
         }
     }
-    finish(tx, channel::exit_status(0)).await;
-    let _ = writer_task.await;
+    done.finish(output, channel::exit_status(0)).await;
 }

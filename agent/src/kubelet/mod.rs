@@ -2,9 +2,12 @@
 //! server reaches containers for `kubectl logs`, `exec`, `attach` and `port-forward`.
 //!
 //! Module map: [`server`] (listener, client-certificate check, routes), [`logs`]
-//! (`/containerLogs`), [`exec`] (`/exec` and `/attach` over `channel.k8s.io` WebSockets),
-//! [`portforward`] (`/portForward` over SPDY/3.1, raw or tunnelled in a WebSocket, or over
-//! `v4.channel.k8s.io`), [`spdy`] (SPDY/3.1 framing), [`channel`] (the `channel.k8s.io` framing).
+//! (`/containerLogs`), [`exec`] (`/exec` and `/attach`, over WebSocket or SPDY), [`streams`]
+//! (an exec/attach session's streams, whichever transport carries them, and the WebSocket
+//! transport), [`remotecommand`] (the SPDY transport: `v4.channel.k8s.io` down to
+//! `channel.k8s.io`), [`portforward`] (`/portForward` over SPDY/3.1, raw or tunnelled in a
+//! WebSocket, or over `v4.channel.k8s.io`), [`spdy`] (SPDY/3.1 framing), [`channel`] (the
+//! `channel.k8s.io` WebSocket framing).
 //!
 //! Invariants: only a client presenting a certificate from the cluster's client CA with the API
 //! server's identity ([`APISERVER_USER`]) gets past the TLS layer and the first check; nothing
@@ -15,8 +18,10 @@ pub mod channel;
 pub mod exec;
 pub mod logs;
 pub mod portforward;
+pub mod remotecommand;
 pub mod server;
 pub mod spdy;
+pub mod streams;
 
 use std::future::Future;
 use std::net::IpAddr;

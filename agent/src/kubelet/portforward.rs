@@ -181,7 +181,7 @@ fn parse_ports(s: &str) -> Result<Vec<u16>, KubeletError> {
     }
 }
 
-type Pipe = (
+pub(super) type Pipe = (
     mpsc::Receiver<Vec<u8>>,
     mpsc::Sender<Vec<u8>>,
     tokio::task::JoinHandle<()>,
@@ -217,7 +217,7 @@ fn websocket_pipe(socket: WebSocket) -> Pipe {
 }
 
 /// An upgraded connection as a byte pipe.
-fn io_pipe<T>(io: T) -> Pipe
+pub(super) fn io_pipe<T>(io: T) -> Pipe
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {

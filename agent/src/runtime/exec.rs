@@ -5,9 +5,8 @@
 //! container process ever inherits them; a stream the caller did not ask for is `/dev/null`
 //! (never the agent's own stdio). A `shim-exec` helper starts the process, is its parent and
 //! reports its exit (see [`super::tenant`]); [`super::Runtime::wait`] waits for that report. With a TTY the process gets the pty's slave
-//! as stdin, stdout and stderr but not as its controlling terminal (libcontainer starts every
-//! process in a new session and offers the console only through a socket), so line discipline
-//! and window size work while `^C` arrives as a byte, not as SIGINT.
+//! as stdin, stdout and stderr, and as its controlling terminal (the helper's executor sets it in
+//! the process's fresh session), so line discipline, window size and `^C` as SIGINT all work.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 

@@ -14,6 +14,10 @@
 //!   it), then exit 0.
 //!
 //! The helper never writes to its stdout or stderr: they belong to the exec'd process.
+//!
+//! A terminal handed in as stdin (or stdout/stderr) becomes the process's controlling terminal
+//! ([`TerminalExecutor`]), so the terminal's line discipline turns a typed `^C` into SIGINT for
+//! the foreground job, as `kubectl exec -t` users expect.
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -24,7 +28,11 @@ use std::process::ExitCode;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
 use libcontainer::workload::default::DefaultExecutor;
+use libcontainer::workload::{
+    Executor, ExecutorError, ExecutorSetEnvsError, ExecutorValidationError,
+};
 use nix::sys::wait::{WaitStatus, waitpid};
+use oci_spec::runtime::Spec;
 
 /// The descriptor the agent hands the control pipe on.
 pub const CONTROL_FD: i32 = 3;
@@ -94,7 +102,7 @@ fn start(root: PathBuf, id: &str, command: Vec<String>) -> Result<nix::unistd::P
     ContainerBuilder::new(id.to_owned(), SyscallType::default())
         .with_root_path(root)
         .map_err(|e| format!("state root: {e}"))?
-        .with_executor(DefaultExecutor {})
+        .with_executor(TerminalExecutor)
         .with_stdin(stdin)
         .with_stdout(stdout)
         .with_stderr(stderr)
@@ -103,4 +111,43 @@ fn start(root: PathBuf, id: &str, command: Vec<String>) -> Result<nix::unistd::P
         .with_detach(true)
         .build()
         .map_err(|e| format!("exec: {e}"))
+}
+
+/// Runs the workload as libcontainer's default executor does, after making the first of the
+/// standard descriptors that is a terminal the controlling terminal. It runs in the container's
+/// init process, which libcontainer has already made a session leader without a terminal
+/// (`setsid`), the one state in which `TIOCSCTTY` succeeds; the session's process group then is
+/// the terminal's foreground group, and a shell's job control can take it from there.
+#[derive(Clone)]
+struct TerminalExecutor;
+
+impl Executor for TerminalExecutor {
+    fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        for fd in 0..3 {
+            // SAFETY: isatty and ioctl(TIOCSCTTY, 0) only read the descriptor's state; neither
+            // touches memory of this process.
+            if unsafe { libc::isatty(fd) } == 1 {
+                if unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) } < 0 {
+                    // Without it the terminal still works, only ^C stays a byte: not fatal.
+                    tracing::debug!(
+                        "TIOCSCTTY on descriptor {fd}: {}",
+                        std::io::Error::last_os_error()
+                    );
+                }
+                break;
+            }
+        }
+        DefaultExecutor {}.exec(spec)
+    }
+
+    fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
+        DefaultExecutor {}.validate(spec)
+    }
+
+    fn setup_envs(
+        &self,
+        envs: std::collections::HashMap<String, String>,
+    ) -> Result<(), ExecutorSetEnvsError> {
+        DefaultExecutor {}.setup_envs(envs)
+    }
 }
