@@ -54,9 +54,9 @@ fn product_of(user: &str) -> &'static str {
 /// Must be called inside a tokio runtime (the client buffers requests on a spawned task).
 pub fn in_process(state: ApiState, identity: PeerIdentity) -> kube::Client {
     let router = app(state);
-    let agent = axum::http::HeaderValue::from_str(&r3s_config::user_agent::user_agent(
-        product_of(&identity.common_name),
-    ))
+    let agent = axum::http::HeaderValue::from_str(&r3s_config::user_agent::user_agent(product_of(
+        &identity.common_name,
+    )))
     .ok();
     let service = tower::ServiceBuilder::new()
         .map_request(move |mut request: Request<kube::client::Body>| {

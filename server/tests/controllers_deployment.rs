@@ -118,6 +118,18 @@ async fn deployment_rollout_history_undo_and_scale() {
     assert_eq!(owner.kind, "ReplicaSet");
     assert_eq!(owner.controller, Some(true));
     assert_eq!(owner.block_owner_deletion, Some(true));
+    // The control loops write as kube-controller-manager (their User-Agent), as on k3s.
+    let managers: HashSet<String> = first.items[0]
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert!(
+        managers.contains("kube-controller-manager") && !managers.contains("unknown"),
+        "{managers:?}"
+    );
 
     // Watch every pod event during the image change.
     let seen = Arc::new(Mutex::new(Extremes {
