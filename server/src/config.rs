@@ -179,6 +179,10 @@ pub struct ServerConfig {
     pub node_taints: Vec<Taint>,
     /// `registries.yaml` for the in-process agent's image pulls.
     pub private_registry: PathBuf,
+    /// `--disable=local-storage`: no `local-path` StorageClass or provisioner.
+    pub disable_local_storage: bool,
+    /// `--default-local-storage-path`: where local-path volumes live (`<data-dir>/storage`).
+    pub default_local_storage_path: PathBuf,
     /// Where each setting came from, by flag name, for logs and error messages.
     pub sources: Sources,
 }
@@ -201,6 +205,10 @@ impl ServerConfig {
         let data_dir = absolute("data-dir", &cli.data_dir)?;
         let write_kubeconfig = absolute("write-kubeconfig", &cli.write_kubeconfig)?;
         let private_registry = absolute("private-registry", &cli.private_registry)?;
+        let default_local_storage_path = match &cli.default_local_storage_path {
+            Some(p) => absolute("default-local-storage-path", p)?,
+            None => data_dir.join("storage"),
+        };
         // The default file may be absent (no mirrors, no credentials); a file the user named may not.
         if !private_registry.exists() && *sources.get("private-registry") != Source::Default {
             return Err(ServerConfigError::RegistryMissing {
@@ -270,6 +278,8 @@ impl ServerConfig {
             node_labels: cli.node_label,
             node_taints: cli.node_taint,
             private_registry,
+            disable_local_storage: cli.disable.iter().any(|c| c == "local-storage"),
+            default_local_storage_path,
             sources,
         })
     }
@@ -333,6 +343,18 @@ impl ServerConfig {
             (
                 "private-registry",
                 self.private_registry.display().to_string(),
+            ),
+            (
+                "disable",
+                if self.disable_local_storage {
+                    "local-storage".into()
+                } else {
+                    String::new()
+                },
+            ),
+            (
+                "default-local-storage-path",
+                self.default_local_storage_path.display().to_string(),
             ),
             ("debug", self.debug.to_string()),
         ]
@@ -400,6 +422,9 @@ mod tests {
         assert!(cfg.token.is_none() && !cfg.disable_agent);
         let settings = cfg.settings();
         assert!(settings.contains(&("cluster-cidr", "10.42.0.0/16".into())));
+        assert!(!cfg.disable_local_storage);
+        assert!(cfg.default_local_storage_path.ends_with("storage"));
+        assert!(cfg.default_local_storage_path.starts_with(&cfg.data_dir));
         assert!(settings.contains(&("service-node-port-range", "30000-32767".into())));
     }
 

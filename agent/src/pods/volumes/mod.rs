@@ -8,12 +8,13 @@
 //! projected volume holding a token when the token is due (see [`token::refresh_at`]; re-reading
 //! its configMap/secret sources then too) and a downwardAPI volume whenever the pod's labels or
 //! annotations change; each rewrite is atomic. Plain configMap and secret volumes are written once
-//! (updates of those objects do not reach running pods yet), and persistentVolumeClaim volumes are
-//! not supported: a pod using one gets a clear error in its status rather than a missing volume.
+//! (updates of those objects do not reach running pods yet). persistentVolumeClaim volumes
+//! ([`claim`]) mount their bound hostPath or local PersistentVolume.
 //!
 //! Invariant: every API-backed volume directory either has no `..data` yet or a complete version.
 
 pub mod atomic;
+pub mod claim;
 pub mod downward;
 pub mod local;
 pub mod objects;
@@ -77,6 +78,8 @@ pub enum VolumeError {
     },
     #[error(transparent)]
     Atomic(#[from] atomic::AtomicError),
+    #[error("{0}")]
+    Claim(String),
     #[error("{0} volumes are not supported by r3s yet")]
     Unsupported(String),
 }
@@ -126,7 +129,8 @@ pub async fn prepare(
         let readonly = v.config_map.is_some()
             || v.secret.is_some()
             || v.projected.is_some()
-            || v.downward_api.is_some();
+            || v.downward_api.is_some()
+            || v.persistent_volume_claim.as_ref().and_then(|c| c.read_only) == Some(true);
         out.insert(v.name.clone(), (path, readonly));
     }
     Ok(out)
@@ -153,6 +157,9 @@ async fn prepare_one(
     }
     if let Some(h) = &v.host_path {
         return local::host_path(h);
+    }
+    if let Some(c) = &v.persistent_volume_claim {
+        return claim::prepare(client, pod, c).await;
     }
     // Written once: a restarted worker finds the version it wrote.
     let once = atomic::has_version(target);
