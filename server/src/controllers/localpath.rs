@@ -47,7 +47,7 @@ pub struct LocalPath {
 /// Errors of the provisioner.
 #[derive(Debug, thiserror::Error)]
 pub enum LocalPathError {
-    #[error("creating StorageClass {CLASS}: {source}")]
+    #[error("creating StorageClass local-path: {source}")]
     Class {
         #[source]
         source: kube::Error,

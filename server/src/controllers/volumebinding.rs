@@ -303,7 +303,7 @@ pub fn default_class(classes: &[Arc<StorageClass>]) -> Option<&str> {
                 .and_then(|a| a.get(localpath::DEFAULT_CLASS_ANNOTATION))
                 .is_some_and(|v| v == "true")
         })
-        .max_by_key(|c| c.metadata.creation_timestamp.clone())
+        .max_by_key(|c| c.metadata.creation_timestamp.as_ref().map(|t| t.0))
         .and_then(|c| c.metadata.name.as_deref())
 }
 
@@ -824,7 +824,9 @@ mod tests {
         spec["storageClassName"] = json!("other");
         assert!(find_volume(&claim(spec), &vols, &none, None).is_none());
         let mut spec = want("1Gi");
-        spec.as_object_mut().map(|o| o.remove("storageClassName"));
+        if let Some(o) = spec.as_object_mut() {
+            o.remove("storageClassName");
+        }
         assert!(
             find_volume(&claim(spec), &vols, &none, None).is_none(),
             "no class only binds classless volumes"
