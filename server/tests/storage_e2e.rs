@@ -300,7 +300,7 @@ spec:
             "reader",
             &image,
             "data",
-            "cat /data/f; touch /data/g && echo writable || echo read-only",
+            "cat /data/f; touch /data/g 2>/dev/null && echo writable || echo read-only",
             true,
         ),
     );
