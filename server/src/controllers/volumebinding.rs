@@ -480,19 +480,16 @@ impl Binder {
                     .state()
                     .into_iter()
                     .find(|x| name_of(&**x) == *n)
-                    .map_or_else(
-                        || {
-                            // Not in the cache (yet): its hostname label is its name, as agents set it.
-                            let mut node = Node::default();
-                            node.metadata.name = Some(n.clone());
-                            node.metadata.labels = Some(BTreeMap::from([(
-                                "kubernetes.io/hostname".to_string(),
-                                n.clone(),
-                            )]));
-                            Arc::new(node)
-                        },
-                        |x| x,
-                    ),
+                    .unwrap_or_else(|| {
+                        // Not in the cache (yet): its hostname label is its name, as agents set it.
+                        let mut node = Node::default();
+                        node.metadata.name = Some(n.clone());
+                        node.metadata.labels = Some(BTreeMap::from([(
+                            "kubernetes.io/hostname".to_string(),
+                            n.clone(),
+                        )]));
+                        Arc::new(node)
+                    }),
             ),
             _ => None,
         };
