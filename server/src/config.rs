@@ -429,6 +429,21 @@ mod tests {
     }
 
     #[test]
+    fn local_storage_flags() {
+        let cfg = config(&[
+            "--disable",
+            "local-storage",
+            "--default-local-storage-path",
+            "/srv/volumes",
+        ])
+        .unwrap();
+        assert!(cfg.disable_local_storage);
+        assert_eq!(cfg.default_local_storage_path, Path::new("/srv/volumes"));
+        // Only what r3s deploys can be disabled.
+        assert!(Cli::try_parse_from(["r3s-server", "--disable", "traefik"]).is_err());
+    }
+
+    #[test]
     fn networks_must_fit_together() {
         let err = config(&["--service-cidr", "10.42.128.0/17"])
             .unwrap_err()
