@@ -136,7 +136,15 @@ spec:
     cluster
         .eventually(&["get", "pv", "-o", "name"], |o| !o.contains(&volume))
         .await;
-    assert!(!dir.exists(), "{} remains", dir.display());
+    support::wait_for(
+        "the volume's directory removed",
+        std::time::Duration::from_secs(30),
+        || {
+            let gone = !dir.exists();
+            async move { gone }
+        },
+    )
+    .await;
 
     // An Immediate claim holds its pod until a volume is there; a selector and a pre-bound
     // volume decide which volume it gets; Retain leaves the volume Released.
