@@ -28,7 +28,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{
     Node, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod,
 };
@@ -90,6 +90,8 @@ pub async fn run(
     let (pods, nodes) = (informers.pods.store(), informers.nodes.store());
     let work = async {
         while changes.next().await.is_some() {
+            // A burst of changes (pods created by the hundred) makes one pass, not one each.
+            while let Some(Some(())) = changes.next().now_or_never() {}
             binder.ensure_class().await;
             let all = [
                 cache::is_synced(&claims),
@@ -101,9 +103,13 @@ pub async fn run(
             if all.contains(&false) {
                 continue;
             }
+            let (claim_list, volume_list) = (claims.state(), volumes.state());
+            if claim_list.is_empty() && volume_list.is_empty() {
+                continue;
+            }
             let snapshot = Snapshot {
-                claims: claims.state(),
-                volumes: volumes.state(),
+                claims: claim_list,
+                volumes: volume_list,
                 classes: classes.state(),
                 pods: &pods,
                 nodes: &nodes,
