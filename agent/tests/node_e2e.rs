@@ -929,13 +929,14 @@ async fn init_containers_env_exit_codes_and_errors() {
             "containers": [{"name": "c", "image": image, "command": ["true"]}]}),
     )
     .await;
-    let p = eventually("the unsupported volume message", || async {
+    // A claim that does not exist: the reason, not an empty volume.
+    let p = eventually("the missing claim message", || async {
         let p = pod_json(&pods, "unsupported-volume").await?;
         p["status"]["message"].as_str().map(str::to_owned)
     })
     .await;
     assert!(
-        p.contains("persistentVolumeClaim volumes are not supported"),
+        p.contains("persistentvolumeclaim default/c not found"),
         "{p}"
     );
     for (name, reason) in [

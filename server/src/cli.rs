@@ -200,6 +200,21 @@ pub struct Cli {
     #[arg(long, value_name = "ARG")]
     pub kubelet_arg: Vec<KubeletArg>,
 
+    /// Do not deploy a packaged component: local-storage (the local-path StorageClass and
+    /// provisioner) (repeatable, or comma-separated)
+    #[arg(
+        long,
+        value_name = "COMPONENT",
+        env = "R3S_DISABLE",
+        value_delimiter = ',',
+        value_parser = ["local-storage"]
+    )]
+    pub disable: Vec<String>,
+
+    /// Directory of local-path volumes (default: <data-dir>/storage)
+    #[arg(long, value_name = "DIR", env = "R3S_DEFAULT_LOCAL_STORAGE_PATH")]
+    pub default_local_storage_path: Option<PathBuf>,
+
     /// Private registry configuration file (mirrors and credentials) for the in-process agent
     #[arg(
         long,

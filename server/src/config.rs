@@ -182,6 +182,10 @@ pub struct ServerConfig {
     pub kubelet_args: Vec<KubeletArg>,
     /// `registries.yaml` for the in-process agent's image pulls.
     pub private_registry: PathBuf,
+    /// `--disable=local-storage`: no `local-path` StorageClass or provisioner.
+    pub disable_local_storage: bool,
+    /// `--default-local-storage-path`: where local-path volumes live (`<data-dir>/storage`).
+    pub default_local_storage_path: PathBuf,
     /// Where each setting came from, by flag name, for logs and error messages.
     pub sources: Sources,
 }
@@ -204,6 +208,10 @@ impl ServerConfig {
         let data_dir = absolute("data-dir", &cli.data_dir)?;
         let write_kubeconfig = absolute("write-kubeconfig", &cli.write_kubeconfig)?;
         let private_registry = absolute("private-registry", &cli.private_registry)?;
+        let default_local_storage_path = match &cli.default_local_storage_path {
+            Some(p) => absolute("default-local-storage-path", p)?,
+            None => data_dir.join("storage"),
+        };
         // The default file may be absent (no mirrors, no credentials); a file the user named may not.
         if !private_registry.exists() && *sources.get("private-registry") != Source::Default {
             return Err(ServerConfigError::RegistryMissing {
@@ -274,6 +282,8 @@ impl ServerConfig {
             node_taints: cli.node_taint,
             kubelet_args: cli.kubelet_arg,
             private_registry,
+            disable_local_storage: cli.disable.iter().any(|c| c == "local-storage"),
+            default_local_storage_path,
             sources,
         })
     }
@@ -338,6 +348,18 @@ impl ServerConfig {
             (
                 "private-registry",
                 self.private_registry.display().to_string(),
+            ),
+            (
+                "disable",
+                if self.disable_local_storage {
+                    "local-storage".into()
+                } else {
+                    String::new()
+                },
+            ),
+            (
+                "default-local-storage-path",
+                self.default_local_storage_path.display().to_string(),
             ),
             ("debug", self.debug.to_string()),
         ]
@@ -405,7 +427,25 @@ mod tests {
         assert!(cfg.token.is_none() && !cfg.disable_agent);
         let settings = cfg.settings();
         assert!(settings.contains(&("cluster-cidr", "10.42.0.0/16".into())));
+        assert!(!cfg.disable_local_storage);
+        assert!(cfg.default_local_storage_path.ends_with("storage"));
+        assert!(cfg.default_local_storage_path.starts_with(&cfg.data_dir));
         assert!(settings.contains(&("service-node-port-range", "30000-32767".into())));
+    }
+
+    #[test]
+    fn local_storage_flags() {
+        let cfg = config(&[
+            "--disable",
+            "local-storage",
+            "--default-local-storage-path",
+            "/srv/volumes",
+        ])
+        .unwrap();
+        assert!(cfg.disable_local_storage);
+        assert_eq!(cfg.default_local_storage_path, Path::new("/srv/volumes"));
+        // Only what r3s deploys can be disabled.
+        assert!(Cli::try_parse_from(["r3s-server", "--disable", "traefik"]).is_err());
     }
 
     #[test]

@@ -200,6 +200,10 @@ pub async fn run(cfg: ServerConfig) -> Result<(), RunError> {
     let controller_opts = ControllerOptions {
         cluster_cidr: cfg.cluster_cidr.to_string(),
         root_ca_pem: Some(certs.server_ca_pem.clone()),
+        local_storage: (!cfg.disable_local_storage).then(|| controllers::localpath::LocalPath {
+            path: cfg.default_local_storage_path.clone(),
+            own_node: (!cfg.disable_agent).then(|| cfg.node_name.to_string()),
+        }),
         ..ControllerOptions::default()
     };
     let controller_client =

@@ -1625,7 +1625,7 @@ async fn storage_and_quota_kinds_are_served_with_tables() {
                 "VolumeMode",
             ],
             json!([
-                "pv1", "1Gi", "RWO", "Retain", "", "", "local", "<unset>", ""
+                "pv1", "1Gi", "RWO", "Retain", "Pending", "", "local", "<unset>", ""
             ]),
         ),
         (
@@ -1643,7 +1643,8 @@ async fn storage_and_quota_kinds_are_served_with_tables() {
                 "Age",
                 "VolumeMode",
             ],
-            json!(["data", "", "", "", "", "", "<unset>"]),
+            // New claims and volumes start Pending, as upstream's strategies set them.
+            json!(["data", "Pending", "", "", "", "", "<unset>"]),
         ),
         (
             "/api/v1/namespaces/default/resourcequotas",

@@ -18,9 +18,18 @@ use serde_json::json;
 
 const T: Duration = Duration::from_secs(60);
 
+/// The set and a WaitForFirstConsumer class for its claims: the simulated nodes run no
+/// provisioner, and a claim of an Immediate class would hold its pod back from scheduling (as
+/// upstream's scheduler does) until some volume is bound.
 fn set(name: &str, policy: &str) -> String {
     format!(
         r#"
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {{name: late}}
+provisioner: example.com/none
+volumeBindingMode: WaitForFirstConsumer
+---
 apiVersion: apps/v1
 kind: StatefulSet
 metadata: {{name: {name}, namespace: default}}
@@ -38,6 +47,7 @@ spec:
   volumeClaimTemplates:
   - metadata: {{name: data}}
     spec:
+      storageClassName: late
       accessModes: [ReadWriteOnce]
       resources: {{requests: {{storage: 1Gi}}}}
 "#

@@ -51,6 +51,7 @@ pub mod selector;
 pub mod serviceaccount;
 pub mod services;
 pub mod smp;
+pub mod storageclass;
 pub mod strict;
 pub mod subject_reviews;
 pub mod table;

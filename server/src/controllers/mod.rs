@@ -23,6 +23,7 @@
 //! | `serviceaccount.rs` | Namespaces | `default` ServiceAccount, `kube-root-ca.crt` |
 //! | `servicelb.rs` | Services, Nodes | LoadBalancer Service status (ingress = node IPs) |
 //! | `resourcequota.rs` | ResourceQuotas, Pods, Services, ConfigMaps, Secrets, PVCs | ResourceQuota status |
+//! | `volumebinding.rs` | PVCs, PVs, StorageClasses, Pods, Nodes | PV/PVC binding and status, local-path PVs (`localpath.rs`), reclaim |
 //!
 //! Pods and Nodes are read from the process-wide shared informers (`informer.rs`: one watch and one
 //! cache each, also the scheduler's); other kinds from per-loop caches (`cache.rs`).
@@ -53,6 +54,7 @@ pub mod history;
 pub mod informer;
 pub mod job;
 pub mod leader;
+pub mod localpath;
 pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
@@ -65,6 +67,7 @@ pub mod selector;
 pub mod serviceaccount;
 pub mod servicelb;
 pub mod statefulset;
+pub mod volumebinding;
 
 use std::future::Future;
 use std::time::Duration;
@@ -103,6 +106,9 @@ pub struct ControllerOptions {
     pub cronjob_max_requeue: Duration,
     /// Run the loops only while holding this Lease (several servers on one datastore).
     pub leader_election: Option<leader::LeaderElection>,
+    /// The built-in `local-path` provisioner and its StorageClass (k3s's `local-storage`
+    /// addon); `None` when disabled (`--disable=local-storage`, and in tests).
+    pub local_storage: Option<localpath::LocalPath>,
 }
 
 impl Default for ControllerOptions {
@@ -120,6 +126,7 @@ impl Default for ControllerOptions {
             clock: clock::Clock::default(),
             cronjob_max_requeue: Duration::from_secs(300),
             leader_election: None,
+            local_storage: None,
         }
     }
 }
@@ -213,10 +220,16 @@ async fn run_loops(
     let sts = statefulset::run(client.clone(), &informers, shutdown.clone());
     let lb = servicelb::run(client.clone(), &informers, shutdown.clone());
     let quotas = resourcequota::run(client.clone(), shutdown.clone());
+    let volumes = volumebinding::run(
+        client.clone(),
+        &informers,
+        opts.local_storage.clone(),
+        shutdown.clone(),
+    );
     let sa = serviceaccount::run(client, opts, shutdown);
     tokio::join!(
         rs, deploy, ds, sts, gc, ns, nodes, ipam, podgc, eps, slices, pdbs, jobs, cronjobs, sa, lb,
-        quotas
+        quotas, volumes
     );
     tracing::info!("control loops stopped");
 }

@@ -6,6 +6,8 @@
 //! [`filter`] (per node) then [`interpod`] (pod affinity / anti-affinity, topology spread);
 //! the nodes left are ranked by [`score`] (which adds the ScheduleAnyway spread of [`spread`],
 //! with upstream's default constraints over the pod's Services and workloads from [`owners`]).
+//! [`volumes`] holds pods whose PersistentVolumeClaims are missing or wait for an Immediate
+//! binding, and keeps pods on the nodes their bound volumes' node affinity names.
 //!
 //! Invariants: a pod just bound is *assumed* on its node until the cache shows the binding, so two
 //! cycles never place more on a node than fits; an unschedulable pod gets `PodScheduled=False`
@@ -21,6 +23,7 @@ pub mod preempt;
 pub mod resources;
 pub mod score;
 pub mod spread;
+pub mod volumes;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -71,6 +74,8 @@ struct State {
     pods: Store<Pod>,
     /// Services and workloads: the selector of the default spread constraints.
     owners: owners::Owners,
+    /// PersistentVolumeClaims, PersistentVolumes and StorageClasses.
+    volumes: volumes::Volumes,
     recorder: Recorder,
     /// Bumped on every node change and every change of a bound pod: capacity may have changed.
     cluster_changes: AtomicU64,
@@ -101,11 +106,13 @@ async fn run_scheduler(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let (owners, owner_events) = owners::Owners::watch(&client);
+    let (volumes, volume_events) = volumes::Volumes::watch(&client);
     let state = Arc::new(State {
         client: client.clone(),
         nodes: informers.nodes.store(),
         pods: informers.pods.store(),
         owners,
+        volumes,
         recorder: Recorder::new(client.clone(), SCHEDULER_NAME),
         cluster_changes: AtomicU64::new(0),
         wake: Notify::new(),
@@ -128,10 +135,18 @@ async fn run_scheduler(
     });
     // A new Service or workload changes no pod's feasibility: only fill the caches.
     let watch_owners = owner_events.for_each(|()| async {});
+    // A claim bound or a volume made can make a waiting pod schedulable.
+    let s3 = state.clone();
+    let watch_volumes = volume_events.for_each(move |()| {
+        s3.cluster_changes.fetch_add(1, Ordering::SeqCst);
+        s3.wake.notify_one();
+        async {}
+    });
     tokio::select! {
         _ = watch_nodes => {}
         _ = watch_pods => {}
         _ = watch_owners => {}
+        _ = watch_volumes => {}
         _ = schedule_loop(state) => {}
         _ = shutdown => {}
     }
@@ -160,6 +175,9 @@ async fn schedule_loop(state: Arc<State>) {
             || !state.owners.synced().await
         {
             return;
+        }
+        if !state.volumes.synced() {
+            continue;
         }
         cycle(&state, &mut memory).await;
     }
@@ -259,7 +277,8 @@ async fn cycle(state: &State, memory: &mut Memory) {
             .default_selector(&pod)
             .map(spread::system_defaults)
             .unwrap_or_default();
-        match place(&pod, &spread_defaults, &infos, &mut memo) {
+        let pod_volumes = state.volumes.of(&pod);
+        match place(&pod, &spread_defaults, &pod_volumes, &infos, &mut memo) {
             Ok(i) => {
                 let node = infos[i].node.metadata.name.clone().unwrap_or_default();
                 match bind(state, &pod, &node).await {
@@ -306,6 +325,7 @@ async fn cycle(state: &State, memory: &mut Memory) {
 fn place(
     pod: &Pod,
     spread_defaults: &[TopologySpreadConstraint],
+    pod_volumes: &volumes::PodVolumes,
     infos: &[NodeInfo],
     memo: &mut spread::Memo,
 ) -> Result<usize, Vec<Vec<String>>> {
@@ -313,6 +333,11 @@ fn place(
     let mut feasible = Vec::new();
     for (i, info) in infos.iter().enumerate() {
         let mut why = filter::filter(pod, info);
+        if why.is_empty()
+            && let Some(reason) = pod_volumes.reason(&info.node)
+        {
+            why.push(reason);
+        }
         if why.is_empty() {
             why = interpod::filter(pod, info, infos);
         }

@@ -13,12 +13,13 @@
 //!   A read that fails (the object deleted, the server away) keeps the current files.
 //!
 //! Each rewrite is atomic and only happens when a file's bytes or mode changed.
-//! persistentVolumeClaim volumes are not supported: a pod using one gets a clear error in its
-//! status rather than a missing volume.
+//! persistentVolumeClaim volumes ([`claim`]) mount their bound hostPath or local
+//! PersistentVolume.
 //!
 //! Invariant: every API-backed volume directory either has no `..data` yet or a complete version.
 
 pub mod atomic;
+pub mod claim;
 pub mod downward;
 pub mod local;
 pub mod objects;
@@ -82,6 +83,8 @@ pub enum VolumeError {
     },
     #[error(transparent)]
     Atomic(#[from] atomic::AtomicError),
+    #[error("{0}")]
+    Claim(String),
     #[error("{0} volumes are not supported by r3s yet")]
     Unsupported(String),
 }
@@ -200,7 +203,8 @@ pub async fn prepare(
         let readonly = v.config_map.is_some()
             || v.secret.is_some()
             || v.projected.is_some()
-            || v.downward_api.is_some();
+            || v.downward_api.is_some()
+            || v.persistent_volume_claim.as_ref().and_then(|c| c.read_only) == Some(true);
         out.insert(v.name.clone(), (path, readonly));
     }
     if volumes(pod).iter().any(shows_objects) {
@@ -230,6 +234,9 @@ async fn prepare_one(
     }
     if let Some(h) = &v.host_path {
         return local::host_path(h);
+    }
+    if let Some(c) = &v.persistent_volume_claim {
+        return claim::prepare(client, pod, c).await;
     }
     // A restarted worker finds the version it wrote; the sync period updates it.
     if let Some(files) = object_files(client, ns, v).await {

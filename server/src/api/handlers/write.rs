@@ -61,6 +61,7 @@ async fn create_object(
     limitrange::admit(state.store.as_ref(), res, ctx.namespace(), &mut obj)?;
     priority::admit(state.store.as_ref(), res, None, &mut obj)?;
     serviceaccount::admit(state, res, ctx.namespace(), &mut obj).await?;
+    crate::api::storageclass::admit(state.store.as_ref(), res, &mut obj)?;
     validate::validate(res, &obj, None)?;
     let _allocation =
         services::admit(&state.services, state.store.as_ref(), res, None, &mut obj).await?;

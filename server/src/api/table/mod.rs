@@ -96,9 +96,26 @@ pub fn column_definitions(columns: &[Column]) -> Value {
     Value::Array(defs)
 }
 
+/// The Name cell: the name, and for the default StorageClass ` (default)` after it, as upstream's
+/// printer writes it.
+fn name_cell(obj: &Value) -> Value {
+    let annotations = &obj["metadata"]["annotations"];
+    let default = obj["kind"] == "StorageClass"
+        && [
+            "storageclass.kubernetes.io/is-default-class",
+            "storageclass.beta.kubernetes.io/is-default-class",
+        ]
+        .iter()
+        .any(|a| annotations[*a] == "true");
+    match obj["metadata"]["name"].as_str() {
+        Some(name) if default => json!(format!("{name} (default)")),
+        _ => obj["metadata"]["name"].clone(),
+    }
+}
+
 /// One row for `obj`.
 pub fn row(columns: &[Column], obj: &Value, include: IncludeObject) -> Value {
-    let mut cells = vec![obj["metadata"]["name"].clone()];
+    let mut cells = vec![name_cell(obj)];
     cells.extend(columns.iter().map(|c| match c.cell {
         Cell::Fn(f) => f(obj),
         Cell::Path(path) => {
