@@ -200,14 +200,15 @@ pub struct Cli {
     #[arg(long, value_name = "ARG")]
     pub kubelet_arg: Vec<KubeletArg>,
 
-    /// Do not deploy a packaged component: local-storage (the local-path StorageClass and
-    /// provisioner) (repeatable, or comma-separated)
+    /// Do not deploy a packaged component (repeatable, or comma-separated): local-storage (the
+    /// local-path StorageClass and provisioner), servicelb; traefik and runtimes are accepted for
+    /// k3s configs and change nothing (r3s ships neither)
     #[arg(
         long,
         value_name = "COMPONENT",
         env = "R3S_DISABLE",
         value_delimiter = ',',
-        value_parser = ["local-storage"]
+        value_parser = ["local-storage", "servicelb", "traefik", "runtimes"]
     )]
     pub disable: Vec<String>,
 

@@ -184,6 +184,10 @@ pub struct ServerConfig {
     pub private_registry: PathBuf,
     /// `--disable=local-storage`: no `local-path` StorageClass or provisioner.
     pub disable_local_storage: bool,
+    /// `--disable=servicelb`: no ServiceLB controller.
+    pub disable_servicelb: bool,
+    /// Every `--disable` value as given, for the log.
+    pub disabled: Vec<String>,
     /// `--default-local-storage-path`: where local-path volumes live (`<data-dir>/storage`).
     pub default_local_storage_path: PathBuf,
     /// Where each setting came from, by flag name, for logs and error messages.
@@ -283,6 +287,8 @@ impl ServerConfig {
             kubelet_args: cli.kubelet_arg,
             private_registry,
             disable_local_storage: cli.disable.iter().any(|c| c == "local-storage"),
+            disable_servicelb: cli.disable.iter().any(|c| c == "servicelb"),
+            disabled: cli.disable.clone(),
             default_local_storage_path,
             sources,
         })
@@ -349,14 +355,7 @@ impl ServerConfig {
                 "private-registry",
                 self.private_registry.display().to_string(),
             ),
-            (
-                "disable",
-                if self.disable_local_storage {
-                    "local-storage".into()
-                } else {
-                    String::new()
-                },
-            ),
+            ("disable", self.disabled.join(",")),
             (
                 "default-local-storage-path",
                 self.default_local_storage_path.display().to_string(),
@@ -444,8 +443,13 @@ mod tests {
         .unwrap();
         assert!(cfg.disable_local_storage);
         assert_eq!(cfg.default_local_storage_path, Path::new("/srv/volumes"));
-        // Only what r3s deploys can be disabled.
-        assert!(Cli::try_parse_from(["r3s-server", "--disable", "traefik"]).is_err());
+        // k3s's component names: servicelb turns ServiceLB off; traefik (which r3s does not
+        // ship) changes nothing; an unknown name is refused.
+        let cfg = config(&["--disable", "traefik,servicelb"]).unwrap();
+        assert!(cfg.disable_servicelb && !cfg.disable_local_storage);
+        assert_eq!(cfg.disabled, ["traefik", "servicelb"]);
+        assert!(Cli::try_parse_from(["r3s-server", "--disable", "coredns"]).is_err());
+        assert!(Cli::try_parse_from(["r3s-server", "--disable", "bogus"]).is_err());
     }
 
     #[test]

@@ -204,8 +204,16 @@ pub async fn run(cfg: ServerConfig) -> Result<(), RunError> {
             path: cfg.default_local_storage_path.clone(),
             own_node: (!cfg.disable_agent).then(|| cfg.node_name.to_string()),
         }),
+        servicelb: !cfg.disable_servicelb,
         ..ControllerOptions::default()
     };
+    for name in cfg
+        .disabled
+        .iter()
+        .filter(|n| ["traefik", "runtimes"].contains(&n.as_str()))
+    {
+        tracing::info!("--disable={name}: r3s ships no {name}, nothing to disable");
+    }
     let controller_client =
         client::in_process(state.clone(), client::identity(CONTROLLER_MANAGER_USER));
     // One Pod and one Node cache for every control loop and the scheduler.

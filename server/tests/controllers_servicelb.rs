@@ -130,3 +130,47 @@ async fn load_balancer_ingress_follows_ready_nodes() {
         .await;
     support::wait_for("the ingress cleared", t, || has("web", vec![])).await;
 }
+
+/// `--disable=servicelb`: no loop sets a LoadBalancer's ingress, as on k3s (another load balancer
+/// implementation takes over), while the other loops run (the Service's Endpoints appear).
+#[tokio::test]
+async fn disabled_servicelb_leaves_load_balancers_pending() {
+    if !support::have_kubectl() {
+        return;
+    }
+    let cluster = support::start(
+        &["sim-a"],
+        ControllerOptions {
+            servicelb: false,
+            ..ControllerOptions::default()
+        },
+    )
+    .await;
+    let nodes: Api<Node> = Api::all(cluster.client.clone());
+    set_status(
+        &nodes,
+        "sim-a",
+        json!({"addresses": [{"type": "InternalIP", "address": "198.51.100.11"}]}),
+    )
+    .await;
+    let manifest = cluster.write("lb.yaml", MANIFEST);
+    cluster.ok(&["apply", "-f", &manifest]).await;
+    let endpoints: Api<k8s_openapi::api::core::v1::Endpoints> =
+        Api::namespaced(cluster.client.clone(), "default");
+    support::wait_for(
+        "the web Service's Endpoints",
+        Duration::from_secs(30),
+        || {
+            let endpoints = endpoints.clone();
+            async move { endpoints.get_opt("web").await.ok().flatten().is_some() }
+        },
+    )
+    .await;
+    // Give a running ServiceLB loop ample time to have acted; none must.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let services: Api<Service> = Api::namespaced(cluster.client.clone(), "default");
+    let web = services.get("web").await.expect("web");
+    assert!(ingress(&web).is_empty(), "{:?}", web.status);
+    let out = cluster.ok(&["get", "service", "web"]).await;
+    assert!(out.contains("<pending>"), "{out}");
+}

@@ -109,6 +109,9 @@ pub struct ControllerOptions {
     /// The built-in `local-path` provisioner and its StorageClass (k3s's `local-storage`
     /// addon); `None` when disabled (`--disable=local-storage`, and in tests).
     pub local_storage: Option<localpath::LocalPath>,
+    /// Run ServiceLB (k3s's `servicelb`; `--disable=servicelb` turns it off, leaving
+    /// LoadBalancer Services pending for another implementation, as on k3s).
+    pub servicelb: bool,
 }
 
 impl Default for ControllerOptions {
@@ -127,6 +130,7 @@ impl Default for ControllerOptions {
             cronjob_max_requeue: Duration::from_secs(300),
             leader_election: None,
             local_storage: None,
+            servicelb: true,
         }
     }
 }
@@ -218,7 +222,15 @@ async fn run_loops(
     );
     let ds = daemonset::run(client.clone(), &informers, shutdown.clone());
     let sts = statefulset::run(client.clone(), &informers, shutdown.clone());
-    let lb = servicelb::run(client.clone(), &informers, shutdown.clone());
+    let lb_enabled = opts.servicelb;
+    let lb_client = client.clone();
+    let lb_informers = informers.clone();
+    let lb_shutdown = shutdown.clone();
+    let lb = async move {
+        if lb_enabled {
+            servicelb::run(lb_client, &lb_informers, lb_shutdown).await;
+        }
+    };
     let quotas = resourcequota::run(client.clone(), shutdown.clone());
     let volumes = volumebinding::run(
         client.clone(),
