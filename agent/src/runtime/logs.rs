@@ -54,6 +54,18 @@ impl CriWriter {
         }
     }
 
+    /// Writes an unfinished line as a partial (`P`) record now, for a terminal, whose prompt
+    /// must reach an attacher before the line ends; readers join it with what follows.
+    pub fn flush_partial(&mut self) {
+        use std::io::Write;
+        if !self.pending.is_empty() {
+            let mut out = Vec::new();
+            record(&mut out, self.stream, 'P', &self.pending);
+            self.pending.clear();
+            let _ = self.file.write_all(&out);
+        }
+    }
+
     /// Writes what is left as a last full record (the stream ended without a newline).
     pub fn finish(mut self) {
         use std::io::Write;
