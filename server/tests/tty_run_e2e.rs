@@ -298,11 +298,12 @@ fn run_it_rm(env: &Env, image: &str, spdy: bool) {
         100,
         33,
     );
-    // kubectl's hint, then the shell's prompt (busybox: `/ # `), which has no newline.
+    // kubectl's hint, then the shell's prompt (busybox root: `/ # `), which has no newline.
     term.expect("try pressing enter", limit, &log);
-    until_shown(&mut term, "\n", "/ # ", how, &log);
+    until_shown(&mut term, "\n", "# ", how, &log);
+    // The answer on a line of its own (the echoed input line is `echo hi`).
     term.type_in(b"echo hi\n");
-    term.expect("hi\r\n", limit, &log);
+    term.expect("\nhi\r", limit, &log);
     // kubectl sends its window size apart from stdin: ask until it has arrived.
     let mut n = 0;
     let deadline = Instant::now() + limit;

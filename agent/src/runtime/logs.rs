@@ -161,4 +161,34 @@ mod tests {
         let ts = text.split(' ').next().unwrap();
         assert!(chrono::DateTime::parse_from_rfc3339(ts).is_ok(), "{ts}");
     }
+
+    #[test]
+    fn terminal_prompts_go_out_as_partial_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        let mut w = CriWriter::new(file, "stdout");
+        w.push(b"/ # ");
+        w.flush_partial();
+        w.push(b"echo hi\r\nhi\r\n/ # ");
+        w.flush_partial();
+        // Nothing pending: no empty record.
+        w.flush_partial();
+        w.finish();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let recs: Vec<_> = text.lines().map(|l| parse_line(l).unwrap()).collect();
+        assert_eq!(
+            recs,
+            vec![
+                ("stdout", 'P', "/ # "),
+                ("stdout", 'F', "echo hi\r"),
+                ("stdout", 'F', "hi\r"),
+                ("stdout", 'P', "/ # "),
+            ]
+        );
+    }
 }

@@ -73,7 +73,7 @@ pub enum Stdin {
 }
 
 impl Stdin {
-    pub fn arg(self) -> Option<&'static str> {
+    pub(super) fn arg(self) -> Option<&'static str> {
         match self {
             Stdin::None => None,
             Stdin::Open => Some("stdin"),
@@ -335,4 +335,36 @@ fn start_on_terminal(
             stdin: feed,
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn modes(args: &[&str]) -> Option<(Stdin, bool)> {
+        let args: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+        parse_modes(&args)
+    }
+
+    #[test]
+    fn stdin_and_tty_operands() {
+        assert_eq!(modes(&[]), Some((Stdin::None, false)));
+        assert_eq!(modes(&["stdin"]), Some((Stdin::Open, false)));
+        assert_eq!(modes(&["stdin-once", "tty"]), Some((Stdin::Once, true)));
+        assert_eq!(modes(&["tty"]), Some((Stdin::None, true)));
+        assert_eq!(modes(&["tty", "stdin"]), None);
+        assert_eq!(modes(&["stdin", "stdin"]), None);
+        assert_eq!(modes(&["bogus"]), None);
+        // What the agent passes is what the shim reads.
+        for stdin in [Stdin::None, Stdin::Open, Stdin::Once] {
+            for tty in [false, true] {
+                let args: Vec<&str> = stdin
+                    .arg()
+                    .into_iter()
+                    .chain(tty.then_some("tty"))
+                    .collect();
+                assert_eq!(modes(&args), Some((stdin, tty)));
+            }
+        }
+    }
 }
