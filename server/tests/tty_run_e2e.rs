@@ -334,6 +334,7 @@ fn run_it_rm(env: &Env, image: &str, spdy: bool) {
         term.text(),
         log()
     );
+    eprintln!("{how}: kubectl run -it --rm:\n{}", term.text());
     assert!(
         term.text().contains(&format!("pod \"{name}\" deleted")),
         "{how}: --rm did not delete the pod: {}",
@@ -375,25 +376,33 @@ fn kubectl_run_it_rm_attach_and_logs_on_a_terminal() {
     let image = format!("{}/busybox:1", reg.addr);
     let registries = binary::plain_http_mirror(dir, &reg.addr);
     let node = format!("r3st-tty-{}", std::process::id());
-    let mut cmd = binary::command(dir, free_port(), &node);
-    cmd.env("RUST_LOG", "info,r3s_agent::kubelet=debug")
-        .args(["--node-ip", "127.0.0.1", "--private-registry"])
-        .arg(&registries);
-    let server = Server::spawn(cmd, &dir.join("server.log"), Duration::from_secs(120));
-    binary::eventually(dir, "the node Ready", Duration::from_secs(120), || {
-        let (code, out, _) = env.run(
-            false,
-            &[
-                "get",
-                "node",
-                &node,
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-            ],
-            None,
-        );
-        (code == 0 && out == "True").then_some(())
-    });
+    let port = free_port();
+    let server_cmd = || {
+        let mut cmd = binary::command(dir, port, &node);
+        cmd.env("RUST_LOG", "info,r3s_agent::kubelet=debug")
+            .args(["--node-ip", "127.0.0.1", "--private-registry"])
+            .arg(&registries);
+        cmd
+    };
+    let node_ready = || {
+        binary::eventually(dir, "the node Ready", Duration::from_secs(120), || {
+            let (code, out, _) = env.run(
+                false,
+                &[
+                    "get",
+                    "node",
+                    &node,
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+                ],
+                None,
+            );
+            (code == 0 && out == "True").then_some(())
+        })
+    };
+    // No grace: dropping it SIGKILLs it, a crash, after which the next agent adopts the pods.
+    let server = Server::spawn(server_cmd(), &dir.join("server.log"), Duration::ZERO);
+    node_ready();
     let log = || env.log_tail();
 
     // --- kubectl run -it --rm -- sh, both transports -----------------------------------
@@ -481,6 +490,11 @@ fn kubectl_run_it_rm_attach_and_logs_on_a_terminal() {
                 term.expect(&format!("size-{i}-{n}-0"), Duration::from_secs(90), &log);
             }
         }
+        if i == 0 {
+            // State of this shell, to recognise it after the agent's restart.
+            term.type_in(b"export MARK=kept-$((3+4)); echo set-$((2+3))\n");
+            term.expect("set-5", Duration::from_secs(90), &log);
+        }
         // Detach by ending kubectl: the shell keeps running for the next attacher.
         drop(term);
     }
@@ -490,6 +504,60 @@ fn kubectl_run_it_rm_attach_and_logs_on_a_terminal() {
     assert!(logs.contains("attached-2-42"), "{logs}");
     let phase = env.ok(&["get", "pod", "ttybox", "-o", "jsonpath={.status.phase}"]);
     assert_eq!(phase, "Running");
+
+    // --- the terminal survives a crash of the server and its agent -----------------------
+    drop(server);
+    let server = Server::spawn(
+        server_cmd(),
+        &dir.join("server.log"),
+        Duration::from_secs(120),
+    );
+    node_ready();
+    // Until the new agent has adopted the pod, attach may be refused: retry whole sessions.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut term = Term::spawn(env.cmd(false, &["attach", "-it", "ttybox"]), 70, 15);
+        let marker = format!("mark-kept-7-{attempt}");
+        let shown = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < shown && !term.text().contains(&marker) {
+            term.type_in(format!("echo mark-$MARK-$(({attempt}))\n").as_bytes());
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        if term.text().contains(&marker) {
+            let mut n = 0;
+            while !term.text().contains("15 70") {
+                assert!(
+                    Instant::now() < deadline,
+                    "after the restart, size never arrived: {}",
+                    term.text()
+                );
+                n += 1;
+                term.type_in(format!("stty size; echo again-{n}-$((0))\n").as_bytes());
+                term.expect(&format!("again-{n}-0"), Duration::from_secs(90), &log);
+            }
+            eprintln!(
+                "after the restart, attach #{attempt} reached the same shell:\n{}",
+                term.text()
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after the restart, attach never reached the same shell: {}\n{}",
+            term.text(),
+            log()
+        );
+    }
+    let restarts = env.ok(&[
+        "get",
+        "pod",
+        "ttybox",
+        "-o",
+        "jsonpath={.status.containerStatuses[0].restartCount}",
+    ]);
+    assert_eq!(restarts, "0");
 
     env.ok(&["delete", "pod", "ttybox", "--wait=true", "--timeout=120s"]);
     let status = server.stop(Duration::from_secs(90));
