@@ -14,9 +14,12 @@
 //! container's stdin through its shim's FIFO (containers with `stdin: true` under a shim; see
 //! `runtime::shim`); detaching (or closing stdin) closes it, which with `stdinOnce` is EOF for the
 //! container. Anything else gets a clear Failure Status, never a silently ignored stdin.
-//! Containers here never have a terminal of their own, so kubectl (which reads `tty` from the pod
-//! spec) warns `Unable to use a TTY - container ... did not allocate one` and attaches without
-//! one, as upstream; a raw client asking for a tty anyway gets stdout and stderr merged.
+//! A container with `tty: true` runs on a terminal its shim holds: its output (one stream, in
+//! the log as `stdout`, prompts included) and its input go through that shim as above, and
+//! resize messages set the terminal's size through its slave (the path in the shim's `tty`
+//! file), which signals SIGWINCH to its foreground job. For a container without one, kubectl
+//! (which reads `tty` from the pod spec) warns `Unable to use a TTY` and attaches without one;
+//! a raw client asking for a tty anyway gets stdout and stderr merged.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
@@ -373,10 +376,12 @@ pub async fn attach(
         .as_ref()
         .and_then(|s| s.containers.iter().find(|c| c.name == container))
         .is_some_and(|c| c.stdin.unwrap_or(false));
-    let fifo = crate::runtime::shim::stdin_fifo(&ctx.runtime.shim_dir(&id));
+    let shim_dir = ctx.runtime.shim_dir(&id);
+    let fifo = crate::runtime::shim::stdin_fifo(&shim_dir);
     let stdin = AttachStdin {
         fifo: (opts.stdin && wants_stdin && ctx.runtime.shimmed()).then_some(fifo),
         declared: wants_stdin,
+        terminal: crate::runtime::shim::tty_file(&shim_dir),
     };
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let dir = ctx
@@ -422,6 +427,35 @@ struct AttachStdin {
     fifo: Option<std::path::PathBuf>,
     /// The container has `stdin: true`.
     declared: bool,
+    /// The shim's file naming the container's terminal (absent without one).
+    terminal: std::path::PathBuf,
+}
+
+/// Sets the size of the container terminal named in `file` (see `runtime::shim::tty_file`);
+/// nothing when the container has no terminal (any more).
+async fn resize_terminal(file: &std::path::Path, width: u16, height: u16) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(path) = tokio::fs::read_to_string(file).await else {
+        return;
+    };
+    // Only ever a terminal: the file is the shim's, but a stray path must open nothing else.
+    if !path.starts_with("/dev/pts/") || path.contains("..") {
+        return;
+    }
+    // O_NOCTTY: the agent must never acquire the container's terminal as its own.
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
+        .open(path.trim_end());
+    match opened {
+        Ok(f) => {
+            if let Err(e) = resize(&f, width, height) {
+                debug!("attach: resizing {path}: {e}");
+            }
+        }
+        Err(e) => debug!("attach: opening {path}: {e}"),
+    }
 }
 
 /// Opens the stdin FIFO for writing. The shim's feeder may be between two attachers for a
@@ -489,6 +523,7 @@ async fn attach_session(
     }
     let mut follower = super::logs::Tail::at_end(&dir).await;
     let mut tick = 0u32;
+    let terminal = stdin.terminal;
     let mut client_gone = std::pin::pin!(async move {
         while let Some(m) = incoming.recv().await {
             match m {
@@ -501,6 +536,7 @@ async fn attach_session(
                 }
                 // EOF: the writer's close is what the shim's feeder sees.
                 Input::StdinEof => input = None,
+                Input::Resize(w, h) if opts.tty => resize_terminal(&terminal, w, h).await,
                 Input::Resize(..) => {}
             }
         }

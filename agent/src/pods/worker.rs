@@ -1001,7 +1001,11 @@ impl Worker {
             (true, false) => crate::runtime::shim::Stdin::Open,
             (true, true) => crate::runtime::shim::Stdin::Once,
         };
-        let started = match ctx.runtime.run(&id, &bundle, &log, stdin).await {
+        let started = match ctx
+            .runtime
+            .run(&id, &bundle, &log, stdin, c.tty.unwrap_or(false))
+            .await
+        {
             Ok(s) => s,
             Err(e) => {
                 let _ = ctx.runtime.delete(&id).await;

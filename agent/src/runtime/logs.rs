@@ -54,6 +54,18 @@ impl CriWriter {
         }
     }
 
+    /// Writes an unfinished line as a partial (`P`) record now, for a terminal, whose prompt
+    /// must reach an attacher before the line ends; readers join it with what follows.
+    pub fn flush_partial(&mut self) {
+        use std::io::Write;
+        if !self.pending.is_empty() {
+            let mut out = Vec::new();
+            record(&mut out, self.stream, 'P', &self.pending);
+            self.pending.clear();
+            let _ = self.file.write_all(&out);
+        }
+    }
+
     /// Writes what is left as a last full record (the stream ended without a newline).
     pub fn finish(mut self) {
         use std::io::Write;
@@ -148,5 +160,39 @@ mod tests {
         assert!(recs.contains(&("stderr", 'F', "oops")));
         let ts = text.split(' ').next().unwrap();
         assert!(chrono::DateTime::parse_from_rfc3339(ts).is_ok(), "{ts}");
+    }
+
+    #[test]
+    fn terminal_prompts_go_out_as_partial_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        let mut w = CriWriter::new(file, "stdout");
+        w.push(b"/ # ");
+        w.flush_partial();
+        w.push(b"echo hi\r\nhi\r\n/ # ");
+        w.flush_partial();
+        // Nothing pending: no empty record.
+        w.flush_partial();
+        w.finish();
+        let text = std::fs::read_to_string(&path).unwrap();
+        // Split on LF only: the CR a terminal puts before it belongs to the record.
+        let recs: Vec<_> = text
+            .split_terminator('\n')
+            .map(|l| parse_line(l).unwrap())
+            .collect();
+        assert_eq!(
+            recs,
+            vec![
+                ("stdout", 'P', "/ # "),
+                ("stdout", 'F', "echo hi\r"),
+                ("stdout", 'F', "hi\r"),
+                ("stdout", 'P', "/ # "),
+            ]
+        );
     }
 }

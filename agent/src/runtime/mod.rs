@@ -179,13 +179,14 @@ impl Runtime {
 
     /// Creates and starts the container of the bundle at `bundle` (which holds `config.json`),
     /// with its output appended to the CRI log at `log`, and its stdin fed by attachers per
-    /// `stdin` (only under a shim; without one, stdin is `/dev/null`).
+    /// `stdin`; with `tty`, on a pseudo-terminal its shim holds (see [`shim`]).
     pub async fn run(
         &self,
         id: &str,
         bundle: &Path,
         log: &Path,
         stdin: shim::Stdin,
+        tty: bool,
     ) -> Result<Started, RuntimeError> {
         let root = self.root.clone();
         let bundle = bundle.to_path_buf();
@@ -198,7 +199,7 @@ impl Runtime {
             let dir = self.shim_dir(id);
             let log = log.to_path_buf();
             return tokio::task::spawn_blocking(move || {
-                spawn_shim(&bin, &root, &id2, &bundle, &log, &dir, stdin)
+                spawn_shim(&bin, &root, &id2, &bundle, &log, &dir, stdin, tty)
             })
             .await
             .map_err(task)?;
@@ -536,6 +537,7 @@ impl Tenant {
 }
 
 /// Spawns `<bin> shim …` for container `id` and reads its one-line answer (see [`shim`]).
+#[allow(clippy::too_many_arguments)]
 fn spawn_shim(
     bin: &Path,
     root: &Path,
@@ -544,6 +546,7 @@ fn spawn_shim(
     log: &Path,
     dir: &Path,
     stdin: shim::Stdin,
+    tty: bool,
 ) -> Result<Started, RuntimeError> {
     use std::io::BufRead;
     let io = |op: &'static str| {
@@ -563,6 +566,7 @@ fn spawn_shim(
         .arg(log)
         .arg(dir)
         .args(stdin.arg())
+        .args(tty.then_some("tty"))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(errlog)

@@ -119,7 +119,7 @@ fn start(root: PathBuf, id: &str, command: Vec<String>) -> Result<nix::unistd::P
 /// (`setsid`), the one state in which `TIOCSCTTY` succeeds; the session's process group then is
 /// the terminal's foreground group, and a shell's job control can take it from there.
 #[derive(Clone)]
-struct TerminalExecutor;
+pub(super) struct TerminalExecutor;
 
 impl Executor for TerminalExecutor {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {

@@ -1,5 +1,5 @@
 //! The second half of a container's shim, `<bin> shim wait <id> <init-pid> <log> <shim-dir>
-//! <out-fd> <err-fd> [<stdin-fd> stdin|stdin-once]`: what the shim becomes, by `execve` of its own
+//! <out-fd> <err-fd|tty> [<stdin-fd> stdin|stdin-once]`: what the shim becomes, by `execve` of its own
 //! executable, once the container started. It only waits: it reaps the container's init (and
 //! whatever the container leaves behind, the shim being a child subreaper), copies the output
 //! pipes into the CRI log, feeds the container's stdin from the attach FIFO, and records the exit
@@ -12,6 +12,12 @@
 //! descriptors without close-on-exec) and drops everything else: the new image touches only the
 //! pages of this module's code path. It is single-threaded (one `poll` loop over the pipes, the
 //! FIFO and a `signalfd` for SIGCHLD), so no thread stacks and no per-thread malloc arenas.
+//!
+//! With `tty` in place of the stderr descriptor, `<out-fd>` is the master of the container's
+//! terminal (one stream, logged as `stdout`, each read logged at once, a partial line as a `P`
+//! record, so an attacher sees a prompt that has no newline yet) and `<stdin-fd>` a second
+//! descriptor of that master: input is typed into the terminal, and stopping the feed closes only
+//! that second descriptor, never hanging the terminal up.
 //!
 //! Invariants: the container's id stays in the command line (the agent recognises an adopted
 //! shim by it, see [`super::Runtime::adopt`]); a full log disk never blocks the container (the
@@ -44,7 +50,8 @@ pub struct Wait {
     pub log: PathBuf,
     pub dir: PathBuf,
     pub out: OwnedFd,
-    pub err: OwnedFd,
+    /// `None` when `out` is a terminal's master (a terminal has one stream).
+    pub err: Option<OwnedFd>,
     /// The write end of the container's stdin and how it is fed (never [`Stdin::None`]).
     pub stdin: Option<(OwnedFd, Stdin)>,
 }
@@ -52,8 +59,8 @@ pub struct Wait {
 /// Replaces this process with `<own executable> shim wait …` for `w`. Returns only on failure,
 /// giving `w` back so the caller can wait in this process instead.
 pub fn exec_self(w: Wait) -> (Wait, std::io::Error) {
-    let fds: Vec<RawFd> = [w.out.as_raw_fd(), w.err.as_raw_fd()]
-        .into_iter()
+    let fds: Vec<RawFd> = std::iter::once(w.out.as_raw_fd())
+        .chain(w.err.as_ref().map(|fd| fd.as_raw_fd()))
         .chain(w.stdin.as_ref().map(|(fd, _)| fd.as_raw_fd()))
         .collect();
     for &fd in &fds {
@@ -72,8 +79,10 @@ pub fn exec_self(w: Wait) -> (Wait, std::io::Error) {
         w.init.to_string().into(),
         w.log.clone().into(),
         w.dir.clone().into(),
-        fds[0].to_string().into(),
-        fds[1].to_string().into(),
+        w.out.as_raw_fd().to_string().into(),
+        w.err
+            .as_ref()
+            .map_or_else(|| "tty".into(), |fd| fd.as_raw_fd().to_string().into()),
     ];
     if let Some((fd, mode)) = &w.stdin {
         args.push(fd.as_raw_fd().to_string().into());
@@ -118,7 +127,7 @@ fn parse(args: &[OsString]) -> Result<Wait, String> {
     };
     let (id, init, log, dir, out, err, rest) = match args {
         [id, init, log, dir, out, err, rest @ ..] => (id, init, log, dir, out, err, rest),
-        _ => return Err("usage: shim wait <id> <init-pid> <log> <shim-dir> <out-fd> <err-fd> [<stdin-fd> stdin|stdin-once]".into()),
+        _ => return Err("usage: shim wait <id> <init-pid> <log> <shim-dir> <out-fd> <err-fd|tty> [<stdin-fd> stdin|stdin-once]".into()),
     };
     let stdin = match rest {
         [] => None,
@@ -135,7 +144,7 @@ fn parse(args: &[OsString]) -> Result<Wait, String> {
         log: PathBuf::from(log),
         dir: PathBuf::from(dir),
         out: fd(out)?,
-        err: fd(err)?,
+        err: if err == "tty" { None } else { Some(fd(err)?) },
         stdin,
     })
 }
@@ -144,6 +153,8 @@ fn parse(args: &[OsString]) -> Result<Wait, String> {
 struct Stream {
     rx: std::fs::File,
     w: CriWriter,
+    /// A terminal: log each read at once, an unfinished line included.
+    tty: bool,
 }
 
 /// The attach FIFO and the container's stdin.
@@ -283,19 +294,24 @@ pub fn run(w: Wait) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let tty = w.err.is_none();
+    let tty_file = shim::tty_file(&w.dir);
     let mut streams = [
         Some(Stream {
             rx: w.out.into(),
             w: CriWriter::new(f1, "stdout"),
+            tty,
         }),
-        Some(Stream {
-            rx: w.err.into(),
+        w.err.map(|err| Stream {
+            rx: err.into(),
             w: CriWriter::new(f2, "stderr"),
+            tty: false,
         }),
     ];
     let mut feed = w.stdin.map(|(tx, mode)| {
         // SAFETY: F_SETFL with O_NONBLOCK on a descriptor `tx` owns; the container's end of the
-        // pipe is a separate open file description and stays blocking.
+        // pipe (or the terminal's slave) is a separate open file description and stays blocking.
+        // A terminal's master shares this one with the output stream, which is polled anyway.
         unsafe { libc::fcntl(tx.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
         let fifo = shim::stdin_fifo(&w.dir);
         Feed {
@@ -382,15 +398,19 @@ pub fn run(w: Wait) -> ExitCode {
             }
             let Some(s) = slot else { continue };
             match s.rx.read(&mut scratch) {
-                Ok(0) => {
-                    if let Some(s) = slot.take() {
-                        s.w.finish();
+                Ok(n) if n > 0 => {
+                    s.w.push(&scratch[..n]);
+                    if s.tty {
+                        s.w.flush_partial();
                     }
                 }
-                Ok(n) => s.w.push(&scratch[..n]),
                 Err(e) if would_wait(&e) => {}
-                Err(_) => {
+                // End of file, or EIO from a terminal's master once no slave is open.
+                _ => {
                     if let Some(s) = slot.take() {
+                        if s.tty {
+                            let _ = std::fs::remove_file(&tty_file);
+                        }
                         s.w.finish();
                     }
                 }
@@ -410,6 +430,9 @@ pub fn run(w: Wait) -> ExitCode {
     // Records whatever the streams still hold (the deadline passed with a writer left).
     for s in streams.into_iter().flatten() {
         s.w.finish();
+    }
+    if tty {
+        let _ = std::fs::remove_file(&tty_file);
     }
     let exit = exit.unwrap_or(Exit {
         code: 255,
