@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
-use kubectl_api::{ApiServer, KUBECTL, Options, have_kubectl, have_python_client};
+use kubectl_api::{ApiServer, KUBECTL, Options, have_kubectl, have_python_client, header};
 use serde_json::{Value, json};
 
 /// The API with ServiceAccount tokens.
@@ -1158,4 +1158,119 @@ async fn kubectl_custom_resource_schema_prunes_defaults_and_validates() {
         .await;
     let spec: serde_json::Value = serde_json::from_str(&spec).expect("spec json");
     assert_eq!(spec, serde_json::json!({"size": 1, "mode": "safe"}));
+}
+
+const NETWORKING: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {name: edge}
+spec: {controller: example.com/edge}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: web, namespace: default}
+spec:
+  ingressClassName: edge
+  tls: [{hosts: [shop.example.com], secretName: shop-tls}]
+  rules:
+  - host: shop.example.com
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}
+  - http:
+      paths:
+      - {path: /api, pathType: Exact, backend: {service: {name: api, port: {name: http}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db-from-web, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: web}}}]
+    ports: [{protocol: TCP, port: 5432}]
+"#;
+
+/// networking.k8s.io/v1, which Helm charts ship (Ingress, NetworkPolicy, IngressClass): applied,
+/// listed with upstream's columns, validated with field paths, and in the default roles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_networking_kinds() {
+    if !have_kubectl() {
+        return;
+    }
+    let s = start().await;
+    let file = s.write("net.yaml", NETWORKING);
+    let out = s.ok(&["apply", "-f", &file]).await;
+    for want in [
+        "ingressclass.networking.k8s.io/edge created",
+        "ingress.networking.k8s.io/web created",
+        "networkpolicy.networking.k8s.io/db-from-web created",
+    ] {
+        assert!(out.contains(want), "{out}");
+    }
+    assert!(
+        s.ok(&["apply", "-f", &file])
+            .await
+            .contains("ingress.networking.k8s.io/web unchanged")
+    );
+
+    let table = s.ok(&["get", "ingress"]).await;
+    assert_eq!(
+        header(&table),
+        ["NAME", "CLASS", "HOSTS", "ADDRESS", "PORTS", "AGE"]
+    );
+    let row: Vec<&str> = table
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        &row[..4],
+        ["web", "edge", "shop.example.com,*", "80,"],
+        "{table}"
+    );
+    let table = s.ok(&["get", "netpol"]).await;
+    assert_eq!(header(&table), ["NAME", "POD-SELECTOR", "AGE"]);
+    assert!(table.contains("db-from-web   app=db"), "{table}");
+    let table = s.ok(&["get", "ingressclass"]).await;
+    assert_eq!(header(&table), ["NAME", "CONTROLLER", "PARAMETERS", "AGE"]);
+    assert!(table.contains("example.com/edge"), "{table}");
+    let stored = s.json(&["get", "ingress", "web", "-o", "json"]).await;
+    assert_eq!(stored["metadata"]["generation"], 1);
+    assert_eq!(
+        stored["spec"]["rules"][1]["http"]["paths"][0]["backend"]["service"]["port"]["name"],
+        "http"
+    );
+
+    // Invalid: upstream's 422 with the field path, nothing stored.
+    let bad = s.write(
+        "bad-ingress.yaml",
+        &NETWORKING
+            .split("---")
+            .nth(1)
+            .unwrap_or("")
+            .replace("name: web, namespace", "name: bad, namespace")
+            .replace("pathType: Exact, ", ""),
+    );
+    let err = s.fails(&["apply", "-f", &bad]).await;
+    assert!(
+        err.contains(
+            "The Ingress \"bad\" is invalid: spec.rules[1].http.paths[0].pathType: Required value"
+        ),
+        "{err}"
+    );
+    let (ok, _, _) = s.kubectl(&["get", "ingress", "bad"]).await;
+    assert!(!ok, "an invalid Ingress is not stored");
+
+    // The default `edit` role covers them, as upstream's aggregated roles do.
+    let edit = s.ok(&["get", "clusterrole", "edit", "-o", "json"]).await;
+    assert!(
+        edit.contains("networking.k8s.io") && edit.contains("networkpolicies"),
+        "{edit}"
+    );
+    s.ok(&["delete", "-f", &file]).await;
+    let (ok, _, _) = s.kubectl(&["get", "ingress", "web"]).await;
+    assert!(!ok);
 }

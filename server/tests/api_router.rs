@@ -197,6 +197,7 @@ async fn discovery_legacy_and_aggregated() {
             "apps",
             "batch",
             "discovery.k8s.io",
+            "networking.k8s.io",
             "policy",
             "scheduling.k8s.io",
             "coordination.k8s.io",

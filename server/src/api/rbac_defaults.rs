@@ -69,6 +69,7 @@ const APPS: &[&str] = &[
 ];
 const BATCH: &[&str] = &["jobs", "jobs/status", "cronjobs", "cronjobs/status"];
 const POLICY: &[&str] = &["poddisruptionbudgets", "poddisruptionbudgets/status"];
+const NETWORKING: &[&str] = &["ingresses", "ingresses/status", "networkpolicies"];
 
 fn view_rules() -> Vec<Value> {
     vec![
@@ -77,6 +78,7 @@ fn view_rules() -> Vec<Value> {
         rule(&["batch"], BATCH, READ),
         rule(&["discovery.k8s.io"], &["endpointslices"], READ),
         rule(&["policy"], POLICY, READ),
+        rule(&["networking.k8s.io"], NETWORKING, READ),
         rule(&["coordination.k8s.io"], &["leases"], READ),
     ]
 }
@@ -109,6 +111,7 @@ fn edit_rules() -> Vec<Value> {
         rule(&["batch"], BATCH, WRITE),
         rule(&["discovery.k8s.io"], &["endpointslices"], WRITE),
         rule(&["policy"], POLICY, WRITE),
+        rule(&["networking.k8s.io"], NETWORKING, WRITE),
         rule(&["coordination.k8s.io"], &["leases"], WRITE),
     ]
 }

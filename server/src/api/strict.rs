@@ -132,7 +132,7 @@ fn rt<T: DeserializeOwned + Serialize>(obj: &Value) -> Option<Value> {
 /// `obj` decoded into its kind's type and encoded back; `None` for kinds without a type here.
 fn round_trip(res: &Resource, obj: &Value) -> Option<Value> {
     use k8s_openapi::api::{
-        apps, batch, coordination, core, discovery, policy, rbac, scheduling, storage,
+        apps, batch, coordination, core, discovery, networking, policy, rbac, scheduling, storage,
     };
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions;
     // A custom resource's schema says what it keeps (what upstream prunes).
@@ -164,6 +164,9 @@ fn round_trip(res: &Resource, obj: &Value) -> Option<Value> {
         ("batch", "CronJob") => rt::<batch::v1::CronJob>(obj),
         ("discovery.k8s.io", "EndpointSlice") => rt::<discovery::v1::EndpointSlice>(obj),
         ("policy", "PodDisruptionBudget") => rt::<policy::v1::PodDisruptionBudget>(obj),
+        ("networking.k8s.io", "Ingress") => rt::<networking::v1::Ingress>(obj),
+        ("networking.k8s.io", "IngressClass") => rt::<networking::v1::IngressClass>(obj),
+        ("networking.k8s.io", "NetworkPolicy") => rt::<networking::v1::NetworkPolicy>(obj),
         ("scheduling.k8s.io", "PriorityClass") => rt::<scheduling::v1::PriorityClass>(obj),
         ("coordination.k8s.io", "Lease") => rt::<coordination::v1::Lease>(obj),
         ("rbac.authorization.k8s.io", "ClusterRole") => rt::<rbac::v1::ClusterRole>(obj),

@@ -199,6 +199,48 @@ pub const POD_DISRUPTION_BUDGET: &[Column] = &[
 ];
 pub const LEASE: &[Column] = &[col("Holder", 0, |o| s(&o["spec"]["holderIdentity"])), AGE];
 
+pub const INGRESS: &[Column] = &[
+    col("Class", 0, |o| or_none(&o["spec"]["ingressClassName"])),
+    col("Hosts", 0, ingress_hosts),
+    col("Address", 0, |o| {
+        let list: Vec<String> = o["status"]["loadBalancer"]["ingress"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["ip"].as_str().or(e["hostname"].as_str()))
+            .map(str::to_owned)
+            .collect();
+        json!(list.join(","))
+    }),
+    col("Ports", 0, |o| {
+        let tls = o["spec"]["tls"].as_array().is_some_and(|t| !t.is_empty());
+        json!(if tls { "80, 443" } else { "80" })
+    }),
+    AGE,
+];
+pub const INGRESS_CLASS: &[Column] = &[
+    col("Controller", 0, |o| s(&o["spec"]["controller"])),
+    col("Parameters", 0, |o| {
+        let p = &o["spec"]["parameters"];
+        if p.is_null() {
+            return json!("<none>");
+        }
+        let kind = p["kind"].as_str().unwrap_or("");
+        let kind = match p["apiGroup"].as_str() {
+            Some(group) if !group.is_empty() => format!("{kind}.{group}"),
+            _ => kind.to_string(),
+        };
+        json!(format!("{kind}/{}", p["name"].as_str().unwrap_or("")))
+    }),
+    AGE,
+];
+pub const NETWORK_POLICY: &[Column] = &[
+    col("Pod-Selector", 0, |o| {
+        selector_text(&o["spec"]["podSelector"])
+    }),
+    AGE,
+];
+
 pub const ROLE: &[Column] = &[col("Created At", 0, |o| {
     s(&o["metadata"]["creationTimestamp"])
 })];
@@ -386,6 +428,20 @@ fn selector_text(sel: &Value) -> Value {
     } else {
         json!(text)
     }
+}
+
+/// An Ingress's rule hosts (`*` for a rule without one), abbreviated as kubectl does.
+fn ingress_hosts(o: &Value) -> Value {
+    let hosts: Vec<String> = o["spec"]["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| match r["host"].as_str() {
+            Some(h) if !h.is_empty() => h.to_string(),
+            _ => "*".to_string(),
+        })
+        .collect();
+    abbreviated(&hosts, "*")
 }
 
 /// Up to three entries and ` + N more...`, as kubectl abbreviates lists.

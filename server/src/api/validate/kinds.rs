@@ -51,6 +51,9 @@ pub fn check(res: &Resource, obj: &Value, old: Option<&Value>, causes: &mut Vec<
         }
         ("discovery.k8s.io", "EndpointSlice") => super::batch::endpoint_slice(obj, causes),
         ("policy", "PodDisruptionBudget") => super::batch::pod_disruption_budget(obj, causes),
+        ("networking.k8s.io", "Ingress") => super::networking::ingress(obj, causes),
+        ("networking.k8s.io", "IngressClass") => super::networking::ingress_class(obj, causes),
+        ("networking.k8s.io", "NetworkPolicy") => super::networking::network_policy(obj, causes),
         ("apiextensions.k8s.io", "CustomResourceDefinition") => crd(obj, old, causes),
         ("", "Secret") => {
             data_keys(&obj["data"], "data", causes);

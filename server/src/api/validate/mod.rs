@@ -26,6 +26,7 @@ pub fn default_on_create(res: &Resource, obj: &mut Value) {
 
 mod batch;
 mod kinds;
+mod networking;
 mod storage;
 
 const LABEL_VALUE_MSG: &str = "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')";
