@@ -1294,6 +1294,20 @@ async fn metrics_count_requests_by_verb_resource_and_code() {
     );
     assert!(text.contains("apiserver_request_duration_seconds_count{verb=\"LIST\"} 1"));
     assert!(text.contains("apiserver_longrunning_requests{verb=\"WATCH\"} 0"));
+    // The store's latency, by operation and resource (kube-apiserver's etcd metric): the two
+    // requests above read the store once each.
+    for op in ["list", "get"] {
+        let line = format!(
+            "etcd_request_duration_seconds_count{{operation=\"{op}\",type=\"configmaps\"}} "
+        );
+        let count: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {line} in {text}"));
+        assert!(count >= 1, "{line}{count}");
+    }
+    assert!(text.contains("# TYPE etcd_request_duration_seconds histogram"));
 }
 
 #[tokio::test]

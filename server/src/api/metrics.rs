@@ -1,6 +1,8 @@
 //! Prometheus metrics of the API, served at `/metrics` in the text exposition format with the
 //! apiserver's metric names: requests by verb, resource and code, request latency by verb (a
-//! histogram; for watches, the time to start streaming), and open watches.
+//! histogram; for watches, the time to start streaming), open watches, and the store's latency by
+//! operation and resource (`etcd_request_duration_seconds`, recorded by
+//! [`super::metered_store`]).
 //!
 //! Invariant: recording never blocks a request for long (one short mutex section) and never fails.
 
@@ -22,10 +24,27 @@ struct Histogram {
     count: u64,
 }
 
+impl Histogram {
+    fn record(&mut self, elapsed: Duration) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; BUCKETS.len()];
+        }
+        let secs = elapsed.as_secs_f64();
+        for (count, bound) in self.counts.iter_mut().zip(BUCKETS) {
+            if secs <= *bound {
+                *count += 1;
+            }
+        }
+        self.sum += secs;
+        self.count += 1;
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     requests: BTreeMap<(String, String, u16), u64>,
     latency: BTreeMap<String, Histogram>,
+    store: BTreeMap<(String, String), Histogram>,
 }
 
 /// The API's metrics registry.
@@ -66,18 +85,21 @@ impl Metrics {
             .requests
             .entry((verb.to_string(), resource.to_string(), code))
             .or_default() += 1;
-        let h = inner.latency.entry(verb.to_string()).or_default();
-        if h.counts.is_empty() {
-            h.counts = vec![0; BUCKETS.len()];
-        }
-        let secs = elapsed.as_secs_f64();
-        for (count, bound) in h.counts.iter_mut().zip(BUCKETS) {
-            if secs <= *bound {
-                *count += 1;
-            }
-        }
-        h.sum += secs;
-        h.count += 1;
+        inner
+            .latency
+            .entry(verb.to_string())
+            .or_default()
+            .record(elapsed);
+    }
+
+    /// Records one store call (`operation` get, list, create, update, delete, watch, compact).
+    pub fn observe_store(&self, operation: &str, resource: &str, elapsed: Duration) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner
+            .store
+            .entry((operation.to_string(), resource.to_string()))
+            .or_default()
+            .record(elapsed);
     }
 
     /// Counts an open watch until the returned guard is dropped.
@@ -115,6 +137,23 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "apiserver_request_duration_seconds_bucket{{verb=\"{verb}\",le=\"+Inf\"}} {}\napiserver_request_duration_seconds_sum{{verb=\"{verb}\"}} {}\napiserver_request_duration_seconds_count{{verb=\"{verb}\"}} {}",
+                h.count, h.sum, h.count
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP etcd_request_duration_seconds Etcd request latency in seconds for each operation and object type.\n# TYPE etcd_request_duration_seconds histogram"
+        );
+        for ((op, ty), h) in &inner.store {
+            for (bound, count) in BUCKETS.iter().zip(&h.counts) {
+                let _ = writeln!(
+                    out,
+                    "etcd_request_duration_seconds_bucket{{operation=\"{op}\",type=\"{ty}\",le=\"{bound}\"}} {count}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "etcd_request_duration_seconds_bucket{{operation=\"{op}\",type=\"{ty}\",le=\"+Inf\"}} {}\netcd_request_duration_seconds_sum{{operation=\"{op}\",type=\"{ty}\"}} {}\netcd_request_duration_seconds_count{{operation=\"{op}\",type=\"{ty}\"}} {}",
                 h.count, h.sum, h.count
             );
         }

@@ -31,6 +31,7 @@ pub mod impersonate;
 pub mod kubelet_proxy;
 pub mod lifecycle;
 pub mod limitrange;
+pub mod metered_store;
 pub mod metrics;
 pub mod object;
 pub mod openapi;
@@ -91,12 +92,13 @@ pub struct ApiState {
 impl ApiState {
     /// State with k3s's default service ranges (10.43.0.0/16, 30000-32767) and no token issuer.
     pub fn new(store: Arc<dyn Store>, advertise_address: impl Into<String>) -> ApiState {
+        let metrics: Arc<metrics::Metrics> = Arc::default();
         ApiState {
-            store,
+            store: metered_store::MeteredStore::wrap(store, metrics.clone()),
             advertise_address: advertise_address.into(),
             services: Arc::new(ServiceNetwork::default()),
             tokens: None,
-            metrics: Arc::default(),
+            metrics,
             custom: registry::Custom::default(),
             kubelet: None,
         }
@@ -154,12 +156,13 @@ pub async fn serve_listener(
     opts: ApiOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    let metrics: Arc<metrics::Metrics> = Arc::default();
     let state = ApiState {
-        store,
+        store: metered_store::MeteredStore::wrap(store, metrics.clone()),
         advertise_address: opts.advertise_address,
         services: opts.services,
         tokens: opts.tokens,
-        metrics: Arc::default(),
+        metrics,
         custom: registry::Custom::default(),
         kubelet: None,
     };
