@@ -6,7 +6,8 @@ use serde_json::{Value, json};
 
 use super::Cause;
 
-fn invalid(field: &str, value: &Value, message: &str, causes: &mut Vec<Cause>) {
+/// Shared with the other per-group validators of this module.
+pub(super) fn invalid(field: &str, value: &Value, message: &str, causes: &mut Vec<Cause>) {
     causes.push(Cause {
         reason: "FieldValueInvalid",
         field: field.into(),
@@ -14,7 +15,8 @@ fn invalid(field: &str, value: &Value, message: &str, causes: &mut Vec<Cause>) {
     });
 }
 
-fn required(field: &str, causes: &mut Vec<Cause>) {
+/// Shared with the other per-group validators of this module.
+pub(super) fn required(field: &str, causes: &mut Vec<Cause>) {
     causes.push(Cause {
         reason: "FieldValueRequired",
         field: field.into(),
@@ -22,7 +24,13 @@ fn required(field: &str, causes: &mut Vec<Cause>) {
     });
 }
 
-fn not_supported(field: &str, value: &Value, supported: &[&str], causes: &mut Vec<Cause>) {
+/// Shared with the other per-group validators of this module.
+pub(super) fn not_supported(
+    field: &str,
+    value: &Value,
+    supported: &[&str],
+    causes: &mut Vec<Cause>,
+) {
     let list: Vec<String> = supported.iter().map(|s| json!(s).to_string()).collect();
     causes.push(Cause {
         reason: "FieldValueNotSupported",

@@ -2,37 +2,10 @@
 //! (host, path, pathType, backend) and default backend, an IngressClass's controller, a
 //! NetworkPolicy's policy types and ports. Messages follow upstream's field errors.
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
+use super::batch::{invalid, not_supported, required};
 use super::{Cause, is_dns_subdomain};
-
-fn invalid(field: &str, value: &Value, message: &str, causes: &mut Vec<Cause>) {
-    causes.push(Cause {
-        reason: "FieldValueInvalid",
-        field: field.into(),
-        message: format!("Invalid value: {value}: {message}"),
-    });
-}
-
-fn required(field: &str, causes: &mut Vec<Cause>) {
-    causes.push(Cause {
-        reason: "FieldValueRequired",
-        field: field.into(),
-        message: "Required value".into(),
-    });
-}
-
-fn not_supported(field: &str, value: &Value, supported: &[&str], causes: &mut Vec<Cause>) {
-    let list: Vec<String> = supported.iter().map(|s| json!(s).to_string()).collect();
-    causes.push(Cause {
-        reason: "FieldValueNotSupported",
-        field: field.into(),
-        message: format!(
-            "Unsupported value: {value}: supported values: {}",
-            list.join(", ")
-        ),
-    });
-}
 
 const PATH_TYPES: &[&str] = &["Exact", "ImplementationSpecific", "Prefix"];
 
@@ -194,6 +167,7 @@ pub fn network_policy(obj: &Value, causes: &mut Vec<Cause>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn fields(f: fn(&Value, &mut Vec<Cause>), obj: Value) -> Vec<String> {
         let mut causes = Vec::new();
