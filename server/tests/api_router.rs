@@ -1098,6 +1098,23 @@ async fn services_get_cluster_ips_and_node_ports() {
         )
         .await;
     assert_eq!(b.body["spec"]["clusterIP"], "10.43.1.0");
+
+    // ... and its node ports: np2 now gets the port that clashed above.
+    f.admin("DELETE", &format!("{base}/np"), "", Value::Null)
+        .await;
+    let np2 = f
+        .admin(
+            "POST",
+            base,
+            "application/json",
+            svc(
+                "np2",
+                json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30001}]}),
+            ),
+        )
+        .await;
+    assert_eq!(np2.code, StatusCode::CREATED, "{}", np2.body);
+    assert_eq!(np2.body["spec"]["ports"][0]["nodePort"], 30001);
 }
 
 #[tokio::test]
