@@ -919,6 +919,9 @@ async fn kubectl_crd_and_custom_resource() {
         s.ok(&["apply", "-f", &widget]).await.trim(),
         "widget.example.com/w1 configured"
     );
+    let crds = s.ok(&["get", "crd"]).await;
+    assert_eq!(header(&crds), ["NAME", "CREATED", "AT"], "{crds}");
+    assert!(crds.contains("widgets.example.com"), "{crds}");
     let listed = s.ok(&["get", "wd"]).await;
     assert!(listed.lines().any(|l| l.starts_with("w1 ")), "{listed}");
     let size = s

@@ -302,7 +302,8 @@ pub static RESOURCES: &[Resource] = &[
         after_write: Some(super::crd::after_write),
         ..resource!("apiextensions.k8s.io", "CustomResourceDefinition",
             "customresourcedefinitions", "customresourcedefinition", namespaced: false,
-            short: &["crd", "crds"], cat: NONE, sub: STATUS, cols: table::AGE_ONLY, gen: true)
+            short: &["crd", "crds"], cat: NONE, sub: STATUS,
+            cols: table::CUSTOM_RESOURCE_DEFINITION, gen: true)
     },
     review(
         "authorization.k8s.io",

@@ -244,6 +244,8 @@ pub const NETWORK_POLICY: &[Column] = &[
 pub const ROLE: &[Column] = &[col("Created At", 0, |o| {
     s(&o["metadata"]["creationTimestamp"])
 })];
+/// Upstream prints CRDs as roles: the creation time, not an age.
+pub const CUSTOM_RESOURCE_DEFINITION: &[Column] = ROLE;
 pub const ROLE_BINDING: &[Column] = &[
     col("Role", 0, |o| {
         let r = &o["roleRef"];
