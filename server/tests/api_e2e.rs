@@ -1277,3 +1277,85 @@ async fn kubectl_networking_kinds() {
     let (ok, _, _) = s.kubectl(&["get", "ingress", "web"]).await;
     assert!(!ok);
 }
+
+const TABLE_KINDS: &str = r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: s1, namespace: default}
+stringData: {a: b}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: sa1, namespace: default}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: svc1, namespace: default}
+spec: {ports: [{port: 80}], selector: {app: x}}
+---
+apiVersion: coordination.k8s.io/v1
+kind: Lease
+metadata: {name: l1, namespace: default}
+spec: {holderIdentity: someone}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: r1, namespace: default}
+rules: [{apiGroups: [""], resources: [pods], verbs: [get]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: rb1, namespace: default}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: r1}
+subjects: [{kind: User, name: alice, apiGroup: rbac.authorization.k8s.io}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: st1, namespace: default}
+spec:
+  replicas: 0
+  serviceName: st1
+  selector: {matchLabels: {app: st1}}
+  template:
+    metadata: {labels: {app: st1}}
+    spec: {containers: [{name: c, image: busybox}]}
+"#;
+
+/// Upstream's table columns for more built-in kinds, as kubectl prints them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_tables_of_more_kinds() {
+    if !have_kubectl() {
+        return;
+    }
+    let s = start().await;
+    let file = s.write("kinds.yaml", TABLE_KINDS);
+    s.ok(&["apply", "-f", &file]).await;
+    for (what, want) in [
+        ("secret/s1", vec!["NAME", "TYPE", "DATA", "AGE"]),
+        ("serviceaccount/sa1", vec!["NAME", "SECRETS", "AGE"]),
+        (
+            "service/svc1",
+            vec![
+                "NAME",
+                "TYPE",
+                "CLUSTER-IP",
+                "EXTERNAL-IP",
+                "PORT(S)",
+                "AGE",
+            ],
+        ),
+        ("namespace/default", vec!["NAME", "STATUS", "AGE"]),
+        ("lease/l1", vec!["NAME", "HOLDER", "AGE"]),
+        ("role/r1", vec!["NAME", "CREATED", "AT"]),
+        ("rolebinding/rb1", vec!["NAME", "ROLE", "AGE"]),
+        ("statefulset/st1", vec!["NAME", "READY", "AGE"]),
+    ] {
+        let table = s.ok(&["get", what]).await;
+        assert_eq!(header(&table), want, "{what}:\n{table}");
+    }
+    let row = s.ok(&["get", "secret/s1", "--no-headers"]).await;
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&cells[..3], ["s1", "Opaque", "1"], "{row}");
+    let row = s.ok(&["get", "rolebinding/rb1", "--no-headers"]).await;
+    assert!(row.contains("Role/r1"), "{row}");
+}

@@ -16,7 +16,10 @@ pub fn apply(res: &Resource, obj: &mut Value) {
                 set_if_missing(spec, "finalizers", json!(["kubernetes"]));
             }
         }
-        ("", "Secret") => set_if_missing(obj, "type", json!("Opaque")),
+        ("", "Secret") => {
+            set_if_missing(obj, "type", json!("Opaque"));
+            merge_string_data(obj);
+        }
         ("", "LimitRange") => super::limitrange::default_items(obj),
         ("", "Service") => {
             if let Some(spec) = at(obj, &["spec"]) {
@@ -191,6 +194,32 @@ pub fn job_selector_on_create(obj: &mut Value) {
 }
 
 /// The object at `path` if every step exists and it is a JSON object (never creates anything).
+/// A Secret's `stringData` is write-only: as upstream, each entry replaces the same key of
+/// `data` (base64-encoded) and the field itself is never stored or returned.
+fn merge_string_data(obj: &mut Value) {
+    use base64::Engine;
+    let Some(map) = obj.as_object_mut() else {
+        return;
+    };
+    let Some(Value::Object(strings)) = map.remove("stringData") else {
+        return;
+    };
+    let data = map.entry("data").or_insert_with(|| json!({}));
+    if !data.is_object() {
+        *data = json!({});
+    }
+    if let Some(data) = data.as_object_mut() {
+        for (key, value) in strings {
+            let text = match value {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            let encoded = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
+            data.insert(key, Value::String(encoded));
+        }
+    }
+}
+
 fn at<'a>(obj: &'a mut Value, path: &[&str]) -> Option<&'a mut Value> {
     let target = path.iter().try_fold(obj, |v, key| v.get_mut(*key))?;
     target.is_object().then_some(target)
@@ -266,6 +295,18 @@ fn container(c: &mut Value) {
 mod tests {
     use super::*;
     use crate::api::registry::find;
+
+    #[test]
+    fn secret_string_data_lands_in_data() {
+        let secrets = find("", "v1", "secrets").expect("secrets");
+        let mut s =
+            json!({"data": {"a": "b2xk", "keep": "eA=="}, "stringData": {"a": "new", "u": "user"}});
+        apply(secrets, &mut s);
+        assert_eq!(
+            s,
+            json!({"type": "Opaque", "data": {"a": "bmV3", "keep": "eA==", "u": "dXNlcg=="}})
+        );
+    }
 
     #[test]
     fn deployment_and_service_defaults() {
